@@ -1,0 +1,244 @@
+//! The validated configuration: what the gateway runs. Every value here has passed the rules in
+//! [`crate::validate`], so the proxy can build its runtime from it without further checks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::pattern::{PathPattern, PathTemplate};
+
+/// Upper bounds and defaults of the product.
+pub mod limits {
+    use std::time::Duration;
+
+    pub const MAX_NAME_LEN: usize = 50;
+    pub const MAX_NODES: usize = 200;
+    pub const MAX_WEIGHT: u32 = 100;
+    pub const DEFAULT_WEIGHT: u32 = 10;
+    pub const MIN_RETRIES: u32 = 1;
+    pub const MAX_RETRIES: u32 = 100;
+    pub const DEFAULT_RETRIES: u32 = 5;
+    /// Long enough for a loaded backend to accept, short enough that a black-holed node is left
+    /// quickly for the next one.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// nginx's `proxy_read_timeout` default: the longest a backend may stay silent.
+    pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
+    pub const DEFAULT_METRICS: &str = "127.0.0.1:9091";
+    pub const MAX_THREADS: usize = 256;
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub instance: Instance,
+    pub vpcs: Vec<Vpc>,
+    /// Pairs of VPC ids declared connected (order within a pair does not matter).
+    pub connections: Vec<(String, String)>,
+    pub upstreams: Vec<Upstream>,
+    pub services: Vec<Service>,
+    /// Short hex digest of the source text, exported as a metric label to tell configs apart.
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceKind {
+    Dedicated,
+    Shared,
+}
+
+impl InstanceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceKind::Dedicated => "dedicated",
+            InstanceKind::Shared => "shared",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: String,
+    pub kind: InstanceKind,
+    pub vpc: String,
+    pub listen: Vec<SocketAddr>,
+    pub metrics: SocketAddr,
+    /// Worker threads; `None` means one per available core.
+    pub threads: Option<usize>,
+    pub dns_refresh: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Vpc {
+    pub id: String,
+    pub cidrs: Vec<IpNet>,
+}
+
+impl Vpc {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.cidrs.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) are judged as the IPv4 address they carry.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub verify: bool,
+    /// Absolute path (relative paths are resolved against the config file's folder).
+    pub ca_file: Option<PathBuf>,
+    pub sni: Option<String>,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            verify: true,
+            ca_file: None,
+            sni: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub vpc: Vpc,
+    pub description: String,
+    pub protocol: Protocol,
+    pub host_header: Option<String>,
+    /// Extra attempts after the first failed one.
+    pub retries: u32,
+    pub connect_timeout: Duration,
+    /// Present for `https` upstreams (defaults applied).
+    pub tls: Option<Tls>,
+    pub nodes: Vec<Node>,
+}
+
+impl Upstream {
+    /// The TLS server name to send: `tls.sni`, else the Host header's host, else the node's host.
+    pub fn sni_for(&self, node: &Node) -> String {
+        if let Some(sni) = self.tls.as_ref().and_then(|t| t.sni.clone()) {
+            return sni;
+        }
+        if let Some(host) = &self.host_header {
+            return host_without_port(host).to_owned();
+        }
+        node.host.to_string()
+    }
+}
+
+/// The host part of a `host[:port]` Host header value (IPv6 literals keep their brackets stripped).
+pub fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeHost {
+    Ip(IpAddr),
+    /// A DNS name, resolved off the request path.
+    Name(String),
+}
+
+impl std::fmt::Display for NodeHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeHost::Ip(ip) => write!(f, "{ip}"),
+            NodeHost::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub host: NodeHost,
+    pub port: u16,
+    /// 0 drains the node: it keeps its place but receives no new requests.
+    pub weight: u32,
+}
+
+impl Node {
+    /// `host:port`, with IPv6 literals bracketed: the node's name in logs and metrics.
+    pub fn label(&self) -> String {
+        match self.host {
+            NodeHost::Ip(IpAddr::V6(ip)) => format!("[{ip}]:{}", self.port),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub description: String,
+    pub apis: Vec<Api>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub name: String,
+    pub path: PathPattern,
+    /// Upper-case method names; empty means every method.
+    pub methods: Vec<String>,
+    pub backend: Backend,
+}
+
+impl Api {
+    pub fn allows_any_method(&self) -> bool {
+        self.methods.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Upstream(UpstreamBackend),
+    /// A fixed answer from the gateway itself (health endpoints, mocks).
+    Response(FixedResponse),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamBackend {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub path: Option<PathTemplate>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct FixedResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Config {
+    /// The APIs whose backend is `upstream` (index), as (service, api) pairs.
+    pub fn apis_of_upstream(&self, upstream: usize) -> impl Iterator<Item = (&Service, &Api)> {
+        self.services.iter().flat_map(move |s| {
+            s.apis.iter().filter_map(move |a| match &a.backend {
+                Backend::Upstream(b) if b.upstream == upstream => Some((s, a)),
+                _ => None,
+            })
+        })
+    }
+}

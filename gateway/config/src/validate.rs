@@ -1,0 +1,901 @@
+//! The rules: turns a [`RawConfig`] into a validated [`Config`], or into every [`Problem`] found.
+//!
+//! Validation is pure (no DNS, no network, no file reads) and never stops at the first problem.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::error::Problem;
+use crate::model::*;
+use crate::pattern::{PathPattern, PathTemplate};
+use crate::raw::*;
+
+/// HTTP methods an API may list.
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+];
+
+/// Validates `raw`. Relative file paths (`tls.ca_file`) are resolved against `base_dir`.
+pub fn validate(raw: &RawConfig, base_dir: &Path, hash: String) -> Result<Config, Vec<Problem>> {
+    let mut v = Validator::default();
+    let vpcs = v.vpcs(&raw.vpcs);
+    let instance = v.instance(&raw.instance, &vpcs);
+    let connections = v.connections(&raw.connections, &vpcs);
+    let upstreams = v.upstreams(
+        &raw.upstreams,
+        &vpcs,
+        &connections,
+        instance.as_ref(),
+        base_dir,
+    );
+    let services = v.services(&raw.services, &raw.upstreams, instance.as_ref());
+    match instance {
+        Some(instance) if v.problems.is_empty() => Ok(Config {
+            instance,
+            vpcs: vpcs.into_values().collect(),
+            connections,
+            upstreams,
+            services,
+            hash,
+        }),
+        _ => Err(v.problems),
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(
+        &mut self,
+        path: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.problems.push(Problem::new(path, message, fix));
+    }
+
+    fn vpcs(&mut self, raw: &[RawVpc]) -> HashMap<String, Vpc> {
+        let mut vpcs: HashMap<String, Vpc> = HashMap::new();
+        for (i, vpc) in raw.iter().enumerate() {
+            let path = format!("vpcs[{i}]");
+            if vpc.id.trim().is_empty() {
+                self.problem(
+                    format!("{path}.id"),
+                    "must not be empty",
+                    "give the VPC an id such as vpc-main",
+                );
+                continue;
+            }
+            if vpcs.contains_key(&vpc.id) {
+                self.problem(
+                    format!("{path}.id"),
+                    format!("VPC {:?} is declared twice", vpc.id),
+                    "merge the two entries or rename one",
+                );
+                continue;
+            }
+            if vpc.cidrs.is_empty() {
+                self.problem(
+                    format!("{path}.cidrs"),
+                    "a VPC needs at least one CIDR block",
+                    "list the VPC's address ranges, e.g. cidrs: [\"10.0.0.0/16\"]",
+                );
+            }
+            let mut cidrs = Vec::new();
+            for (j, c) in vpc.cidrs.iter().enumerate() {
+                match c.parse::<IpNet>() {
+                    Ok(net) => cidrs.push(net.trunc()),
+                    Err(_) => self.problem(
+                        format!("{path}.cidrs[{j}]"),
+                        format!("{c:?} is not a CIDR block"),
+                        "write an address range like 10.0.0.0/16 or fd00::/64",
+                    ),
+                }
+            }
+            vpcs.insert(
+                vpc.id.clone(),
+                Vpc {
+                    id: vpc.id.clone(),
+                    cidrs,
+                },
+            );
+        }
+        vpcs
+    }
+
+    fn instance(&mut self, raw: &RawInstance, vpcs: &HashMap<String, Vpc>) -> Option<Instance> {
+        let mut ok = true;
+        if raw.id.trim().is_empty() {
+            ok = false;
+            self.problem(
+                "instance.id",
+                "must not be empty",
+                "name the instance, e.g. id: ins-edge-1",
+            );
+        }
+        let kind = match raw.kind.as_str() {
+            "dedicated" => Some(InstanceKind::Dedicated),
+            "shared" => Some(InstanceKind::Shared),
+            other => {
+                self.problem(
+                    "instance.type",
+                    format!("{other:?} is not an instance type"),
+                    "use dedicated or shared",
+                );
+                None
+            }
+        };
+        if !vpcs.contains_key(&raw.vpc) {
+            ok = false;
+            self.unknown_vpc("instance.vpc", &raw.vpc, vpcs);
+        }
+        if raw.listen.is_empty() {
+            ok = false;
+            self.problem(
+                "instance.listen",
+                "no listener given",
+                "add at least one address, e.g. listen: [\"0.0.0.0:8080\"]",
+            );
+        }
+        let mut listen = Vec::new();
+        for (i, l) in raw.listen.iter().enumerate() {
+            match self.socket_addr(&format!("instance.listen[{i}]"), l) {
+                Some(addr) if listen.contains(&addr) => {
+                    ok = false;
+                    self.problem(
+                        format!("instance.listen[{i}]"),
+                        format!("{addr} is listed twice"),
+                        "remove the duplicate",
+                    );
+                }
+                Some(addr) => listen.push(addr),
+                None => ok = false,
+            }
+        }
+        let metrics_text = raw.metrics.as_deref().unwrap_or(limits::DEFAULT_METRICS);
+        let metrics = self.socket_addr("instance.metrics", metrics_text);
+        if let Some(m) = metrics {
+            if listen.contains(&m) {
+                self.problem(
+                    "instance.metrics",
+                    format!("{m} is also a proxy listener"),
+                    "give the metrics endpoint its own port, e.g. 127.0.0.1:9091",
+                );
+            }
+        }
+        let threads = match raw.threads {
+            None => None,
+            Some(t) if (1..=limits::MAX_THREADS as i64).contains(&t) => Some(t as usize),
+            Some(t) => {
+                self.problem(
+                    "instance.threads",
+                    format!("{t} is out of range 1..={}", limits::MAX_THREADS),
+                    "set the number of worker threads, usually the number of cores, or omit it",
+                );
+                None
+            }
+        };
+        let dns_refresh = self
+            .duration(
+                "instance.dns_refresh",
+                raw.dns_refresh.as_deref(),
+                Duration::from_secs(1),
+            )
+            .unwrap_or(limits::DEFAULT_DNS_REFRESH);
+        Some(Instance {
+            id: raw.id.clone(),
+            kind: kind?,
+            vpc: raw.vpc.clone(),
+            listen,
+            metrics: metrics?,
+            threads,
+            dns_refresh,
+        })
+        .filter(|_| ok)
+    }
+
+    fn connections(
+        &mut self,
+        raw: &[Vec<String>],
+        vpcs: &HashMap<String, Vpc>,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, pair) in raw.iter().enumerate() {
+            let path = format!("connections[{i}]");
+            if pair.len() != 2 {
+                self.problem(
+                    path,
+                    format!("a connection joins exactly two VPCs, found {}", pair.len()),
+                    "write each connected pair as [vpc-a, vpc-b]",
+                );
+                continue;
+            }
+            let mut ok = true;
+            for (j, id) in pair.iter().enumerate() {
+                if !vpcs.contains_key(id) {
+                    ok = false;
+                    self.unknown_vpc(&format!("{path}[{j}]"), id, vpcs);
+                }
+            }
+            if pair[0] == pair[1] {
+                ok = false;
+                self.problem(
+                    path,
+                    format!("connects {:?} to itself", pair[0]),
+                    "a VPC always reaches itself; remove this entry",
+                );
+            }
+            if ok {
+                out.push((pair[0].clone(), pair[1].clone()));
+            }
+        }
+        out
+    }
+
+    fn upstreams(
+        &mut self,
+        raw: &[RawUpstream],
+        vpcs: &HashMap<String, Vpc>,
+        connections: &[(String, String)],
+        instance: Option<&Instance>,
+        base_dir: &Path,
+    ) -> Vec<Upstream> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, u) in raw.iter().enumerate() {
+            let path = format!("upstreams[{i}]");
+            if self.name(&format!("{path}.name"), &u.name, "upstream") && !names.insert(&u.name) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!("upstream {:?} is declared twice", u.name),
+                    "upstream names must be unique; rename one",
+                );
+            }
+            let vpc = vpcs.get(&u.vpc);
+            if vpc.is_none() {
+                self.unknown_vpc(&format!("{path}.vpc"), &u.vpc, vpcs);
+            }
+            if let (Some(vpc), Some(instance)) = (vpc, instance) {
+                let connected = connections.iter().any(|(a, b)| {
+                    (a == &vpc.id && b == &instance.vpc) || (b == &vpc.id && a == &instance.vpc)
+                });
+                if vpc.id != instance.vpc && !connected {
+                    self.problem(
+                        format!("{path}.vpc"),
+                        format!(
+                            "upstream VPC {:?} is not the instance's VPC {:?} and the two are not connected",
+                            vpc.id, instance.vpc
+                        ),
+                        format!(
+                            "connect them by adding `- [{}, {}]` under connections:, or move the upstream into {:?}",
+                            instance.vpc, vpc.id, instance.vpc
+                        ),
+                    );
+                }
+            }
+            if let Some(alg) = &u.algorithm {
+                if alg != "weighted_round_robin" {
+                    self.problem(
+                        format!("{path}.algorithm"),
+                        format!("{alg:?} is not supported"),
+                        "use weighted_round_robin (the only algorithm) or omit the key",
+                    );
+                }
+            }
+            let protocol = match u.protocol.to_ascii_lowercase().as_str() {
+                "http" => Some(Protocol::Http),
+                "https" => Some(Protocol::Https),
+                other => {
+                    self.problem(
+                        format!("{path}.protocol"),
+                        format!("{other:?} is not a backend protocol"),
+                        "use http or https",
+                    );
+                    None
+                }
+            };
+            if let Some(h) = &u.host_header {
+                if !is_valid_host_header(h) {
+                    self.problem(
+                        format!("{path}.host_header"),
+                        format!("{h:?} is not a valid Host header"),
+                        "write a host name with an optional port, e.g. users.internal:8080",
+                    );
+                }
+            }
+            let retries = match u.retries {
+                None => limits::DEFAULT_RETRIES,
+                Some(r)
+                    if (limits::MIN_RETRIES as i64..=limits::MAX_RETRIES as i64).contains(&r) =>
+                {
+                    r as u32
+                }
+                Some(r) => {
+                    self.problem(
+                        format!("{path}.retries"),
+                        format!(
+                            "{r} is out of range {}..={}",
+                            limits::MIN_RETRIES,
+                            limits::MAX_RETRIES
+                        ),
+                        format!(
+                            "set retries between {} and {}, or omit it for the default {}",
+                            limits::MIN_RETRIES,
+                            limits::MAX_RETRIES,
+                            limits::DEFAULT_RETRIES
+                        ),
+                    );
+                    limits::DEFAULT_RETRIES
+                }
+            };
+            let connect_timeout = self
+                .duration(
+                    &format!("{path}.connect_timeout"),
+                    u.connect_timeout.as_deref(),
+                    Duration::from_millis(1),
+                )
+                .unwrap_or(limits::DEFAULT_CONNECT_TIMEOUT);
+            let tls = self.tls(&path, u, protocol, base_dir);
+            let nodes = self.nodes(&path, &u.nodes, vpc);
+            if let (Some(vpc), Some(protocol)) = (vpc, protocol) {
+                out.push(Upstream {
+                    name: u.name.clone(),
+                    vpc: vpc.clone(),
+                    description: u.description.clone().unwrap_or_default(),
+                    protocol,
+                    host_header: u.host_header.clone(),
+                    retries,
+                    connect_timeout,
+                    tls,
+                    nodes,
+                });
+            }
+        }
+        out
+    }
+
+    fn tls(
+        &mut self,
+        path: &str,
+        u: &RawUpstream,
+        protocol: Option<Protocol>,
+        base_dir: &Path,
+    ) -> Option<Tls> {
+        match (&u.tls, protocol) {
+            (Some(_), Some(Protocol::Http)) => {
+                self.problem(
+                    format!("{path}.tls"),
+                    "tls settings are given but the protocol is http",
+                    "set protocol: https, or remove the tls block",
+                );
+                None
+            }
+            (None, Some(Protocol::Https)) => Some(Tls::default()),
+            (Some(t), Some(Protocol::Https)) => {
+                if let Some(sni) = &t.sni {
+                    if !is_dns_name(sni) {
+                        self.problem(
+                            format!("{path}.tls.sni"),
+                            format!("{sni:?} is not a DNS name"),
+                            "set the server name the backend's certificate carries, e.g. users.internal",
+                        );
+                    }
+                }
+                let ca_file = match t.ca_file.as_deref() {
+                    Some("") => {
+                        self.problem(
+                            format!("{path}.tls.ca_file"),
+                            "must not be empty",
+                            "give the path of a PEM file of CA certificates, or omit the key to use the system's",
+                        );
+                        None
+                    }
+                    Some(f) => Some(base_dir.join(f)),
+                    None => None,
+                };
+                Some(Tls {
+                    verify: t.verify.unwrap_or(true),
+                    ca_file,
+                    sni: t.sni.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn nodes(&mut self, path: &str, raw: &[RawNode], vpc: Option<&Vpc>) -> Vec<Node> {
+        if raw.is_empty() || raw.len() > limits::MAX_NODES {
+            self.problem(
+                format!("{path}.nodes"),
+                format!(
+                    "has {} nodes; an upstream has 1 to {}",
+                    raw.len(),
+                    limits::MAX_NODES
+                ),
+                if raw.is_empty() {
+                    "add at least one node: { host: 10.0.0.11, port: 8080, weight: 10 }".to_owned()
+                } else {
+                    format!(
+                        "split the nodes over several upstreams of at most {}",
+                        limits::MAX_NODES
+                    )
+                },
+            );
+        }
+        let mut seen: HashMap<(String, i64), usize> = HashMap::new();
+        let mut nodes = Vec::new();
+        for (j, n) in raw.iter().enumerate() {
+            let npath = format!("{path}.nodes[{j}]");
+            let host = if let Ok(ip) = n.host.parse::<IpAddr>() {
+                if let Some(vpc) = vpc {
+                    if !vpc.contains(ip) {
+                        self.problem(
+                            format!("{npath}.host"),
+                            format!("{ip} is outside VPC {:?} ({})", vpc.id, join(&vpc.cidrs)),
+                            format!(
+                                "use an address inside {:?}, or add its range to that VPC's cidrs",
+                                vpc.id
+                            ),
+                        );
+                    }
+                }
+                Some(NodeHost::Ip(ip))
+            } else if is_dns_name(&n.host) {
+                Some(NodeHost::Name(n.host.to_ascii_lowercase()))
+            } else {
+                self.problem(
+                    format!("{npath}.host"),
+                    format!("{:?} is neither an IP address nor a DNS name", n.host),
+                    "write an address like 10.0.0.11 or a name like users-1.internal",
+                );
+                None
+            };
+            let port = if (1..=65535).contains(&n.port) {
+                Some(n.port as u16)
+            } else {
+                self.problem(
+                    format!("{npath}.port"),
+                    format!("{} is out of range 1..=65535", n.port),
+                    "set the port the backend listens on",
+                );
+                None
+            };
+            let weight = match n.weight {
+                None => limits::DEFAULT_WEIGHT,
+                Some(w) if (0..=limits::MAX_WEIGHT as i64).contains(&w) => w as u32,
+                Some(w) => {
+                    self.problem(
+                        format!("{npath}.weight"),
+                        format!("{w} is out of range 0..={}", limits::MAX_WEIGHT),
+                        format!(
+                            "set a weight from 0 (drains the node) to {}",
+                            limits::MAX_WEIGHT
+                        ),
+                    );
+                    0
+                }
+            };
+            let key = (n.host.to_ascii_lowercase(), n.port);
+            if let Some(first) = seen.get(&key) {
+                self.problem(
+                    npath.clone(),
+                    format!("{}:{} is already nodes[{first}]", n.host, n.port),
+                    "list each host:port once; raise its weight instead of repeating it",
+                );
+            } else {
+                seen.insert(key, j);
+            }
+            if let (Some(host), Some(port)) = (host, port) {
+                nodes.push(Node { host, port, weight });
+            }
+        }
+        if !raw.is_empty() && raw.iter().all(|n| n.weight == Some(0)) {
+            self.problem(
+                format!("{path}.nodes"),
+                "every node has weight 0, so no request could be served",
+                "give at least one node a weight above 0",
+            );
+        }
+        nodes
+    }
+
+    fn services(
+        &mut self,
+        raw: &[RawService],
+        upstreams: &[RawUpstream],
+        instance: Option<&Instance>,
+    ) -> Vec<Service> {
+        let mut service_names = HashSet::new();
+        // route shape -> (methods claimed, owner path) for conflict detection across all services
+        let mut claims: HashMap<String, Vec<(Vec<String>, String)>> = HashMap::new();
+        let mut router = matchit::Router::new();
+        let mut out = Vec::new();
+        for (i, s) in raw.iter().enumerate() {
+            let spath = format!("services[{i}]");
+            if self.name(&format!("{spath}.name"), &s.name, "service")
+                && !service_names.insert(&s.name)
+            {
+                self.problem(
+                    format!("{spath}.name"),
+                    format!("service {:?} is declared twice", s.name),
+                    "service names must be unique; merge the services or rename one",
+                );
+            }
+            let mut api_names = HashSet::new();
+            let mut apis = Vec::new();
+            for (j, a) in s.apis.iter().enumerate() {
+                let apath = format!("{spath}.apis[{j}]");
+                if self.name(&format!("{apath}.name"), &a.name, "API") && !api_names.insert(&a.name)
+                {
+                    self.problem(
+                        format!("{apath}.name"),
+                        format!("API {:?} is declared twice in service {:?}", a.name, s.name),
+                        "API names must be unique within a service; rename one",
+                    );
+                }
+                let methods = self.methods(&apath, a.methods.as_deref());
+                let pattern = match PathPattern::parse(&a.path) {
+                    Ok(p) => Some(p),
+                    Err(msg) => {
+                        self.problem(
+                            format!("{apath}.path"),
+                            msg,
+                            "write a pattern like /users/{id} or /static/{*rest}",
+                        );
+                        None
+                    }
+                };
+                if let (Some(p), Some(methods)) = (&pattern, &methods) {
+                    self.claim_route(&apath, p, methods, &mut claims, &mut router);
+                }
+                let backend =
+                    self.backend(&apath, &a.backend, pattern.as_ref(), upstreams, instance);
+                if let (Some(path), Some(methods), Some(backend)) = (pattern, methods, backend) {
+                    apis.push(Api {
+                        name: a.name.clone(),
+                        path,
+                        methods,
+                        backend,
+                    });
+                }
+            }
+            out.push(Service {
+                name: s.name.clone(),
+                description: s.description.clone().unwrap_or_default(),
+                apis,
+            });
+        }
+        out
+    }
+
+    fn methods(&mut self, apath: &str, raw: Option<&[String]>) -> Option<Vec<String>> {
+        let Some(raw) = raw else {
+            return Some(Vec::new());
+        };
+        if raw.is_empty() {
+            self.problem(
+                format!("{apath}.methods"),
+                "the method list is empty, so the API could never match",
+                "list methods like [GET, POST], or omit the key to accept every method",
+            );
+            return None;
+        }
+        let mut ok = true;
+        let mut out: Vec<String> = Vec::new();
+        for (k, m) in raw.iter().enumerate() {
+            let upper = m.to_ascii_uppercase();
+            if upper == "ANY" {
+                return Some(Vec::new());
+            }
+            if !METHODS.contains(&upper.as_str()) {
+                ok = false;
+                self.problem(
+                    format!("{apath}.methods[{k}]"),
+                    format!("{m:?} is not an HTTP method"),
+                    format!("use one of {}, or ANY", METHODS.join(", ")),
+                );
+            } else if out.contains(&upper) {
+                ok = false;
+                self.problem(
+                    format!("{apath}.methods[{k}]"),
+                    format!("{upper} is listed twice"),
+                    "remove the duplicate",
+                );
+            } else {
+                out.push(upper);
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn claim_route(
+        &mut self,
+        apath: &str,
+        pattern: &PathPattern,
+        methods: &[String],
+        claims: &mut HashMap<String, Vec<(Vec<String>, String)>>,
+        router: &mut matchit::Router<()>,
+    ) {
+        let shape = pattern.route_shape();
+        let existing = claims.entry(shape.clone()).or_default();
+        if existing.is_empty() {
+            if let Err(e) = router.insert(shape.as_str(), ()) {
+                self.problem(
+                    format!("{apath}.path"),
+                    format!("{:?} cannot be routed next to another API's path: {e}", pattern.as_str()),
+                    "a segment cannot be both a {param} and a {*wildcard} at the same position; change one of the paths",
+                );
+                return;
+            }
+        }
+        for (other_methods, owner) in existing.iter() {
+            let overlap: Vec<&str> = if methods.is_empty() || other_methods.is_empty() {
+                vec!["every method"]
+            } else {
+                methods
+                    .iter()
+                    .filter(|m| other_methods.contains(m))
+                    .map(String::as_str)
+                    .collect()
+            };
+            if !overlap.is_empty() {
+                self.problem(
+                    format!("{apath}.path"),
+                    format!(
+                        "{} {:?} is already claimed by {owner}",
+                        overlap.join(", "),
+                        pattern.as_str()
+                    ),
+                    "two APIs may not serve the same method and path; change the path or the methods",
+                );
+                return;
+            }
+        }
+        existing.push((methods.to_vec(), apath.to_owned()));
+    }
+
+    fn backend(
+        &mut self,
+        apath: &str,
+        raw: &RawBackend,
+        pattern: Option<&PathPattern>,
+        upstreams: &[RawUpstream],
+        instance: Option<&Instance>,
+    ) -> Option<Backend> {
+        let bpath = format!("{apath}.backend");
+        match (&raw.upstream, &raw.response) {
+            (Some(_), Some(_)) | (None, None) => {
+                self.problem(
+                    bpath,
+                    "a backend is either an upstream or a fixed response",
+                    "set exactly one of backend.upstream and backend.response",
+                );
+                None
+            }
+            (None, Some(r)) => {
+                if raw.path.is_some() || raw.timeout.is_some() {
+                    self.problem(
+                        bpath.clone(),
+                        "path and timeout apply to upstream backends only",
+                        "remove backend.path and backend.timeout from a fixed response",
+                    );
+                }
+                let status = r.status.unwrap_or(200);
+                if !(100..=599).contains(&status) {
+                    self.problem(
+                        format!("{bpath}.response.status"),
+                        format!("{status} is out of range 100..=599"),
+                        "use an HTTP status code such as 200",
+                    );
+                }
+                for name in r.headers.keys() {
+                    if name.is_empty() || !name.bytes().all(is_token_byte) {
+                        self.problem(
+                            format!("{bpath}.response.headers.{name}"),
+                            format!("{name:?} is not a valid header name"),
+                            "use letters, digits and '-' in header names",
+                        );
+                    }
+                }
+                for (name, value) in &r.headers {
+                    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                        self.problem(
+                            format!("{bpath}.response.headers.{name}"),
+                            "the value contains a line break or NUL",
+                            "keep header values on one line",
+                        );
+                    }
+                }
+                Some(Backend::Response(FixedResponse {
+                    status: status.clamp(100, 599) as u16,
+                    headers: r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    body: r.body.clone(),
+                }))
+            }
+            (Some(name), None) => {
+                let upstream = upstreams.iter().position(|u| &u.name == name);
+                if upstream.is_none() {
+                    let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                    self.problem(
+                        format!("{bpath}.upstream"),
+                        format!("upstream {name:?} is not declared"),
+                        if known.is_empty() {
+                            "declare it under upstreams:".to_owned()
+                        } else {
+                            format!("use one of: {}", known.join(", "))
+                        },
+                    );
+                }
+                if instance.is_some_and(|i| i.kind == InstanceKind::Shared) {
+                    self.problem(
+                        format!("{bpath}.upstream"),
+                        "VPC upstreams serve APIs on dedicated instances only, and this instance is shared",
+                        "set instance.type: dedicated, or give this API a fixed response backend",
+                    );
+                }
+                let path = match (&raw.path, pattern) {
+                    (Some(t), Some(p)) => match PathTemplate::parse(t, p) {
+                        Ok(t) => Some(t),
+                        Err(msg) => {
+                            self.problem(
+                                format!("{bpath}.path"),
+                                msg,
+                                "use only parameters of the API path, e.g. /v1/users/{id}",
+                            );
+                            None
+                        }
+                    },
+                    _ => None,
+                };
+                let timeout = self
+                    .duration(
+                        &format!("{bpath}.timeout"),
+                        raw.timeout.as_deref(),
+                        Duration::from_millis(1),
+                    )
+                    .unwrap_or(limits::DEFAULT_BACKEND_TIMEOUT);
+                Some(Backend::Upstream(UpstreamBackend {
+                    upstream: upstream?,
+                    path,
+                    timeout,
+                }))
+            }
+        }
+    }
+
+    /// Checks a resource name; returns whether it is valid.
+    fn name(&mut self, path: &str, name: &str, what: &str) -> bool {
+        let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if name.is_empty() || name.len() > limits::MAX_NAME_LEN || !valid_chars {
+            self.problem(
+                path,
+                format!(
+                    "{what} name {name:?} must be 1 to {} characters of a-z, A-Z, 0-9 and _",
+                    limits::MAX_NAME_LEN
+                ),
+                format!("rename it, e.g. {:?}", suggest_name(name)),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn unknown_vpc(&mut self, path: &str, id: &str, vpcs: &HashMap<String, Vpc>) {
+        let mut known: Vec<&str> = vpcs.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        self.problem(
+            path,
+            format!("VPC {id:?} is not declared"),
+            if known.is_empty() {
+                format!("declare it under vpcs: with its cidrs, e.g. - {{ id: {id}, cidrs: [\"10.0.0.0/16\"] }}")
+            } else {
+                format!("use one of: {}, or declare {id:?} under vpcs:", known.join(", "))
+            },
+        );
+    }
+
+    fn socket_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not an IP:port address"),
+                    "write an address like 0.0.0.0:8080 or [::]:8080 (host names are not resolved)",
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, text: Option<&str>, min: Duration) -> Option<Duration> {
+        let text = text?;
+        match humantime::parse_duration(text) {
+            Ok(d) if d >= min => Some(d),
+            Ok(_) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is too short"),
+                    format!("use at least {}", humantime::format_duration(min)),
+                );
+                None
+            }
+            Err(_) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a duration"),
+                    "write a duration like 500ms, 15s or 1m",
+                );
+                None
+            }
+        }
+    }
+}
+
+fn join(nets: &[IpNet]) -> String {
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn suggest_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(limits::MAX_NAME_LEN)
+        .collect();
+    if s.is_empty() {
+        "my_name".to_owned()
+    } else {
+        s
+    }
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and '-', not starting or ending
+/// with '-', at most 253 characters.
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.parse::<IpAddr>().is_err()
+        && s.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn is_valid_host_header(h: &str) -> bool {
+    let host = host_without_port(h);
+    let port_ok = match h
+        .strip_prefix(host)
+        .or_else(|| h.strip_prefix(&format!("[{host}]")))
+    {
+        Some("") => true,
+        Some(p) => p
+            .strip_prefix(':')
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_some_and(|p| p > 0),
+        None => false,
+    };
+    port_ok && (is_dns_name(host) || host.parse::<IpAddr>().is_ok())
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}

@@ -1,0 +1,275 @@
+//! One case per validation rule: each breaks a valid config in one place and asserts the path and
+//! message the user sees.
+
+use std::path::Path;
+
+use gatehouse_config::{parse, Backend, ConfigError, InstanceKind, NodeHost};
+use serde_yaml::Value;
+
+const VALID: &str = r#"
+instance:
+  id: ins-edge-1
+  type: dedicated
+  vpc: vpc-main
+  listen: ["0.0.0.0:8080"]
+  metrics: "127.0.0.1:9091"
+  threads: 2
+vpcs:
+  - id: vpc-main
+    cidrs: ["10.0.0.0/16", "127.0.0.0/8"]
+  - id: vpc-data
+    cidrs: ["10.1.0.0/16"]
+connections:
+  - [vpc-main, vpc-data]
+upstreams:
+  - name: user_service
+    vpc: vpc-main
+    description: user API pool
+    algorithm: weighted_round_robin
+    protocol: http
+    host_header: users.internal:8080
+    retries: 5
+    nodes:
+      - { host: 10.0.0.11, port: 8080, weight: 10 }
+      - { host: 10.0.0.12, port: 8080, weight: 5 }
+  - name: data_service
+    vpc: vpc-data
+    protocol: https
+    tls: { verify: true, sni: data.internal }
+    nodes:
+      - { host: 10.1.0.5, port: 8443, weight: 1 }
+      - { host: data-2.internal, port: 8443, weight: 1 }
+services:
+  - name: shop
+    apis:
+      - name: get_user
+        path: /users/{id}
+        methods: [GET]
+        backend:
+          upstream: user_service
+          path: /v1/users/{id}
+          timeout: 15s
+      - name: update_user
+        path: /users/{uid}
+        methods: [PUT, PATCH]
+        backend: { upstream: user_service }
+      - name: health
+        path: /healthz
+        backend: { response: { status: 200, body: ok } }
+      - name: files
+        path: /files/{*rest}
+        methods: [GET]
+        backend: { upstream: data_service, path: "/blob/{rest}" }
+"#;
+
+fn base() -> Value {
+    serde_yaml::from_str(VALID).unwrap()
+}
+
+/// Sets `path` (`a.b[2].c`) in `doc` to `value` parsed as YAML (`~` removes the key).
+fn set(doc: &mut Value, path: &str, value: &str) {
+    let mut cur = doc;
+    let keys: Vec<&str> = path.split('.').collect();
+    for (i, key) in keys.iter().enumerate() {
+        let (name, index) = match key.split_once('[') {
+            Some((n, rest)) => (
+                n,
+                Some(rest.trim_end_matches(']').parse::<usize>().unwrap()),
+            ),
+            None => (*key, None),
+        };
+        let last = i == keys.len() - 1;
+        if last && index.is_none() {
+            let map = cur.as_mapping_mut().unwrap();
+            if value == "~" {
+                map.remove(name);
+            } else {
+                map.insert(name.into(), serde_yaml::from_str(value).unwrap());
+            }
+            return;
+        }
+        cur = cur
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no key {name} in {path}"));
+        if let Some(idx) = index {
+            if last {
+                cur.as_sequence_mut().unwrap()[idx] = serde_yaml::from_str(value).unwrap();
+                return;
+            }
+            cur = cur.get_mut(idx).unwrap();
+        }
+    }
+}
+
+fn problems_of(doc: &Value) -> Vec<String> {
+    let text = serde_yaml::to_string(doc).unwrap();
+    match parse(&text, "test.yaml", Path::new("/etc/gatehouse")) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.0.iter().map(|p| p.to_string()).collect()
+        }
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+#[test]
+fn the_reference_config_is_valid() {
+    let cfg = parse(VALID, "test.yaml", Path::new("/etc/gatehouse")).expect("valid");
+    assert_eq!(cfg.instance.kind, InstanceKind::Dedicated);
+    assert_eq!(cfg.upstreams.len(), 2);
+    assert_eq!(cfg.upstreams[0].retries, 5);
+    assert_eq!(
+        cfg.upstreams[1].nodes[1].host,
+        NodeHost::Name("data-2.internal".into())
+    );
+    assert!(matches!(
+        cfg.services[0].apis[2].backend,
+        Backend::Response(_)
+    ));
+    assert_eq!(cfg.hash.len(), 16);
+}
+
+#[test]
+fn defaults_apply_when_keys_are_omitted() {
+    let mut doc = base();
+    set(&mut doc, "upstreams[0].retries", "~");
+    set(&mut doc, "instance.metrics", "~");
+    set(&mut doc, "instance.threads", "~");
+    let cfg = parse(&serde_yaml::to_string(&doc).unwrap(), "t", Path::new("/")).unwrap();
+    assert_eq!(cfg.upstreams[0].retries, 5, "retries default to 5");
+    assert_eq!(
+        cfg.instance.metrics.to_string(),
+        "127.0.0.1:9091",
+        "metrics bind to loopback"
+    );
+    assert_eq!(cfg.instance.threads, None);
+    assert!(
+        cfg.upstreams[1].tls.as_ref().unwrap().verify,
+        "https verifies by default"
+    );
+}
+
+/// (name, [(path, value)], expected substring of one reported problem)
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+const CASES: &[Case] = &[
+    ("name too long", &[("upstreams[0].name", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")], "upstreams[0].name: upstream name"),
+    ("name with bad characters", &[("upstreams[0].name", "user-service")], "upstreams[0].name: upstream name \"user-service\" must be 1 to 50 characters"),
+    ("empty name", &[("upstreams[0].name", "''")], "upstreams[0].name: upstream name \"\""),
+    ("duplicate upstream", &[("upstreams[1].name", "user_service"), ("services[0].apis[3].backend.upstream", "user_service")], "upstreams[1].name: upstream \"user_service\" is declared twice"),
+    ("duplicate API in a service", &[("services[0].apis[1].name", "get_user")], "services[0].apis[1].name: API \"get_user\" is declared twice in service \"shop\""),
+    ("unknown VPC", &[("upstreams[0].vpc", "vpc-nope")], "upstreams[0].vpc: VPC \"vpc-nope\" is not declared (fix: use one of: vpc-data, vpc-main"),
+    ("instance VPC unknown", &[("instance.vpc", "vpc-x")], "instance.vpc: VPC \"vpc-x\" is not declared"),
+    ("bad protocol", &[("upstreams[0].protocol", "grpc")], "upstreams[0].protocol: \"grpc\" is not a backend protocol (fix: use http or https)"),
+    ("bad algorithm", &[("upstreams[0].algorithm", "least_conn")], "upstreams[0].algorithm: \"least_conn\" is not supported"),
+    ("no nodes", &[("upstreams[0].nodes", "[]")], "upstreams[0].nodes: has 0 nodes; an upstream has 1 to 200"),
+    ("port zero", &[("upstreams[0].nodes[1].port", "0")], "upstreams[0].nodes[1].port: 0 is out of range 1..=65535"),
+    ("port too high", &[("upstreams[0].nodes[1].port", "70000")], "upstreams[0].nodes[1].port: 70000 is out of range 1..=65535"),
+    ("weight too high", &[("upstreams[0].nodes[1].weight", "150")], "upstreams[0].nodes[1].weight: 150 is out of range 0..=100"),
+    ("negative weight", &[("upstreams[0].nodes[0].weight", "-1")], "upstreams[0].nodes[0].weight: -1 is out of range 0..=100"),
+    ("all weights zero", &[("upstreams[0].nodes[0].weight", "0"), ("upstreams[0].nodes[1].weight", "0")], "upstreams[0].nodes: every node has weight 0"),
+    ("duplicate node", &[("upstreams[0].nodes[1].host", "10.0.0.11")], "upstreams[0].nodes[1]: 10.0.0.11:8080 is already nodes[0]"),
+    ("node outside its VPC", &[("upstreams[0].nodes[1].host", "192.168.1.9")], "upstreams[0].nodes[1].host: 192.168.1.9 is outside VPC \"vpc-main\""),
+    ("node host not a name", &[("upstreams[0].nodes[1].host", "bad host!")], "upstreams[0].nodes[1].host: \"bad host!\" is neither an IP address nor a DNS name"),
+    ("retries zero", &[("upstreams[0].retries", "0")], "upstreams[0].retries: 0 is out of range 1..=100"),
+    ("retries too many", &[("upstreams[0].retries", "101")], "upstreams[0].retries: 101 is out of range 1..=100"),
+    ("tls on http", &[("upstreams[0].tls", "{ verify: true }")], "upstreams[0].tls: tls settings are given but the protocol is http"),
+    ("bad host header", &[("upstreams[0].host_header", "'users internal'")], "upstreams[0].host_header: \"users internal\" is not a valid Host header"),
+    ("upstream API on a shared instance", &[("instance.type", "shared")], "services[0].apis[0].backend.upstream: VPC upstreams serve APIs on dedicated instances only"),
+    ("bad instance type", &[("instance.type", "huge")], "instance.type: \"huge\" is not an instance type"),
+    ("unconnected VPCs", &[("connections", "[]")], "upstreams[1].vpc: upstream VPC \"vpc-data\" is not the instance's VPC \"vpc-main\" and the two are not connected (fix: connect them by adding `- [vpc-main, vpc-data]` under connections:"),
+    ("connection to unknown VPC", &[("connections[0]", "[vpc-main, vpc-zzz]")], "connections[0][1]: VPC \"vpc-zzz\" is not declared"),
+    ("invalid path pattern", &[("services[0].apis[0].path", "users/{id}")], "services[0].apis[0].path: path pattern \"users/{id}\" must start with '/'"),
+    ("same method and path twice", &[("services[0].apis[1].methods", "[GET]")], "services[0].apis[1].path: GET \"/users/{uid}\" is already claimed by services[0].apis[0]"),
+    ("any method overlaps", &[("services[0].apis[1].methods", "~")], "services[0].apis[1].path: every method \"/users/{uid}\" is already claimed by services[0].apis[0]"),
+    ("param and wildcard at one position", &[("services[0].apis[2].path", "/users/{*all}")], "services[0].apis[2].path: \"/users/{*all}\" cannot be routed next to another API's path"),
+    ("unknown upstream", &[("services[0].apis[0].backend.upstream", "nobody")], "services[0].apis[0].backend.upstream: upstream \"nobody\" is not declared (fix: use one of: user_service, data_service)"),
+    ("backend path uses an unknown parameter", &[("services[0].apis[0].backend.path", "/v1/{user}")], "services[0].apis[0].backend.path: backend path \"/v1/{user}\" uses {user}"),
+    ("bad timeout", &[("services[0].apis[0].backend.timeout", "soon")], "services[0].apis[0].backend.timeout: \"soon\" is not a duration"),
+    ("bad method", &[("services[0].apis[0].methods", "[FETCH]")], "services[0].apis[0].methods[0]: \"FETCH\" is not an HTTP method"),
+    ("both backends", &[("services[0].apis[0].backend.response", "{ body: x }")], "services[0].apis[0].backend: a backend is either an upstream or a fixed response"),
+    ("bad listen address", &[("instance.listen", "[\"localhost:80\"]")], "instance.listen[0]: \"localhost:80\" is not an IP:port address"),
+    ("threads out of range", &[("instance.threads", "0")], "instance.threads: 0 is out of range 1..=256"),
+    ("bad CIDR", &[("vpcs[1].cidrs", "[\"10.1.0.0/33\"]")], "vpcs[1].cidrs[0]: \"10.1.0.0/33\" is not a CIDR block"),
+    ("duplicate VPC", &[("vpcs[1].id", "vpc-main")], "vpcs[1].id: VPC \"vpc-main\" is declared twice"),
+];
+
+#[test]
+fn each_rule_reports_its_path_and_fix() {
+    let mut failures = Vec::new();
+    for (name, edits, expected) in CASES {
+        let mut doc = base();
+        for (path, value) in *edits {
+            set(&mut doc, path, value);
+        }
+        let problems = problems_of(&doc);
+        if !problems.iter().any(|p| p.contains(expected)) {
+            failures.push(format!(
+                "{name}: expected {expected:?}\n   got {problems:#?}"
+            ));
+        }
+        if problems.iter().any(|p| !p.contains("(fix: ")) {
+            failures.push(format!("{name}: a problem without a fix: {problems:#?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let mut doc = base();
+    set(&mut doc, "upstreams[0].nodes[1].weight", "150");
+    set(&mut doc, "upstreams[0].retries", "0");
+    set(&mut doc, "upstreams[1].nodes[0].port", "0");
+    set(&mut doc, "services[0].apis[0].path", "nope");
+    let problems = problems_of(&doc);
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_path() {
+    let mut doc = base();
+    set(&mut doc, "upstreams[0].nodes[0].wieght", "3");
+    let problems = problems_of(&doc);
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].contains("upstreams[0].nodes[0]: unknown field `wieght`"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn relative_ca_file_is_resolved_against_the_config_folder() {
+    let mut doc = base();
+    set(&mut doc, "upstreams[1].tls", "{ ca_file: certs/ca.pem }");
+    let cfg = parse(
+        &serde_yaml::to_string(&doc).unwrap(),
+        "t",
+        Path::new("/etc/gatehouse"),
+    )
+    .unwrap();
+    let tls = cfg.upstreams[1].tls.as_ref().unwrap();
+    assert_eq!(
+        tls.ca_file.as_deref(),
+        Some(Path::new("/etc/gatehouse/certs/ca.pem"))
+    );
+}
+
+#[test]
+fn sni_falls_back_to_host_header_then_node_host() {
+    let mut doc = base();
+    set(&mut doc, "upstreams[1].tls", "{ verify: true }");
+    let cfg = parse(&serde_yaml::to_string(&doc).unwrap(), "t", Path::new("/")).unwrap();
+    let data = &cfg.upstreams[1];
+    assert_eq!(data.sni_for(&data.nodes[1]), "data-2.internal");
+    set(&mut doc, "upstreams[1].host_header", "data.example:8443");
+    let cfg = parse(&serde_yaml::to_string(&doc).unwrap(), "t", Path::new("/")).unwrap();
+    assert_eq!(
+        cfg.upstreams[1].sni_for(&cfg.upstreams[1].nodes[0]),
+        "data.example"
+    );
+}
