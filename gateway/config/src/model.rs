@@ -25,6 +25,8 @@ pub mod limits {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// nginx's `proxy_read_timeout` default: the longest a backend may stay silent.
     pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Long enough to stop hammering a dead node, short enough to notice its return quickly.
+    pub const DEFAULT_UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
     pub const DEFAULT_METRICS: &str = "127.0.0.1:9091";
     pub const MAX_THREADS: usize = 256;
@@ -124,6 +126,8 @@ pub struct Upstream {
     /// Extra attempts after the first failed one.
     pub retries: u32,
     pub connect_timeout: Duration,
+    /// How long a node that failed to connect is skipped before it is tried again; zero disables.
+    pub unhealthy_timeout: Duration,
     /// Present for `https` upstreams (defaults applied).
     pub tls: Option<Tls>,
     pub nodes: Vec<Node>,

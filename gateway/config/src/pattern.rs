@@ -183,7 +183,8 @@ pub enum TemplatePart {
     Param(usize),
 }
 
-/// A backend path such as `/v1/users/{id}`, its parameters resolved against the API's pattern.
+/// A backend path such as `/v1/users/{id}`, its parameters resolved against the API's pattern. It
+/// may carry a query (`/search?user={id}`), to which the request's own query is appended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
     raw: String,
@@ -231,7 +232,7 @@ impl PathTemplate {
         }
         if let Some(c) = raw
             .chars()
-            .find(|c| *c != '/' && *c != '{' && *c != '}' && !is_path_char(*c))
+            .find(|c| !"/{}?".contains(*c) && !is_path_char(*c))
         {
             return Err(format!(
                 "backend path {raw:?} has {c:?}, not a URL path character"

@@ -55,6 +55,8 @@ pub struct RawUpstream {
     pub host_header: Option<String>,
     pub retries: Option<i64>,
     pub connect_timeout: Option<String>,
+    /// How long a node that failed to connect is left out, e.g. `10s`; `0s` never leaves it out.
+    pub unhealthy_timeout: Option<String>,
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub nodes: Vec<RawNode>,

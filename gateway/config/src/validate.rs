@@ -342,6 +342,13 @@ impl Validator {
                     Duration::from_millis(1),
                 )
                 .unwrap_or(limits::DEFAULT_CONNECT_TIMEOUT);
+            let unhealthy_timeout = self
+                .duration(
+                    &format!("{path}.unhealthy_timeout"),
+                    u.unhealthy_timeout.as_deref(),
+                    Duration::ZERO,
+                )
+                .unwrap_or(limits::DEFAULT_UNHEALTHY_TIMEOUT);
             let tls = self.tls(&path, u, protocol, base_dir);
             let nodes = self.nodes(&path, &u.nodes, vpc);
             if let (Some(vpc), Some(protocol)) = (vpc, protocol) {
@@ -353,6 +360,7 @@ impl Validator {
                     host_header: u.host_header.clone(),
                     retries,
                     connect_timeout,
+                    unhealthy_timeout,
                     tls,
                     nodes,
                 });

@@ -1,1 +1,163 @@
-fn main() {}
+//! `gatehouse`: the edge gateway binary. `run` serves a configuration, `validate` checks
+//! configuration files without serving them, `demo` serves the shipped configuration with echo
+//! backends on its nodes and shows the gateway at work.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The configuration used when `-c` is not given.
+const DEFAULT_CONFIG: &str = "config/gatehouse.yaml";
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Gatehouse: an edge API gateway for private services"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace, or a RUST_LOG filter); overrides RUST_LOG.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a configuration.
+    Run {
+        /// The configuration file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Check configuration files: exit 0 when all are valid, otherwise print every problem.
+    Validate {
+        /// Configuration files to check (repeat -c for several).
+        #[arg(short, long = "config", default_value = DEFAULT_CONFIG, num_args = 1..)]
+        config: Vec<PathBuf>,
+    },
+    /// Serve a configuration with echo backends started on its loopback nodes, and show the
+    /// weighted spread, the Host header and a retried dead node.
+    Demo {
+        /// The configuration file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Nodes (host:port) to leave without a backend, to show retries.
+        #[arg(long, default_value = "127.0.1.2:9202")]
+        down: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    match cli.command {
+        Command::Run { config } => run(&config, None),
+        Command::Validate { config } => validate(&config),
+        Command::Demo { config, down } => run(&config, Some(down)),
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(level) = level {
+        builder.parse_filters(level);
+    }
+    builder.format_timestamp_millis().init();
+}
+
+/// Serves `path`; with `demo`, first starts echo backends on its nodes (except the ones listed).
+fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
+    let config = match gatehouse_config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tour = match demo {
+        Some(down) => match demo::start_backends(&config, &down) {
+            Ok(tour) => Some(tour),
+            Err(e) => {
+                eprintln!("gatehouse demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let (server, _runtime) = match gatehouse_proxy::build(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(tour) = tour {
+        tour.show_when_ready();
+    }
+    log::info!(
+        "gatehouse {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        path.display()
+    );
+    server.run_forever()
+}
+
+fn validate(paths: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for path in paths {
+        let problems = match gatehouse_config::load(path) {
+            Ok(config) => {
+                let problems = gatehouse_proxy::upstream::check_files(&config);
+                if problems.is_empty() {
+                    let apis: usize = config.services.iter().map(|s| s.apis.len()).sum();
+                    println!(
+                        "{}: valid ({} upstream{}, {} service{}, {} API{})",
+                        path.display(),
+                        config.upstreams.len(),
+                        plural(config.upstreams.len()),
+                        config.services.len(),
+                        plural(config.services.len()),
+                        apis,
+                        plural(apis)
+                    );
+                    continue;
+                }
+                problems
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+                continue;
+            }
+        };
+        failed = true;
+        eprintln!(
+            "{}: invalid configuration, {} problem{}",
+            path.display(),
+            problems.len(),
+            plural(problems.len())
+        );
+        for p in problems {
+            eprintln!("  {p}");
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

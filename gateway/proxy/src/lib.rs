@@ -1,1 +1,20 @@
+//! The Gatehouse request path on Pingora: routing ([`route`]), smooth weighted node selection
+//! ([`selection`]), upstreams with their VPC egress guard ([`upstream`]), the runtime snapshot
+//! swapped atomically on change ([`runtime`]), the `ProxyHttp` implementation with retries
+//! ([`proxy`]), background DNS ([`resolve`]), metrics ([`metrics`]) and server assembly
+//! ([`server`]).
+//!
+//! It takes a validated [`gatehouse_config::Config`]; parsing and validation live in that crate.
 
+pub mod metrics;
+pub mod proxy;
+pub mod resolve;
+pub mod respond;
+pub mod route;
+pub mod runtime;
+pub mod selection;
+pub mod server;
+pub mod upstream;
+
+pub use runtime::{Runtime, SharedRuntime};
+pub use server::{build, StartError};

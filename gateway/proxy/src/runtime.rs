@@ -1,0 +1,163 @@
+//! The runtime snapshot: everything the request path reads, built from one validated
+//! configuration and published as a whole.
+//!
+//! A request loads the current snapshot once and uses it to the end, so a configuration change is
+//! one atomic pointer swap: requests in flight finish on the snapshot they started with. Upstreams
+//! whose configuration did not change are carried over into the next snapshot with their selector
+//! position and node addresses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use gatehouse_config::{Backend, Config, PathTemplate, Problem};
+use http::{HeaderName, HeaderValue};
+
+use crate::metrics::{config_applied, RequestMetrics};
+use crate::route::Router;
+use crate::upstream::UpstreamRuntime;
+
+/// One API at run time.
+pub struct ApiRuntime {
+    pub service: String,
+    pub name: String,
+    pub backend: ApiBackend,
+    pub metrics: RequestMetrics,
+}
+
+pub enum ApiBackend {
+    Upstream {
+        /// Index into [`Runtime::upstreams`].
+        upstream: usize,
+        path: Option<PathTemplate>,
+        timeout: Duration,
+    },
+    Fixed(FixedAnswer),
+}
+
+/// A response the gateway gives itself.
+pub struct FixedAnswer {
+    pub status: u16,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+/// Everything the request path reads.
+pub struct Runtime {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub apis: Box<[ApiRuntime]>,
+    pub upstreams: Box<[Arc<UpstreamRuntime>]>,
+    /// Counters for requests that matched no API.
+    pub unrouted: RequestMetrics,
+}
+
+impl Runtime {
+    /// Builds a snapshot. Reads CA files and resolves node names, so call it off the request
+    /// path. Upstreams unchanged since `previous` are reused as they are.
+    pub fn build(
+        config: Config,
+        generation: u64,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let reused = previous.and_then(|p| p.upstreams.iter().find(|old| old.same_config(u)));
+            match reused {
+                Some(old) => upstreams.push(old.clone()),
+                None => match UpstreamRuntime::build(u, &format!("upstreams[{i}]")) {
+                    Ok(built) => upstreams.push(Arc::new(built)),
+                    Err(mut p) => problems.append(&mut p),
+                },
+            }
+        }
+        let mut apis = Vec::new();
+        for (si, service) in config.services.iter().enumerate() {
+            for (ai, api) in service.apis.iter().enumerate() {
+                let (backend, upstream_name) = match &api.backend {
+                    Backend::Upstream(b) => (
+                        ApiBackend::Upstream {
+                            upstream: b.upstream,
+                            path: b.path.clone(),
+                            timeout: b.timeout,
+                        },
+                        config.upstreams[b.upstream].name.as_str(),
+                    ),
+                    Backend::Response(r) => {
+                        let path = format!("services[{si}].apis[{ai}].backend.response.headers");
+                        let mut headers = Vec::new();
+                        for (name, value) in &r.headers {
+                            match (
+                                HeaderName::try_from(name.as_str()),
+                                HeaderValue::try_from(value.as_str()),
+                            ) {
+                                (Ok(n), Ok(v)) => headers.push((n, v)),
+                                _ => problems.push(Problem::new(
+                                    format!("{path}.{name}"),
+                                    "not a valid header (name or value)",
+                                    "use ASCII header names and visible ASCII values",
+                                )),
+                            }
+                        }
+                        let answer = FixedAnswer {
+                            status: r.status,
+                            headers,
+                            body: Bytes::from(r.body.clone()),
+                        };
+                        (ApiBackend::Fixed(answer), "")
+                    }
+                };
+                apis.push(ApiRuntime {
+                    metrics: RequestMetrics::new(&service.name, &api.name, upstream_name),
+                    service: service.name.clone(),
+                    name: api.name.clone(),
+                    backend,
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            generation,
+            router: Router::build(&config),
+            apis: apis.into_boxed_slice(),
+            upstreams: upstreams.into_boxed_slice(),
+            unrouted: RequestMetrics::new("", "", ""),
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// The current snapshot, shared by the proxy, the resolver and whoever applies new configs.
+#[derive(Clone)]
+pub struct SharedRuntime(Arc<ArcSwap<Runtime>>);
+
+impl SharedRuntime {
+    pub fn new(runtime: Runtime) -> Self {
+        config_applied(
+            &runtime.config.instance.id,
+            &runtime.config.hash,
+            runtime.generation,
+        );
+        Self(Arc::new(ArcSwap::from_pointee(runtime)))
+    }
+
+    /// The snapshot a new request uses.
+    pub fn load(&self) -> Arc<Runtime> {
+        self.0.load_full()
+    }
+
+    /// Builds a snapshot from `config` and publishes it; on error the current one keeps serving.
+    pub fn apply(&self, config: Config) -> Result<u64, Vec<Problem>> {
+        let current = self.load();
+        let next = Runtime::build(config, current.generation + 1, Some(&current))?;
+        let generation = next.generation;
+        config_applied(&next.config.instance.id, &next.config.hash, generation);
+        self.0.store(Arc::new(next));
+        Ok(generation)
+    }
+}

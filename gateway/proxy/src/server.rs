@@ -1,0 +1,94 @@
+//! Assembles the Pingora server: the proxy listeners, the metrics endpoint and the resolver.
+
+use std::net::TcpListener;
+
+use gatehouse_config::{limits, Config, Problem};
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::metrics::MetricsApp;
+use crate::proxy::Gateway;
+use crate::resolve::Resolver;
+use crate::runtime::{Runtime, SharedRuntime};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the configuration cannot be served:\n{}", list(.0))]
+    Config(Vec<Problem>),
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Seconds a stopping gateway keeps accepting before it closes its listeners (SIGTERM), and the
+/// longest it then waits for requests in flight. Short, because the edge should restart fast.
+const GRACE_PERIOD_SECONDS: u64 = 1;
+const SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
+
+/// Builds a ready-to-run server for `config`. Reads CA files and resolves node names once.
+pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
+    // Fail early with a clear message when a port is taken, rather than deep inside Pingora.
+    for addr in &config.instance.listen {
+        check_bindable("cannot listen on", *addr)?;
+    }
+    check_bindable("cannot serve metrics on", config.instance.metrics)?;
+
+    let instance = config.instance.clone();
+    let runtime = SharedRuntime::new(Runtime::build(config, 1, None).map_err(StartError::Config)?);
+
+    let conf = ServerConf {
+        threads: instance
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        // Our own retry budget (`retries`, at most 100) decides; Pingora's cap must not cut it.
+        max_retries: limits::MAX_RETRIES as usize + 1,
+        // Measured: work stealing between worker threads costs more than it balances for a proxy.
+        work_stealing: false,
+        grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
+        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+
+    let mut proxy = http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(runtime.clone()),
+        "gatehouse proxy",
+    );
+    for addr in &instance.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    let mut metrics = Service::new("gatehouse metrics".to_owned(), MetricsApp);
+    metrics.add_tcp(&instance.metrics.to_string());
+
+    server.add_service(proxy);
+    server.add_service(metrics);
+    server.add_service(background_service(
+        "gatehouse resolver",
+        Resolver::new(runtime.clone()),
+    ));
+    Ok((server, runtime))
+}
+
+fn check_bindable(what: &'static str, addr: std::net::SocketAddr) -> Result<(), StartError> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
