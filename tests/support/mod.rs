@@ -1,1 +1,259 @@
+//! Test support: runs the real `gatehouse` binary on a config with ephemeral loopback ports,
+//! real echo backends, and an HTTP client that reports statuses instead of failing on them.
 
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use gatehouse_echo::{Behavior, EchoConfig, EchoServer};
+
+/// A port that was free a moment ago (the listener is closed before returning).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An address where nothing listens: connections are refused.
+pub fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// An echo backend on an ephemeral loopback port.
+pub fn echo(name: &str) -> EchoServer {
+    EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoConfig::echo(name)).unwrap()
+}
+
+pub fn echo_with(name: &str, behavior: Behavior) -> EchoServer {
+    EchoServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        EchoConfig::echo(name).with_behavior(behavior),
+    )
+    .unwrap()
+}
+
+/// A fresh folder for one test's files.
+pub fn scratch_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "gatehouse-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_gatehouse")
+}
+
+/// The standard head of a test config: a dedicated instance in `vpc-main` (127.0.0.0/8) with
+/// the given listener and metrics ports.
+pub fn instance_yaml(listen: u16, metrics: u16) -> String {
+    format!(
+        r#"instance:
+  id: ins-test
+  type: dedicated
+  vpc: vpc-main
+  listen: ["127.0.0.1:{listen}"]
+  metrics: "127.0.0.1:{metrics}"
+  threads: 2
+vpcs:
+  - id: vpc-main
+    cidrs: ["127.0.0.0/8"]
+"#
+    )
+}
+
+/// A running gateway process; killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub base: String,
+    pub metrics_url: String,
+    pub dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts `gatehouse run` on `body` (everything after the instance/VPC head, which
+    /// [`instance_yaml`] provides) and waits until it answers.
+    pub fn start(body: &str) -> Gateway {
+        let (listen, metrics) = (free_port(), free_port());
+        Self::start_config(
+            &format!("{}{body}", instance_yaml(listen, metrics)),
+            listen,
+            metrics,
+        )
+    }
+
+    /// Starts `gatehouse run` on a complete config whose ports are given.
+    pub fn start_config(yaml: &str, listen: u16, metrics: u16) -> Gateway {
+        let dir = scratch_dir();
+        let config = dir.join("gatehouse.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = dir.join("gatehouse.log");
+        let child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut gw = Gateway {
+            child,
+            base: format!("http://127.0.0.1:{listen}"),
+            metrics_url: format!("http://127.0.0.1:{metrics}/metrics"),
+            dir,
+            log,
+        };
+        gw.wait_ready(listen, metrics);
+        gw
+    }
+
+    fn wait_ready(&mut self, listen: u16, metrics: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "gatehouse exited with {status} before serving:\n{}",
+                    self.log()
+                );
+            }
+            let up = |port| TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if up(listen) && up(metrics) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gatehouse did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        request("GET", &self.url(path), &[], None)
+    }
+
+    /// The value of one sample of the metrics endpoint, e.g.
+    /// `gatehouse_upstream_retries_total{upstream="u"}`; 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = request("GET", &self.metrics_url, &[], None).body;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    pub fn metrics_text(&self) -> String {
+        request("GET", &self.metrics_url, &[], None).body
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A response as a client sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The node an echo backend reported.
+    pub fn node(&self) -> String {
+        self.json()["node"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+/// Sends one request; statuses are returned, not turned into errors.
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    thread_local! {
+        static AGENT: ureq::Agent = agent();
+    }
+    AGENT.with(|agent| {
+        let mut builder = http::Request::builder().method(method).uri(url);
+        for (n, v) in headers {
+            builder = builder.header(*n, *v);
+        }
+        let result = match body {
+            Some(b) => agent.run(builder.body(b.to_owned()).unwrap()),
+            None => agent.run(builder.body(()).unwrap()),
+        };
+        let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let mut body = String::new();
+        let _ = resp.body_mut().as_reader().read_to_string(&mut body);
+        Reply {
+            status: resp.status().as_u16(),
+            headers,
+            body,
+        }
+    })
+}
+
+/// Runs `gatehouse` with `args` and returns its exit status and output.
+pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(binary()).args(args).output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Path of the repository's shipped config folder.
+pub fn shipped_config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config")
+}

@@ -165,15 +165,14 @@ fn add_api(route: &mut Route, methods: &[String], id: ApiId, fallback: bool) {
         }
         return;
     }
+    if fallback && route.any.is_some() {
+        return;
+    }
     for m in methods {
         let Ok(method) = Method::from_bytes(m.as_bytes()) else {
             continue;
         };
-        let taken = route
-            .methods
-            .iter()
-            .any(|(existing, _)| *existing == method);
-        if !taken && !(fallback && route.any.is_some()) {
+        if !route.methods.iter().any(|(existing, _)| *existing == method) {
             route.methods.push((method, id));
         }
     }
