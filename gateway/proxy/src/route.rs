@@ -172,7 +172,11 @@ fn add_api(route: &mut Route, methods: &[String], id: ApiId, fallback: bool) {
         let Ok(method) = Method::from_bytes(m.as_bytes()) else {
             continue;
         };
-        if !route.methods.iter().any(|(existing, _)| *existing == method) {
+        if !route
+            .methods
+            .iter()
+            .any(|(existing, _)| *existing == method)
+        {
             route.methods.push((method, id));
         }
     }
