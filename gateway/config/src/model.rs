@@ -30,6 +30,21 @@ pub mod limits {
     pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
     pub const DEFAULT_METRICS: &str = "127.0.0.1:9091";
     pub const MAX_THREADS: usize = 256;
+    /// Room for a plugin's code, stack and a few request copies; small plugins use under 2 MiB.
+    pub const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
+    /// A header transform takes microseconds; 10 ms only stops runaway code.
+    pub const DEFAULT_PLUGIN_TIME: Duration = Duration::from_millis(10);
+    pub const MAX_PLUGIN_MEMORY: u64 = 1024 * 1024 * 1024;
+    /// The standard plugins embedded in the gateway, usable by `name`.
+    pub const STANDARD_PLUGINS: [&str; 7] = [
+        "host-rewrite",
+        "headers",
+        "path-rewrite",
+        "request-id",
+        "key-auth",
+        "ip-restriction",
+        "cors",
+    ];
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +84,28 @@ pub struct Instance {
     /// Worker threads; `None` means one per available core.
     pub threads: Option<usize>,
     pub dns_refresh: Duration,
+    pub plugin_limits: PluginLimits,
+}
+
+/// Sandbox limits applied to every plugin instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Bytes of linear memory per instance.
+    pub memory: u64,
+    /// Longest a hook call may run.
+    pub time: Duration,
+    /// Keep warm instances for later calls instead of instantiating for every call.
+    pub reuse_instances: bool,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            memory: limits::DEFAULT_PLUGIN_MEMORY,
+            time: limits::DEFAULT_PLUGIN_TIME,
+            reuse_instances: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +242,47 @@ pub struct Api {
     /// Upper-case method names; empty means every method.
     pub methods: Vec<String>,
     pub backend: Backend,
+    /// Run in this order for each request.
+    pub plugins: Vec<PluginRef>,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PluginSource {
+    /// One of [`limits::STANDARD_PLUGINS`], embedded in the gateway.
+    Standard(String),
+    /// A component file (absolute path).
+    File(PathBuf),
+}
+
+impl PluginSource {
+    /// The plugin's name in logs and metrics: the standard name or the file's stem.
+    pub fn label(&self) -> String {
+        match self {
+            PluginSource::Standard(n) => n.clone(),
+            PluginSource::File(p) => p.file_stem().map_or_else(
+                || p.display().to_string(),
+                |s| s.to_string_lossy().into_owned(),
+            ),
+        }
+    }
+}
+
+/// What happens to a request when its plugin fails (traps, times out, runs out of memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Answer 500 naming the plugin.
+    FailClosed,
+    /// Go on without the plugin.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRef {
+    pub source: PluginSource,
+    /// The plugin's configuration as JSON text (`{}` when absent).
+    pub config: String,
+    pub on_error: OnError,
 }
 
 impl Api {

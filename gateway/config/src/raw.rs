@@ -33,6 +33,19 @@ pub struct RawInstance {
     pub threads: Option<i64>,
     /// How often node host names are resolved again, e.g. `30s`.
     pub dns_refresh: Option<String>,
+    /// Sandbox limits of WebAssembly plugins.
+    pub plugins: Option<RawPluginLimits>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginLimits {
+    /// Linear memory one plugin instance may use, e.g. `16MiB`.
+    pub memory_limit: Option<String>,
+    /// Longest a single hook call may run, e.g. `10ms`.
+    pub time_limit: Option<String>,
+    /// Reuse warm instances between calls (`true`), or instantiate afresh for every call.
+    pub reuse_instances: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +107,19 @@ pub struct RawApi {
     pub path: String,
     pub methods: Option<Vec<String>>,
     pub backend: RawBackend,
+    #[serde(default)]
+    pub plugins: Vec<RawPlugin>,
+}
+
+/// A plugin on an API: a standard plugin by `name`, or a component file by `path`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    /// Handed to the plugin as JSON.
+    pub config: Option<serde_yaml::Value>,
+    pub on_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -32,7 +32,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, hash: String) -> Result<Config
         instance.as_ref(),
         base_dir,
     );
-    let services = v.services(&raw.services, &raw.upstreams, instance.as_ref());
+    let services = v.services(&raw.services, &raw.upstreams, instance.as_ref(), base_dir);
     match instance {
         Some(instance) if v.problems.is_empty() => Ok(Config {
             instance,
@@ -189,6 +189,11 @@ impl Validator {
                 Duration::from_secs(1),
             )
             .unwrap_or(limits::DEFAULT_DNS_REFRESH);
+        let plugin_limits = raw
+            .plugins
+            .as_ref()
+            .map(|p| self.plugin_limits(p))
+            .unwrap_or_default();
         Some(Instance {
             id: raw.id.clone(),
             kind: kind?,
@@ -197,8 +202,117 @@ impl Validator {
             metrics: metrics?,
             threads,
             dns_refresh,
+            plugin_limits,
         })
         .filter(|_| ok)
+    }
+
+    fn plugin_limits(&mut self, raw: &RawPluginLimits) -> PluginLimits {
+        let mut out = PluginLimits::default();
+        if let Some(text) = &raw.memory_limit {
+            match parse_size(text) {
+                Some(bytes) if (1024 * 1024..=limits::MAX_PLUGIN_MEMORY).contains(&bytes) => {
+                    out.memory = bytes
+                }
+                Some(_) => self.problem(
+                    "instance.plugins.memory_limit",
+                    format!("{text:?} is out of range 1MiB..=1GiB"),
+                    "set a limit such as 16MiB",
+                ),
+                None => self.problem(
+                    "instance.plugins.memory_limit",
+                    format!("{text:?} is not a size"),
+                    "write a size like 16MiB, 512KiB or 1GiB",
+                ),
+            }
+        }
+        if let Some(t) = self.duration(
+            "instance.plugins.time_limit",
+            raw.time_limit.as_deref(),
+            Duration::from_millis(1),
+        ) {
+            out.time = t;
+        }
+        if let Some(reuse) = raw.reuse_instances {
+            out.reuse_instances = reuse;
+        }
+        out
+    }
+
+    fn plugins(&mut self, apath: &str, raw: &[RawPlugin], base_dir: &Path) -> Vec<PluginRef> {
+        let mut out = Vec::new();
+        for (k, p) in raw.iter().enumerate() {
+            let ppath = format!("{apath}.plugins[{k}]");
+            let source = match (&p.name, &p.path) {
+                (Some(name), None) if limits::STANDARD_PLUGINS.contains(&name.as_str()) => {
+                    Some(PluginSource::Standard(name.clone()))
+                }
+                (Some(name), None) => {
+                    self.problem(
+                        format!("{ppath}.name"),
+                        format!("{name:?} is not a standard plugin"),
+                        format!(
+                            "use one of {}, or give the component's file as path:",
+                            limits::STANDARD_PLUGINS.join(", ")
+                        ),
+                    );
+                    None
+                }
+                (None, Some(path)) if !path.is_empty() => {
+                    Some(PluginSource::File(base_dir.join(path)))
+                }
+                _ => {
+                    self.problem(
+                        ppath.clone(),
+                        "a plugin is either a standard plugin (name) or a component file (path)",
+                        "set exactly one of name: and path:",
+                    );
+                    None
+                }
+            };
+            let on_error = match p.on_error.as_deref() {
+                None | Some("fail_closed") => Some(OnError::FailClosed),
+                Some("fail_open") => Some(OnError::FailOpen),
+                Some(other) => {
+                    self.problem(
+                        format!("{ppath}.on_error"),
+                        format!("{other:?} is not a failure policy"),
+                        "use fail_closed (answer 500) or fail_open (skip the plugin)",
+                    );
+                    None
+                }
+            };
+            let config = match &p.config {
+                None | Some(serde_yaml::Value::Null) => Some("{}".to_owned()),
+                Some(v @ serde_yaml::Value::Mapping(_)) => match serde_json::to_string(v) {
+                    Ok(json) => Some(json),
+                    Err(e) => {
+                        self.problem(
+                            format!("{ppath}.config"),
+                            format!("cannot be expressed as JSON: {e}"),
+                            "use string keys and plain values",
+                        );
+                        None
+                    }
+                },
+                Some(_) => {
+                    self.problem(
+                        format!("{ppath}.config"),
+                        "must be a map",
+                        "write the plugin's settings as key: value pairs",
+                    );
+                    None
+                }
+            };
+            if let (Some(source), Some(on_error), Some(config)) = (source, on_error, config) {
+                out.push(PluginRef {
+                    source,
+                    config,
+                    on_error,
+                });
+            }
+        }
+        out
     }
 
     fn connections(
@@ -519,6 +633,7 @@ impl Validator {
         raw: &[RawService],
         upstreams: &[RawUpstream],
         instance: Option<&Instance>,
+        base_dir: &Path,
     ) -> Vec<Service> {
         let mut service_names = HashSet::new();
         // route shape -> (methods claimed, owner path) for conflict detection across all services
@@ -565,12 +680,14 @@ impl Validator {
                 }
                 let backend =
                     self.backend(&apath, &a.backend, pattern.as_ref(), upstreams, instance);
+                let plugins = self.plugins(&apath, &a.plugins, base_dir);
                 if let (Some(path), Some(methods), Some(backend)) = (pattern, methods, backend) {
                     apis.push(Api {
                         name: a.name.clone(),
                         path,
                         methods,
                         backend,
+                        plugins,
                     });
                 }
             }
@@ -902,6 +1019,24 @@ fn is_valid_host_header(h: &str) -> bool {
         None => false,
     };
     port_ok && (is_dns_name(host) || host.parse::<IpAddr>().is_ok())
+}
+
+/// Parses `16MiB`, `512KiB`, `1GiB`, `64MB` or a plain number of bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1024,
+        "MiB" | "MB" | "M" => 1024 * 1024,
+        "GiB" | "GB" | "G" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 fn is_token_byte(b: u8) -> bool {

@@ -109,11 +109,19 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
 }
 
 fn validate(paths: &[PathBuf]) -> ExitCode {
+    let engine = match gatehouse_proxy::plugin_engine() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut failed = false;
     for path in paths {
         let problems = match gatehouse_config::load(path) {
             Ok(config) => {
-                let problems = gatehouse_proxy::upstream::check_files(&config);
+                let mut problems = gatehouse_proxy::upstream::check_files(&config);
+                problems.extend(gatehouse_proxy::plugins::check(&engine, &config));
                 if problems.is_empty() {
                     let apis: usize = config.services.iter().map(|s| s.apis.len()).sum();
                     println!(

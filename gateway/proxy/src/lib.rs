@@ -7,6 +7,7 @@
 //! It takes a validated [`gatehouse_config::Config`]; parsing and validation live in that crate.
 
 pub mod metrics;
+pub mod plugins;
 pub mod proxy;
 pub mod resolve;
 pub mod respond;
@@ -17,4 +18,4 @@ pub mod server;
 pub mod upstream;
 
 pub use runtime::{Runtime, SharedRuntime};
-pub use server::{build, StartError};
+pub use server::{build, plugin_engine, StartError};

@@ -11,7 +11,10 @@
 //! - `fail_to_proxy`: every attempt failed, answer 502/504 as JSON;
 //! - `logging`: request metrics.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use gatehouse_plugin_host::Node;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -23,9 +26,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::metrics::Outcome;
+use crate::plugins::{Decision as PluginDecision, Stopped};
 use crate::respond::{self, ErrorBody};
 use crate::route::RouteMatch;
-use crate::runtime::{ApiBackend, Runtime, SharedRuntime};
+use crate::runtime::{ApiBackend, ApiRuntime, Runtime, SharedRuntime};
 use crate::selection::TriedSet;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -34,6 +38,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Error raised when an upstream has no node left to try.
 const NO_NODE: ErrorType = ErrorType::Custom("NoNodeAvailable");
+/// Error raised when a `fail_closed` plugin failed after the request phase.
+const PLUGIN_FAILED: ErrorType = ErrorType::Custom("PluginFailed");
 
 /// The proxy logic; one per process, shared by all worker threads.
 pub struct Gateway {
@@ -61,6 +67,11 @@ pub struct RequestCtx {
     position: Option<usize>,
     /// A response header arrived from a node: nothing can be retried any more.
     response_started: bool,
+    client_ip: Option<IpAddr>,
+    /// A plugin set the Host header: the upstream's `host_header` does not override it.
+    host_set_by_plugin: bool,
+    /// The plugin whose failure stopped the request, for the error answer.
+    failed_plugin: Option<String>,
 }
 
 impl RequestCtx {
@@ -114,6 +125,114 @@ impl RequestCtx {
     }
 }
 
+impl RequestCtx {
+    /// Records a plugin failure that stops the request and turns it into the error Pingora
+    /// answers with (500, naming the plugin).
+    fn stop(&mut self, stopped: Stopped<'_>) -> Box<Error> {
+        self.failed_plugin = Some(stopped.plugin.to_owned());
+        Error::explain(
+            PLUGIN_FAILED,
+            format!(
+                "plugin {} failed ({})",
+                stopped.plugin,
+                stopped.failure.reason()
+            ),
+        )
+    }
+}
+
+/// The answer to a request a `fail_closed` plugin stopped.
+fn plugin_error<'a>(api: &'a ApiRuntime, stopped: &'a Stopped<'a>) -> ErrorBody<'a> {
+    ErrorBody {
+        service: Some(&api.service),
+        api: Some(&api.name),
+        plugin: Some(stopped.plugin),
+        ..ErrorBody::new(
+            500,
+            "plugin_failed",
+            format!(
+                "plugin {} failed ({})",
+                stopped.plugin,
+                stopped.failure.reason()
+            ),
+        )
+    }
+}
+
+impl Gateway {
+    /// Runs the API's `on-request` plugins; `Ok(true)` when a plugin (or its failure) answered.
+    async fn run_request_plugins(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        runtime: &Runtime,
+        api: usize,
+    ) -> Result<bool> {
+        let api = &runtime.apis[api];
+        if api.plugins.is_empty() {
+            return Ok(false);
+        }
+        match api
+            .plugins
+            .on_request(session.req_header_mut(), ctx.client_ip)
+        {
+            PluginDecision::Proceed {
+                uri_changed,
+                host_changed,
+            } => {
+                if uri_changed {
+                    // the plugin's path replaces the API's backend path mapping
+                    ctx.upstream_uri = None;
+                }
+                ctx.host_set_by_plugin = host_changed;
+                Ok(false)
+            }
+            PluginDecision::Respond(reply) => {
+                let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
+                for (name, value) in reply.headers {
+                    resp.append_header(name, value)?;
+                }
+                resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
+                respond::write(session, resp, reply.body.into()).await?;
+                Ok(true)
+            }
+            PluginDecision::Stop(stopped) => {
+                let body = plugin_error(api, &stopped);
+                respond::write_error(session, &body, None).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Runs the API's `on-upstream-request` plugins for the current attempt.
+    fn run_upstream_plugins(
+        &self,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some((runtime, api)) = ctx.runtime.clone().zip(ctx.api) else {
+            return Ok(());
+        };
+        let plugins = &runtime.apis[api].plugins;
+        if plugins.is_empty() {
+            return Ok(());
+        }
+        let (Some(upstream), Some(node)) = (ctx.upstream(&runtime), ctx.node) else {
+            return Ok(());
+        };
+        let n = &upstream.nodes[node];
+        let node = Node {
+            upstream: upstream.name.clone(),
+            host: n.host.to_string(),
+            port: n.port,
+            address: n.peer().map(|p| p._address.to_string()).unwrap_or_default(),
+        };
+        plugins
+            .on_upstream_request(upstream_request, ctx.client_ip, &node)
+            .map_err(|stopped| ctx.stop(stopped))
+    }
+}
+
 /// What routing decided, detached from the borrowed request.
 enum Decision {
     Proxy { api: usize, uri: Option<http::Uri> },
@@ -138,6 +257,9 @@ impl ProxyHttp for Gateway {
             node: None,
             position: None,
             response_started: false,
+            client_ip: None,
+            host_set_by_plugin: false,
+            failed_plugin: None,
         }
     }
 
@@ -145,10 +267,20 @@ impl ProxyHttp for Gateway {
         let runtime = self.runtime.load();
         let decision = decide(&runtime, session.req_header());
         ctx.runtime = Some(runtime.clone());
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         match decision {
             Decision::Proxy { api, uri } => {
                 ctx.api = Some(api);
                 ctx.upstream_uri = uri;
+                if self
+                    .run_request_plugins(session, ctx, &runtime, api)
+                    .await?
+                {
+                    return Ok(true);
+                }
                 let method = &session.req_header().method;
                 if method.is_idempotent() && method != Method::GET && method != Method::HEAD {
                     // PUT and DELETE may carry a body; keep it so a retry can send it again.
@@ -158,6 +290,12 @@ impl ProxyHttp for Gateway {
             }
             Decision::Fixed(api) => {
                 ctx.api = Some(api);
+                if self
+                    .run_request_plugins(session, ctx, &runtime, api)
+                    .await?
+                {
+                    return Ok(true);
+                }
                 let ApiBackend::Fixed(answer) = &runtime.apis[api].backend else {
                     return Ok(false);
                 };
@@ -167,6 +305,16 @@ impl ProxyHttp for Gateway {
                     resp.append_header(name.clone(), value.clone())?;
                 }
                 resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
+                let plugins = &runtime.apis[api].plugins;
+                if !plugins.is_empty() {
+                    if let Err(stopped) =
+                        plugins.on_response(session.req_header_mut(), &mut resp, ctx.client_ip)
+                    {
+                        let body = plugin_error(&runtime.apis[api], &stopped);
+                        respond::write_error(session, &body, None).await?;
+                        return Ok(true);
+                    }
+                }
                 respond::write(session, resp, answer.body.clone()).await?;
                 Ok(true)
             }
@@ -255,7 +403,11 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?;
         }
         if let Some(upstream) = ctx.runtime.as_ref().and_then(|r| ctx.upstream(r)) {
-            if let Some(host) = &upstream.host_header {
+            if let Some(host) = upstream
+                .host_header
+                .as_ref()
+                .filter(|_| !ctx.host_set_by_plugin)
+            {
                 upstream_request.insert_header(HOST, host.clone())?;
             }
         }
@@ -275,7 +427,25 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
         }
         upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
-        Ok(())
+        self.run_upstream_plugins(upstream_request, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some((runtime, api)) = ctx.runtime.clone().zip(ctx.api) else {
+            return Ok(());
+        };
+        let plugins = &runtime.apis[api].plugins;
+        if plugins.is_empty() {
+            return Ok(());
+        }
+        plugins
+            .on_response(session.req_header_mut(), upstream_response, ctx.client_ip)
+            .map_err(|stopped| ctx.stop(stopped))
     }
 
     async fn upstream_response_filter(
@@ -371,6 +541,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
         let (status, code) = match (e.etype(), e.esource()) {
+            (t, _) if *t == PLUGIN_FAILED => (500, "plugin_failed"),
             (ErrorType::HTTPStatus(code), _) => (*code, "error"),
             (
                 ErrorType::ConnectTimedout
@@ -406,11 +577,15 @@ impl ProxyHttp for Gateway {
             ),
             _ => describe(e),
         };
+        let plugin = ctx.failed_plugin.as_deref();
         let body = ErrorBody {
             service: api.map(|a| a.service.as_str()),
             api: api.map(|a| a.name.as_str()),
-            upstream: upstream.map(|u| u.name.as_str()),
-            attempts: upstream.map(|_| ctx.attempts),
+            upstream: upstream
+                .filter(|_| plugin.is_none())
+                .map(|u| u.name.as_str()),
+            attempts: upstream.filter(|_| plugin.is_none()).map(|_| ctx.attempts),
+            plugin,
             ..ErrorBody::new(status, code, message)
         };
         let bytes = body.to_bytes();

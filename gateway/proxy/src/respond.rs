@@ -25,6 +25,8 @@ pub struct ErrorBody<'a> {
     pub upstream: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<&'a str>,
 }
 
 impl<'a> ErrorBody<'a> {
@@ -37,6 +39,7 @@ impl<'a> ErrorBody<'a> {
             api: None,
             upstream: None,
             attempts: None,
+            plugin: None,
         }
     }
 

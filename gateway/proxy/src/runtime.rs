@@ -14,7 +14,10 @@ use bytes::Bytes;
 use gatehouse_config::{Backend, Config, PathTemplate, Problem};
 use http::{HeaderName, HeaderValue};
 
+use gatehouse_plugin_host::PluginEngine;
+
 use crate::metrics::{config_applied, RequestMetrics};
+use crate::plugins::ApiPlugins;
 use crate::route::Router;
 use crate::upstream::UpstreamRuntime;
 
@@ -23,6 +26,7 @@ pub struct ApiRuntime {
     pub service: String,
     pub name: String,
     pub backend: ApiBackend,
+    pub plugins: ApiPlugins,
     pub metrics: RequestMetrics,
 }
 
@@ -61,6 +65,7 @@ impl Runtime {
         config: Config,
         generation: u64,
         previous: Option<&Runtime>,
+        engine: &Arc<PluginEngine>,
     ) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
@@ -110,7 +115,15 @@ impl Runtime {
                         (ApiBackend::Fixed(answer), "")
                     }
                 };
+                let plugins = match ApiPlugins::build(engine, &config, si, ai) {
+                    Ok(p) => p,
+                    Err(mut p) => {
+                        problems.append(&mut p);
+                        ApiPlugins::default()
+                    }
+                };
                 apis.push(ApiRuntime {
+                    plugins,
                     metrics: RequestMetrics::new(&service.name, &api.name, upstream_name),
                     service: service.name.clone(),
                     name: api.name.clone(),
@@ -132,32 +145,45 @@ impl Runtime {
     }
 }
 
-/// The current snapshot, shared by the proxy, the resolver and whoever applies new configs.
+/// The current snapshot, shared by the proxy, the resolver and whoever applies new configs,
+/// with the plugin engine that snapshots are built with.
 #[derive(Clone)]
-pub struct SharedRuntime(Arc<ArcSwap<Runtime>>);
+pub struct SharedRuntime {
+    current: Arc<ArcSwap<Runtime>>,
+    engine: Arc<PluginEngine>,
+}
 
 impl SharedRuntime {
-    pub fn new(runtime: Runtime) -> Self {
+    /// Builds the first snapshot (generation 1) of `config`.
+    pub fn start(config: Config, engine: Arc<PluginEngine>) -> Result<Self, Vec<Problem>> {
+        let runtime = Runtime::build(config, 1, None, &engine)?;
         config_applied(
             &runtime.config.instance.id,
             &runtime.config.hash,
             runtime.generation,
         );
-        Self(Arc::new(ArcSwap::from_pointee(runtime)))
+        Ok(Self {
+            current: Arc::new(ArcSwap::from_pointee(runtime)),
+            engine,
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<PluginEngine> {
+        &self.engine
     }
 
     /// The snapshot a new request uses.
     pub fn load(&self) -> Arc<Runtime> {
-        self.0.load_full()
+        self.current.load_full()
     }
 
     /// Builds a snapshot from `config` and publishes it; on error the current one keeps serving.
     pub fn apply(&self, config: Config) -> Result<u64, Vec<Problem>> {
         let current = self.load();
-        let next = Runtime::build(config, current.generation + 1, Some(&current))?;
+        let next = Runtime::build(config, current.generation + 1, Some(&current), &self.engine)?;
         let generation = next.generation;
         config_applied(&next.config.instance.id, &next.config.hash, generation);
-        self.0.store(Arc::new(next));
+        self.current.store(Arc::new(next));
         Ok(generation)
     }
 }

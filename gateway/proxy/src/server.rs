@@ -2,23 +2,31 @@
 
 use std::net::TcpListener;
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use gatehouse_config::{limits, Config, Problem};
+use gatehouse_plugin_host::{PluginEngine, EPOCH_TICK};
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::server::ShutdownWatch;
 use pingora::services::background::background_service;
+use pingora::services::background::BackgroundService;
 use pingora::services::listening::Service;
 
 use crate::metrics::MetricsApp;
 use crate::proxy::Gateway;
 use crate::resolve::Resolver;
-use crate::runtime::{Runtime, SharedRuntime};
+use crate::runtime::SharedRuntime;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("the configuration cannot be served:\n{}", list(.0))]
     Config(Vec<Problem>),
+    #[error("{0}")]
+    Plugins(String),
     #[error("{what} {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -50,7 +58,8 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
     check_bindable("cannot serve metrics on", config.instance.metrics)?;
 
     let instance = config.instance.clone();
-    let runtime = SharedRuntime::new(Runtime::build(config, 1, None).map_err(StartError::Config)?);
+    let engine = plugin_engine().map_err(StartError::Plugins)?;
+    let runtime = SharedRuntime::start(config, engine.clone()).map_err(StartError::Config)?;
 
     let conf = ServerConf {
         threads: instance
@@ -84,11 +93,39 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
         "gatehouse resolver",
         Resolver::new(runtime.clone()),
     ));
+    server.add_service(background_service(
+        "gatehouse plugin clock",
+        EpochTicker(engine),
+    ));
     Ok((server, runtime))
+}
+
+/// The process's plugin engine.
+pub fn plugin_engine() -> Result<Arc<PluginEngine>, String> {
+    PluginEngine::new(limits::MAX_PLUGIN_MEMORY)
 }
 
 fn check_bindable(what: &'static str, addr: std::net::SocketAddr) -> Result<(), StartError> {
     TcpListener::bind(addr)
         .map(drop)
         .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Advances the plugin engine's epoch, which enforces plugin call deadlines. Runs as a Pingora
+/// background service so it lives in the serving process (threads started before Pingora
+/// daemonizes would not survive the fork).
+struct EpochTicker(Arc<PluginEngine>);
+
+#[async_trait]
+impl BackgroundService for EpochTicker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut every = tokio::time::interval(EPOCH_TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = every.tick() => self.0.tick(),
+            }
+        }
+    }
 }

@@ -1,0 +1,383 @@
+//! Host side of the WIT contract (`wit/plugin.wit`): the generated bindings and the host
+//! functions a plugin may call.
+//!
+//! A hook receives handles to "the request" and "the response" of the call in progress. The
+//! headers themselves are moved into the store for the duration of the call (a pointer swap, no
+//! copy) and moved back after it, so plugins read and edit the real request without the gateway
+//! copying header maps per call.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Uri};
+use pingora_http::{RequestHeader, ResponseHeader};
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use wasmtime::component::Resource;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../../wit",
+    with: {
+        "gatehouse:plugin/http.request": RequestHandle,
+        "gatehouse:plugin/http.response": ResponseHandle,
+    },
+});
+
+pub use gatehouse::plugin::types::{LogLevel, Reply};
+
+/// Marker for the `request` resource: there is one request per call, held in [`Call`].
+pub struct RequestHandle;
+/// Marker for the `response` resource.
+pub struct ResponseHandle;
+
+/// Handle value of the request passed to a hook.
+pub const REQUEST: u32 = 0;
+/// Handle value of the response passed to a hook.
+pub const RESPONSE: u32 = 1;
+
+/// Per-store state: limits, identity for logs, and the call in progress.
+pub struct HostState {
+    pub limiter: Limiter,
+    /// `plugin-name (service.api)`, for log lines.
+    pub who: Arc<str>,
+    pub service: Arc<str>,
+    pub api: Arc<str>,
+    pub call: Call,
+    rng: SmallRng,
+}
+
+impl HostState {
+    pub fn new(memory_limit: usize, who: Arc<str>, service: Arc<str>, api: Arc<str>) -> Self {
+        Self {
+            limiter: Limiter::new(memory_limit),
+            who,
+            service,
+            api,
+            call: Call::default(),
+            rng: SmallRng::from_os_rng(),
+        }
+    }
+}
+
+/// Memory and table limits of one instance; remembers a refused growth so a failure can be
+/// reported as "memory" rather than a plain trap.
+pub struct Limiter {
+    inner: StoreLimits,
+    pub denied: bool,
+}
+
+impl Limiter {
+    fn new(memory: usize) -> Self {
+        Self {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(memory)
+                .table_elements(100_000)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .build(),
+            denied: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        self.denied |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.table_growing(current, desired, maximum)?;
+        self.denied |= !ok;
+        Ok(ok)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// The messages of the call in progress. Outside a call they hold placeholders.
+pub struct Call {
+    pub request: RequestHeader,
+    pub response: ResponseHeader,
+    /// Setters on the request work (false in `on-response`, where it is the client's request).
+    pub request_writable: bool,
+    pub client_ip: Option<IpAddr>,
+    /// A setter changed the path or query.
+    pub uri_changed: bool,
+    /// A setter changed the Host header.
+    pub host_changed: bool,
+}
+
+impl Default for Call {
+    fn default() -> Self {
+        Self {
+            request: RequestHeader::build("GET", b"/", Some(0)).expect("static request line"),
+            response: ResponseHeader::build(200, Some(0)).expect("static status"),
+            request_writable: false,
+            client_ip: None,
+            uri_changed: false,
+            host_changed: false,
+        }
+    }
+}
+
+impl Call {
+    fn request_mut(&mut self) -> Result<&mut RequestHeader, String> {
+        if self.request_writable {
+            Ok(&mut self.request)
+        } else {
+            Err("the request is read-only in this hook".to_owned())
+        }
+    }
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))
+}
+
+fn header_value(value: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(value)
+        .map_err(|_| "header values must be visible ASCII on one line".to_owned())
+}
+
+fn text(value: &HeaderValue) -> String {
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
+}
+
+fn all_headers(map: &http::HeaderMap) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(n, v)| (n.as_str().to_owned(), text(v)))
+        .collect()
+}
+
+/// Builds a URI from a path and an optional query, checking both.
+fn uri_of(path: &str, query: Option<&str>) -> Result<Uri, String> {
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} must start with '/'"));
+    }
+    let joined = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    joined
+        .parse::<Uri>()
+        .map_err(|e| format!("{joined:?} is not a valid path and query: {e}"))
+}
+
+impl gatehouse::plugin::http::Host for HostState {}
+impl gatehouse::plugin::types::Host for HostState {}
+
+impl gatehouse::plugin::http::HostRequest for HostState {
+    fn method(&mut self, _: Resource<RequestHandle>) -> String {
+        self.call.request.method.as_str().to_owned()
+    }
+
+    fn path(&mut self, _: Resource<RequestHandle>) -> String {
+        self.call.request.uri.path().to_owned()
+    }
+
+    fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+        self.call.request.uri.query().map(str::to_owned)
+    }
+
+    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
+        self.call.request.headers.get(name.as_str()).map(text)
+    }
+
+    fn header_all(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<String> {
+        self.call
+            .request
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .map(text)
+            .collect()
+    }
+
+    fn headers(&mut self, _: Resource<RequestHandle>) -> Vec<(String, String)> {
+        all_headers(&self.call.request.headers)
+    }
+
+    fn client_addr(&mut self, _: Resource<RequestHandle>) -> String {
+        self.call
+            .client_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_default()
+    }
+
+    fn service(&mut self, _: Resource<RequestHandle>) -> String {
+        self.service.to_string()
+    }
+
+    fn api(&mut self, _: Resource<RequestHandle>) -> String {
+        self.api.to_string()
+    }
+
+    fn set_path(&mut self, _: Resource<RequestHandle>, path: String) -> Result<(), String> {
+        let req = self.call.request_mut()?;
+        let uri = uri_of(&path, req.uri.query())?;
+        req.set_uri(uri);
+        self.call.uri_changed = true;
+        Ok(())
+    }
+
+    fn set_query(
+        &mut self,
+        _: Resource<RequestHandle>,
+        query: Option<String>,
+    ) -> Result<(), String> {
+        let req = self.call.request_mut()?;
+        let uri = uri_of(req.uri.path(), query.as_deref().filter(|q| !q.is_empty()))?;
+        req.set_uri(uri);
+        self.call.uri_changed = true;
+        Ok(())
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), String> {
+        let (n, v) = (header_name(&name)?, header_value(&value)?);
+        let host = n == http::header::HOST;
+        self.call
+            .request_mut()?
+            .insert_header(n, v)
+            .map_err(|e| e.to_string())?;
+        self.call.host_changed |= host;
+        Ok(())
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), String> {
+        let (n, v) = (header_name(&name)?, header_value(&value)?);
+        let host = n == http::header::HOST;
+        self.call
+            .request_mut()?
+            .append_header(n, v)
+            .map_err(|e| e.to_string())?;
+        self.call.host_changed |= host;
+        Ok(())
+    }
+
+    fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) -> Result<(), String> {
+        let n = header_name(&name)?;
+        let host = n == http::header::HOST;
+        self.call.request_mut()?.remove_header(&n);
+        self.call.host_changed |= host;
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl gatehouse::plugin::http::HostResponse for HostState {
+    fn status(&mut self, _: Resource<ResponseHandle>) -> u16 {
+        self.call.response.status.as_u16()
+    }
+
+    fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<String> {
+        self.call.response.headers.get(name.as_str()).map(text)
+    }
+
+    fn headers(&mut self, _: Resource<ResponseHandle>) -> Vec<(String, String)> {
+        all_headers(&self.call.response.headers)
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), String> {
+        let (n, v) = (header_name(&name)?, header_value(&value)?);
+        self.call
+            .response
+            .insert_header(n, v)
+            .map_err(|e| e.to_string())
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), String> {
+        let (n, v) = (header_name(&name)?, header_value(&value)?);
+        self.call
+            .response
+            .append_header(n, v)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) -> Result<(), String> {
+        let n = header_name(&name)?;
+        self.call.response.remove_header(&n);
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+/// Longest log line a plugin may write; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+impl gatehouse::plugin::host::Host for HostState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let level = match level {
+            LogLevel::Trace => log::Level::Trace,
+            LogLevel::Debug => log::Level::Debug,
+            LogLevel::Info => log::Level::Info,
+            LogLevel::Warn => log::Level::Warn,
+            LogLevel::Error => log::Level::Error,
+        };
+        let mut end = message.len().min(MAX_LOG_LINE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        log::log!(target: "gatehouse::plugin", level, "plugin {}: {}", self.who, &message[..end]);
+    }
+
+    fn now_millis(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}

@@ -1,0 +1,22 @@
+//! The Gatehouse plugin host: runs WebAssembly component plugins (the `wit/` contract) on the
+//! request path, each sandboxed.
+//!
+//! One [`PluginEngine`] per process compiles components once (never on the request path) and
+//! pre-links them. Each plugin use on an API is a [`PluginSlot`] with its own configuration and a
+//! lock-free pool of warm instances; a [`PluginChain`] runs an API's slots in order. A plugin has
+//! no WASI: no files, network, environment or clock beyond the WIT's `host` interface. Every
+//! instance has a memory limit, every call a deadline enforced by epoch interruption; a plugin
+//! that traps, times out or exceeds its memory fails only the call, and its instance is thrown
+//! away.
+//!
+//! This crate knows HTTP headers (`pingora-http`) but not the proxy.
+
+pub mod bindings;
+pub mod engine;
+pub mod metrics;
+pub mod slot;
+
+pub use bindings::{Node, Reply};
+pub use engine::{LoadError, PluginEngine, EPOCH_TICK};
+pub use slot::{Failure, Hook, PluginSlot, RequestOutcome, SlotLimits};
+pub mod standard;

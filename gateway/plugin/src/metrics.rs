@@ -1,0 +1,73 @@
+//! Plugin metrics: call duration by plugin and hook, failures by plugin and reason.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, Histogram, HistogramVec, IntCounter,
+    IntCounterVec,
+};
+
+use crate::slot::{Failure, Hook};
+
+/// Plugin calls take microseconds; the top buckets catch runaway calls cut at the time limit.
+const CALL_BUCKETS: &[f64] = &[
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+];
+
+struct Families {
+    calls: HistogramVec,
+    failures: IntCounterVec,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    Families {
+    calls: register_histogram_vec!(
+        "gatehouse_plugin_call_duration_seconds",
+        "Time spent in a plugin hook call (including instantiation when no warm instance was ready), by plugin and hook.",
+        &["plugin", "hook"],
+        CALL_BUCKETS.to_vec()
+    )
+    .expect("metric registers once"),
+    failures: register_int_counter_vec!(
+        "gatehouse_plugin_failures_total",
+        "Plugin calls that failed, by plugin and reason (trap, timeout, memory, error, invalid_output, instantiate).",
+        &["plugin", "reason"]
+    )
+    .expect("metric registers once"),
+}
+});
+
+/// Pre-resolved series of one plugin.
+pub struct PluginMetrics {
+    calls: [Histogram; 4],
+    failures: [IntCounter; 6],
+}
+
+impl PluginMetrics {
+    pub fn new(plugin: &str) -> Self {
+        let f = &*FAMILIES;
+        Self {
+            calls: Hook::ALL.map(|h| f.calls.with_label_values(&[plugin, h.as_str()])),
+            failures: Failure::REASONS.map(|r| f.failures.with_label_values(&[plugin, r])),
+        }
+    }
+
+    pub fn call(&self, hook: Hook, seconds: f64) {
+        self.calls[hook as usize].observe(seconds);
+    }
+
+    pub fn failure(&self, failure: &Failure) {
+        self.failures[failure.reason_index()].inc();
+    }
+}

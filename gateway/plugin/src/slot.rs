@@ -1,0 +1,375 @@
+//! One plugin on one API: its configuration, its warm instances, and the hook calls.
+//!
+//! A call takes a warm instance from a lock-free pool (or instantiates and configures a new one),
+//! moves the request/response headers into the store, calls the hook under the memory limit and
+//! the epoch deadline, moves the headers back, and returns the instance to the pool. An instance
+//! that trapped, timed out or ran out of memory is dropped: the next call gets a fresh one.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use pingora_http::{RequestHeader, ResponseHeader};
+use wasmtime::component::Resource;
+use wasmtime::{Store, Trap};
+
+use crate::bindings::{Action, HostState, Node, Plugin, PluginPre, Reply, REQUEST, RESPONSE};
+use crate::engine::{PluginEngine, EPOCH_TICK};
+use crate::metrics::PluginMetrics;
+
+/// The hooks of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Configure,
+    Request,
+    UpstreamRequest,
+    Response,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [
+        Hook::Configure,
+        Hook::Request,
+        Hook::UpstreamRequest,
+        Hook::Response,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Configure => "configure",
+            Hook::Request => "on-request",
+            Hook::UpstreamRequest => "on-upstream-request",
+            Hook::Response => "on-response",
+        }
+    }
+}
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The plugin trapped (panic, unreachable, out-of-bounds access).
+    Trap(String),
+    /// The call ran past the time limit.
+    Timeout,
+    /// The plugin tried to grow past its memory limit.
+    Memory,
+    /// The plugin returned an error.
+    Error(String),
+    /// The plugin returned something the gateway cannot use (e.g. an invalid status).
+    InvalidOutput(String),
+    /// No instance could be created or configured.
+    Instantiate(String),
+}
+
+impl Failure {
+    pub const REASONS: [&'static str; 6] = [
+        "trap",
+        "timeout",
+        "memory",
+        "error",
+        "invalid_output",
+        "instantiate",
+    ];
+
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.reason_index()]
+    }
+
+    pub(crate) fn reason_index(&self) -> usize {
+        match self {
+            Failure::Trap(_) => 0,
+            Failure::Timeout => 1,
+            Failure::Memory => 2,
+            Failure::Error(_) => 3,
+            Failure::InvalidOutput(_) => 4,
+            Failure::Instantiate(_) => 5,
+        }
+    }
+
+    /// Whether the instance can serve again after this failure.
+    fn keeps_instance(&self) -> bool {
+        matches!(self, Failure::Error(_) | Failure::InvalidOutput(_))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Trap(m) => write!(f, "trapped: {m}"),
+            Failure::Timeout => f.write_str("ran past its time limit"),
+            Failure::Memory => f.write_str("exceeded its memory limit"),
+            Failure::Error(m) => write!(f, "returned an error: {m}"),
+            Failure::InvalidOutput(m) => write!(f, "returned an invalid result: {m}"),
+            Failure::Instantiate(m) => write!(f, "could not be instantiated: {m}"),
+        }
+    }
+}
+
+/// Limits and instance policy of a slot.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotLimits {
+    pub memory: u64,
+    pub time: Duration,
+    pub reuse_instances: bool,
+}
+
+/// Longest `configure` may take: it parses configuration once per instance.
+const CONFIGURE_TIME: Duration = Duration::from_secs(1);
+
+/// Warm instances kept per slot; more concurrent calls instantiate extra ones, which are dropped
+/// when the pool is full.
+const POOL_SIZE: usize = 64;
+
+struct Warm {
+    store: Store<HostState>,
+    plugin: Plugin,
+}
+
+/// What a request-phase call decided.
+pub enum RequestOutcome {
+    Proceed {
+        /// The plugin changed the path or query.
+        uri_changed: bool,
+        /// The plugin set or removed the Host header.
+        host_changed: bool,
+    },
+    Respond(Reply),
+}
+
+/// One plugin as used by one API.
+pub struct PluginSlot {
+    label: Arc<str>,
+    who: Arc<str>,
+    service: Arc<str>,
+    api: Arc<str>,
+    engine: Arc<PluginEngine>,
+    pre: PluginPre<HostState>,
+    config: String,
+    limits: SlotLimits,
+    pool: ArrayQueue<Warm>,
+    metrics: PluginMetrics,
+}
+
+impl PluginSlot {
+    /// Creates the slot and one configured instance, so a bad configuration is refused now, with
+    /// the plugin's own message.
+    pub fn new(
+        engine: Arc<PluginEngine>,
+        pre: PluginPre<HostState>,
+        label: &str,
+        service: &str,
+        api: &str,
+        config: String,
+        limits: SlotLimits,
+    ) -> Result<Self, Failure> {
+        let slot = Self {
+            who: Arc::from(format!("{label} ({service}.{api})")),
+            label: Arc::from(label),
+            service: Arc::from(service),
+            api: Arc::from(api),
+            engine,
+            pre,
+            config,
+            limits,
+            pool: ArrayQueue::new(POOL_SIZE),
+            metrics: PluginMetrics::new(label),
+        };
+        let warm = slot.instantiate()?;
+        let _ = slot.pool.push(warm);
+        Ok(slot)
+    }
+
+    /// The plugin's name (standard name or file stem).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn instantiate(&self) -> Result<Warm, Failure> {
+        let state = HostState::new(
+            self.limits.memory as usize,
+            self.who.clone(),
+            self.service.clone(),
+            self.api.clone(),
+        );
+        let mut store = Store::new(self.engine.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(ticks(CONFIGURE_TIME));
+        let plugin = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.trap_failure(&store, e, "instantiate"))?;
+        let mut warm = Warm { store, plugin };
+        let config = self.config.as_str();
+        self.call(&mut warm, Hook::Configure, CONFIGURE_TIME, |p, s| {
+            p.call_configure(s, config)
+        })?;
+        Ok(warm)
+    }
+
+    fn acquire(&self) -> Result<Warm, Failure> {
+        match self.pool.pop() {
+            Some(w) => Ok(w),
+            None => self.instantiate().map_err(|f| match f {
+                Failure::Error(m) => Failure::Instantiate(format!("configure: {m}")),
+                other => other,
+            }),
+        }
+    }
+
+    fn release(&self, warm: Warm) {
+        if self.limits.reuse_instances {
+            let _ = self.pool.push(warm);
+        }
+    }
+
+    /// Runs one hook call with the slot's limits and records its duration and failure.
+    fn call<R>(
+        &self,
+        warm: &mut Warm,
+        hook: Hook,
+        time: Duration,
+        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, Failure> {
+        warm.store.set_epoch_deadline(ticks(time));
+        warm.store.data_mut().limiter.denied = false;
+        let started = Instant::now();
+        let result = f(&warm.plugin, &mut warm.store);
+        self.metrics.call(hook, started.elapsed().as_secs_f64());
+        let outcome = match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(message)) => Err(Failure::Error(message)),
+            Err(e) => Err(self.trap_failure(&warm.store, e, hook.as_str())),
+        };
+        if let Err(f) = &outcome {
+            self.metrics.failure(f);
+            log::warn!("plugin {} {}: {f}", self.who, hook.as_str());
+        }
+        outcome
+    }
+
+    fn trap_failure(&self, store: &Store<HostState>, e: wasmtime::Error, what: &str) -> Failure {
+        if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            Failure::Timeout
+        } else if store.data().limiter.denied {
+            Failure::Memory
+        } else if what == "instantiate" {
+            Failure::Instantiate(format!("{e:#}"))
+        } else {
+            Failure::Trap(format!("{e:#}"))
+        }
+    }
+
+    /// Runs `on-request` on the client's request.
+    pub fn on_request(
+        &self,
+        req: &mut RequestHeader,
+        client_ip: Option<IpAddr>,
+    ) -> Result<RequestOutcome, Failure> {
+        let mut warm = self.acquire()?;
+        let call = &mut warm.store.data_mut().call;
+        std::mem::swap(&mut call.request, req);
+        call.request_writable = true;
+        call.client_ip = client_ip;
+        call.uri_changed = false;
+        call.host_changed = false;
+        let result = self.call(&mut warm, Hook::Request, self.limits.time, |p, s| {
+            p.call_on_request(&mut *s, Resource::new_borrow(REQUEST))
+        });
+        let call = &mut warm.store.data_mut().call;
+        std::mem::swap(&mut call.request, req);
+        let (uri_changed, host_changed) = (call.uri_changed, call.host_changed);
+        let outcome = result.and_then(|action| match action {
+            Action::Proceed => Ok(RequestOutcome::Proceed {
+                uri_changed,
+                host_changed,
+            }),
+            Action::Respond(reply) => check_reply(reply).map(RequestOutcome::Respond),
+        });
+        self.finish(warm, &outcome);
+        outcome
+    }
+
+    /// Runs `on-upstream-request` on the request for one attempt.
+    pub fn on_upstream_request(
+        &self,
+        req: &mut RequestHeader,
+        client_ip: Option<IpAddr>,
+        node: &Node,
+    ) -> Result<(), Failure> {
+        let mut warm = self.acquire()?;
+        let call = &mut warm.store.data_mut().call;
+        std::mem::swap(&mut call.request, req);
+        call.request_writable = true;
+        call.client_ip = client_ip;
+        let result = self.call(
+            &mut warm,
+            Hook::UpstreamRequest,
+            self.limits.time,
+            |p, s| p.call_on_upstream_request(&mut *s, Resource::new_borrow(REQUEST), node),
+        );
+        std::mem::swap(&mut warm.store.data_mut().call.request, req);
+        self.finish(warm, &result);
+        result
+    }
+
+    /// Runs `on-response` on the response going to the client (the request is read-only).
+    pub fn on_response(
+        &self,
+        req: &mut RequestHeader,
+        resp: &mut ResponseHeader,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(), Failure> {
+        let mut warm = self.acquire()?;
+        let call = &mut warm.store.data_mut().call;
+        std::mem::swap(&mut call.request, req);
+        std::mem::swap(&mut call.response, resp);
+        call.request_writable = false;
+        call.client_ip = client_ip;
+        let result = self.call(&mut warm, Hook::Response, self.limits.time, |p, s| {
+            p.call_on_response(
+                &mut *s,
+                Resource::new_borrow(REQUEST),
+                Resource::new_borrow(RESPONSE),
+            )
+        });
+        let call = &mut warm.store.data_mut().call;
+        std::mem::swap(&mut call.request, req);
+        std::mem::swap(&mut call.response, resp);
+        self.finish(warm, &result);
+        result
+    }
+
+    fn finish<T>(&self, warm: Warm, outcome: &Result<T, Failure>) {
+        match outcome {
+            Ok(_) => self.release(warm),
+            Err(f) if f.keeps_instance() => self.release(warm),
+            Err(_) => drop(warm),
+        }
+    }
+}
+
+/// Epoch ticks for a time limit (at least one full tick).
+fn ticks(time: Duration) -> u64 {
+    (time.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}
+
+/// Checks a short-circuit reply before the gateway writes it.
+fn check_reply(reply: Reply) -> Result<Reply, Failure> {
+    if !(100..=599).contains(&reply.status) {
+        return Err(Failure::InvalidOutput(format!(
+            "status {} is not an HTTP status",
+            reply.status
+        )));
+    }
+    for (name, value) in &reply.headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(value).is_err()
+        {
+            return Err(Failure::InvalidOutput(format!(
+                "header {name:?} is not valid"
+            )));
+        }
+    }
+    Ok(reply)
+}

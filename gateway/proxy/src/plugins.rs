@@ -1,0 +1,199 @@
+//! The plugins of each API, run in order on the request path, with each plugin's failure policy.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use gatehouse_config::{Api, Config, OnError, PluginSource, Problem};
+use gatehouse_plugin_host::{
+    Failure, LoadError, Node, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits,
+};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// One API's plugin chain.
+#[derive(Default)]
+pub struct ApiPlugins {
+    slots: Vec<(PluginSlot, OnError)>,
+}
+
+/// A plugin failure that stops the request (`fail_closed`).
+pub struct Stopped<'a> {
+    pub plugin: &'a str,
+    pub failure: Failure,
+}
+
+/// What the request-phase chain decided.
+pub enum Decision<'a> {
+    Proceed {
+        uri_changed: bool,
+        host_changed: bool,
+    },
+    Respond(Reply),
+    Stop(Stopped<'a>),
+}
+
+impl ApiPlugins {
+    /// Builds the chain of API `ai` of service `si`: loads each component (once per engine) and
+    /// configures one instance, so a bad component or configuration is a problem now.
+    pub fn build(
+        engine: &Arc<PluginEngine>,
+        config: &Config,
+        si: usize,
+        ai: usize,
+    ) -> Result<Self, Vec<Problem>> {
+        let service = &config.services[si];
+        let api: &Api = &service.apis[ai];
+        let limits = config.instance.plugin_limits;
+        let limits = SlotLimits {
+            memory: limits.memory,
+            time: limits.time,
+            reuse_instances: limits.reuse_instances,
+        };
+        let mut problems = Vec::new();
+        let mut slots = Vec::new();
+        for (k, plugin) in api.plugins.iter().enumerate() {
+            let path = format!("services[{si}].apis[{ai}].plugins[{k}]");
+            let loaded = match &plugin.source {
+                PluginSource::Standard(name) => engine.load(&format!("standard:{name}"), || {
+                    gatehouse_plugin_host::standard::component(name)
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| {
+                            LoadError::Compile(
+                                name.clone(),
+                                "not embedded in this build".to_owned(),
+                            )
+                        })
+                }),
+                PluginSource::File(file) => engine.load_file(file),
+            };
+            let pre = match loaded {
+                Ok(pre) => pre,
+                Err(e) => {
+                    let key = if matches!(plugin.source, PluginSource::File(_)) {
+                        "path"
+                    } else {
+                        "name"
+                    };
+                    problems.push(Problem::new(
+                        format!("{path}.{key}"),
+                        e.to_string(),
+                        "give a component built for the gatehouse:plugin@0.1.0 world (see plugins/README.md)",
+                    ));
+                    continue;
+                }
+            };
+            let label = plugin.source.label();
+            match PluginSlot::new(
+                engine.clone(),
+                pre,
+                &label,
+                &service.name,
+                &api.name,
+                plugin.config.clone(),
+                limits,
+            ) {
+                Ok(slot) => slots.push((slot, plugin.on_error)),
+                Err(Failure::Error(message)) => problems.push(Problem::new(
+                    format!("{path}.config"),
+                    format!("plugin {label} refused its configuration: {message}"),
+                    format!("fix the config of {label} (see its README)"),
+                )),
+                Err(failure) => problems.push(Problem::new(
+                    path,
+                    format!("plugin {label} {failure}"),
+                    "check the component; it must configure within 1s and the memory limit",
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { slots })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Runs `on-request` of every plugin in order.
+    pub fn on_request(&self, req: &mut RequestHeader, client_ip: Option<IpAddr>) -> Decision<'_> {
+        let (mut uri, mut host) = (false, false);
+        for (slot, on_error) in &self.slots {
+            match slot.on_request(req, client_ip) {
+                Ok(RequestOutcome::Proceed {
+                    uri_changed,
+                    host_changed,
+                }) => {
+                    uri |= uri_changed;
+                    host |= host_changed;
+                }
+                Ok(RequestOutcome::Respond(reply)) => return Decision::Respond(reply),
+                Err(failure) => {
+                    if *on_error == OnError::FailClosed {
+                        return Decision::Stop(Stopped {
+                            plugin: slot.label(),
+                            failure,
+                        });
+                    }
+                }
+            }
+        }
+        Decision::Proceed {
+            uri_changed: uri,
+            host_changed: host,
+        }
+    }
+
+    /// Runs `on-upstream-request` of every plugin in order.
+    pub fn on_upstream_request(
+        &self,
+        req: &mut RequestHeader,
+        client_ip: Option<IpAddr>,
+        node: &Node,
+    ) -> Result<(), Stopped<'_>> {
+        for (slot, on_error) in &self.slots {
+            if let Err(failure) = slot.on_upstream_request(req, client_ip, node) {
+                if *on_error == OnError::FailClosed {
+                    return Err(Stopped {
+                        plugin: slot.label(),
+                        failure,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `on-response` of every plugin in order.
+    pub fn on_response(
+        &self,
+        req: &mut RequestHeader,
+        resp: &mut ResponseHeader,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(), Stopped<'_>> {
+        for (slot, on_error) in &self.slots {
+            if let Err(failure) = slot.on_response(req, resp, client_ip) {
+                if *on_error == OnError::FailClosed {
+                    return Err(Stopped {
+                        plugin: slot.label(),
+                        failure,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks every plugin of a configuration (loads, links, configures), as starting it would.
+pub fn check(engine: &Arc<PluginEngine>, config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (si, service) in config.services.iter().enumerate() {
+        for ai in 0..service.apis.len() {
+            if let Err(mut p) = ApiPlugins::build(engine, config, si, ai) {
+                problems.append(&mut p);
+            }
+        }
+    }
+    problems
+}
