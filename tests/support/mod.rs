@@ -141,6 +141,46 @@ impl Gateway {
         }
     }
 
+    /// Kills the process at once (SIGKILL), keeping its folder.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Starts the gateway again on the same folder and configuration file.
+    pub fn restart(mut self, listen: u16, metrics: u16) -> Gateway {
+        self.kill();
+        let dir = std::mem::replace(&mut self.dir, PathBuf::new());
+        let config = dir.join("gatehouse.yaml");
+        let child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut gw = Gateway {
+            child,
+            base: self.base.clone(),
+            metrics_url: self.metrics_url.clone(),
+            dir,
+            log: self.log.clone(),
+        };
+        gw.wait_ready(listen, metrics);
+        gw
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -174,7 +214,9 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

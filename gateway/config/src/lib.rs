@@ -33,14 +33,34 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates configuration text. `origin` names the text in errors (usually the file
 /// path); relative paths are resolved against `base_dir`.
 pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-    let raw: raw::RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+    from_raw(&parse_raw(text, origin)?, origin, base_dir)
+}
+
+/// Parses configuration text into the file's schema, without validating it.
+pub fn parse_raw(text: &str, origin: &str) -> Result<raw::RawConfig, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
         origin: origin.to_owned(),
         message: e.to_string(),
-    })?;
-    validate::validate(&raw, base_dir, digest(text)).map_err(|problems| ConfigError::Invalid {
-        origin: origin.to_owned(),
-        problems: Problems(problems),
     })
+}
+
+/// Validates a configuration in the file's schema.
+pub fn from_raw(
+    raw: &raw::RawConfig,
+    origin: &str,
+    base_dir: &Path,
+) -> Result<Config, ConfigError> {
+    validate::validate(raw, base_dir, digest(&to_yaml(raw))).map_err(|problems| {
+        ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems: Problems(problems),
+        }
+    })
+}
+
+/// Writes a configuration back as YAML (comments of the original file are not kept).
+pub fn to_yaml(raw: &raw::RawConfig) -> String {
+    serde_yaml::to_string(raw).unwrap_or_default()
 }
 
 /// First 16 hex digits of the SHA-256 of `text`.

@@ -29,6 +29,9 @@ pub mod limits {
     pub const DEFAULT_UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
     pub const DEFAULT_METRICS: &str = "127.0.0.1:9091";
+    pub const DEFAULT_ADMIN: &str = "127.0.0.1:9180";
+    /// Shorter tokens are too easy to guess.
+    pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
     pub const MAX_THREADS: usize = 256;
     /// Room for a plugin's code, stack and a few request copies; small plugins use under 2 MiB.
     pub const DEFAULT_PLUGIN_MEMORY: u64 = 16 * 1024 * 1024;
@@ -85,6 +88,10 @@ pub struct Instance {
     pub threads: Option<usize>,
     pub dns_refresh: Duration,
     pub plugin_limits: PluginLimits,
+    /// Address of the admin API.
+    pub admin: SocketAddr,
+    /// The admin API's bearer token from the file (the environment may supply one instead).
+    pub admin_token: Option<String>,
 }
 
 /// Sandbox limits applied to every plugin instance.
@@ -304,6 +311,8 @@ pub struct UpstreamBackend {
     pub upstream: usize,
     pub path: Option<PathTemplate>,
     pub timeout: Duration,
+    /// When the API was bound to the upstream (RFC 3339), if recorded.
+    pub bound_at: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -5,23 +5,23 @@
 //! together with every other problem, instead of stopping the parse at the first one. Unknown keys are
 //! refused: a typo must fail, not be silently ignored.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub instance: RawInstance,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub vpcs: Vec<RawVpc>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub connections: Vec<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub upstreams: Vec<RawUpstream>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub services: Vec<RawService>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawInstance {
     pub id: String,
@@ -29,114 +29,160 @@ pub struct RawInstance {
     pub kind: String,
     pub vpc: String,
     pub listen: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<i64>,
     /// How often node host names are resolved again, e.g. `30s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_refresh: Option<String>,
     /// Sandbox limits of WebAssembly plugins.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub plugins: Option<RawPluginLimits>,
+    /// Address of the admin API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// Bearer token of the admin API (the `GATEHOUSE_ADMIN_TOKEN` environment variable wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPluginLimits {
     /// Linear memory one plugin instance may use, e.g. `16MiB`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<String>,
     /// Longest a single hook call may run, e.g. `10ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<String>,
     /// Reuse warm instances between calls (`true`), or instantiate afresh for every call.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reuse_instances: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVpc {
     pub id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub cidrs: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     #[serde(default)]
     pub name: String,
     pub vpc: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
     pub protocol: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
     /// How long a node that failed to connect is left out, e.g. `10s`; `0s` never leaves it out.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unhealthy_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub nodes: Vec<RawNode>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
     pub host: String,
     pub port: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<i64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub apis: Vec<RawApi>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApi {
     pub name: String,
     pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     pub backend: RawBackend,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub plugins: Vec<RawPlugin>,
 }
 
 /// A plugin on an API: a standard plugin by `name`, or a component file by `path`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPlugin {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Handed to the plugin as JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_yaml::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub on_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<RawFixedResponse>,
+    /// When the API was bound to its upstream (RFC 3339), recorded by the admin API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bound_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFixedResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub headers: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub body: String,
+}
+
+/// Empty collections are left out when a configuration is written back.
+fn is_empty<T>(value: &T) -> bool
+where
+    for<'a> &'a T: IntoIterator,
+{
+    value.into_iter().next().is_none()
 }

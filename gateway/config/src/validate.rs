@@ -194,7 +194,31 @@ impl Validator {
             .as_ref()
             .map(|p| self.plugin_limits(p))
             .unwrap_or_default();
+        let admin_text = raw.admin.as_deref().unwrap_or(limits::DEFAULT_ADMIN);
+        let admin = self.socket_addr("instance.admin", admin_text);
+        if let Some(a) = admin {
+            if listen.contains(&a) || metrics == Some(a) {
+                self.problem(
+                    "instance.admin",
+                    format!("{a} is also a proxy or metrics listener"),
+                    "give the admin API its own port, e.g. 127.0.0.1:9180",
+                );
+            }
+        }
+        if let Some(token) = &raw.admin_token {
+            if token.len() < limits::MIN_ADMIN_TOKEN_LEN
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                self.problem(
+                    "instance.admin_token",
+                    format!("the token must be at least {} characters without spaces", limits::MIN_ADMIN_TOKEN_LEN),
+                    "use a long random token, e.g. the output of `openssl rand -hex 24`, or set GATEHOUSE_ADMIN_TOKEN instead",
+                );
+            }
+        }
         Some(Instance {
+            admin: admin?,
+            admin_token: raw.admin_token.clone(),
             id: raw.id.clone(),
             kind: kind?,
             vpc: raw.vpc.clone(),
@@ -890,10 +914,20 @@ impl Validator {
                         Duration::from_millis(1),
                     )
                     .unwrap_or(limits::DEFAULT_BACKEND_TIMEOUT);
+                if let Some(at) = &raw.bound_at {
+                    if humantime::parse_rfc3339_weak(at).is_err() {
+                        self.problem(
+                            format!("{bpath}.bound_at"),
+                            format!("{at:?} is not an RFC 3339 time"),
+                            "write a time like 2026-11-27T13:00:00Z, or remove the key",
+                        );
+                    }
+                }
                 Some(Backend::Upstream(UpstreamBackend {
                     upstream: upstream?,
                     path,
                     timeout,
+                    bound_at: raw.bound_at.clone(),
                 }))
             }
         }

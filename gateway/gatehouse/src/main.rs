@@ -6,8 +6,14 @@ mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use gatehouse_admin::{AdminApp, ConfigStore, ReloadOnHangup};
+use gatehouse_config::raw::RawConfig;
+use gatehouse_config::{limits, Config, ConfigError};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 /// The configuration used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "config/gatehouse.yaml";
@@ -73,8 +79,16 @@ fn init_logging(level: Option<&str>) {
 
 /// Serves `path`; with `demo`, first starts echo backends on its nodes (except the ones listed).
 fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
-    let config = match gatehouse_config::load(path) {
+    let (raw, config) = match load(path) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let admin = config.instance.admin;
+    let token = match admin_token(&config) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("gatehouse: {e}");
             return ExitCode::from(2);
@@ -90,13 +104,34 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
         },
         None => None,
     };
-    let (server, _runtime) = match gatehouse_proxy::build(config) {
+    let (mut server, runtime) = match gatehouse_proxy::build(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gatehouse: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let store = Arc::new(ConfigStore::new(path.to_owned(), raw, runtime));
+    server.add_service(background_service(
+        "gatehouse reload on SIGHUP",
+        ReloadOnHangup(store.clone()),
+    ));
+    match token {
+        Some(token) => {
+            if let Err(e) = std::net::TcpListener::bind(admin) {
+                eprintln!("gatehouse: cannot serve the admin API on {admin}: {e}");
+                return ExitCode::FAILURE;
+            }
+            let mut service =
+                Service::new("gatehouse admin".to_owned(), AdminApp::new(store, token));
+            service.add_tcp(&admin.to_string());
+            server.add_service(service);
+            log::info!("admin API on http://{admin}");
+        }
+        None => log::info!(
+            "admin API disabled: set instance.admin_token or GATEHOUSE_ADMIN_TOKEN to enable it"
+        ),
+    }
     if let Some(tour) = tour {
         tour.show_when_ready();
     }
@@ -106,6 +141,38 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
         path.display()
     );
     server.run_forever()
+}
+
+/// Reads a configuration file: the file's schema (kept for the admin API) and the validated model.
+fn load(path: &Path) -> Result<(RawConfig, Config), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let origin = path.display().to_string();
+    let raw = gatehouse_config::parse_raw(&text, &origin)?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let config = gatehouse_config::from_raw(&raw, &origin, base)?;
+    Ok((raw, config))
+}
+
+/// Environment variable that supplies the admin token (it wins over `instance.admin_token`).
+const ADMIN_TOKEN_ENV: &str = "GATEHOUSE_ADMIN_TOKEN";
+
+/// The admin API's token: from the environment, else the file; `None` disables the admin API.
+fn admin_token(config: &Config) -> Result<Option<String>, String> {
+    match std::env::var(ADMIN_TOKEN_ENV) {
+        Ok(token)
+            if token.len() < limits::MIN_ADMIN_TOKEN_LEN || token.contains(char::is_whitespace) =>
+        {
+            Err(format!(
+                "{ADMIN_TOKEN_ENV} must be at least {} characters without spaces",
+                limits::MIN_ADMIN_TOKEN_LEN
+            ))
+        }
+        Ok(token) => Ok(Some(token)),
+        Err(_) => Ok(config.instance.admin_token.clone()),
+    }
 }
 
 fn validate(paths: &[PathBuf]) -> ExitCode {

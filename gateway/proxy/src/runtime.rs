@@ -177,13 +177,23 @@ impl SharedRuntime {
         self.current.load_full()
     }
 
-    /// Builds a snapshot from `config` and publishes it; on error the current one keeps serving.
-    pub fn apply(&self, config: Config) -> Result<u64, Vec<Problem>> {
+    /// Builds the next snapshot from `config` without publishing it (reads CA files, resolves
+    /// names, configures plugins: call it off the request path).
+    pub fn prepare(&self, config: Config) -> Result<Runtime, Vec<Problem>> {
         let current = self.load();
-        let next = Runtime::build(config, current.generation + 1, Some(&current), &self.engine)?;
+        Runtime::build(config, current.generation + 1, Some(&current), &self.engine)
+    }
+
+    /// Publishes a prepared snapshot: new requests use it, requests in flight finish on theirs.
+    pub fn publish(&self, next: Runtime) -> u64 {
         let generation = next.generation;
         config_applied(&next.config.instance.id, &next.config.hash, generation);
         self.current.store(Arc::new(next));
-        Ok(generation)
+        generation
+    }
+
+    /// Builds a snapshot from `config` and publishes it; on error the current one keeps serving.
+    pub fn apply(&self, config: Config) -> Result<u64, Vec<Problem>> {
+        Ok(self.publish(self.prepare(config)?))
     }
 }

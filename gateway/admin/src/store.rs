@@ -1,0 +1,272 @@
+//! The configuration as the admin API and reloads change it: one writer at a time, every change
+//! validated as a whole, applied as one atomic snapshot swap, and persisted atomically.
+//!
+//! Order of a change: validate → build the runtime snapshot (nothing published yet) → write the
+//! file (temporary file, fsync, rename, fsync of the folder) → publish the snapshot. A crash at any
+//! point leaves the old or the new file, never a torn one, and a change is acknowledged only once
+//! it is both on disk and serving.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use gatehouse_config::raw::RawConfig;
+use gatehouse_config::{ConfigError, Problem};
+use gatehouse_proxy::SharedRuntime;
+
+use crate::metrics::ADMIN_METRICS;
+
+/// Why a change was not applied.
+#[derive(Debug)]
+pub enum CommitError {
+    /// The resulting configuration breaks rules; nothing changed.
+    Invalid(Vec<Problem>),
+    /// Someone else changed the configuration since the generation the client read.
+    Stale { current: u64 },
+    /// The file could not be written; nothing changed.
+    Persist(String),
+    /// The file could not be read or parsed (reload).
+    Unreadable(String),
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::Invalid(p) => {
+                write!(
+                    f,
+                    "{} problem{}",
+                    p.len(),
+                    if p.len() == 1 { "" } else { "s" }
+                )?;
+                for problem in p {
+                    write!(f, "; {problem}")?;
+                }
+                Ok(())
+            }
+            CommitError::Stale { current } => write!(
+                f,
+                "the configuration changed meanwhile (now generation {current})"
+            ),
+            CommitError::Persist(m) | CommitError::Unreadable(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What `GET /status` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub generation: u64,
+    pub hash: String,
+    pub applied_at: String,
+    pub config_file: String,
+    pub last_reload_error: Option<String>,
+    pub last_reload_error_at: Option<String>,
+}
+
+/// The writable configuration.
+pub struct ConfigStore {
+    file: PathBuf,
+    runtime: SharedRuntime,
+    /// The configuration being served, in the file's schema. Held for the whole change, which
+    /// serializes writers.
+    raw: tokio::sync::Mutex<RawConfig>,
+    status: Mutex<Status>,
+}
+
+impl ConfigStore {
+    /// `raw` must be what `runtime` serves, read from `file`.
+    pub fn new(file: PathBuf, raw: RawConfig, runtime: SharedRuntime) -> Self {
+        let current = runtime.load();
+        let status = Status {
+            generation: current.generation,
+            hash: current.config.hash.clone(),
+            applied_at: now(),
+            config_file: file.display().to_string(),
+            last_reload_error: None,
+            last_reload_error_at: None,
+        };
+        Self {
+            file,
+            runtime,
+            raw: tokio::sync::Mutex::new(raw),
+            status: Mutex::new(status),
+        }
+    }
+
+    pub fn runtime(&self) -> &SharedRuntime {
+        &self.runtime
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A copy of the configuration being served.
+    pub async fn read(&self) -> (RawConfig, u64) {
+        let raw = self.raw.lock().await;
+        (raw.clone(), self.runtime.load().generation)
+    }
+
+    /// Applies `edit` to the current configuration. `expected` is the generation the client read
+    /// (`If-Match`), if it sent one. The edit returns an error of its own (e.g. not found) to
+    /// abort without changing anything.
+    pub async fn change<T, E>(
+        &self,
+        expected: Option<u64>,
+        edit: impl FnOnce(&mut RawConfig) -> Result<T, E>,
+    ) -> Result<Result<(T, u64), E>, CommitError> {
+        let mut raw = self.raw.lock().await;
+        let current = self.runtime.load().generation;
+        if expected.is_some_and(|g| g != current) {
+            return Err(CommitError::Stale { current });
+        }
+        let mut next = raw.clone();
+        let value = match edit(&mut next) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        let generation = self.commit(&next, true).await?;
+        *raw = next;
+        Ok(Ok((value, generation)))
+    }
+
+    /// Re-reads the file and applies it; on any error the current configuration keeps serving.
+    pub async fn reload(&self) -> Result<u64, CommitError> {
+        let mut raw = self.raw.lock().await;
+        let result = async {
+            let text = std::fs::read_to_string(&self.file).map_err(|e| {
+                CommitError::Unreadable(format!("cannot read {}: {e}", self.file.display()))
+            })?;
+            let next = gatehouse_config::parse_raw(&text, &self.file.display().to_string())
+                .map_err(|e| CommitError::Unreadable(e.to_string()))?;
+            let generation = self.commit(&next, false).await?;
+            Ok::<_, CommitError>((next, generation))
+        }
+        .await;
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok((next, generation)) => {
+                *raw = next;
+                status.last_reload_error = None;
+                status.last_reload_error_at = None;
+                ADMIN_METRICS.reloads_ok.inc();
+                log::info!(
+                    "configuration reloaded from {}: generation {generation}",
+                    self.file.display()
+                );
+                Ok(generation)
+            }
+            Err(e) => {
+                status.last_reload_error = Some(e.to_string());
+                status.last_reload_error_at = Some(now());
+                ADMIN_METRICS.reloads_failed.inc();
+                log::error!(
+                    "reload of {} refused, the previous configuration keeps serving: {e}",
+                    self.file.display()
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Validates, builds, persists (when asked) and publishes `next`.
+    async fn commit(&self, next: &RawConfig, persist: bool) -> Result<u64, CommitError> {
+        let origin = self.file.display().to_string();
+        let base = self
+            .file
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .to_owned();
+        let config = gatehouse_config::from_raw(next, &origin, &base).map_err(|e| match e {
+            ConfigError::Invalid { problems, .. } => CommitError::Invalid(problems.0),
+            other => CommitError::Unreadable(other.to_string()),
+        })?;
+        let hash = config.hash.clone();
+        // Building reads files, resolves names and configures plugins: keep it off the workers.
+        let runtime = self.runtime.clone();
+        let prepared = tokio::task::spawn_blocking(move || runtime.prepare(config))
+            .await
+            .map_err(|e| CommitError::Persist(format!("building the configuration failed: {e}")))?
+            .map_err(CommitError::Invalid)?;
+        if persist {
+            let text = format!(
+                "# Gatehouse configuration, written by the admin API (comments are not kept).\n{}",
+                gatehouse_config::to_yaml(next)
+            );
+            let file = self.file.clone();
+            tokio::task::spawn_blocking(move || write_atomically(&file, text.as_bytes()))
+                .await
+                .map_err(|e| CommitError::Persist(e.to_string()))?
+                .map_err(|e| {
+                    CommitError::Persist(format!("cannot write {}: {e}", self.file.display()))
+                })?;
+        }
+        let generation = self.runtime.publish(prepared);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.generation = generation;
+        status.hash = hash;
+        status.applied_at = now();
+        Ok(generation)
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The current time, RFC 3339, to the second.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Re-reads the configuration file on `SIGHUP`. Runs as a Pingora background service, in the
+/// serving process.
+pub struct ReloadOnHangup(pub std::sync::Arc<ConfigStore>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot listen for SIGHUP, reload with POST /reload instead: {e}");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hangups.recv() => {
+                    log::info!("SIGHUP: reloading {}", self.0.file.display());
+                    let _ = self.0.reload().await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! The admin API and live reconfiguration, end to end: the real binary, real backends.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A gateway with the admin API on, one upstream `users` on `nodes`, one API `GET /users/{id}`.
+struct Admin {
+    gw: Gateway,
+    admin: String,
+    listen: u16,
+    metrics: u16,
+    admin_port: u16,
+}
+
+fn config(listen: u16, metrics: u16, admin: u16, nodes: &[&EchoServer]) -> String {
+    let nodes: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "      - {{ host: 127.0.0.1, port: {}, weight: 1 }}\n",
+                n.addr().port()
+            )
+        })
+        .collect();
+    format!(
+        r#"instance:
+  id: ins-test
+  type: dedicated
+  vpc: vpc-main
+  listen: ["127.0.0.1:{listen}"]
+  metrics: "127.0.0.1:{metrics}"
+  admin: "127.0.0.1:{admin}"
+  admin_token: {TOKEN}
+  threads: 2
+vpcs:
+  - id: vpc-main
+    cidrs: ["127.0.0.0/8"]
+upstreams:
+  - name: users
+    vpc: vpc-main
+    protocol: http
+    nodes:
+{nodes}services:
+  - name: shop
+    apis:
+      - name: get_user
+        path: /users/{{id}}
+        methods: [GET]
+        backend: {{ upstream: users }}
+"#
+    )
+}
+
+impl Admin {
+    fn start(nodes: &[&EchoServer]) -> Admin {
+        let (listen, metrics, admin_port) = (free_port(), free_port(), free_port());
+        let gw =
+            Gateway::start_config(&config(listen, metrics, admin_port, nodes), listen, metrics);
+        wait_for(admin_port);
+        Admin {
+            gw,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            listen,
+            metrics,
+            admin_port,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.call_with(method, path, body, &[])
+    }
+
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        let auth = format!("Bearer {TOKEN}");
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        headers.extend_from_slice(extra);
+        let body = body.map(|b| b.to_string());
+        request(
+            method,
+            &format!("{}{path}", self.admin),
+            &headers,
+            body.as_deref(),
+        )
+    }
+
+    fn config_file(&self) -> std::path::PathBuf {
+        self.gw.dir.join("gatehouse.yaml")
+    }
+}
+
+fn wait_for(port: u16) {
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("port {port} never opened");
+}
+
+fn upstream_json(name: &str, nodes: &[&EchoServer]) -> Value {
+    json!({
+        "name": name,
+        "vpc": "vpc-main",
+        "protocol": "http",
+        "nodes": nodes.iter().map(|n| json!({ "host": "127.0.0.1", "port": n.addr().port(), "weight": 1 })).collect::<Vec<_>>(),
+    })
+}
+
+#[test]
+fn every_request_needs_the_token() {
+    let a = echo("a");
+    let admin = Admin::start(&[&a]);
+    let r = request("GET", &format!("{}/upstreams", admin.admin), &[], None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "unauthorized");
+    let r = request(
+        "GET",
+        &format!("{}/upstreams", admin.admin),
+        &[("authorization", "Bearer wrong-token-0123456789")],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(admin.call("GET", "/upstreams", None).status, 200);
+}
+
+#[test]
+fn the_seed_walkthrough_create_bind_call_list_refuse_delete() {
+    let (a, b) = (echo("a"), echo("b"));
+    let admin = Admin::start(&[&a]);
+    // 1. create an upstream
+    let r = admin.call("POST", "/upstreams", Some(upstream_json("orders", &[&b])));
+    assert_eq!(r.status, 201, "{}", r.body);
+    // 2. create an API on it
+    let api = json!({ "name": "list_orders", "path": "/orders", "methods": ["GET"], "backend": { "upstream": "orders" } });
+    let r = admin.call("POST", "/services/shop/apis", Some(api));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        r.json()["backend"]["bound_at"].is_string(),
+        "the binding time is recorded"
+    );
+    // 3. call the API: visible as soon as the admin call returned
+    let r = admin.gw.get("/orders");
+    assert_eq!((r.status, r.node().as_str()), (200, "b"));
+    // 4. list the upstream's associated APIs
+    let r = admin.call("GET", "/upstreams/orders/apis", None);
+    assert_eq!(r.status, 200);
+    let apis = r.json();
+    assert_eq!(apis.as_array().unwrap().len(), 1);
+    assert_eq!(apis[0]["service"], "shop");
+    assert_eq!(apis[0]["api"], "list_orders");
+    assert_eq!(apis[0]["path"], "/orders");
+    assert_eq!(apis[0]["methods"], json!(["GET"]));
+    // 5. deleting the upstream is refused while the API is bound, and nothing changes
+    let r = admin.call("DELETE", "/upstreams/orders", None);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["apis"][0]["api"], "list_orders");
+    assert_eq!(admin.gw.get("/orders").status, 200);
+    // 6. remove the API, then the upstream
+    assert_eq!(
+        admin
+            .call("DELETE", "/services/shop/apis/list_orders", None)
+            .status,
+        204
+    );
+    assert_eq!(admin.gw.get("/orders").status, 404);
+    assert_eq!(admin.call("DELETE", "/upstreams/orders", None).status, 204);
+    assert_eq!(admin.call("GET", "/upstreams/orders", None).status, 404);
+}
+
+#[test]
+fn invalid_changes_are_refused_with_every_problem_and_nothing_changes() {
+    let a = echo("a");
+    let admin = Admin::start(&[&a]);
+    let before = admin.call("GET", "/config?format=json", None).json();
+    let bad = json!({ "name": "bad-name", "vpc": "nowhere", "protocol": "ftp", "retries": 0, "nodes": [] });
+    let r = admin.call("POST", "/upstreams", Some(bad));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let problems = r.json()["problems"].as_array().unwrap().clone();
+    let paths: Vec<&str> = problems
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "upstreams[1].name",
+        "upstreams[1].vpc",
+        "upstreams[1].protocol",
+        "upstreams[1].retries",
+        "upstreams[1].nodes",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+    assert!(problems
+        .iter()
+        .all(|p| p["fix"].as_str().is_some_and(|f| !f.is_empty())));
+    assert_eq!(
+        admin.call("GET", "/config?format=json", None).json(),
+        before
+    );
+    let r = admin.call("POST", "/upstreams", Some(json!({ "nme": "x" })));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("bad_json"))
+    );
+}
+
+#[test]
+fn missing_resources_are_404_and_duplicates_409() {
+    let a = echo("a");
+    let admin = Admin::start(&[&a]);
+    for path in [
+        "/upstreams/nope",
+        "/services/nope",
+        "/services/shop/apis/nope",
+        "/upstreams/nope/apis",
+        "/nothing/here",
+    ] {
+        let r = admin.call("GET", path, None);
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert_eq!(r.json()["error"], "not_found");
+    }
+    let r = admin.call("POST", "/upstreams", Some(upstream_json("users", &[&a])));
+    assert_eq!(r.status, 409);
+    let r = admin.call(
+        "PUT",
+        "/upstreams/users",
+        Some(upstream_json("other", &[&a])),
+    );
+    assert_eq!(r.status, 400, "renaming through PUT is refused");
+}
+
+#[test]
+fn if_match_guards_against_concurrent_writers() {
+    let (a, b) = (echo("a"), echo("b"));
+    let admin = Admin::start(&[&a]);
+    let read = admin.call("GET", "/upstreams/users", None);
+    let etag = read.header("etag").unwrap().to_owned();
+    // someone else changes the configuration
+    assert_eq!(
+        admin
+            .call(
+                "PUT",
+                "/upstreams/users",
+                Some(upstream_json("users", &[&a, &b]))
+            )
+            .status,
+        200
+    );
+    // our write based on the old generation is refused
+    let r = admin.call_with(
+        "PUT",
+        "/upstreams/users",
+        Some(upstream_json("users", &[&b])),
+        &[("if-match", &etag)],
+    );
+    assert_eq!(r.status, 412, "{}", r.body);
+    assert_eq!(r.json()["error"], "stale_generation");
+    // with the current generation it goes through
+    let etag = admin
+        .call("GET", "/status", None)
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    let r = admin.call_with(
+        "PUT",
+        "/upstreams/users",
+        Some(upstream_json("users", &[&b])),
+        &[("if-match", &etag)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(admin.gw.get("/users/1").node(), "b");
+}
+
+#[test]
+fn status_config_and_openapi_are_served() {
+    let a = echo("a");
+    let admin = Admin::start(&[&a]);
+    let status = admin.call("GET", "/status", None).json();
+    assert_eq!(status["generation"], 1);
+    assert!(status["last_reload_error"].is_null());
+    let yaml = admin.call("GET", "/config", None);
+    assert_eq!(yaml.header("content-type"), Some("application/yaml"));
+    assert!(yaml.body.contains("name: users"));
+    let openapi = admin.call("GET", "/openapi.json", None).json();
+    assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(openapi["paths"]["/upstreams/{name}/apis"]["get"].is_object());
+}
+
+#[test]
+fn changes_under_load_lose_no_request_and_show_at_once() {
+    let backends: Vec<EchoServer> = (0..3).map(|i| echo(&format!("n{i}"))).collect();
+    let admin = Admin::start(&[&backends[0]]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let url = admin.gw.url("/users/1");
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = request("GET", &url, &[], None);
+                    if r.status == 200 { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for i in 0..100 {
+        let change = i % 4;
+        let r = match change {
+            // add a node / change a weight / swap the nodes
+            0 => admin.call("PUT", "/upstreams/users", Some(upstream_json("users", &[&backends[0], &backends[1]]))),
+            1 => {
+                let mut u = upstream_json("users", &[&backends[0], &backends[1]]);
+                u["nodes"][1]["weight"] = json!(i % 7 + 1);
+                admin.call("PUT", "/upstreams/users", Some(u))
+            }
+            2 => admin.call("POST", "/services/shop/apis", Some(json!({
+                "name": format!("extra_{i}"), "path": format!("/extra/{i}"), "methods": ["GET"], "backend": { "upstream": "users" }
+            }))),
+            _ => admin.call("PUT", "/upstreams/users", Some(upstream_json("users", &[&backends[2]]))),
+        };
+        assert!(
+            r.status == 200 || r.status == 201,
+            "change {i}: {} {}",
+            r.status,
+            r.body
+        );
+        // each change is visible right after the admin call returned
+        match change {
+            2 => assert_eq!(
+                admin.gw.get(&format!("/extra/{i}")).status,
+                200,
+                "API added by change {i}"
+            ),
+            3 => assert_eq!(
+                admin.gw.get("/users/1").node(),
+                "n2",
+                "nodes swapped by change {i}"
+            ),
+            _ => {}
+        }
+        if change == 2 {
+            assert_eq!(
+                admin
+                    .call("DELETE", &format!("/services/shop/apis/extra_{i}"), None)
+                    .status,
+                204
+            );
+            assert_eq!(
+                admin.gw.get(&format!("/extra/{i}")).status,
+                404,
+                "API removed after change {i}"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 100, "clients made progress: {ok}");
+    assert_eq!(
+        failed, 0,
+        "{failed} client requests failed during the changes"
+    );
+}
+
+#[test]
+fn acknowledged_changes_survive_a_kill_and_the_file_stays_valid() {
+    let (a, b) = (echo("a"), echo("b"));
+    let admin = Admin::start(&[&a]);
+    let r = admin.call(
+        "PUT",
+        "/upstreams/users",
+        Some(upstream_json("users", &[&b])),
+    );
+    assert_eq!(r.status, 200);
+    let file = admin.config_file();
+    let text = std::fs::read_to_string(&file).unwrap();
+    // the written file is what `gatehouse validate` accepts
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    // SIGKILL while writes are in flight, then restart on the file
+    let (listen, metrics, admin_port) = (admin.listen, admin.metrics, admin.admin_port);
+    let writer = {
+        let base = admin.admin.clone();
+        let up = upstream_json("users", &[&b]);
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                let body = up.to_string();
+                let auth = format!("Bearer {TOKEN}");
+                // the process may die under us: errors are expected, not failures
+                let _ = std::panic::catch_unwind(|| {
+                    request(
+                        "PUT",
+                        &format!("{base}/upstreams/users"),
+                        &[("authorization", &auth)],
+                        Some(&body),
+                    )
+                });
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    let mut gw = admin.gw;
+    gw.kill();
+    let _ = writer.join();
+    let after = std::fs::read_to_string(&file).unwrap();
+    assert!(after.contains("name: users"), "the file is whole:\n{after}");
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(text.contains(&b.addr().port().to_string()));
+    let restarted = gw.restart(listen, metrics);
+    wait_for(admin_port);
+    assert_eq!(
+        restarted.get("/users/1").node(),
+        "b",
+        "the acknowledged change is served after restart"
+    );
+}
+
+#[test]
+fn reload_applies_the_file_and_refuses_a_broken_one() {
+    let (a, b) = (echo("a"), echo("b"));
+    let admin = Admin::start(&[&a]);
+    let file = admin.config_file();
+    let good = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&a.addr().port().to_string(), &b.addr().port().to_string());
+    std::fs::write(&file, &good).unwrap();
+    let r = admin.call("POST", "/reload", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(admin.gw.get("/users/1").node(), "b");
+    // a broken file is refused; the previous configuration keeps serving
+    std::fs::write(&file, good.replace("protocol: http", "protocol: gopher")).unwrap();
+    let r = admin.call("POST", "/reload", None);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(admin.gw.get("/users/1").status, 200);
+    let status = admin.call("GET", "/status", None).json();
+    assert!(
+        status["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("gopher"),
+        "{status}"
+    );
+    assert_eq!(
+        admin
+            .gw
+            .metric(r#"gatehouse_config_reloads_total{result="error"}"#),
+        1.0
+    );
+    // SIGHUP re-reads the file too
+    std::fs::write(
+        &file,
+        good.replace(&b.addr().port().to_string(), &a.addr().port().to_string()),
+    )
+    .unwrap();
+    admin.gw.signal("HUP");
+    let mut served = String::new();
+    for _ in 0..200 {
+        served = admin.gw.get("/users/1").node();
+        if served == "a" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(served, "a", "SIGHUP reloaded the file");
+}
