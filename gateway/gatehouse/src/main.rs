@@ -15,6 +15,10 @@ use gatehouse_config::{limits, Config, ConfigError};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+/// mimalloc: measured fewer CPU cycles per request than the system allocator (bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The configuration used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "config/gatehouse.yaml";
 

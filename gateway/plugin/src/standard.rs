@@ -1,8 +1,27 @@
-//! The standard plugins, embedded in the gateway binary as prebuilt components (built from
-//! `plugins/` by `plugins/build.sh`; `plugins/dist/MANIFEST` records their sources' hashes).
+//! The standard plugins, embedded in the gateway binary as prebuilt components. They are built
+//! from `plugins/` by `plugins/build.sh`, which records their sources' hashes in
+//! `plugins/dist/MANIFEST`; CI rebuilds them and refuses stale ones.
+
+macro_rules! embedded {
+    ($($name:literal),* $(,)?) => {
+        /// Names and components of every standard plugin.
+        pub const STANDARD: &[(&str, &[u8])] = &[
+            $(($name, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../plugins/dist/", $name, ".wasm")))),*
+        ];
+    };
+}
+
+embedded!(
+    "host-rewrite",
+    "headers",
+    "path-rewrite",
+    "request-id",
+    "key-auth",
+    "ip-restriction",
+    "cors",
+);
 
 /// The component of a standard plugin, by name.
 pub fn component(name: &str) -> Option<&'static [u8]> {
-    let _ = name;
-    None
+    STANDARD.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
 }
