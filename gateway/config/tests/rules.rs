@@ -196,6 +196,15 @@ const CASES: &[Case] = &[
     ("threads out of range", &[("instance.threads", "0")], "instance.threads: 0 is out of range 1..=256"),
     ("bad CIDR", &[("vpcs[1].cidrs", "[\"10.1.0.0/33\"]")], "vpcs[1].cidrs[0]: \"10.1.0.0/33\" is not a CIDR block"),
     ("duplicate VPC", &[("vpcs[1].id", "vpc-main")], "vpcs[1].id: VPC \"vpc-main\" is declared twice"),
+    ("unknown standard plugin", &[("services[0].apis[0].plugins", "[{ name: nope }]")], "services[0].apis[0].plugins[0].name: \"nope\" is not a standard plugin"),
+    ("plugin with name and path", &[("services[0].apis[0].plugins", "[{ name: cors, path: x.wasm }]")], "services[0].apis[0].plugins[0]: a plugin is either a standard plugin (name) or a component file (path)"),
+    ("bad failure policy", &[("services[0].apis[0].plugins", "[{ name: cors, on_error: ignore }]")], "services[0].apis[0].plugins[0].on_error: \"ignore\" is not a failure policy"),
+    ("plugin config not a map", &[("services[0].apis[0].plugins", "[{ name: cors, config: [1, 2] }]")], "services[0].apis[0].plugins[0].config: must be a map"),
+    ("plugin memory limit too big", &[("instance.plugins", "{ memory_limit: 2GiB }")], "instance.plugins.memory_limit: \"2GiB\" is out of range 1MiB..=1GiB"),
+    ("plugin time limit not a duration", &[("instance.plugins", "{ time_limit: fast }")], "instance.plugins.time_limit: \"fast\" is not a duration"),
+    ("admin token too short", &[("instance.admin_token", "short")], "instance.admin_token: the token must be at least 16 characters"),
+    ("admin on the proxy port", &[("instance.admin", "\"0.0.0.0:8080\"")], "instance.admin: 0.0.0.0:8080 is also a proxy or metrics listener"),
+    ("bad bound_at", &[("services[0].apis[0].backend.bound_at", "yesterday")], "services[0].apis[0].backend.bound_at: \"yesterday\" is not an RFC 3339 time"),
 ];
 
 #[test]
@@ -272,4 +281,49 @@ fn sni_falls_back_to_host_header_then_node_host() {
         cfg.upstreams[1].sni_for(&cfg.upstreams[1].nodes[0]),
         "data.example"
     );
+}
+
+#[test]
+fn plugin_settings_are_validated_and_resolved() {
+    let mut doc = base();
+    set(&mut doc, "services[0].apis[0].plugins", "[{ name: host-rewrite, config: { host: a.internal } }, { path: plugins/geo.wasm, on_error: fail_open }]");
+    set(
+        &mut doc,
+        "instance.plugins",
+        "{ memory_limit: 32MiB, time_limit: 5ms, reuse_instances: false }",
+    );
+    let cfg = parse(
+        &serde_yaml::to_string(&doc).unwrap(),
+        "t",
+        Path::new("/etc/gatehouse"),
+    )
+    .unwrap();
+    let plugins = &cfg.services[0].apis[0].plugins;
+    assert_eq!(
+        plugins[0].source,
+        gatehouse_config::PluginSource::Standard("host-rewrite".into())
+    );
+    assert_eq!(plugins[0].config, r#"{"host":"a.internal"}"#);
+    assert_eq!(
+        plugins[1].source,
+        gatehouse_config::PluginSource::File("/etc/gatehouse/plugins/geo.wasm".into())
+    );
+    assert_eq!(plugins[1].config, "{}");
+    assert_eq!(plugins[1].on_error, gatehouse_config::OnError::FailOpen);
+    let limits = cfg.instance.plugin_limits;
+    assert_eq!(
+        (
+            limits.memory,
+            limits.time.as_millis(),
+            limits.reuse_instances
+        ),
+        (32 << 20, 5, false)
+    );
+}
+
+#[test]
+fn a_written_back_config_reads_the_same() {
+    let raw = gatehouse_config::parse_raw(VALID, "t").unwrap();
+    let again = gatehouse_config::parse_raw(&gatehouse_config::to_yaml(&raw), "t").unwrap();
+    assert_eq!(raw, again);
 }

@@ -23,5 +23,8 @@ embedded!(
 
 /// The component of a standard plugin, by name.
 pub fn component(name: &str) -> Option<&'static [u8]> {
-    STANDARD.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+    STANDARD
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
 }

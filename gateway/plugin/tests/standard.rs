@@ -12,5 +12,8 @@ fn every_standard_plugin_is_embedded_and_links() {
             .load(&format!("standard:{name}"), || Ok(bytes.to_vec()))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    assert_eq!(standard::STANDARD.len(), gatehouse_config::limits::STANDARD_PLUGINS.len());
+    assert_eq!(
+        standard::STANDARD.len(),
+        gatehouse_config::limits::STANDARD_PLUGINS.len()
+    );
 }

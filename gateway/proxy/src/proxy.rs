@@ -68,6 +68,8 @@ pub struct RequestCtx {
     /// A response header arrived from a node: nothing can be retried any more.
     response_started: bool,
     client_ip: Option<IpAddr>,
+    /// The Host the client sent, before any plugin changed it (for `X-Forwarded-Host`).
+    client_host: Option<http::HeaderValue>,
     /// A plugin set the Host header: the upstream's `host_header` does not override it.
     host_set_by_plugin: bool,
     /// The plugin whose failure stopped the request, for the error answer.
@@ -258,6 +260,7 @@ impl ProxyHttp for Gateway {
             position: None,
             response_started: false,
             client_ip: None,
+            client_host: None,
             host_set_by_plugin: false,
             failed_plugin: None,
         }
@@ -271,6 +274,7 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.client_host = session.req_header().headers.get(HOST).cloned();
         match decision {
             Decision::Proxy { api, uri } => {
                 ctx.api = Some(api);
@@ -398,8 +402,7 @@ impl ProxyHttp for Gateway {
         if let Some(uri) = &ctx.upstream_uri {
             upstream_request.set_uri(uri.clone());
         }
-        let client_host = session.req_header().headers.get(HOST).cloned();
-        if let Some(host) = &client_host {
+        if let Some(host) = &ctx.client_host {
             upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?;
         }
         if let Some(upstream) = ctx.runtime.as_ref().and_then(|r| ctx.upstream(r)) {
