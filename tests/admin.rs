@@ -487,3 +487,27 @@ fn reload_applies_the_file_and_refuses_a_broken_one() {
     }
     assert_eq!(served, "a", "SIGHUP reloaded the file");
 }
+
+#[test]
+fn unchanged_upstreams_keep_their_place_in_the_schedule_across_changes() {
+    let (a, b) = (echo("a"), echo("b"));
+    let admin = Admin::start(&[&a, &b]);
+    assert_eq!(admin.gw.get("/users/1").node(), "a");
+    // an unrelated change: a new API on the same upstream
+    let api = json!({ "name": "other", "path": "/other", "backend": { "upstream": "users" } });
+    assert_eq!(
+        admin.call("POST", "/services/shop/apis", Some(api)).status,
+        201
+    );
+    assert_eq!(
+        admin.gw.get("/users/1").node(),
+        "b",
+        "the weighted schedule continued, it did not restart"
+    );
+    assert_eq!(admin.gw.get("/users/1").node(), "a");
+    assert!(
+        a.stats().connections() <= 2,
+        "pooled connections survived: {}",
+        a.stats().connections()
+    );
+}

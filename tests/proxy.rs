@@ -398,3 +398,18 @@ services:
     assert!(gw.metric(&denied) >= 1.0, "{}", gw.metrics_text());
     assert!(gw.log().contains("outside VPC vpc-main"), "{}", gw.log());
 }
+
+#[test]
+fn upstream_connections_are_kept_alive_and_reused() {
+    let a = echo("a");
+    let gw = Gateway::start(&one_api(&[(addr(&a), 1)], "", ""));
+    for _ in 0..30 {
+        assert_eq!(gw.get("/users/1").status, 200);
+    }
+    assert_eq!(a.stats().requests(), 30);
+    assert!(
+        a.stats().connections() <= 3,
+        "{} connections for 30 sequential requests",
+        a.stats().connections()
+    );
+}

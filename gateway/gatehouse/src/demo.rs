@@ -108,6 +108,7 @@ impl Tour {
             let mut nodes = Vec::new();
             let mut statuses = BTreeMap::new();
             let mut host = None;
+            let mut request_id = None;
             for _ in 0..14 {
                 match agent.get(format!("{base}{path}")).call() {
                     Ok(mut resp) => {
@@ -117,6 +118,10 @@ impl Tour {
                             serde_json::from_str(&body).unwrap_or_default();
                         nodes.push(json["node"].as_str().unwrap_or("-").to_owned());
                         host = json["host"].as_str().map(str::to_owned).or(host);
+                        request_id = json["headers"]["x-request-id"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .or(request_id);
                     }
                     Err(e) => {
                         println!("  request failed: {e}");
@@ -134,16 +139,26 @@ impl Tour {
             if let Some(h) = host {
                 println!("  Host header seen by the backend: {h}");
             }
+            if let Some(id) = request_id {
+                println!("  X-Request-Id added by the request-id plugin: {id}");
+            }
             println!();
         }
         if let Ok(mut resp) = agent.get(format!("http://{}/metrics", self.metrics)).call() {
             let text = resp.body_mut().read_to_string().unwrap_or_default();
             let retries: Vec<&str> = text
                 .lines()
-                .filter(|l| l.starts_with("gatehouse_upstream_retries_total"))
+                .filter(|l| {
+                    (l.starts_with("gatehouse_upstream_retries_total")
+                        || l.starts_with("gatehouse_upstream_node_ejections_total"))
+                        && !l.ends_with(" 0")
+                })
                 .collect();
             if !retries.is_empty() {
-                println!("Retries after a failed node (from /metrics):");
+                println!("A down node is retried on another one, then left out for the upstream's");
+                println!(
+                    "unhealthy_timeout instead of costing every request a retry (from /metrics):"
+                );
                 for line in retries {
                     println!("  {line}");
                 }
