@@ -20,3 +20,4 @@ pub use bindings::{Node, Reply};
 pub use engine::{LoadError, PluginEngine, EPOCH_TICK};
 pub use slot::{Failure, Hook, PluginSlot, RequestOutcome, SlotLimits};
 pub mod standard;
+pub mod testing;
