@@ -1,0 +1,361 @@
+//! Plugins end to end: the standard plugins and faulty ones, through the real gateway.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use support::*;
+
+/// One upstream on `backend` and one API `/users/{id}` (any method) with `plugins` (YAML list
+/// items, already indented for the `plugins:` key), plus a plugin-free API `/plain`.
+fn with_plugins(backend: &EchoServer, plugins: &str) -> String {
+    format!(
+        r#"upstreams:
+  - name: u
+    vpc: vpc-main
+    protocol: http
+    nodes:
+      - {{ host: 127.0.0.1, port: {port}, weight: 1 }}
+services:
+  - name: shop
+    apis:
+      - name: get_user
+        path: /users/{{id}}
+        backend: {{ upstream: u }}
+        plugins:
+{plugins}
+      - name: plain
+        path: /plain
+        backend: {{ upstream: u }}
+"#,
+        port = backend.addr().port()
+    )
+}
+
+#[test]
+fn host_rewrite_sets_the_host_the_backend_sees() {
+    let a = echo("a");
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        "          - { name: host-rewrite, config: { host: users.internal } }",
+    ));
+    let seen = gw.get("/users/1").json();
+    assert_eq!(seen["host"], "users.internal");
+    // the client's Host is still reported as forwarded
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"].as_str().unwrap(),
+        gw.base.trim_start_matches("http://")
+    );
+}
+
+#[test]
+fn key_auth_answers_401_without_a_valid_key_and_hides_the_key_upstream() {
+    let a = echo("a");
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        "          - { name: key-auth, config: { keys: [\"k-0123456789\"] } }",
+    ));
+    let r = gw.get("/users/1");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.json()["error"], "unauthorized");
+    let r = request("GET", &gw.url("/users/1"), &[("x-api-key", "wrong")], None);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        a.stats().requests(),
+        0,
+        "rejected requests never reach the backend"
+    );
+    let r = request(
+        "GET",
+        &gw.url("/users/1"),
+        &[("x-api-key", "k-0123456789")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.json()["headers"].get("x-api-key").is_none(),
+        "credentials are not forwarded"
+    );
+    let r = gw.get("/users/1?api_key=k-0123456789");
+    assert_eq!(r.status, 200, "key in the query: {}", r.body);
+    assert!(!r.json()["uri"].as_str().unwrap().contains("k-0123456789"));
+}
+
+#[test]
+fn cors_preflight_is_answered_without_the_backend() {
+    let a = echo("a");
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        "          - { name: cors, config: { allow_origins: [\"https://shop.example\"], max_age: 600 } }",
+    ));
+    let r = request(
+        "OPTIONS",
+        &gw.url("/users/1"),
+        &[
+            ("origin", "https://shop.example"),
+            ("access-control-request-method", "PUT"),
+        ],
+        None,
+    );
+    assert!(
+        r.status == 204 || r.status == 200,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("PUT"));
+    assert_eq!(
+        a.stats().requests(),
+        0,
+        "the preflight never reached the backend"
+    );
+    let r = request(
+        "GET",
+        &gw.url("/users/1"),
+        &[("origin", "https://shop.example")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    let r = request(
+        "GET",
+        &gw.url("/users/1"),
+        &[("origin", "https://evil.example")],
+        None,
+    );
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        None,
+        "other origins get no CORS grant"
+    );
+}
+
+#[test]
+fn headers_plugin_edits_request_and_response_headers() {
+    let a = echo("a");
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        r#"          - name: headers
+            config:
+              request: { set: { x-tenant: blue }, remove: [x-debug] }
+              response: { set: { x-frame-options: DENY } }"#,
+    ));
+    let r = request("GET", &gw.url("/users/1"), &[("x-debug", "1")], None);
+    let seen = r.json();
+    assert_eq!(seen["headers"]["x-tenant"], "blue");
+    assert!(seen["headers"].get("x-debug").is_none());
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+}
+
+#[test]
+fn path_rewrite_changes_the_path_sent_upstream() {
+    let a = echo("a");
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        "          - { name: path-rewrite, config: { strip_prefix: /users, add_prefix: /v2/people } }",
+    ));
+    assert_eq!(gw.get("/users/42?x=1").json()["uri"], "/v2/people/42?x=1");
+}
+
+#[test]
+fn request_id_is_generated_or_kept_and_echoed_back() {
+    let a = echo("a");
+    let gw = Gateway::start(&with_plugins(&a, "          - { name: request-id }"));
+    let r = gw.get("/users/1");
+    let sent = r.json()["headers"]["x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(sent.len() >= 16, "{sent}");
+    assert_eq!(r.header("x-request-id"), Some(sent.as_str()));
+    let r = request(
+        "GET",
+        &gw.url("/users/1"),
+        &[("x-request-id", "client-id-1")],
+        None,
+    );
+    assert_eq!(r.json()["headers"]["x-request-id"], "client-id-1");
+    assert_eq!(r.header("x-request-id"), Some("client-id-1"));
+}
+
+#[test]
+fn ip_restriction_answers_403_to_denied_clients() {
+    let a = echo("a");
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        "          - { name: ip-restriction, config: { deny: [\"127.0.0.0/8\"] } }",
+    ));
+    let r = gw.get("/users/1");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(a.stats().requests(), 0);
+    assert_eq!(
+        gw.get("/plain").status,
+        200,
+        "other APIs are not restricted"
+    );
+}
+
+#[test]
+fn the_c_plugin_works_like_any_other() {
+    let a = echo("a");
+    let component = shipped_plugin("c-example");
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        &format!("          - {{ path: {} }}", component.display()),
+    ));
+    let r = gw.get("/users/1");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-powered-by"), Some("gatehouse-c"));
+    assert_eq!(gw.get("/users/admin").status, 403);
+}
+
+#[test]
+fn plugins_run_in_the_listed_order() {
+    let a = echo("a");
+    // key-auth first: a request without a key is refused before headers would add anything
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        r#"          - { name: key-auth, config: { keys: ["k-0123456789"] } }
+          - { name: headers, config: { response: { set: { x-seen: "yes" } } } }"#,
+    ));
+    let r = gw.get("/users/1");
+    assert_eq!(r.status, 401);
+    let r = request(
+        "GET",
+        &gw.url("/users/1"),
+        &[("x-api-key", "k-0123456789")],
+        None,
+    );
+    assert_eq!(r.header("x-seen"), Some("yes"));
+}
+
+/// A plugin that loops forever in `on-request`, written to disk.
+fn looping_plugin(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("looping.wat");
+    let endless = "(loop $forever (br $forever))";
+    std::fs::write(
+        &path,
+        gatehouse_plugin_host::testing::component_wat(endless),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_faulty_plugin_fails_only_its_requests_under_load() {
+    let a = echo("a");
+    let dir = scratch_dir();
+    let looping = looping_plugin(&dir);
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        &format!("          - {{ path: {} }}", looping.display()),
+    ));
+    let (faulty_500, plain_200, other) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let (f, p, o) = (faulty_500.clone(), plain_200.clone(), other.clone());
+            let (faulty_url, plain_url) = (gw.url("/users/1"), gw.url("/plain"));
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let url = if i % 2 == 0 { &faulty_url } else { &plain_url };
+                    let r = request("GET", url, &[], None);
+                    match (i % 2, r.status) {
+                        (0, 500) => {
+                            assert_eq!(r.json()["error"], "plugin_failed");
+                            assert_eq!(r.json()["plugin"], "looping");
+                            f.fetch_add(1, Ordering::Relaxed)
+                        }
+                        (1, 200) => p.fetch_add(1, Ordering::Relaxed),
+                        _ => o.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(other.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        faulty_500.load(Ordering::Relaxed),
+        60,
+        "every request through the faulty plugin failed cleanly"
+    );
+    assert_eq!(
+        plain_200.load(Ordering::Relaxed),
+        60,
+        "every other request succeeded"
+    );
+    assert_eq!(
+        gw.metric(r#"gatehouse_plugin_failures_total{plugin="looping",reason="timeout"}"#),
+        60.0
+    );
+    assert_eq!(gw.get("/plain").status, 200, "the gateway lives on");
+}
+
+#[test]
+fn fail_open_skips_a_failing_plugin() {
+    let a = echo("a");
+    let dir = scratch_dir();
+    let looping = looping_plugin(&dir);
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        &format!("          - {{ path: {}, on_error: fail_open }}\n          - {{ name: host-rewrite, config: {{ host: after.internal }} }}", looping.display()),
+    ));
+    let r = gw.get("/users/1");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["host"],
+        "after.internal",
+        "later plugins still run"
+    );
+}
+
+#[test]
+fn validate_shows_a_plugins_complaint_under_its_path() {
+    let dir = scratch_dir();
+    let file = dir.join("bad-plugin.yaml");
+    let a = echo("a");
+    std::fs::write(
+        &file,
+        format!(
+            "{}{}",
+            instance_yaml(1, 2),
+            with_plugins(
+                &a,
+                "          - { name: host-rewrite, config: { hots: x } }"
+            )
+        ),
+    )
+    .unwrap();
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "services[0].apis[0].plugins[0].config: plugin host-rewrite refused its configuration"
+        ),
+        "{err}"
+    );
+}
+
+fn shipped_plugin(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../plugins/dist/{name}.wasm"))
+        .canonicalize()
+        .unwrap()
+}
