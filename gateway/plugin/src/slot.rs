@@ -279,13 +279,19 @@ impl PluginSlot {
         let call = &mut warm.store.data_mut().call;
         std::mem::swap(&mut call.request, req);
         let (uri_changed, host_changed) = (call.uri_changed, call.host_changed);
-        let outcome = result.and_then(|action| match action {
-            Action::Proceed => Ok(RequestOutcome::Proceed {
-                uri_changed,
-                host_changed,
-            }),
-            Action::Respond(reply) => check_reply(reply).map(RequestOutcome::Respond),
-        });
+        let outcome =
+            result.and_then(|action| match action {
+                Action::Proceed => Ok(RequestOutcome::Proceed {
+                    uri_changed,
+                    host_changed,
+                }),
+                Action::Respond(reply) => check_reply(reply)
+                    .map(RequestOutcome::Respond)
+                    .inspect_err(|f| {
+                        self.metrics.failure(f);
+                        log::warn!("plugin {} {}: {f}", self.who, Hook::Request.as_str());
+                    }),
+            });
         self.finish(warm, &outcome);
         outcome
     }

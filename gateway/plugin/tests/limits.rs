@@ -114,3 +114,20 @@ fn failures_leave_the_request_in_place() {
     assert_eq!(req.uri.path(), "/users/1");
     assert_eq!(req.headers.get("x-kept").unwrap(), "yes");
 }
+
+#[test]
+fn a_reply_with_an_impossible_status_is_invalid_output() {
+    // writes `ok(respond({ status: 1000, headers: [], body: [] }))` at the result address
+    let body = "(i32.store8 (i32.const 64) (i32.const 0)) (i32.store8 (i32.const 68) (i32.const 1)) \
+                (i32.store16 (i32.const 72) (i32.const 1000)) (i64.store (i32.const 76) (i64.const 0)) \
+                (i64.store (i32.const 84) (i64.const 0)) (call $drop_request (local.get $req)) (return (i32.const 64))";
+    let slot = slot(body);
+    match run(&slot) {
+        Err(Failure::InvalidOutput(message)) => assert!(message.contains("1000"), "{message}"),
+        other => panic!("expected invalid output, got {:?}", other.err()),
+    }
+    assert!(
+        matches!(run(&slot), Err(Failure::InvalidOutput(_))),
+        "the instance stays usable"
+    );
+}
