@@ -511,3 +511,49 @@ fn unchanged_upstreams_keep_their_place_in_the_schedule_across_changes() {
         a.stats().connections()
     );
 }
+
+#[test]
+fn plugins_keep_working_across_changes() {
+    let a = echo("a");
+    let admin = Admin::start(&[&a]);
+    let api = json!({ "name": "get_user", "path": "/users/{id}", "methods": ["GET"],
+        "backend": { "upstream": "users" },
+        "plugins": [{ "name": "host-rewrite", "config": { "host": "rewritten.internal" } }] });
+    assert_eq!(
+        admin
+            .call("PUT", "/services/shop/apis/get_user", Some(api))
+            .status,
+        200
+    );
+    assert_eq!(
+        admin.gw.get("/users/1").json()["host"],
+        "rewritten.internal"
+    );
+    let other = json!({ "name": "other", "path": "/other", "backend": { "upstream": "users" } });
+    assert_eq!(
+        admin
+            .call("POST", "/services/shop/apis", Some(other))
+            .status,
+        201
+    );
+    assert_eq!(
+        admin.gw.get("/users/1").json()["host"],
+        "rewritten.internal"
+    );
+    let bad = json!({ "name": "get_user", "path": "/users/{id}", "backend": { "upstream": "users" },
+        "plugins": [{ "name": "host-rewrite", "config": { "hots": "x" } }] });
+    let r = admin.call("PUT", "/services/shop/apis/get_user", Some(bad));
+    assert_eq!(
+        r.status, 400,
+        "a plugin refusing its configuration refuses the change: {}",
+        r.body
+    );
+    assert_eq!(
+        r.json()["problems"][0]["path"],
+        "services[0].apis[0].plugins[0].config"
+    );
+    assert_eq!(
+        admin.gw.get("/users/1").json()["host"],
+        "rewritten.internal"
+    );
+}

@@ -3,16 +3,20 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use gatehouse_config::{Api, Config, OnError, PluginSource, Problem};
+use gatehouse_config::{Api, Config, OnError, PluginLimits, PluginRef, PluginSource, Problem};
 use gatehouse_plugin_host::{
     Failure, LoadError, Node, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits,
 };
 use pingora_http::{RequestHeader, ResponseHeader};
 
-/// One API's plugin chain.
+/// One API's plugin chain. Shared between runtime snapshots while the API's plugins, their
+/// configuration and the limits stay the same, so a configuration change elsewhere keeps the warm
+/// instances.
 #[derive(Default)]
 pub struct ApiPlugins {
     slots: Vec<(PluginSlot, OnError)>,
+    /// What the chain was built from: (service, API, plugins, limits).
+    built_from: Option<(String, String, Vec<PluginRef>, PluginLimits)>,
 }
 
 /// A plugin failure that stops the request (`fail_closed`).
@@ -105,10 +109,31 @@ impl ApiPlugins {
             }
         }
         if problems.is_empty() {
-            Ok(Self { slots })
+            Ok(Self {
+                slots,
+                built_from: Some((
+                    service.name.clone(),
+                    api.name.clone(),
+                    api.plugins.clone(),
+                    config.instance.plugin_limits,
+                )),
+            })
         } else {
             Err(problems)
         }
+    }
+
+    /// Whether this chain is the one API `ai` of service `si` of `config` would build.
+    pub fn serves(&self, config: &Config, si: usize, ai: usize) -> bool {
+        let (service, api) = (&config.services[si], &config.services[si].apis[ai]);
+        self.built_from
+            .as_ref()
+            .is_some_and(|(s, a, plugins, limits)| {
+                *s == service.name
+                    && *a == api.name
+                    && *plugins == api.plugins
+                    && *limits == config.instance.plugin_limits
+            })
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,6 +6,7 @@
 //! whose configuration did not change are carried over into the next snapshot with their selector
 //! position and node addresses.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub struct ApiRuntime {
     pub service: String,
     pub name: String,
     pub backend: ApiBackend,
-    pub plugins: ApiPlugins,
+    pub plugins: Arc<ApiPlugins>,
     pub metrics: RequestMetrics,
 }
 
@@ -79,6 +80,16 @@ impl Runtime {
                 },
             }
         }
+        // Plugin chains of the previous snapshot, by (service, API), to keep unchanged ones warm.
+        let previous_plugins: HashMap<(&str, &str), &Arc<ApiPlugins>> = previous
+            .map(|p| {
+                p.apis
+                    .iter()
+                    .filter(|a| !a.plugins.is_empty())
+                    .map(|a| ((a.service.as_str(), a.name.as_str()), &a.plugins))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut apis = Vec::new();
         for (si, service) in config.services.iter().enumerate() {
             for (ai, api) in service.apis.iter().enumerate() {
@@ -115,12 +126,19 @@ impl Runtime {
                         (ApiBackend::Fixed(answer), "")
                     }
                 };
-                let plugins = match ApiPlugins::build(engine, &config, si, ai) {
-                    Ok(p) => p,
-                    Err(mut p) => {
-                        problems.append(&mut p);
-                        ApiPlugins::default()
-                    }
+                let kept = previous_plugins
+                    .get(&(service.name.as_str(), api.name.as_str()))
+                    .filter(|old| old.serves(&config, si, ai))
+                    .map(|old| Arc::clone(old));
+                let plugins = match kept {
+                    Some(plugins) => plugins,
+                    None => match ApiPlugins::build(engine, &config, si, ai) {
+                        Ok(p) => Arc::new(p),
+                        Err(mut p) => {
+                            problems.append(&mut p);
+                            Arc::default()
+                        }
+                    },
                 };
                 apis.push(ApiRuntime {
                     plugins,
