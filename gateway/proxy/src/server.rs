@@ -58,6 +58,7 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
     check_bindable("cannot serve metrics on", config.instance.metrics)?;
 
     let instance = config.instance.clone();
+    let nodes: usize = config.upstreams.iter().map(|u| u.nodes.len()).sum();
     let engine = plugin_engine().map_err(StartError::Plugins)?;
     let runtime = SharedRuntime::start(config, engine.clone()).map_err(StartError::Config)?;
 
@@ -67,10 +68,12 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         // Our own retry budget (`retries`, at most 100) decides; Pingora's cap must not cut it.
         max_retries: limits::MAX_RETRIES as usize + 1,
-        // Measured: work stealing between worker threads costs more than it balances for a proxy.
+        // Work stealing between worker threads costs more than it balances for a proxy (measured on
+        // a bare Pingora proxy: about 17.3 → 16.6 CPU µs per request without it).
         work_stealing: false,
         grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
+        upstream_keepalive_pool_size: keepalive_pool_size(nodes),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
@@ -99,6 +102,16 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
     ));
     Ok((server, runtime))
 }
+
+/// Idle upstream connections kept for reuse. Pingora keeps one LRU for all nodes: round robin over
+/// more nodes than it holds evicts every connection before its node comes round again (measured:
+/// with the default 128 and a 200-node upstream, every request opened a new connection). Room
+/// for two idle connections per node, and never less than 1024 so nodes added at run time fit.
+fn keepalive_pool_size(nodes: usize) -> usize {
+    (2 * nodes).max(MIN_KEEPALIVE_POOL)
+}
+
+const MIN_KEEPALIVE_POOL: usize = 1024;
 
 /// The process's plugin engine.
 pub fn plugin_engine() -> Result<Arc<PluginEngine>, String> {

@@ -1,0 +1,387 @@
+"""Statistics over the repetitions and the Markdown report. Every figure is the median over the
+repetitions with its min–max; every ratio is computed within each repetition (the variants of one
+repetition ran minutes apart, under the same background load) and then summarized the same way."""
+
+import statistics
+
+from .micro import KNOWN as MICRO_BENCHES
+
+# Pingora's default `upstream_keepalive_pool_size` (per worker thread; the bench runs one).
+PINGORA_POOL = 128
+BODY_LABEL = {0: "0 B", 1024: "1 KiB", 16384: "16 KiB"}
+BODIES = (0, 1024, 16384)
+LABELS = {
+    "direct": "direct to the backend",
+    "nginx": "nginx (reverse proxy)",
+    "bare-pingora": "bare Pingora",
+    "gatehouse": "Gatehouse, no plugins",
+    "gatehouse-1-plugin": "Gatehouse, 1 plugin (host-rewrite)",
+    "gatehouse-3-plugins": "Gatehouse, 3 plugins (host-rewrite, headers, request-id)",
+    "gatehouse-10k-apis": "Gatehouse, 10,000 APIs",
+    "gatehouse-200-nodes": "Gatehouse, 200-node upstream",
+}
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+def spread(values):
+    """(median, min, max) of the values that are not None; None when there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+class Runs:
+    """The measured runs, by variant key and repetition."""
+
+    def __init__(self, runs):
+        self.by = {}
+        for run in runs:
+            self.by.setdefault(run["variant"], {})[run["rep"]] = run
+
+    def has(self, key):
+        return key in self.by
+
+    def field(self, key, name):
+        return spread(r[name] for r in self.by.get(key, {}).values())
+
+    def paired(self, a, b, name, combine):
+        """combine(a's value, b's value) within each repetition both ran, summarized."""
+        ra, rb = self.by.get(a, {}), self.by.get(b, {})
+        values = []
+        for rep in sorted(set(ra) & set(rb)):
+            x, y = ra[rep][name], rb[rep][name]
+            if x is not None and y is not None and (combine is not divide or y):
+                values.append(combine(x, y))
+        return spread(values)
+
+
+def divide(x, y):
+    return x / y
+
+
+def subtract(x, y):
+    return x - y
+
+
+# -- formatting --------------------------------------------------------------------------------
+
+def num(x, digits=0):
+    if x is None:
+        return "—"
+    if digits == 0:
+        return f"{x:,.0f}"
+    return f"{x:,.{digits}f}"
+
+
+def cell(s, digits=0, signed=False):
+    """'median (min–max)' of a spread, or '—'."""
+    if s is None:
+        return "—"
+    f = (lambda x: f"{x:+,.{digits}f}") if signed else (lambda x: num(x, digits))
+    med, lo, hi = s
+    if f(lo) == f(hi):
+        return f(med)
+    return f"{f(med)} ({f(lo)}–{f(hi)})"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def duration(ns):
+    if ns >= 1e6:
+        return f"{ns / 1e6:,.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:,.2f} µs"
+    return f"{ns:,.1f} ns"
+
+
+def progress_line(rep, reps, run):
+    cpu = "" if run["proxy_cpu_us"] is None else f", proxy {run['proxy_cpu_us']:.1f} µs CPU/req"
+    return (f"[{rep + 1}/{reps}] {run['variant']}: {run['rps']:,.0f} req/s{cpu}, "
+            f"p99 {run['p99_us']:,.0f} µs at {run['oha_rps']:,.0f} req/s, "
+            f"core-0 foreign {run['core0_foreign_pct']:.1f} %")
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+def ordered_keys(data):
+    return [v["key"] for v in data["variants"]]
+
+
+def variant_label(key):
+    name, body = key.split("@")
+    return LABELS.get(name, name), BODY_LABEL.get(int(body), f"{body} B")
+
+
+def section_machine(data):
+    m, s = data["machine"], data["settings"]
+    load_end = m.get("load_end", (0, 0, 0))
+    rows = [
+        ("CPU", f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB"),
+        ("OS, kernel", f"{m['os']}, {m['kernel']}"),
+        ("load average (1/5/15 min) at start / end",
+         f"{'/'.join(f'{x:.2f}' for x in m['load_start'])} / {'/'.join(f'{x:.2f}' for x in load_end)}"),
+        ("Gatehouse commit", m["commit"]),
+        ("tools", f"{m['rustc']}; {m['nginx']}; {m['wrk'].split(' [')[0]}; {m['oha']}"),
+        ("run", f"{'long' if s['long'] else 'default'}: {s['reps']} repetitions, wrk {s['wrk_seconds']} s, "
+                f"oha {s['oha_seconds']} s at {s['rate']:,} req/s; took {data['seconds'] / 60:.1f} min"),
+    ]
+    settings = f"""
+- All on loopback. The proxy under test runs on core {s['proxy_core']} (`taskset -c {s['proxy_core']}`); the
+  backend (`bench-backend`, one thread) and the load generator (one thread) share core {s['load_core']}.
+  Every proxy has one worker: nginx `worker_processes 1`, bare Pingora and Gatehouse `threads: 1`
+  (Pingora `work_stealing: false`, mimalloc).
+- nginx: `upstream {{ keepalive 64; keepalive_requests 1000000; }}`, `proxy_http_version 1.1`,
+  `proxy_set_header Connection ""`, `access_log off`, client `keepalive_requests 1000000`.
+- Gatehouse: release build (fat LTO, one codegen unit), one upstream of 2 nodes (127.0.0.1 and
+  127.0.0.2, the same backend), one API `/bench/{{id}}`, unless the variant says otherwise.
+- Throughput and CPU: `wrk -t1 -c{s['connections']} -d{s['wrk_seconds']}s` after a 1 s warm-up. CPU per
+  request = the proxy's utime+stime (/proc/PID/stat, all threads and nginx's worker) over the run,
+  divided by the requests wrk completed. Latency: `oha -c{s['connections']} -q {s['rate']} --latency-correction
+  -z {s['oha_seconds']}s`, right after. Peak RSS: VmHWM of the proxy after both.
+- Every repetition runs every variant in a shuffled order (seed {s['seed']}), each in a fresh process.
+"""
+    return "## Machine and settings\n\n" + table(("", ""), rows) + "\n" + settings
+
+
+def section_ratios(data, runs):
+    g = "gatehouse@{}"
+
+    def per_body(label, a, b, name, combine=divide, digits=2, signed=False):
+        cells = [cell(runs.paired(a.format(body), b.format(body), name, combine), digits, signed)
+                 for body in BODIES]
+        return (label, *cells)
+
+    rows = [
+        per_body("CPU per request: Gatehouse / nginx", g, "nginx@{}", "proxy_cpu_us"),
+        per_body("CPU per request: Gatehouse / bare Pingora", g, "bare-pingora@{}", "proxy_cpu_us"),
+        per_body("CPU per request: bare Pingora / nginx", "bare-pingora@{}", "nginx@{}", "proxy_cpu_us"),
+        per_body("added CPU per request vs nginx, µs", g, "nginx@{}", "proxy_cpu_us", subtract, 1, True),
+        per_body("added CPU per request vs bare Pingora, µs", g, "bare-pingora@{}", "proxy_cpu_us",
+                 subtract, 1, True),
+        per_body("throughput: Gatehouse / nginx", g, "nginx@{}", "rps"),
+        per_body("throughput: Gatehouse / direct", g, "direct@{}", "rps"),
+        per_body("throughput: Gatehouse / bare Pingora", g, "bare-pingora@{}", "rps"),
+        per_body("throughput: nginx / direct", "nginx@{}", "direct@{}", "rps"),
+        per_body("throughput: 1 plugin / no plugins", "gatehouse-1-plugin@{}", g, "rps"),
+        per_body("throughput: 3 plugins / no plugins", "gatehouse-3-plugins@{}", g, "rps"),
+        per_body("CPU per request: 1 plugin / no plugins", "gatehouse-1-plugin@{}", g, "proxy_cpu_us"),
+        per_body("CPU per request: 3 plugins / no plugins", "gatehouse-3-plugins@{}", g, "proxy_cpu_us"),
+        per_body("throughput: 10,000 APIs / 1 API", "gatehouse-10k-apis@{}", g, "rps"),
+        per_body("CPU per request: 10,000 APIs / 1 API", "gatehouse-10k-apis@{}", g, "proxy_cpu_us"),
+        per_body("throughput: 200 nodes / 2 nodes", "gatehouse-200-nodes@{}", g, "rps"),
+        per_body("CPU per request: 200 nodes / 2 nodes", "gatehouse-200-nodes@{}", g, "proxy_cpu_us"),
+        per_body("added p50 vs nginx, µs (Gatehouse − nginx)", g, "nginx@{}", "p50_us", subtract, 0, True),
+        per_body("added p99 vs nginx, µs (Gatehouse − nginx)", g, "nginx@{}", "p99_us", subtract, 0, True),
+        per_body("added p99 vs direct, µs (Gatehouse − direct)", g, "direct@{}", "p99_us", subtract, 0, True),
+    ]
+    rows = [r for r in rows if any(c != "—" for c in r[1:])]
+    return ("## Key ratios\n\nMedian over the repetitions of the ratio within each repetition "
+            "(min–max). Below 1 for throughput and above 1 for CPU means Gatehouse does worse.\n\n"
+            + table(("ratio", *(BODY_LABEL[b] for b in BODIES)), rows))
+
+
+def section_throughput(data, runs):
+    rows = []
+    for key in ordered_keys(data):
+        if not runs.has(key):
+            continue
+        label, body = variant_label(key)
+        errors = sum(r["wrk_errors"] for r in runs.by[key].values())
+        rows.append((label, body, cell(runs.field(key, "rps")), cell(runs.field(key, "proxy_cpu_us"), 1),
+                     cell(runs.field(key, "backend_cpu_us"), 1), cell(runs.field(key, "backend_conns_per_1k"), 1),
+                     cell(runs.field(key, "peak_rss_mib"), 1), errors))
+    return ("## Throughput, CPU per request, memory\n\n"
+            "`wrk -t1 -c50`, the proxy alone on its core. For `direct` there is no proxy: the backend's "
+            "CPU per request is the cost of the backend itself (in every row). Backend connections "
+            "per 1,000 requests: TCP connections the backend accepted during the run (near 0 when "
+            "the proxy reuses its upstream connections; 1,000 is a new connection per request).\n\n"
+            + table(("variant", "body", "req/s", "proxy CPU µs/req", "backend CPU µs/req",
+                     "backend conns / 1k req", "proxy peak RSS MiB", "wrk errors"), rows))
+
+
+def section_latency(data, runs):
+    rows = []
+    rate = data["settings"]["rate"]
+    for key in ordered_keys(data):
+        if not runs.has(key):
+            continue
+        label, body = variant_label(key)
+        achieved = runs.field(key, "oha_rps")
+        flag = " ⚠ below the target rate" if achieved and achieved[1] < 0.95 * rate else ""
+        non_200 = sum(r["oha_non_200"] for r in runs.by[key].values())
+        rows.append((label, body, cell(achieved) + flag, cell(runs.field(key, "p50_us")),
+                     cell(runs.field(key, "p99_us")), cell(runs.field(key, "p999_us")), non_200))
+    return (f"## Latency at a fixed rate of {rate:,} req/s\n\n"
+            "`oha -q RATE --latency-correction` (open loop: a slow answer delays no later request's "
+            "start, so percentiles include queueing). Microseconds.\n\n"
+            + table(("variant", "body", "achieved req/s", "p50 µs", "p99 µs", "p99.9 µs", "non-200"), rows))
+
+
+def section_plugins(data, runs):
+    g1, g3, g0 = "gatehouse-1-plugin@0", "gatehouse-3-plugins@0", "gatehouse@0"
+    micro = data.get("micro") or {}
+
+    def crit(name):
+        m = micro.get(f"plugin_call/{name}/warm")
+        return duration(m["ns"]) if m else "—"
+
+    both = runs.paired(g3, g1, "proxy_cpu_us", subtract)
+    half = tuple(x / 2 for x in both) if both else None
+    rows = [
+        ("host-rewrite", cell(runs.paired(g1, g0, "proxy_cpu_us", subtract), 2), crit("host-rewrite")),
+        ("headers + request-id (two plugins)", cell(both, 2),
+         f"{crit('headers')} + {crit('request-id')}"),
+        ("  average of those two, per plugin", cell(half, 2), ""),
+        ("all three", cell(runs.paired(g3, g0, "proxy_cpu_us", subtract), 2), ""),
+    ]
+    return ("## Per-plugin cost\n\nCPU per request with the plugins minus without, within each "
+            "repetition, in µs (0 B bodies). It includes everything a plugin costs the gateway: "
+            "taking a warm instance, moving the headers in and out, the guest code, and the "
+            "`on-response` hook where the plugin has one (headers, request-id). It carries the "
+            "run's noise (the spread of CPU per request between repetitions of one variant, a few "
+            "µs here); the criterion column, one `on-request` call alone, is precise.\n\n"
+            + table(("plugin", "CPU µs per request (load test)", "criterion: one on-request call"), rows))
+
+
+def section_startup(data):
+    rows = []
+    for apis, label in (("1", "startup to first proxied 200, 1 API"),
+                        ("10000", "startup to first proxied 200, 10,000 APIs")):
+        runs = data["startup"].get(apis)
+        if runs:
+            rows.append((label, cell(spread(r["seconds"] * 1000 for r in runs)) + " ms",
+                         cell(spread(r["rss_mib"] for r in runs), 1)))
+    reload = data.get("reload")
+    if reload:
+        rows.append(("`POST /reload` of a changed file, 10,000 APIs",
+                     cell(spread(r["seconds"] * 1000 for r in reload["reloads"])) + " ms",
+                     f"{reload['rss_mib']:.1f} (after {len(reload['reloads'])} reloads)"))
+    return ("## Startup and reload\n\nStartup: from spawning `gatehouse run` to the first 200 "
+            "through it (polled every 1 ms), 3 times each. Reload: the admin API's `POST /reload` "
+            "after the file changed (an upstream's description), until it answers: validated, built "
+            "and swapped in.\n\n" + table(("what", "median (min–max)", "peak RSS MiB"), rows))
+
+
+def section_micro(data):
+    micro = data.get("micro") or {}
+    if not micro:
+        return "## Micro-benchmarks (criterion)\n\nNot run."
+    rows = [(f"`{i}`", desc, duration(micro[i]["ns"]),
+             f"{duration(micro[i]['lo'])} – {duration(micro[i]['hi'])}")
+            for i, desc in MICRO_BENCHES.items() if i in micro]
+
+    def ratio(a, b, label):
+        if a in micro and b in micro:
+            return f"- {label}: {micro[a]['ns'] / micro[b]['ns']:.2f}×"
+        return None
+
+    ratios = [r for r in (
+        ratio("route_lookup/10000", "route_lookup/10", "route lookup, 10,000 APIs / 10 APIs"),
+        ratio("select_pick/200", "select_pick/2", "node pick, 200 nodes / 2 nodes"),
+        ratio("plugin_call/host-rewrite/fresh", "plugin_call/host-rewrite/warm",
+              "plugin call, fresh instance / warm instance"),
+    ) if r]
+    return ("## Micro-benchmarks (criterion)\n\nMedian time of one operation and its 95 % "
+            "confidence interval, pinned to the proxy core.\n\n"
+            + table(("benchmark", "what", "median", "95 % CI"), rows) + "\n\n" + "\n".join(ratios))
+
+
+def section_profiles(data):
+    profiles = data.get("profiles") or {}
+    if not profiles:
+        return ""
+    out = ["## Where Gatehouse spends its CPU\n\n`perf record -e cpu-clock -F 1999` (a software clock: "
+           "this VM has no hardware counters) on the gateway process during a 5 s `wrk -t1 -c50` run, "
+           "0 B bodies; shares of the process's samples. Plugin guest code, compiled by wasmtime at "
+           "load time, has no symbols: it is the area `JIT code (plugins)`, left out of the function "
+           "list. In a VM, kernel time spent with "
+           "interrupts off is charged to the function that turns them back on "
+           "(`_raw_spin_unlock_irqrestore`): read it as the kernel's network and wake-up path."]
+    for name, p in profiles.items():
+        areas = table(("area", "share"), [(a, f"{pct:.1f} %") for pct, a in p["areas"] if pct >= 0.1])
+        user = table(("share", "function [object]"),
+                     [(f"{pct:.1f} %", f"`{fn}`") for pct, fn in p["user"]])
+        kernel = ", ".join(f"`{fn}` {pct:.1f} %" for pct, fn in p["kernel"])
+        out.append(f"### {LABELS.get(name, name)}\n\n{areas}\n\nTop kernel functions: {kernel}.\n\n"
+                   f"Top user-space functions:\n\n{user}")
+    return "\n\n".join(out)
+
+
+def section_noise(data):
+    runs = data["runs"]
+    if not runs:
+        return ""
+    core0 = spread(r["core0_foreign_pct"] for r in runs)
+    core1 = spread(r["core1_foreign_pct"] for r in runs)
+    steal = spread(r["steal_pct"] for r in runs)
+    noisy = [f"{r['variant']} #{r['rep'] + 1} (core 0: {r['core0_foreign_pct']:.0f} %, "
+             f"core 1: {r['core1_foreign_pct']:.0f} %)"
+             for r in runs if max(r["core0_foreign_pct"], r["core1_foreign_pct"]) > 5]
+    text = ("## Noise\n\nCPU used during the wrk runs by anything but the processes of the test "
+            "(other work on the machine, interrupts), as a share of one core: on the proxy core "
+            f"median {core0[0]:.1f} %, max {core0[2]:.1f} %; on the load core (beyond the backend, "
+            f"the load generator and the driver) median {core1[0]:.1f} %, max {core1[2]:.1f} %. "
+            f"Hypervisor steal on the proxy core: median {steal[0]:.1f} %, max {steal[2]:.1f} %. "
+            "Load on the load core slows the load generator, so the proxy gets fewer requests per "
+            "wake-up and spends more CPU on each: it shows in CPU per request too.")
+    if noisy:
+        text += "\n\nRuns above 5 %: " + ", ".join(noisy) + "."
+    return text
+
+
+def section_flags(data, runs):
+    """Automatic remarks on figures that look wrong for a proxy."""
+    flags = []
+    nodes = {v["key"]: v["nodes"] for v in data["variants"]}
+    for key in ordered_keys(data):
+        conns = runs.field(key, "backend_conns_per_1k")
+        if conns and conns[0] > 10:
+            label, body = variant_label(key)
+            text = (f"- {label} ({body}): the backend accepted {conns[0]:,.0f} connections per "
+                    "1,000 requests: upstream connections are not reused, and every request pays a "
+                    "TCP connect, accept and close on both sides.")
+            if nodes.get(key, 0) > PINGORA_POOL:
+                text += (f" With {nodes[key]} nodes this matches Pingora's upstream keepalive pool: "
+                         "one LRU of `upstream_keepalive_pool_size` × threads idle connections "
+                         f"({PINGORA_POOL} × 1 here), which round robin over more nodes than that "
+                         "empties before each node comes round again.")
+            flags.append(text)
+    micro = data.get("micro") or {}
+    warm, fresh = micro.get("plugin_call/host-rewrite/warm"), micro.get("plugin_call/host-rewrite/fresh")
+    if warm and fresh:
+        flags.append(f"- A plugin call on a fresh instance costs {fresh['ns'] / warm['ns']:.0f}× a call "
+                     f"on a warm one ({duration(fresh['ns'])} vs {duration(warm['ns'])}): "
+                     "`reuse_instances: true` is the right default.")
+    return "## Flags\n\n" + "\n".join(flags) if flags else ""
+
+
+def section_failures(data):
+    if not data["failures"]:
+        return ""
+    return "## What did not work\n\n" + "\n".join(f"- {f}" for f in data["failures"])
+
+
+def render(data):
+    runs = Runs(data["runs"])
+    sections = [
+        f"# Gatehouse benchmark results, {data['date']}\n\nProduced by `bench/run.sh` "
+        "(how to read every figure: [bench/README.md](../README.md)).",
+        section_machine(data),
+        section_ratios(data, runs),
+        section_flags(data, runs),
+        section_throughput(data, runs),
+        section_latency(data, runs),
+        section_plugins(data, runs),
+        section_startup(data),
+        section_micro(data),
+        section_profiles(data),
+        section_noise(data),
+        section_failures(data),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Gatehouse benchmark, one command: installs the load tools it lacks, builds Gatehouse and the
+# bench binaries in release mode, then runs every variant (bench/run.py) and writes
+# bench/results/RESULTS-<date>.md. Usage: bench/run.sh [--long] [run.py options, see --help]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages: wrk and nginx are required; perf is optional (the profile is skipped without it).
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v taskset >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update
+    as_root apt-get install -y "${missing[@]}"
+fi
+if ! command -v perf >/dev/null; then
+    log "installing linux-perf (optional)"
+    as_root apt-get install -y linux-perf || echo "linux-perf not installed: no profile" >&2
+fi
+export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
+
+if ! command -v oha >/dev/null; then
+    log "installing oha (cargo install, several minutes the first time)"
+    cargo install oha --locked
+fi
+
+# One build at a time; each is incremental after the first.
+log "building gatehouse (release)"
+cargo build --release -p gatehouse
+log "building bench-backend and bare-pingora (release)"
+cargo build --release -p gatehouse-bench --bins
+log "building the criterion benchmarks"
+cargo bench -p gatehouse-bench --benches --no-run
+
+log "running (the load tests take about 8 minutes; --long about 45)"
+# The driver itself stays off the proxy core: core 0 is for the proxy under test.
+exec taskset -c 1 python3 bench/run.py "$@"
