@@ -14,7 +14,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
-use crate::bindings::{Action, HostState, Node, Plugin, PluginPre, Reply, REQUEST, RESPONSE};
+use crate::bindings::{
+    Action, Hooks, HostState, Node, Plugin, PluginPre, Reply, REQUEST, RESPONSE,
+};
 use crate::engine::{PluginEngine, EPOCH_TICK};
 use crate::metrics::PluginMetrics;
 
@@ -148,6 +150,8 @@ pub struct PluginSlot {
     config: String,
     limits: SlotLimits,
     pool: ArrayQueue<Warm>,
+    /// The hooks the plugin declared in `configure`; the others are never called.
+    hooks: Hooks,
     metrics: PluginMetrics,
 }
 
@@ -163,7 +167,7 @@ impl PluginSlot {
         config: String,
         limits: SlotLimits,
     ) -> Result<Self, Failure> {
-        let slot = Self {
+        let mut slot = Self {
             who: Arc::from(format!("{label} ({service}.{api})")),
             label: Arc::from(label),
             service: Arc::from(service),
@@ -173,9 +177,11 @@ impl PluginSlot {
             config,
             limits,
             pool: ArrayQueue::new(POOL_SIZE),
+            hooks: Hooks::all(),
             metrics: PluginMetrics::new(label),
         };
-        let warm = slot.instantiate()?;
+        let (warm, hooks) = slot.instantiate()?;
+        slot.hooks = hooks;
         let _ = slot.pool.push(warm);
         Ok(slot)
     }
@@ -185,7 +191,18 @@ impl PluginSlot {
         &self.label
     }
 
-    fn instantiate(&self) -> Result<Warm, Failure> {
+    /// Whether the plugin implements `hook` (`configure` always).
+    pub fn implements(&self, hook: Hook) -> bool {
+        match hook {
+            Hook::Configure => true,
+            Hook::Request => self.hooks.contains(Hooks::ON_REQUEST),
+            Hook::UpstreamRequest => self.hooks.contains(Hooks::ON_UPSTREAM_REQUEST),
+            Hook::Response => self.hooks.contains(Hooks::ON_RESPONSE),
+        }
+    }
+
+    /// A new configured instance and the hooks its `configure` declared.
+    fn instantiate(&self) -> Result<(Warm, Hooks), Failure> {
         let state = HostState::new(
             self.limits.memory as usize,
             self.who.clone(),
@@ -201,16 +218,16 @@ impl PluginSlot {
             .map_err(|e| self.trap_failure(&store, e, "instantiate"))?;
         let mut warm = Warm { store, plugin };
         let config = self.config.as_str();
-        self.call(&mut warm, Hook::Configure, CONFIGURE_TIME, |p, s| {
+        let hooks = self.call(&mut warm, Hook::Configure, CONFIGURE_TIME, |p, s| {
             p.call_configure(s, config)
         })?;
-        Ok(warm)
+        Ok((warm, hooks))
     }
 
     fn acquire(&self) -> Result<Warm, Failure> {
         match self.pool.pop() {
             Some(w) => Ok(w),
-            None => self.instantiate().map_err(|f| match f {
+            None => self.instantiate().map(|(w, _)| w).map_err(|f| match f {
                 Failure::Error(m) => Failure::Instantiate(format!("configure: {m}")),
                 other => other,
             }),

@@ -3,8 +3,15 @@
 
 /// The WAT text of a component implementing the plugin world whose `on-request` runs the core
 /// instructions `body` first (an endless loop, a memory bomb, a trap...) and, if `body` falls
-/// through, proceeds. `configure` accepts any configuration. `wasmtime` compiles WAT directly.
+/// through, proceeds. `configure` accepts any configuration and declares every hook. `wasmtime`
+/// compiles WAT directly.
 pub fn component_wat(body: &str) -> String {
+    component_wat_declaring(body, 0b111)
+}
+
+/// Like [`component_wat`], with `configure` declaring the hooks in `hooks` (bit 0 `on-request`,
+/// bit 1 `on-upstream-request`, bit 2 `on-response`).
+pub fn component_wat_declaring(body: &str, hooks: u8) -> String {
     format!(
         r#"(component
   (import "gatehouse:plugin/types@0.1.0" (instance $types
@@ -13,9 +20,12 @@ pub fn component_wat(body: &str) -> String {
     (type $a (variant (case "proceed") (case "respond" $reply)))
     (export "action" (type (eq $a)))
     (type $n (record (field "upstream" string) (field "host" string) (field "port" u16) (field "address" string)))
-    (export "node" (type (eq $n)))))
+    (export "node" (type (eq $n)))
+    (type $h (flags "on-request" "on-upstream-request" "on-response"))
+    (export "hooks" (type (eq $h)))))
   (alias export $types "action" (type $action))
   (alias export $types "node" (type $node))
+  (alias export $types "hooks" (type $hooks))
   (import "gatehouse:plugin/http@0.1.0" (instance $http
     (export "request" (type (sub resource)))
     (export "response" (type (sub resource)))))
@@ -34,8 +44,10 @@ pub fn component_wat(body: &str) -> String {
       (global.set $heap (i32.add (global.get $heap) (i32.add (local.get 3) (i32.const 8))))
       (local.get $at))
     ;; every result is written at address 64: zeroes mean `ok` (and `proceed`)
+    ;; `configure` answers ok with the declared hooks: a flags byte after the discriminant
     (func (export "configure") (param i32 i32) (result i32)
       (i64.store (i32.const 64) (i64.const 0))
+      (i32.store8 (i32.const 68) (i32.const {hooks}))
       (i32.const 64))
     (func (export "on-request") (param $req i32) (result i32)
       {body}
@@ -53,7 +65,7 @@ pub fn component_wat(body: &str) -> String {
       (i32.const 64)))
   (core instance $host (export "drop-request" (func $drop_request)) (export "drop-response" (func $drop_response)))
   (core instance $i (instantiate $m (with "host" (instance $host))))
-  (func (export "configure") (param "config" string) (result (result (error string)))
+  (func (export "configure") (param "config" string) (result (result $hooks (error string)))
     (canon lift (core func $i "configure") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
   (func (export "on-request") (param "req" (borrow $request)) (result (result $action (error string)))
     (canon lift (core func $i "on-request") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_plugin_host::{Failure, PluginEngine, PluginSlot, RequestOutcome, SlotLimits};
+use gatehouse_plugin_host::{Failure, Hook, PluginEngine, PluginSlot, RequestOutcome, SlotLimits};
 use pingora_http::RequestHeader;
 
 const LIMITS: SlotLimits = SlotLimits {
@@ -130,4 +130,26 @@ fn a_reply_with_an_impossible_status_is_invalid_output() {
         matches!(run(&slot), Err(Failure::InvalidOutput(_))),
         "the instance stays usable"
     );
+}
+
+#[test]
+fn only_the_declared_hooks_are_called() {
+    let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
+    let wat = gatehouse_plugin_host::testing::component_wat_declaring(WELL_BEHAVED, 0b001);
+    let pre = engine
+        .load("test:declaring", || Ok(wat.into_bytes()))
+        .unwrap();
+    let slot = PluginSlot::new(
+        engine,
+        pre,
+        "test-plugin",
+        "shop",
+        "get_user",
+        "{}".into(),
+        LIMITS,
+    )
+    .unwrap();
+    assert!(slot.implements(Hook::Request));
+    assert!(!slot.implements(Hook::UpstreamRequest));
+    assert!(!slot.implements(Hook::Response));
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use gatehouse_config::{Api, Config, OnError, PluginLimits, PluginRef, PluginSource, Problem};
 use gatehouse_plugin_host::{
-    Failure, LoadError, Node, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits,
+    Failure, Hook, LoadError, Node, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits,
 };
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -143,7 +143,11 @@ impl ApiPlugins {
     /// Runs `on-request` of every plugin in order.
     pub fn on_request(&self, req: &mut RequestHeader, client_ip: Option<IpAddr>) -> Decision<'_> {
         let (mut uri, mut host) = (false, false);
-        for (slot, on_error) in &self.slots {
+        for (slot, on_error) in self
+            .slots
+            .iter()
+            .filter(|(s, _)| s.implements(Hook::Request))
+        {
             match slot.on_request(req, client_ip) {
                 Ok(RequestOutcome::Proceed {
                     uri_changed,
@@ -176,7 +180,11 @@ impl ApiPlugins {
         client_ip: Option<IpAddr>,
         node: &Node,
     ) -> Result<(), Stopped<'_>> {
-        for (slot, on_error) in &self.slots {
+        for (slot, on_error) in self
+            .slots
+            .iter()
+            .filter(|(s, _)| s.implements(Hook::UpstreamRequest))
+        {
             if let Err(failure) = slot.on_upstream_request(req, client_ip, node) {
                 if *on_error == OnError::FailClosed {
                     return Err(Stopped {
@@ -196,7 +204,11 @@ impl ApiPlugins {
         resp: &mut ResponseHeader,
         client_ip: Option<IpAddr>,
     ) -> Result<(), Stopped<'_>> {
-        for (slot, on_error) in &self.slots {
+        for (slot, on_error) in self
+            .slots
+            .iter()
+            .filter(|(s, _)| s.implements(Hook::Response))
+        {
             if let Err(failure) = slot.on_response(req, resp, client_ip) {
                 if *on_error == OnError::FailClosed {
                     return Err(Stopped {

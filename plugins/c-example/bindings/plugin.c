@@ -286,6 +286,13 @@ void plugin_node_free(plugin_node_t *ptr) {
   gatehouse_plugin_types_node_free(ptr);
 }
 
+void plugin_result_hooks_string_free(plugin_result_hooks_string_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    plugin_string_free(&ptr->val.err);
+  }
+}
+
 void plugin_result_action_string_free(plugin_result_action_string_t *ptr) {
   if (!ptr->is_err) {
     plugin_action_free(&ptr->val.ok);
@@ -687,11 +694,15 @@ bool gatehouse_plugin_http_method_response_remove_header(gatehouse_plugin_http_b
 __attribute__((__export_name__("configure")))
 uint8_t * __wasm_export_exports_plugin_configure(uint8_t * arg, size_t arg0) {
   plugin_string_t arg1 = (plugin_string_t) { (uint8_t*)(arg), (arg0) };
-  gatehouse_plugin_http_result_void_string_t ret;
+  plugin_result_hooks_string_t ret;
+  plugin_hooks_t ok;
   plugin_string_t err;
-  ret.is_err = !exports_plugin_configure(&arg1, &err);
+  ret.is_err = !exports_plugin_configure(&arg1, &ok, &err);
   if (ret.is_err) {
     ret.val.err = err;
+  }
+  if (!ret.is_err) {
+    ret.val.ok = ok;
   }
   uint8_t *ptr = (uint8_t *) &RET_AREA;
   if ((ret).is_err) {
@@ -699,7 +710,8 @@ uint8_t * __wasm_export_exports_plugin_configure(uint8_t * arg, size_t arg0) {
     *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload2).len;
     *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) (*payload2).ptr;
   } else {
-    *((int8_t*)(ptr + 0)) = 0;
+    const plugin_hooks_t *payload = &(ret).val.ok;*((int8_t*)(ptr + 0)) = 0;
+    *((int8_t*)(ptr + sizeof(void*))) = *payload;
   }
   return ptr;
 }

@@ -60,6 +60,13 @@ typedef struct gatehouse_plugin_types_node_t {
   plugin_string_t   address;
 } gatehouse_plugin_types_node_t;
 
+// The hooks a plugin implements; the gateway calls only these.
+typedef uint8_t gatehouse_plugin_types_hooks_t;
+
+#define GATEHOUSE_PLUGIN_TYPES_HOOKS_ON_REQUEST (1 << 0)
+#define GATEHOUSE_PLUGIN_TYPES_HOOKS_ON_UPSTREAM_REQUEST (1 << 1)
+#define GATEHOUSE_PLUGIN_TYPES_HOOKS_ON_RESPONSE (1 << 2)
+
 typedef uint8_t gatehouse_plugin_types_log_level_t;
 
 #define GATEHOUSE_PLUGIN_TYPES_LOG_LEVEL_TRACE 0
@@ -106,6 +113,16 @@ typedef struct {
 typedef gatehouse_plugin_types_action_t plugin_action_t;
 
 typedef gatehouse_plugin_types_node_t plugin_node_t;
+
+typedef gatehouse_plugin_types_hooks_t plugin_hooks_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    plugin_hooks_t ok;
+    plugin_string_t err;
+  } val;
+} plugin_result_hooks_string_t;
 
 typedef gatehouse_plugin_http_borrow_request_t plugin_borrow_request_t;
 
@@ -162,7 +179,7 @@ extern bool gatehouse_plugin_http_method_response_append_header(gatehouse_plugin
 extern bool gatehouse_plugin_http_method_response_remove_header(gatehouse_plugin_http_borrow_response_t self, plugin_string_t *name, plugin_string_t *err);
 
 // Exported Functions from `plugin`
-bool exports_plugin_configure(plugin_string_t *config, plugin_string_t *err);
+bool exports_plugin_configure(plugin_string_t *config, plugin_hooks_t *ret, plugin_string_t *err);
 bool exports_plugin_on_request(plugin_borrow_request_t req, plugin_action_t *ret, plugin_string_t *err);
 bool exports_plugin_on_upstream_request(plugin_borrow_request_t req, plugin_node_t *node, plugin_string_t *err);
 bool exports_plugin_on_response(plugin_borrow_request_t req, plugin_borrow_response_t resp, plugin_string_t *err);
@@ -198,6 +215,8 @@ void gatehouse_plugin_http_result_void_string_free(gatehouse_plugin_http_result_
 void plugin_action_free(plugin_action_t *ptr);
 
 void plugin_node_free(plugin_node_t *ptr);
+
+void plugin_result_hooks_string_free(plugin_result_hooks_string_t *ptr);
 
 void plugin_result_action_string_free(plugin_result_action_string_t *ptr);
 

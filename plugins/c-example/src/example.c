@@ -31,10 +31,12 @@ static bool fail(plugin_string_t *err, const char *text) {
     return false;
 }
 
-bool exports_plugin_configure(plugin_string_t *config, plugin_string_t *err) {
+bool exports_plugin_configure(plugin_string_t *config, plugin_hooks_t *ret, plugin_string_t *err) {
     char message[320];
     configured = policy_parse((const char *)config->ptr, config->len, &policy, message, sizeof message);
     plugin_string_free(config);
+    /* on-upstream-request does nothing here: the gateway need not call it */
+    *ret = GATEHOUSE_PLUGIN_TYPES_HOOKS_ON_REQUEST | GATEHOUSE_PLUGIN_TYPES_HOOKS_ON_RESPONSE;
     return configured || fail(err, message);
 }
 

@@ -1,7 +1,9 @@
 //! `cors`: answers CORS preflight requests itself and adds the CORS headers to responses for
 //! allowed origins.
 
-use gatehouse_plugin_sdk::{export_plugin, parse_config, Action, Plugin, Reply, Request, Response};
+use gatehouse_plugin_sdk::{
+    export_plugin, parse_config, Action, Hooks, Plugin, Reply, Request, Response,
+};
 use serde::Deserialize;
 
 /// The plugin's configuration.
@@ -65,6 +67,8 @@ pub struct Cors {
 }
 
 impl Plugin for Cors {
+    const HOOKS: Hooks = Hooks::ON_REQUEST.and(Hooks::ON_RESPONSE);
+
     fn configure(config: &str) -> Result<Self, String> {
         let config: Config = parse_config(config)?;
         if config.allow_origins.is_empty() {

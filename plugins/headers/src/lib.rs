@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use gatehouse_plugin_sdk::{export_plugin, parse_config, Action, Plugin, Request, Response};
+use gatehouse_plugin_sdk::{export_plugin, parse_config, Action, Hooks, Plugin, Request, Response};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
@@ -169,6 +169,8 @@ pub struct Headers {
 }
 
 impl Plugin for Headers {
+    const HOOKS: Hooks = Hooks::ON_REQUEST.and(Hooks::ON_RESPONSE);
+
     fn configure(config: &str) -> Result<Self, String> {
         let Config { request, response } = parse_config(config)?;
         request.check("request")?;

@@ -1,6 +1,6 @@
 //! `host-rewrite`: sets the `Host` header of the request going upstream.
 
-use gatehouse_plugin_sdk::{export_plugin, parse_config, Action, Plugin, Request};
+use gatehouse_plugin_sdk::{export_plugin, parse_config, Action, Hooks, Plugin, Request};
 use serde::Deserialize;
 
 /// The plugin's configuration.
@@ -18,6 +18,8 @@ pub struct HostRewrite {
 }
 
 impl Plugin for HostRewrite {
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn configure(config: &str) -> Result<Self, String> {
         let Config { host } = parse_config(config)?;
         check_host(&host)?;

@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use gatehouse_plugin_sdk::{export_plugin, log, parse_config, Action, Plugin, Reply, Request};
+use gatehouse_plugin_sdk::{
+    export_plugin, log, parse_config, Action, Hooks, Plugin, Reply, Request,
+};
 use serde::Deserialize;
 
 /// The plugin's configuration.
@@ -128,6 +130,8 @@ impl IpRestriction {
 }
 
 impl Plugin for IpRestriction {
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn configure(config: &str) -> Result<Self, String> {
         let Config { allow, deny } = parse_config(config)?;
         if allow.is_empty() && deny.is_empty() {

@@ -3,7 +3,9 @@
 
 use std::hint::black_box;
 
-use gatehouse_plugin_sdk::{export_plugin, log, parse_config, Action, Plugin, Reply, Request};
+use gatehouse_plugin_sdk::{
+    export_plugin, log, parse_config, Action, Hooks, Plugin, Reply, Request,
+};
 use serde::Deserialize;
 
 /// The plugin's configuration.
@@ -45,6 +47,8 @@ pub struct KeyAuth {
 }
 
 impl Plugin for KeyAuth {
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn configure(config: &str) -> Result<Self, String> {
         let Config {
             keys,

@@ -1,7 +1,7 @@
 //! `path-rewrite`: rewrites the path sent upstream, either by replacing a prefix or with a
 //! regular expression. The query is left as it is.
 
-use gatehouse_plugin_sdk::{export_plugin, log, parse_config, Action, Plugin, Request};
+use gatehouse_plugin_sdk::{export_plugin, log, parse_config, Action, Hooks, Plugin, Request};
 use regex_lite::Regex;
 use serde::Deserialize;
 
@@ -182,6 +182,8 @@ pub struct PathRewrite {
 }
 
 impl Plugin for PathRewrite {
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn configure(config: &str) -> Result<Self, String> {
         Ok(PathRewrite {
             rewrite: Rewrite::from_config(parse_config(config)?)?,

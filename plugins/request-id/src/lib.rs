@@ -2,7 +2,7 @@
 //! the client on the response.
 
 use gatehouse_plugin_sdk::{
-    export_plugin, parse_config, random, Action, Plugin, Request, Response,
+    export_plugin, parse_config, random, Action, Hooks, Plugin, Request, Response,
 };
 use serde::Deserialize;
 
@@ -33,6 +33,8 @@ pub struct RequestId {
 }
 
 impl Plugin for RequestId {
+    const HOOKS: Hooks = Hooks::ON_REQUEST.and(Hooks::ON_RESPONSE);
+
     fn configure(config: &str) -> Result<Self, String> {
         let Config { header, overwrite } = parse_config(config)?;
         let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);

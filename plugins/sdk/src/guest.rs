@@ -21,6 +21,8 @@ use bindings::gatehouse::plugin::{host, http, types as wit};
 
 /// The exported `action` variant, as the bindings spell it.
 pub type ActionRecord = wit::Action;
+/// The exported `hooks` flags, as the bindings spell them.
+pub type HooksRecord = wit::Hooks;
 
 /// A request handed to a hook; see `wit/plugin.wit` for what each hook may change.
 #[repr(transparent)]
@@ -205,13 +207,14 @@ impl<P: Plugin> Slot<P> {
         unsafe { (*self.0.get()).as_ref() }.ok_or_else(|| "plugin is not configured".to_string())
     }
 
-    pub fn configure(&self, config: String) -> Result<(), String> {
+    pub fn configure(&self, config: String) -> Result<wit::Hooks, String> {
         install_panic_hook();
         // SAFETY: see the type's documentation.
         let slot = unsafe { &mut *self.0.get() };
         *slot = None;
         *slot = Some(P::configure(&config)?);
-        Ok(())
+        // Bits in the WIT's flag order: on-request, on-upstream-request, on-response.
+        Ok(wit::Hooks::from_bits_retain(P::HOOKS.bits()))
     }
 
     pub fn on_request(&self, req: &http::Request) -> Result<wit::Action, String> {

@@ -48,11 +48,15 @@ pub use config::parse_config;
 pub use double::{Request, Response};
 #[cfg(target_arch = "wasm32")]
 pub use guest::{Request, Response};
-pub use types::{Action, LogLevel, Node, Reply};
+pub use types::{Action, Hooks, LogLevel, Node, Reply};
 
 /// A Gatehouse plugin. One value is built per plugin instance by [`Plugin::configure`] and then
 /// serves every hook call of that instance.
 pub trait Plugin: Sized + 'static {
+    /// The hooks this plugin implements. The gateway calls only these, so a plugin that declares
+    /// just the hooks it overrides costs less per request; the default is every hook.
+    const HOOKS: Hooks = Hooks::ALL;
+
     /// Builds the plugin from its `config` (JSON text, `{}` when the gateway configuration has
     /// none). An error refuses the configuration; `gatehouse validate` shows its message.
     fn configure(config: &str) -> Result<Self, String>;
@@ -113,7 +117,7 @@ macro_rules! export_plugin {
             impl $crate::__private::Guest for GatehouseExports {
                 fn configure(
                     config: $crate::__private::String,
-                ) -> $crate::__private::HookResult<()> {
+                ) -> $crate::__private::HookResult<$crate::__private::HooksRecord> {
                     SLOT.configure(config)
                 }
 
@@ -158,7 +162,7 @@ pub mod __private {
     pub use crate::guest::{
         bindings, bindings::export, bindings::Guest, bindings::Node as NodeRecord,
         bindings::Request as RequestHandle, bindings::Response as ResponseHandle, ActionRecord,
-        Slot,
+        HooksRecord, Slot,
     };
     pub use std::string::String;
 

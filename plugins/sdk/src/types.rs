@@ -117,3 +117,28 @@ mod tests {
         );
     }
 }
+
+/// The hooks a plugin implements ([`crate::Plugin::HOOKS`]); the gateway calls only these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks(u8);
+
+impl Hooks {
+    pub const ON_REQUEST: Hooks = Hooks(1);
+    pub const ON_UPSTREAM_REQUEST: Hooks = Hooks(2);
+    pub const ON_RESPONSE: Hooks = Hooks(4);
+    pub const ALL: Hooks = Hooks(7);
+
+    /// Both sets: `Hooks::ON_REQUEST.and(Hooks::ON_RESPONSE)`.
+    pub const fn and(self, other: Hooks) -> Hooks {
+        Hooks(self.0 | other.0)
+    }
+
+    /// The bits, in the WIT's flag order (on-request, on-upstream-request, on-response).
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub const fn contains(self, other: Hooks) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
