@@ -143,7 +143,40 @@ impl Default for Call {
     }
 }
 
+/// How a setter changes a header.
+#[derive(Clone, Copy)]
+enum Edit {
+    /// Replace every value.
+    Set,
+    /// Add a value.
+    Append,
+}
+
 impl Call {
+    /// Sets or appends a request header after checking name and value.
+    fn edit_request_header(&mut self, edit: Edit, name: &str, value: &str) -> Result<(), String> {
+        let (n, v) = (header_name(name)?, header_value(value)?);
+        let host = n == http::header::HOST;
+        let req = self.request_mut()?;
+        match edit {
+            Edit::Set => req.insert_header(n, v),
+            Edit::Append => req.append_header(n, v).map(drop),
+        }
+        .map_err(|e| e.to_string())?;
+        self.host_changed |= host;
+        Ok(())
+    }
+
+    /// Sets or appends a response header after checking name and value.
+    fn edit_response_header(&mut self, edit: Edit, name: &str, value: &str) -> Result<(), String> {
+        let (n, v) = (header_name(name)?, header_value(value)?);
+        match edit {
+            Edit::Set => self.response.insert_header(n, v),
+            Edit::Append => self.response.append_header(n, v).map(drop),
+        }
+        .map_err(|e| e.to_string())
+    }
+
     fn request_mut(&mut self) -> Result<&mut RequestHeader, String> {
         if self.request_writable {
             Ok(&mut self.request)
@@ -262,32 +295,16 @@ impl gatehouse::plugin::http::HostRequest for HostState {
         name: String,
         value: String,
     ) -> Result<(), String> {
-        let (n, v) = (header_name(&name)?, header_value(&value)?);
-        let host = n == http::header::HOST;
-        self.call
-            .request_mut()?
-            .insert_header(n, v)
-            .map_err(|e| e.to_string())?;
-        self.call.host_changed |= host;
-        Ok(())
+        self.call.edit_request_header(Edit::Set, &name, &value)
     }
-
     fn append_header(
         &mut self,
         _: Resource<RequestHandle>,
         name: String,
         value: String,
     ) -> Result<(), String> {
-        let (n, v) = (header_name(&name)?, header_value(&value)?);
-        let host = n == http::header::HOST;
-        self.call
-            .request_mut()?
-            .append_header(n, v)
-            .map_err(|e| e.to_string())?;
-        self.call.host_changed |= host;
-        Ok(())
+        self.call.edit_request_header(Edit::Append, &name, &value)
     }
-
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) -> Result<(), String> {
         let n = header_name(&name)?;
         let host = n == http::header::HOST;
@@ -320,27 +337,16 @@ impl gatehouse::plugin::http::HostResponse for HostState {
         name: String,
         value: String,
     ) -> Result<(), String> {
-        let (n, v) = (header_name(&name)?, header_value(&value)?);
-        self.call
-            .response
-            .insert_header(n, v)
-            .map_err(|e| e.to_string())
+        self.call.edit_response_header(Edit::Set, &name, &value)
     }
-
     fn append_header(
         &mut self,
         _: Resource<ResponseHandle>,
         name: String,
         value: String,
     ) -> Result<(), String> {
-        let (n, v) = (header_name(&name)?, header_value(&value)?);
-        self.call
-            .response
-            .append_header(n, v)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        self.call.edit_response_header(Edit::Append, &name, &value)
     }
-
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) -> Result<(), String> {
         let n = header_name(&name)?;
         self.call.response.remove_header(&n);

@@ -26,7 +26,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::metrics::Outcome;
-use crate::plugins::{Decision as PluginDecision, Stopped};
+use crate::plugins::{ApiPlugins, Decision as PluginDecision, Stopped};
 use crate::respond::{self, ErrorBody};
 use crate::route::RouteMatch;
 use crate::runtime::{ApiBackend, ApiRuntime, Runtime, SharedRuntime};
@@ -128,6 +128,12 @@ impl RequestCtx {
 }
 
 impl RequestCtx {
+    /// The routed API's plugin chain, when it has plugins (a reference count, no copy).
+    fn plugins(&self) -> Option<Arc<ApiPlugins>> {
+        let plugins = &self.runtime.as_ref()?.apis[self.api?].plugins;
+        (!plugins.is_empty()).then(|| Arc::clone(plugins))
+    }
+
     /// Records a plugin failure that stops the request and turns it into the error Pingora
     /// answers with (500, naming the plugin).
     fn stop(&mut self, stopped: Stopped<'_>) -> Box<Error> {
@@ -212,14 +218,13 @@ impl Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some((runtime, api)) = ctx.runtime.clone().zip(ctx.api) else {
+        let Some(plugins) = ctx.plugins() else {
             return Ok(());
         };
-        let plugins = &runtime.apis[api].plugins;
-        if plugins.is_empty() {
+        let Some(runtime) = ctx.runtime.as_ref() else {
             return Ok(());
-        }
-        let (Some(upstream), Some(node)) = (ctx.upstream(&runtime), ctx.node) else {
+        };
+        let (Some(upstream), Some(node)) = (ctx.upstream(runtime), ctx.node) else {
             return Ok(());
         };
         let n = &upstream.nodes[node];
@@ -439,13 +444,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let Some((runtime, api)) = ctx.runtime.clone().zip(ctx.api) else {
+        let Some(plugins) = ctx.plugins() else {
             return Ok(());
         };
-        let plugins = &runtime.apis[api].plugins;
-        if plugins.is_empty() {
-            return Ok(());
-        }
         plugins
             .on_response(session.req_header_mut(), upstream_response, ctx.client_ip)
             .map_err(|stopped| ctx.stop(stopped))
