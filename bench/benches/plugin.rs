@@ -21,6 +21,7 @@ fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> Pl
         memory: 16 << 20,
         time: Duration::from_millis(10),
         reuse_instances: reuse,
+        edits: Default::default(),
     };
     PluginSlot::new(
         engine.clone(),

@@ -5,6 +5,7 @@
 //! asked to load: validation is pure, so it is fast to test and safe to run anywhere
 //! (`gatehouse validate`). It reports every problem at once, each with its path and the fix.
 
+pub mod canonical;
 pub mod error;
 pub mod model;
 pub mod pattern;

@@ -38,6 +38,30 @@ pub mod limits {
     /// A header transform takes microseconds; 10 ms only stops runaway code.
     pub const DEFAULT_PLUGIN_TIME: Duration = Duration::from_millis(10);
     pub const MAX_PLUGIN_MEMORY: u64 = 1024 * 1024 * 1024;
+    /// Far more than a transform needs (CORS sets 6), far below what hurts a backend.
+    pub const DEFAULT_PLUGIN_ADDED_HEADERS: usize = 64;
+    /// Room for a signed token or a cookie or two; the whole request header is bounded too.
+    pub const DEFAULT_PLUGIN_ADDED_HEADER_BYTES: usize = 16 * 1024;
+    /// nginx's `client_header_timeout` (60 s) is generous to slow links; 10 s is ample for any
+    /// client that is not dripping bytes on purpose (HAProxy's `timeout http-request` advice).
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// nginx's `keepalive_timeout` is 75 s; browsers close idle connections after 60 s or less.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// nginx's `keepalive_requests` default: bounds per-connection state without hurting reuse.
+    pub const DEFAULT_REQUESTS_PER_CONNECTION: u64 = 1000;
+    /// Request line plus header lines; nginx accepts 4 × 8 KiB, Envoy 60 KiB.
+    pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
+    pub const MIN_HEADER_SIZE: usize = 1024;
+    /// Envoy's default header count limit.
+    pub const DEFAULT_MAX_HEADERS: usize = 100;
+    /// The engine's parser stops at 256 header lines whatever the setting.
+    pub const MAX_HEADERS: usize = 256;
+    /// Large enough for JSON APIs and form uploads; raise it per API for file uploads.
+    pub const DEFAULT_MAX_BODY_SIZE: u64 = 10 * 1024 * 1024;
+    /// nginx's `client_body_timeout`.
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Far below the usual 64k file descriptors, far above what 2 cores serve at once.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
     /// The standard plugins embedded in the gateway, usable by `name`.
     pub const STANDARD_PLUGINS: [&str; 7] = [
         "host-rewrite",
@@ -92,6 +116,62 @@ pub struct Instance {
     pub admin: SocketAddr,
     /// The admin API's bearer token from the file (the environment may supply one instead).
     pub admin_token: Option<String>,
+    /// How client requests are read, normalised and bounded.
+    pub http: HttpOptions,
+}
+
+/// Client-facing HTTP options of the proxy listeners (`instance.http`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// Merge consecutive slashes of the request path into one.
+    pub merge_slashes: bool,
+    /// Keep `%2F` in paths instead of refusing the request.
+    pub allow_encoded_slashes: bool,
+    /// Peers whose `X-Forwarded-*`, `X-Real-IP` and `Forwarded` headers are kept and extended.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Longest a client may take to send a whole request header (from the first byte of the
+    /// request, or from the end of the previous response on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// Longest an idle kept-alive connection is kept open.
+    pub idle_timeout: Duration,
+    /// Requests served on one connection before it is closed (`0`: no limit).
+    pub max_requests_per_connection: u64,
+    /// Largest request header (request line and all header lines), in bytes.
+    pub max_header_size: usize,
+    /// Most header lines in one request.
+    pub max_headers: usize,
+    /// Largest request body, in bytes (APIs may override it).
+    pub max_body_size: u64,
+    /// Longest the client may stay silent while sending the request body.
+    pub body_timeout: Duration,
+    /// Most client connections open at once, over all proxy listeners.
+    pub max_connections: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            merge_slashes: true,
+            allow_encoded_slashes: false,
+            trusted_proxies: Vec::new(),
+            header_timeout: limits::DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
+            max_requests_per_connection: limits::DEFAULT_REQUESTS_PER_CONNECTION,
+            max_header_size: limits::DEFAULT_MAX_HEADER_SIZE,
+            max_headers: limits::DEFAULT_MAX_HEADERS,
+            max_body_size: limits::DEFAULT_MAX_BODY_SIZE,
+            body_timeout: limits::DEFAULT_BODY_TIMEOUT,
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl HttpOptions {
+    /// Whether a peer's forwarding headers are believed.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// Sandbox limits applied to every plugin instance.
@@ -103,6 +183,10 @@ pub struct PluginLimits {
     pub time: Duration,
     /// Keep warm instances for later calls instead of instantiating for every call.
     pub reuse_instances: bool,
+    /// Most headers one hook call may add or set.
+    pub max_added_headers: usize,
+    /// Most header bytes (names and values) one hook call may add or set.
+    pub max_added_header_bytes: usize,
 }
 
 impl Default for PluginLimits {
@@ -111,6 +195,8 @@ impl Default for PluginLimits {
             memory: limits::DEFAULT_PLUGIN_MEMORY,
             time: limits::DEFAULT_PLUGIN_TIME,
             reuse_instances: true,
+            max_added_headers: limits::DEFAULT_PLUGIN_ADDED_HEADERS,
+            max_added_header_bytes: limits::DEFAULT_PLUGIN_ADDED_HEADER_BYTES,
         }
     }
 }
@@ -246,8 +332,13 @@ pub struct Service {
 pub struct Api {
     pub name: String,
     pub path: PathPattern,
-    /// Upper-case method names; empty means every method.
+    /// Upper-case method names; empty means every standard method ([`crate::validate::METHODS`]
+    /// but `TRACE`).
     pub methods: Vec<String>,
+    /// Methods outside the standard set that the API also accepts.
+    pub extension_methods: Vec<String>,
+    /// Largest request body, when the API overrides `instance.http.max_body_size`.
+    pub max_body_size: Option<u64>,
     pub backend: Backend,
     /// Run in this order for each request.
     pub plugins: Vec<PluginRef>,

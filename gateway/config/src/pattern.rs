@@ -64,6 +64,23 @@ impl PathPattern {
                          segments like {{id}}, other characters must be URL path characters"
                     ));
                     }
+                    let slash = format!("/{part}");
+                    match crate::canonical::canonicalize(&slash, &Default::default()) {
+                        Ok(c) if c == slash => {}
+                        Ok(c) => {
+                            return Err(format!(
+                                "path pattern {raw:?} has segment {part:?}, which requests spell \
+                                 {:?} once their path is made canonical; write it that way",
+                                &c[1..]
+                            ))
+                        }
+                        Err(e) => {
+                            return Err(format!(
+                                "path pattern {raw:?} has segment {part:?}: {e}, so no request \
+                                 could match it"
+                            ))
+                        }
+                    }
                     Segment::Literal((*part).to_owned())
                 };
             segments.push(segment);
@@ -252,12 +269,22 @@ impl PathTemplate {
         &self.parts
     }
 
-    /// Fills the template with parameter values (in pattern order) into `out`.
-    pub fn render_into(&self, values: &[&str], out: &mut String) {
+    /// Fills the template with parameter values (in pattern order) into `out`. `values` are
+    /// segments of a canonical request path ([`crate::canonical`]), so in the path part of the
+    /// template they cannot add segments, a query or a fragment; in the query part they are
+    /// encoded so that they cannot add parameters either.
+    pub fn render_into<'v>(&self, value: impl Fn(usize) -> &'v str, out: &mut String) {
+        let mut in_query = false;
         for part in &self.parts {
             match part {
-                TemplatePart::Literal(l) => out.push_str(l),
-                TemplatePart::Param(i) => out.push_str(values.get(*i).copied().unwrap_or("")),
+                TemplatePart::Literal(l) => {
+                    in_query |= l.contains('?');
+                    out.push_str(l);
+                }
+                TemplatePart::Param(i) if in_query => {
+                    crate::canonical::push_query_value(out, value(*i))
+                }
+                TemplatePart::Param(i) => out.push_str(value(*i)),
             }
         }
     }
@@ -295,6 +322,9 @@ mod tests {
             ("/a/{id}/{id}", "appears twice"),
             ("/a/x{id}", "literal segment"),
             ("/a b", "literal segment"),
+            ("/%61dmin", "spell \"admin\""),
+            ("/caf%c3%a9", "spell \"caf%C3%A9\""),
+            ("/a/../b", "no request"),
         ];
         for (raw, expected) in cases {
             let err = PathPattern::parse(raw).expect_err(raw);
@@ -307,7 +337,8 @@ mod tests {
         let p = PathPattern::parse("/users/{id}/files/{*rest}").unwrap();
         let t = PathTemplate::parse("/v1/u/{id}.json/{*rest}", &p).unwrap();
         let mut out = String::new();
-        t.render_into(&["42", "a/b"], &mut out);
+        let values = ["42", "a/b"];
+        t.render_into(|i| values[i], &mut out);
         assert_eq!(out, "/v1/u/42.json/a/b");
     }
 

@@ -45,6 +45,38 @@ pub struct RawInstance {
     /// Bearer token of the admin API (the `GATEHOUSE_ADMIN_TOKEN` environment variable wins).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// How client requests are read, normalised and bounded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<RawHttp>,
+}
+
+/// Client-facing HTTP options of the proxy listeners.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge_slashes: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_encoded_slashes: Option<bool>,
+    /// Peers whose forwarding headers are kept and extended (CIDRs).
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub trusted_proxies: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_header_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_headers: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -59,6 +91,12 @@ pub struct RawPluginLimits {
     /// Reuse warm instances between calls (`true`), or instantiate afresh for every call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reuse_instances: Option<bool>,
+    /// Most headers one hook call may add or set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_added_headers: Option<i64>,
+    /// Most header bytes one hook call may add or set, e.g. `16KiB`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_added_header_bytes: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -132,6 +170,12 @@ pub struct RawApi {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
+    /// Methods outside the standard set this API accepts (e.g. `PROPFIND`).
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub extension_methods: Vec<String>,
+    /// Largest request body, overriding `instance.http.max_body_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<String>,
     pub backend: RawBackend,
     #[serde(default, skip_serializing_if = "is_empty")]
     pub plugins: Vec<RawPlugin>,

@@ -19,6 +19,10 @@ pub const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
 ];
 
+/// The methods an API without `methods` accepts: the standard ones but `TRACE`, which echoes
+/// the request (credentials included) back and must be asked for by name.
+pub const DEFAULT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
 /// Validates `raw`. Relative file paths (`tls.ca_file`) are resolved against `base_dir`.
 pub fn validate(raw: &RawConfig, base_dir: &Path, hash: String) -> Result<Config, Vec<Problem>> {
     let mut v = Validator::default();
@@ -216,7 +220,9 @@ impl Validator {
                 );
             }
         }
+        let http = raw.http.as_ref().map(|h| self.http(h)).unwrap_or_default();
         Some(Instance {
+            http,
             admin: admin?,
             admin_token: raw.admin_token.clone(),
             id: raw.id.clone(),
@@ -229,6 +235,105 @@ impl Validator {
             plugin_limits,
         })
         .filter(|_| ok)
+    }
+
+    fn http(&mut self, raw: &RawHttp) -> HttpOptions {
+        let mut out = HttpOptions::default();
+        if let Some(v) = raw.merge_slashes {
+            out.merge_slashes = v;
+        }
+        if let Some(v) = raw.allow_encoded_slashes {
+            out.allow_encoded_slashes = v;
+        }
+        for (i, c) in raw.trusted_proxies.iter().enumerate() {
+            match c
+                .parse::<IpNet>()
+                .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => out.trusted_proxies.push(net.trunc()),
+                Err(_) => self.problem(
+                    format!("instance.http.trusted_proxies[{i}]"),
+                    format!("{c:?} is not an address or CIDR block"),
+                    "write the proxies' addresses like 10.0.0.5 or 10.0.0.0/24",
+                ),
+            }
+        }
+        let second = Duration::from_secs(1);
+        let durations = [
+            (
+                "header_timeout",
+                &raw.header_timeout,
+                &mut out.header_timeout,
+            ),
+            ("idle_timeout", &raw.idle_timeout, &mut out.idle_timeout),
+            ("body_timeout", &raw.body_timeout, &mut out.body_timeout),
+        ];
+        for (key, text, slot) in durations {
+            if let Some(d) = self.duration(&format!("instance.http.{key}"), text.as_deref(), second)
+            {
+                *slot = d;
+            }
+        }
+        if let Some(n) = raw.max_requests_per_connection {
+            match u64::try_from(n) {
+                Ok(n) => out.max_requests_per_connection = n,
+                Err(_) => self.problem(
+                    "instance.http.max_requests_per_connection",
+                    format!("{n} is negative"),
+                    "give a count such as 1000, or 0 for no limit",
+                ),
+            }
+        }
+        if let Some(text) = &raw.max_header_size {
+            match parse_size(text) {
+                Some(b) if (limits::MIN_HEADER_SIZE as u64..=1024 * 1024).contains(&b) => {
+                    out.max_header_size = b as usize
+                }
+                _ => self.problem(
+                    "instance.http.max_header_size",
+                    format!("{text:?} is not a size in 1KiB..=1MiB"),
+                    "write a size like 32KiB",
+                ),
+            }
+        }
+        if let Some(n) = raw.max_headers {
+            match usize::try_from(n) {
+                Ok(n) if (1..=limits::MAX_HEADERS).contains(&n) => out.max_headers = n,
+                _ => self.problem(
+                    "instance.http.max_headers",
+                    format!("{n} is out of range 1..={}", limits::MAX_HEADERS),
+                    format!("give a count such as {}", limits::DEFAULT_MAX_HEADERS),
+                ),
+            }
+        }
+        if let Some(text) = &raw.max_body_size {
+            if let Some(b) = self.body_size("instance.http.max_body_size", text) {
+                out.max_body_size = b;
+            }
+        }
+        if let Some(n) = raw.max_connections {
+            match usize::try_from(n) {
+                Ok(n) if n >= 1 => out.max_connections = n,
+                _ => self.problem(
+                    "instance.http.max_connections",
+                    format!("{n} is not a positive count"),
+                    format!("give a count such as {}", limits::DEFAULT_MAX_CONNECTIONS),
+                ),
+            }
+        }
+        out
+    }
+
+    fn body_size(&mut self, path: &str, text: &str) -> Option<u64> {
+        let size = parse_size(text);
+        if size.is_none() {
+            self.problem(
+                path,
+                format!("{text:?} is not a size"),
+                "write a size like 10MiB, 512KiB or 0 (no body allowed)",
+            );
+        }
+        size
     }
 
     fn plugin_limits(&mut self, raw: &RawPluginLimits) -> PluginLimits {
@@ -259,6 +364,31 @@ impl Validator {
         }
         if let Some(reuse) = raw.reuse_instances {
             out.reuse_instances = reuse;
+        }
+        if let Some(n) = raw.max_added_headers {
+            match usize::try_from(n) {
+                Ok(n) if (1..=1000).contains(&n) => out.max_added_headers = n,
+                _ => self.problem(
+                    "instance.plugins.max_added_headers",
+                    format!("{n} is out of range 1..=1000"),
+                    format!(
+                        "give a count such as {}",
+                        limits::DEFAULT_PLUGIN_ADDED_HEADERS
+                    ),
+                ),
+            }
+        }
+        if let Some(text) = &raw.max_added_header_bytes {
+            match parse_size(text) {
+                Some(b) if (256..=1024 * 1024).contains(&b) => {
+                    out.max_added_header_bytes = b as usize
+                }
+                _ => self.problem(
+                    "instance.plugins.max_added_header_bytes",
+                    format!("{text:?} is not a size in 256B..=1MiB"),
+                    "write a size like 16KiB",
+                ),
+            }
         }
         out
     }
@@ -688,6 +818,11 @@ impl Validator {
                     );
                 }
                 let methods = self.methods(&apath, a.methods.as_deref());
+                let extension_methods = self.extension_methods(&apath, &a.extension_methods);
+                let max_body_size = a
+                    .max_body_size
+                    .as_deref()
+                    .and_then(|t| self.body_size(&format!("{apath}.max_body_size"), t));
                 let pattern = match PathPattern::parse(&a.path) {
                     Ok(p) => Some(p),
                     Err(msg) => {
@@ -710,6 +845,8 @@ impl Validator {
                         name: a.name.clone(),
                         path,
                         methods,
+                        extension_methods,
+                        max_body_size,
                         backend,
                         plugins,
                     });
@@ -762,6 +899,40 @@ impl Validator {
             }
         }
         ok.then_some(out)
+    }
+
+    /// Extension methods: tokens outside the standard set, upper case.
+    fn extension_methods(&mut self, apath: &str, raw: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (k, m) in raw.iter().enumerate() {
+            let path = format!("{apath}.extension_methods[{k}]");
+            if m.is_empty()
+                || !m
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+            {
+                self.problem(
+                    path,
+                    format!("{m:?} is not an upper-case method token"),
+                    "write extension methods in upper case, e.g. PROPFIND",
+                );
+            } else if METHODS.contains(&m.as_str()) || m == "CONNECT" {
+                self.problem(
+                    path,
+                    format!("{m} is not an extension method"),
+                    if m == "CONNECT" {
+                        "CONNECT tunnels are not proxied; remove it"
+                    } else {
+                        "list standard methods under methods:"
+                    },
+                );
+            } else if out.contains(m) {
+                self.problem(path, format!("{m} is listed twice"), "remove the duplicate");
+            } else {
+                out.push(m.clone());
+            }
+        }
+        out
     }
 
     fn claim_route(

@@ -49,13 +49,19 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(memory_limit: usize, who: Arc<str>, service: Arc<str>, api: Arc<str>) -> Self {
+    pub fn new(
+        memory_limit: usize,
+        edits: EditLimits,
+        who: Arc<str>,
+        service: Arc<str>,
+        api: Arc<str>,
+    ) -> Self {
         Self {
             limiter: Limiter::new(memory_limit),
             who,
             service,
             api,
-            call: Call::default(),
+            call: Call::new(edits),
             rng: SmallRng::from_os_rng(),
         }
     }
@@ -117,30 +123,83 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// The messages of the call in progress. Outside a call they hold placeholders.
-pub struct Call {
-    pub request: RequestHeader,
-    pub response: ResponseHeader,
-    /// Setters on the request work (false in `on-response`, where it is the client's request).
-    pub request_writable: bool,
-    pub client_ip: Option<IpAddr>,
-    /// A setter changed the path or query.
-    pub uri_changed: bool,
-    /// A setter changed the Host header.
-    pub host_changed: bool,
+/// What one hook call may add to a message's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EditLimits {
+    /// Headers set or appended.
+    pub headers: usize,
+    /// Bytes of the names and values set or appended.
+    pub bytes: usize,
 }
 
-impl Default for Call {
+impl Default for EditLimits {
     fn default() -> Self {
         Self {
-            request: RequestHeader::build("GET", b"/", Some(0)).expect("static request line"),
-            response: ResponseHeader::build(200, Some(0)).expect("static status"),
-            request_writable: false,
-            client_ip: None,
-            uri_changed: false,
-            host_changed: false,
+            headers: 64,
+            bytes: 16 * 1024,
         }
     }
+}
+
+/// No message leaves a plugin call with more header lines than this, whatever the limits: the
+/// header map's own capacity (32,768) is far away, so inserting can never panic.
+pub const MAX_HEADER_LINES: usize = 1000;
+
+/// Headers that frame the message or the connection. After the plugins run, framing is the
+/// gateway's: a plugin that sets or removes one fails its call, and its edits are rolled back.
+pub fn is_framing_header(name: &HeaderName) -> bool {
+    use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+    *name == CONTENT_LENGTH
+        || *name == TRANSFER_ENCODING
+        || *name == CONNECTION
+        || *name == UPGRADE
+        || *name == TE
+        || *name == TRAILER
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("proxy-")
+}
+
+/// A rule a plugin broke during a call; the call fails even if the plugin ignored the setter's
+/// error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    Forbidden(String),
+    Limit(String),
+}
+
+/// Checks the headers of a reply a plugin answers with.
+pub fn check_reply_headers(
+    headers: &[(String, String)],
+    limits: &EditLimits,
+) -> Result<(), Violation> {
+    if headers.len() > limits.headers {
+        return Err(Violation::Limit(format!(
+            "a reply with {} headers (at most {})",
+            headers.len(),
+            limits.headers
+        )));
+    }
+    let mut bytes = 0;
+    for (name, value) in headers {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Violation::Forbidden(format!("{name:?} is not a valid header name")))?;
+        if is_framing_header(&n) {
+            return Err(Violation::Forbidden(format!("the reply sets {n}")));
+        }
+        if HeaderValue::from_str(value).is_err() {
+            return Err(Violation::Forbidden(format!(
+                "the value of {n} is not visible ASCII on one line"
+            )));
+        }
+        bytes += name.len() + value.len();
+    }
+    if bytes > limits.bytes {
+        return Err(Violation::Limit(format!(
+            "reply headers of {bytes} bytes (at most {})",
+            limits.bytes
+        )));
+    }
+    Ok(())
 }
 
 /// How a setter changes a header.
@@ -152,12 +211,141 @@ enum Edit {
     Append,
 }
 
+/// The messages of the call in progress. Outside a call they hold placeholders.
+pub struct Call {
+    pub request: RequestHeader,
+    pub response: ResponseHeader,
+    /// Setters on the request work (false in `on-response`, where it is the client's request).
+    pub request_writable: bool,
+    pub client_ip: Option<IpAddr>,
+    /// A setter changed the path.
+    pub path_changed: bool,
+    /// A setter changed the query.
+    pub query_changed: bool,
+    /// A setter changed the Host header.
+    pub host_changed: bool,
+    /// The first rule the plugin broke in this call.
+    pub violation: Option<Violation>,
+    limits: EditLimits,
+    /// Headers and bytes set in this call so far.
+    added_headers: usize,
+    added_bytes: usize,
+    /// The messages as they were before this call's first edit (copied on first write, so a
+    /// call that edits nothing copies nothing), restored when the call fails.
+    saved_request: Option<RequestHeader>,
+    saved_response: Option<ResponseHeader>,
+}
+
 impl Call {
+    fn new(limits: EditLimits) -> Self {
+        Self {
+            request: RequestHeader::build("GET", b"/", Some(0)).expect("static request line"),
+            response: ResponseHeader::build(200, Some(0)).expect("static status"),
+            request_writable: false,
+            client_ip: None,
+            path_changed: false,
+            query_changed: false,
+            host_changed: false,
+            violation: None,
+            limits,
+            added_headers: 0,
+            added_bytes: 0,
+            saved_request: None,
+            saved_response: None,
+        }
+    }
+
+    /// Resets the per-call state before a hook call.
+    pub fn begin(&mut self, request_writable: bool, client_ip: Option<IpAddr>) {
+        self.request_writable = request_writable;
+        self.client_ip = client_ip;
+        self.path_changed = false;
+        self.query_changed = false;
+        self.host_changed = false;
+        self.violation = None;
+        self.added_headers = 0;
+        self.added_bytes = 0;
+        self.saved_request = None;
+        self.saved_response = None;
+    }
+
+    /// Undoes every edit of the failed call in progress.
+    pub fn roll_back(&mut self) {
+        if let Some(request) = self.saved_request.take() {
+            self.request = request;
+        }
+        if let Some(response) = self.saved_response.take() {
+            self.response = response;
+        }
+        self.path_changed = false;
+        self.query_changed = false;
+        self.host_changed = false;
+    }
+
+    /// Records a broken rule (the first one is reported) and returns its message for the guest.
+    fn violate(&mut self, violation: Violation) -> String {
+        let message = match &violation {
+            Violation::Forbidden(m) | Violation::Limit(m) => m.clone(),
+        };
+        self.violation.get_or_insert(violation);
+        message
+    }
+
+    /// Checks that a header may be edited and that this edit fits the call's budget.
+    fn admit(
+        &mut self,
+        name: &HeaderName,
+        value: Option<&HeaderValue>,
+        lines: usize,
+    ) -> Result<(), String> {
+        if is_framing_header(name) {
+            return Err(self.violate(Violation::Forbidden(format!(
+                "{name} is set by the gateway, not by plugins"
+            ))));
+        }
+        let Some(value) = value else { return Ok(()) };
+        self.added_headers += 1;
+        self.added_bytes += name.as_str().len() + value.len();
+        if self.added_headers > self.limits.headers {
+            return Err(self.violate(Violation::Limit(format!(
+                "more than {} header edits in one call",
+                self.limits.headers
+            ))));
+        }
+        if self.added_bytes > self.limits.bytes {
+            return Err(self.violate(Violation::Limit(format!(
+                "more than {} bytes of headers in one call",
+                self.limits.bytes
+            ))));
+        }
+        if lines >= MAX_HEADER_LINES {
+            return Err(self.violate(Violation::Limit(format!(
+                "a message with more than {MAX_HEADER_LINES} header lines"
+            ))));
+        }
+        Ok(())
+    }
+
+    fn save_request(&mut self) {
+        if self.saved_request.is_none() {
+            self.saved_request = Some(self.request.clone());
+        }
+    }
+
+    fn save_response(&mut self) {
+        if self.saved_response.is_none() {
+            self.saved_response = Some(self.response.clone());
+        }
+    }
+
     /// Sets or appends a request header after checking name and value.
     fn edit_request_header(&mut self, edit: Edit, name: &str, value: &str) -> Result<(), String> {
         let (n, v) = (header_name(name)?, header_value(value)?);
         let host = n == http::header::HOST;
-        let req = self.request_mut()?;
+        self.request_mut()?;
+        self.admit(&n, Some(&v), self.request.headers.len())?;
+        self.save_request();
+        let req = &mut self.request;
         match edit {
             Edit::Set => req.insert_header(n, v),
             Edit::Append => req.append_header(n, v).map(drop),
@@ -170,6 +358,8 @@ impl Call {
     /// Sets or appends a response header after checking name and value.
     fn edit_response_header(&mut self, edit: Edit, name: &str, value: &str) -> Result<(), String> {
         let (n, v) = (header_name(name)?, header_value(value)?);
+        self.admit(&n, Some(&v), self.response.headers.len())?;
+        self.save_response();
         match edit {
             Edit::Set => self.response.insert_header(n, v),
             Edit::Append => self.response.append_header(n, v).map(drop),
@@ -270,10 +460,15 @@ impl gatehouse::plugin::http::HostRequest for HostState {
     }
 
     fn set_path(&mut self, _: Resource<RequestHandle>, path: String) -> Result<(), String> {
+        // The backend gets the canonical form, so a plugin cannot send a path that routing
+        // would have refused (dot segments, encoded slashes, ...).
+        let path = gatehouse_config::canonical::canonicalize(&path, &Default::default())
+            .map_err(|e| format!("path {path:?} refused: {e}"))?;
         let req = self.call.request_mut()?;
         let uri = uri_of(&path, req.uri.query())?;
-        req.set_uri(uri);
-        self.call.uri_changed = true;
+        self.call.save_request();
+        self.call.request.set_uri(uri);
+        self.call.path_changed = true;
         Ok(())
     }
 
@@ -284,8 +479,9 @@ impl gatehouse::plugin::http::HostRequest for HostState {
     ) -> Result<(), String> {
         let req = self.call.request_mut()?;
         let uri = uri_of(req.uri.path(), query.as_deref().filter(|q| !q.is_empty()))?;
-        req.set_uri(uri);
-        self.call.uri_changed = true;
+        self.call.save_request();
+        self.call.request.set_uri(uri);
+        self.call.query_changed = true;
         Ok(())
     }
 
@@ -308,7 +504,12 @@ impl gatehouse::plugin::http::HostRequest for HostState {
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) -> Result<(), String> {
         let n = header_name(&name)?;
         let host = n == http::header::HOST;
-        self.call.request_mut()?.remove_header(&n);
+        self.call.request_mut()?;
+        self.call.admit(&n, None, 0)?;
+        if self.call.request.headers.contains_key(&n) {
+            self.call.save_request();
+            self.call.request.remove_header(&n);
+        }
         self.call.host_changed |= host;
         Ok(())
     }
@@ -349,7 +550,11 @@ impl gatehouse::plugin::http::HostResponse for HostState {
     }
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) -> Result<(), String> {
         let n = header_name(&name)?;
-        self.call.response.remove_header(&n);
+        self.call.admit(&n, None, 0)?;
+        if self.call.response.headers.contains_key(&n) {
+            self.call.save_response();
+            self.call.response.remove_header(&n);
+        }
         Ok(())
     }
 

@@ -41,7 +41,7 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
     .expect("metric registers once"),
     failures: register_int_counter_vec!(
         "gatehouse_plugin_failures_total",
-        "Plugin calls that failed, by plugin and reason (trap, timeout, memory, error, invalid_output, instantiate).",
+        "Plugin calls that failed, by plugin and reason (trap, timeout, memory, error, invalid_output, instantiate, forbidden_header, header_limit).",
         &["plugin", "reason"]
     )
     .expect("metric registers once"),
@@ -51,7 +51,7 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
 /// Pre-resolved series of one plugin.
 pub struct PluginMetrics {
     calls: [Histogram; 4],
-    failures: [IntCounter; 6],
+    failures: [IntCounter; 8],
 }
 
 impl PluginMetrics {

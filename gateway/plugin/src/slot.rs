@@ -15,7 +15,8 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
 use crate::bindings::{
-    Action, Hooks, HostState, Node, Plugin, PluginPre, Reply, REQUEST, RESPONSE,
+    check_reply_headers, Action, EditLimits, Hooks, HostState, Node, Plugin, PluginPre, Reply,
+    Violation, REQUEST, RESPONSE,
 };
 use crate::engine::{PluginEngine, EPOCH_TICK};
 use crate::metrics::PluginMetrics;
@@ -62,16 +63,23 @@ pub enum Failure {
     InvalidOutput(String),
     /// No instance could be created or configured.
     Instantiate(String),
+    /// The plugin tried to set or remove a header that frames the message (`Content-Length`,
+    /// `Transfer-Encoding`, `Connection`, ...): framing is the gateway's.
+    ForbiddenHeader(String),
+    /// The plugin tried to add more headers or header bytes than one call may.
+    HeaderLimit(String),
 }
 
 impl Failure {
-    pub const REASONS: [&'static str; 6] = [
+    pub const REASONS: [&'static str; 8] = [
         "trap",
         "timeout",
         "memory",
         "error",
         "invalid_output",
         "instantiate",
+        "forbidden_header",
+        "header_limit",
     ];
 
     pub fn reason(&self) -> &'static str {
@@ -86,12 +94,20 @@ impl Failure {
             Failure::Error(_) => 3,
             Failure::InvalidOutput(_) => 4,
             Failure::Instantiate(_) => 5,
+            Failure::ForbiddenHeader(_) => 6,
+            Failure::HeaderLimit(_) => 7,
         }
     }
 
     /// Whether the instance can serve again after this failure.
     fn keeps_instance(&self) -> bool {
-        matches!(self, Failure::Error(_) | Failure::InvalidOutput(_))
+        matches!(
+            self,
+            Failure::Error(_)
+                | Failure::InvalidOutput(_)
+                | Failure::ForbiddenHeader(_)
+                | Failure::HeaderLimit(_)
+        )
     }
 }
 
@@ -104,6 +120,8 @@ impl std::fmt::Display for Failure {
             Failure::Error(m) => write!(f, "returned an error: {m}"),
             Failure::InvalidOutput(m) => write!(f, "returned an invalid result: {m}"),
             Failure::Instantiate(m) => write!(f, "could not be instantiated: {m}"),
+            Failure::ForbiddenHeader(m) => write!(f, "broke the message framing: {m}"),
+            Failure::HeaderLimit(m) => write!(f, "added too much: {m}"),
         }
     }
 }
@@ -114,6 +132,8 @@ pub struct SlotLimits {
     pub memory: u64,
     pub time: Duration,
     pub reuse_instances: bool,
+    /// What one hook call may add to a message's headers.
+    pub edits: EditLimits,
 }
 
 /// Longest `configure` may take: it parses configuration once per instance.
@@ -131,8 +151,10 @@ struct Warm {
 /// What a request-phase call decided.
 pub enum RequestOutcome {
     Proceed {
-        /// The plugin changed the path or query.
-        uri_changed: bool,
+        /// The plugin changed the path.
+        path_changed: bool,
+        /// The plugin changed the query.
+        query_changed: bool,
         /// The plugin set or removed the Host header.
         host_changed: bool,
     },
@@ -205,6 +227,7 @@ impl PluginSlot {
     fn instantiate(&self) -> Result<(Warm, Hooks), Failure> {
         let state = HostState::new(
             self.limits.memory as usize,
+            self.limits.edits,
             self.who.clone(),
             self.service.clone(),
             self.api.clone(),
@@ -253,10 +276,13 @@ impl PluginSlot {
         let started = Instant::now();
         let result = f(&warm.plugin, &mut warm.store);
         self.metrics.call(hook, started.elapsed().as_secs_f64());
-        let outcome = match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(message)) => Err(Failure::Error(message)),
-            Err(e) => Err(self.trap_failure(&warm.store, e, hook.as_str())),
+        let violation = warm.store.data_mut().call.violation.take();
+        let outcome = match (result, violation) {
+            (Ok(_), Some(Violation::Forbidden(m))) => Err(Failure::ForbiddenHeader(m)),
+            (Ok(_), Some(Violation::Limit(m))) => Err(Failure::HeaderLimit(m)),
+            (Ok(Ok(v)), None) => Ok(v),
+            (Ok(Err(message)), _) => Err(Failure::Error(message)),
+            (Err(e), _) => Err(self.trap_failure(&warm.store, e, hook.as_str())),
         };
         if let Err(f) = &outcome {
             self.metrics.failure(f);
@@ -285,30 +311,32 @@ impl PluginSlot {
     ) -> Result<RequestOutcome, Failure> {
         let mut warm = self.acquire()?;
         let call = &mut warm.store.data_mut().call;
+        call.begin(true, client_ip);
         std::mem::swap(&mut call.request, req);
-        call.request_writable = true;
-        call.client_ip = client_ip;
-        call.uri_changed = false;
-        call.host_changed = false;
         let result = self.call(&mut warm, Hook::Request, self.limits.time, |p, s| {
             p.call_on_request(&mut *s, Resource::new_borrow(REQUEST))
         });
-        let call = &mut warm.store.data_mut().call;
-        std::mem::swap(&mut call.request, req);
-        let (uri_changed, host_changed) = (call.uri_changed, call.host_changed);
-        let outcome =
-            result.and_then(|action| match action {
-                Action::Proceed => Ok(RequestOutcome::Proceed {
-                    uri_changed,
-                    host_changed,
+        let outcome = result.and_then(|action| match action {
+            Action::Proceed => {
+                let call = &warm.store.data().call;
+                Ok(RequestOutcome::Proceed {
+                    path_changed: call.path_changed,
+                    query_changed: call.query_changed,
+                    host_changed: call.host_changed,
+                })
+            }
+            Action::Respond(reply) => check_reply(reply, &self.limits.edits)
+                .map(RequestOutcome::Respond)
+                .inspect_err(|f| {
+                    self.metrics.failure(f);
+                    log::warn!("plugin {} {}: {f}", self.who, Hook::Request.as_str());
                 }),
-                Action::Respond(reply) => check_reply(reply)
-                    .map(RequestOutcome::Respond)
-                    .inspect_err(|f| {
-                        self.metrics.failure(f);
-                        log::warn!("plugin {} {}: {f}", self.who, Hook::Request.as_str());
-                    }),
-            });
+        });
+        let call = &mut warm.store.data_mut().call;
+        if outcome.is_err() {
+            call.roll_back();
+        }
+        std::mem::swap(&mut call.request, req);
         self.finish(warm, &outcome);
         outcome
     }
@@ -322,16 +350,19 @@ impl PluginSlot {
     ) -> Result<(), Failure> {
         let mut warm = self.acquire()?;
         let call = &mut warm.store.data_mut().call;
+        call.begin(true, client_ip);
         std::mem::swap(&mut call.request, req);
-        call.request_writable = true;
-        call.client_ip = client_ip;
         let result = self.call(
             &mut warm,
             Hook::UpstreamRequest,
             self.limits.time,
             |p, s| p.call_on_upstream_request(&mut *s, Resource::new_borrow(REQUEST), node),
         );
-        std::mem::swap(&mut warm.store.data_mut().call.request, req);
+        let call = &mut warm.store.data_mut().call;
+        if result.is_err() {
+            call.roll_back();
+        }
+        std::mem::swap(&mut call.request, req);
         self.finish(warm, &result);
         result
     }
@@ -345,10 +376,9 @@ impl PluginSlot {
     ) -> Result<(), Failure> {
         let mut warm = self.acquire()?;
         let call = &mut warm.store.data_mut().call;
+        call.begin(false, client_ip);
         std::mem::swap(&mut call.request, req);
         std::mem::swap(&mut call.response, resp);
-        call.request_writable = false;
-        call.client_ip = client_ip;
         let result = self.call(&mut warm, Hook::Response, self.limits.time, |p, s| {
             p.call_on_response(
                 &mut *s,
@@ -357,6 +387,9 @@ impl PluginSlot {
             )
         });
         let call = &mut warm.store.data_mut().call;
+        if result.is_err() {
+            call.roll_back();
+        }
         std::mem::swap(&mut call.request, req);
         std::mem::swap(&mut call.response, resp);
         self.finish(warm, &result);
@@ -378,21 +411,16 @@ fn ticks(time: Duration) -> u64 {
 }
 
 /// Checks a short-circuit reply before the gateway writes it.
-fn check_reply(reply: Reply) -> Result<Reply, Failure> {
-    if !(100..=599).contains(&reply.status) {
+fn check_reply(reply: Reply, limits: &EditLimits) -> Result<Reply, Failure> {
+    if !(200..=599).contains(&reply.status) {
         return Err(Failure::InvalidOutput(format!(
-            "status {} is not an HTTP status",
+            "status {} is not a final HTTP status",
             reply.status
         )));
     }
-    for (name, value) in &reply.headers {
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-            || http::HeaderValue::from_str(value).is_err()
-        {
-            return Err(Failure::InvalidOutput(format!(
-                "header {name:?} is not valid"
-            )));
-        }
+    match check_reply_headers(&reply.headers, limits) {
+        Ok(()) => Ok(reply),
+        Err(Violation::Forbidden(m)) => Err(Failure::ForbiddenHeader(m)),
+        Err(Violation::Limit(m)) => Err(Failure::HeaderLimit(m)),
     }
-    Ok(reply)
 }

@@ -75,3 +75,146 @@ pub fn component_wat_declaring(body: &str, hooks: u8) -> String {
     (canon lift (core func $i "on-response") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))"#
     )
 }
+
+/// The WAT text of a component whose hooks edit headers: `on_request` is the body of
+/// `on-request` (local `$req`), `on_response` the body of `on-response` (locals `$req`, `$resp`).
+/// Both can call `$set` (request) and `$rset` (response) with a handle and the address and length
+/// of a name and a value in memory, which ignore the setter's error like a hostile plugin would.
+/// Strings laid out in memory: see [`strings`]. `$hex` writes the low nibble of a number as a hex
+/// digit at an address.
+pub fn component_wat_editing(on_request: &str, on_response: &str) -> String {
+    let data: String = strings::ALL
+        .iter()
+        .map(|(at, text)| format!("    (data (i32.const {at}) {text:?})\n"))
+        .collect();
+    format!(
+        r#"(component
+  (import "gatehouse:plugin/types@0.1.0" (instance $types
+    (type $r (record (field "status" u16) (field "headers" (list (tuple string string))) (field "body" (list u8))))
+    (export "reply" (type $reply (eq $r)))
+    (type $a (variant (case "proceed") (case "respond" $reply)))
+    (export "action" (type (eq $a)))
+    (type $n (record (field "upstream" string) (field "host" string) (field "port" u16) (field "address" string)))
+    (export "node" (type (eq $n)))
+    (type $h (flags "on-request" "on-upstream-request" "on-response"))
+    (export "hooks" (type (eq $h)))))
+  (alias export $types "action" (type $action))
+  (alias export $types "node" (type $node))
+  (alias export $types "hooks" (type $hooks))
+  (import "gatehouse:plugin/http@0.1.0" (instance $http
+    (export "request" (type $rq (sub resource)))
+    (export "response" (type $rs (sub resource)))
+    (export "[method]request.set-header" (func (param "self" (borrow $rq)) (param "name" string) (param "value" string) (result (result (error string)))))
+    (export "[method]response.set-header" (func (param "self" (borrow $rs)) (param "name" string) (param "value" string) (result (result (error string)))))))
+  (alias export $http "request" (type $request))
+  (alias export $http "response" (type $response))
+  (alias export $http "[method]request.set-header" (func $req_set))
+  (alias export $http "[method]response.set-header" (func $resp_set))
+  (core module $mem
+    (memory (export "memory") 1)
+    (global $heap (mut i32) (i32.const 4096))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $at i32)
+      (if (i32.gt_u (global.get $heap) (i32.const 49152)) (then (global.set $heap (i32.const 4096))))
+      (local.set $at (global.get $heap))
+      (global.set $heap (i32.add (global.get $heap) (i32.add (local.get 3) (i32.const 8))))
+      (local.get $at)))
+  (core instance $mi (instantiate $mem))
+  (core func $drop_request (canon resource.drop $request))
+  (core func $drop_response (canon resource.drop $response))
+  (core func $req_set_lowered (canon lower (func $req_set) (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (core func $resp_set_lowered (canon lower (func $resp_set) (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (core module $m
+    (import "mem" "memory" (memory 1))
+    (import "host" "drop-request" (func $drop_request (param i32)))
+    (import "host" "drop-response" (func $drop_response (param i32)))
+    (import "host" "request-set-header" (func $req_set (param i32 i32 i32 i32 i32 i32)))
+    (import "host" "response-set-header" (func $resp_set (param i32 i32 i32 i32 i32 i32)))
+{data}    (func $set (param i32 i32 i32 i32 i32)
+      (call $req_set (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4) (i32.const 3000)))
+    (func $rset (param i32 i32 i32 i32 i32)
+      (call $resp_set (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4) (i32.const 3000)))
+    (func $hex (param $at i32) (param $v i32)
+      (local.set $v (i32.and (local.get $v) (i32.const 15)))
+      (i32.store8 (local.get $at)
+        (i32.add (local.get $v) (select (i32.const 48) (i32.const 87) (i32.lt_u (local.get $v) (i32.const 10))))))
+    (func (export "configure") (param i32 i32) (result i32)
+      (i64.store (i32.const 64) (i64.const 0))
+      (i32.store8 (i32.const 68) (i32.const 5))
+      (i32.const 64))
+    (func (export "on-request") (param $req i32) (result i32)
+      {on_request}
+      (call $drop_request (local.get $req))
+      (i64.store (i32.const 64) (i64.const 0))
+      (i32.const 64))
+    (func (export "on-upstream-request") (param $req i32) (param i32 i32 i32 i32 i32 i32 i32) (result i32)
+      (call $drop_request (local.get $req))
+      (i64.store (i32.const 64) (i64.const 0))
+      (i32.const 64))
+    (func (export "on-response") (param $req i32) (param $resp i32) (result i32)
+      {on_response}
+      (call $drop_request (local.get $req))
+      (call $drop_response (local.get $resp))
+      (i64.store (i32.const 64) (i64.const 0))
+      (i32.const 64)))
+  (core instance $host
+    (export "drop-request" (func $drop_request))
+    (export "drop-response" (func $drop_response))
+    (export "request-set-header" (func $req_set_lowered))
+    (export "response-set-header" (func $resp_set_lowered)))
+  (core instance $i (instantiate $m (with "host" (instance $host)) (with "mem" (instance $mi))))
+  (func (export "configure") (param "config" string) (result (result $hooks (error string)))
+    (canon lift (core func $i "configure") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (func (export "on-request") (param "req" (borrow $request)) (result (result $action (error string)))
+    (canon lift (core func $i "on-request") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (func (export "on-upstream-request") (param "req" (borrow $request)) (param "node" $node) (result (result (error string)))
+    (canon lift (core func $i "on-upstream-request") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (func (export "on-response") (param "req" (borrow $request)) (param "resp" (borrow $response)) (result (result (error string)))
+    (canon lift (core func $i "on-response") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc")))))"#
+    )
+}
+
+/// Strings in the memory of [`component_wat_editing`]'s components, and hook bodies built from
+/// them.
+pub mod strings {
+    /// (address, text)
+    pub const ALL: [(u32, &str); 8] = [
+        (1024, "transfer-encoding"),
+        (1056, "chunked"),
+        (1072, "content-length"),
+        (1088, "5"),
+        (1096, "x-plugin"),
+        (1112, "edited"),
+        (1120, "connection"),
+        (1136, "close"),
+    ];
+
+    /// On the request (`$req`): a harmless header, then `Transfer-Encoding: chunked` and
+    /// `Content-Length: 5`, ignoring the setters' errors.
+    pub const SMUGGLE_REQUEST: &str =
+        "(call $set (local.get $req) (i32.const 1096) (i32.const 8) (i32.const 1112) (i32.const 6))
+      (call $set (local.get $req) (i32.const 1024) (i32.const 17) (i32.const 1056) (i32.const 7))
+      (call $set (local.get $req) (i32.const 1072) (i32.const 14) (i32.const 1088) (i32.const 1))";
+
+    /// On the response (`$resp`): a harmless header, then `Connection: close`.
+    pub const SMUGGLE_RESPONSE: &str = "(call $rset (local.get $resp) (i32.const 1096) (i32.const 8) (i32.const 1112) (i32.const 6))
+      (call $rset (local.get $resp) (i32.const 1120) (i32.const 10) (i32.const 1136) (i32.const 5))";
+
+    /// On the request: 25,000 distinct headers `x-0000`.. `x-61a7`, ignoring errors.
+    pub const FLOOD_REQUEST: &str = "(local $i i32)
+      (i32.store16 (i32.const 2048) (i32.const 0x2d78))
+      (block $done (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (i32.const 25000)))
+        (call $hex (i32.const 2050) (i32.shr_u (local.get $i) (i32.const 12)))
+        (call $hex (i32.const 2051) (i32.shr_u (local.get $i) (i32.const 8)))
+        (call $hex (i32.const 2052) (i32.shr_u (local.get $i) (i32.const 4)))
+        (call $hex (i32.const 2053) (local.get $i))
+        (call $set (local.get $req) (i32.const 2048) (i32.const 6) (i32.const 1112) (i32.const 6))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))";
+
+    /// On the request: one 8 MiB header value.
+    pub const HUGE_VALUE_REQUEST: &str = "(drop (memory.grow (i32.const 129)))
+      (memory.fill (i32.const 65536) (i32.const 97) (i32.const 8388608))
+      (call $set (local.get $req) (i32.const 1096) (i32.const 8) (i32.const 65536) (i32.const 8388608))";
+}

@@ -12,6 +12,10 @@ const LIMITS: SlotLimits = SlotLimits {
     memory: 4 * 1024 * 1024,
     time: Duration::from_millis(20),
     reuse_instances: true,
+    edits: gatehouse_plugin_host::EditLimits {
+        headers: 64,
+        bytes: 16 * 1024,
+    },
 };
 
 /// A slot for `body`, with an epoch ticker running for the test.
@@ -64,7 +68,8 @@ fn a_well_behaved_component_proceeds() {
     assert!(matches!(
         run(&slot),
         Ok(RequestOutcome::Proceed {
-            uri_changed: false,
+            path_changed: false,
+            query_changed: false,
             host_changed: false
         })
     ));
@@ -152,4 +157,91 @@ fn only_the_declared_hooks_are_called() {
     assert!(slot.implements(Hook::Request));
     assert!(!slot.implements(Hook::UpstreamRequest));
     assert!(!slot.implements(Hook::Response));
+}
+
+/// A slot for a component whose hooks edit headers (see `testing::component_wat_editing`).
+fn editing_slot(on_request: &str, on_response: &str) -> PluginSlot {
+    let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
+    start_ticker(engine.clone());
+    let wat = gatehouse_plugin_host::testing::component_wat_editing(on_request, on_response);
+    let pre = engine
+        .load(&format!("edit:{}", wat.len()), || Ok(wat.into_bytes()))
+        .unwrap();
+    let limits = SlotLimits {
+        memory: 32 * 1024 * 1024,
+        time: Duration::from_secs(5),
+        ..LIMITS
+    };
+    PluginSlot::new(
+        engine,
+        pre,
+        "editor",
+        "shop",
+        "get_user",
+        "{}".into(),
+        limits,
+    )
+    .unwrap()
+}
+
+use gatehouse_plugin_host::testing::strings;
+
+#[test]
+fn framing_headers_fail_the_call_and_roll_back_every_edit() {
+    let slot = editing_slot(strings::SMUGGLE_REQUEST, strings::SMUGGLE_RESPONSE);
+    let mut req = request();
+    req.insert_header("content-length", "11").unwrap();
+    let before: Vec<_> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    match slot.on_request(&mut req, None) {
+        Err(Failure::ForbiddenHeader(m)) => assert!(m.contains("transfer-encoding"), "{m}"),
+        other => panic!("expected a forbidden_header failure, got {:?}", other.err()),
+    }
+    let after: Vec<_> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    assert_eq!(
+        before, after,
+        "the harmless edit before the forbidden one is rolled back too"
+    );
+
+    let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+    match slot.on_response(&mut request(), &mut resp, None) {
+        Err(Failure::ForbiddenHeader(m)) => assert!(m.contains("connection"), "{m}"),
+        other => panic!("expected a forbidden_header failure, got {:?}", other.err()),
+    }
+    assert!(
+        resp.headers.is_empty(),
+        "response edits rolled back: {:?}",
+        resp.headers
+    );
+}
+
+#[test]
+fn a_header_flood_fails_the_call_without_touching_the_request() {
+    let slot = editing_slot(strings::FLOOD_REQUEST, "");
+    let mut req = request();
+    match slot.on_request(&mut req, None) {
+        Err(Failure::HeaderLimit(m)) => assert!(m.contains("64 header edits"), "{m}"),
+        other => panic!("expected a header_limit failure, got {:?}", other.err()),
+    }
+    assert!(req.headers.is_empty(), "{} headers left", req.headers.len());
+    // the instance is still usable
+    assert!(slot.on_request(&mut request(), None).is_err());
+}
+
+#[test]
+fn a_huge_header_value_fails_the_call() {
+    let slot = editing_slot(strings::HUGE_VALUE_REQUEST, "");
+    let mut req = request();
+    match slot.on_request(&mut req, None) {
+        Err(Failure::HeaderLimit(m)) => assert!(m.contains("bytes of headers"), "{m}"),
+        other => panic!("expected a header_limit failure, got {:?}", other.err()),
+    }
+    assert!(req.headers.get("x-plugin").is_none());
 }

@@ -6,6 +6,7 @@
 //!
 //! It takes a validated [`gatehouse_config::Config`]; parsing and validation live in that crate.
 
+pub mod listener;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;

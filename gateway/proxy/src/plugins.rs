@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use gatehouse_config::{Api, Config, OnError, PluginLimits, PluginRef, PluginSource, Problem};
 use gatehouse_plugin_host::{
-    Failure, Hook, LoadError, Node, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits,
+    EditLimits, Failure, Hook, LoadError, Node, PluginEngine, PluginSlot, Reply, RequestOutcome,
+    SlotLimits,
 };
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -28,7 +29,8 @@ pub struct Stopped<'a> {
 /// What the request-phase chain decided.
 pub enum Decision<'a> {
     Proceed {
-        uri_changed: bool,
+        path_changed: bool,
+        query_changed: bool,
         host_changed: bool,
     },
     Respond(Reply),
@@ -51,6 +53,10 @@ impl ApiPlugins {
             memory: limits.memory,
             time: limits.time,
             reuse_instances: limits.reuse_instances,
+            edits: EditLimits {
+                headers: limits.max_added_headers,
+                bytes: limits.max_added_header_bytes,
+            },
         };
         let mut problems = Vec::new();
         let mut slots = Vec::new();
@@ -142,7 +148,7 @@ impl ApiPlugins {
 
     /// Runs `on-request` of every plugin in order.
     pub fn on_request(&self, req: &mut RequestHeader, client_ip: Option<IpAddr>) -> Decision<'_> {
-        let (mut uri, mut host) = (false, false);
+        let (mut path, mut query, mut host) = (false, false, false);
         for (slot, on_error) in self
             .slots
             .iter()
@@ -150,10 +156,12 @@ impl ApiPlugins {
         {
             match slot.on_request(req, client_ip) {
                 Ok(RequestOutcome::Proceed {
-                    uri_changed,
+                    path_changed,
+                    query_changed,
                     host_changed,
                 }) => {
-                    uri |= uri_changed;
+                    path |= path_changed;
+                    query |= query_changed;
                     host |= host_changed;
                 }
                 Ok(RequestOutcome::Respond(reply)) => return Decision::Respond(reply),
@@ -168,7 +176,8 @@ impl ApiPlugins {
             }
         }
         Decision::Proceed {
-            uri_changed: uri,
+            path_changed: path,
+            query_changed: query,
             host_changed: host,
         }
     }

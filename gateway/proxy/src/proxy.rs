@@ -11,6 +11,7 @@
 //! - `fail_to_proxy`: every attempt failed, answer 502/504 as JSON;
 //! - `logging`: request metrics.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -25,6 +26,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use gatehouse_config::canonical::{self, decode_query_name, PathRules};
+use gatehouse_config::HttpOptions;
+
 use crate::metrics::Outcome;
 use crate::plugins::{ApiPlugins, Decision as PluginDecision, Stopped};
 use crate::respond::{self, ErrorBody};
@@ -35,11 +39,15 @@ use crate::selection::TriedSet;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Error raised when an upstream has no node left to try.
 const NO_NODE: ErrorType = ErrorType::Custom("NoNodeAvailable");
 /// Error raised when a `fail_closed` plugin failed after the request phase.
 const PLUGIN_FAILED: ErrorType = ErrorType::Custom("PluginFailed");
+/// Error raised when a request body grows past its limit while it is streamed upstream.
+const BODY_TOO_LARGE: ErrorType = ErrorType::Custom("BodyTooLarge");
 
 /// The proxy logic; one per process, shared by all worker threads.
 pub struct Gateway {
@@ -60,6 +68,9 @@ pub struct RequestCtx {
     api: Option<usize>,
     /// Path and query to send upstream, when the API maps the path.
     upstream_uri: Option<http::Uri>,
+    /// The API's backend path template filled with the request's parameters, before the
+    /// client's query is added: kept so that a plugin that edits only the query keeps it.
+    mapped: Option<String>,
     tried: TriedSet,
     attempts: u32,
     /// The node of the current attempt and its position in the upstream's schedule.
@@ -74,6 +85,10 @@ pub struct RequestCtx {
     host_set_by_plugin: bool,
     /// The plugin whose failure stopped the request, for the error answer.
     failed_plugin: Option<String>,
+    /// Largest body this request may stream upstream (checked as it is read).
+    body_limit: Option<u64>,
+    /// The client sent `Expect: 100-continue` and got its interim answer from the gateway.
+    continued: bool,
 }
 
 impl RequestCtx {
@@ -185,12 +200,20 @@ impl Gateway {
             .on_request(session.req_header_mut(), ctx.client_ip)
         {
             PluginDecision::Proceed {
-                uri_changed,
+                path_changed,
+                query_changed,
                 host_changed,
             } => {
-                if uri_changed {
+                if path_changed {
                     // the plugin's path replaces the API's backend path mapping
                     ctx.upstream_uri = None;
+                    ctx.mapped = None;
+                } else if query_changed {
+                    // the mapping stays; the plugin's query replaces the client's
+                    if let Some(mapped) = &ctx.mapped {
+                        let query = session.req_header().uri.query();
+                        ctx.upstream_uri = compose(mapped, query, Conflict::Drop).ok();
+                    }
                 }
                 ctx.host_set_by_plugin = host_changed;
                 Ok(false)
@@ -242,11 +265,14 @@ impl Gateway {
 
 /// What routing decided, detached from the borrowed request.
 enum Decision {
-    Proxy { api: usize, uri: Option<http::Uri> },
+    Proxy {
+        api: usize,
+        mapped: Option<(String, http::Uri)>,
+    },
     Fixed(usize),
     NotFound,
     MethodNotAllowed(String),
-    BadPath,
+    BadRequest(Cow<'static, str>),
 }
 
 #[async_trait]
@@ -259,6 +285,7 @@ impl ProxyHttp for Gateway {
             runtime: None,
             api: None,
             upstream_uri: None,
+            mapped: None,
             tried: TriedSet::default(),
             attempts: 0,
             node: None,
@@ -268,27 +295,98 @@ impl ProxyHttp for Gateway {
             client_host: None,
             host_set_by_plugin: false,
             failed_plugin: None,
+            body_limit: None,
+            continued: false,
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // The header is in: from here on the body and backend timeouts bound the request.
+        crate::listener::header_received();
+        let runtime = self.runtime.load();
+        let http = &runtime.config.instance.http;
+        session.set_read_timeout(Some(http.body_timeout));
+        // Several requests in one write are answered one after the other, in order.
+        session.set_pipelining_enabled(true);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let runtime = self.runtime.load();
-        let decision = decide(&runtime, session.req_header());
         ctx.runtime = Some(runtime.clone());
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.client_host = session.req_header().headers.get(HOST).cloned();
+        let http = &runtime.config.instance.http;
+        // A request answered here leaves its body unread: close the connection after the
+        // answer rather than read and discard a body the client may not even send.
+        let keepalive = session.get_keepalive();
+        let body = body_expected(session.req_header());
+        if body {
+            session.set_keepalive(None);
+        }
+        if let Some((status, message)) = check_framing(session, http) {
+            let error = if status == 431 {
+                "request_header_fields_too_large"
+            } else {
+                "bad_request"
+            };
+            session.set_keepalive(None);
+            let body = ErrorBody::new(status, error, message);
+            respond::write_error(session, &body, None).await?;
+            return Ok(true);
+        }
+        let decision = match canonical_target(session.req_header(), http) {
+            Ok(Some(uri)) => {
+                session.req_header_mut().set_uri(uri);
+                decide(&runtime, session.req_header())
+            }
+            Ok(None) => decide(&runtime, session.req_header()),
+            Err(message) => Decision::BadRequest(message),
+        };
         match decision {
-            Decision::Proxy { api, uri } => {
+            Decision::Proxy { api, mapped } => {
                 ctx.api = Some(api);
-                ctx.upstream_uri = uri;
+                if let Some((rendered, uri)) = mapped {
+                    ctx.upstream_uri = Some(uri);
+                    ctx.mapped = Some(rendered);
+                }
+                let limit = runtime.apis[api].max_body_size;
+                if let Some(length) = declared_length(session.req_header()) {
+                    if length > limit {
+                        let api = &runtime.apis[api];
+                        let body = ErrorBody {
+                            service: Some(&api.service),
+                            api: Some(&api.name),
+                            ..ErrorBody::new(
+                                413,
+                                "payload_too_large",
+                                format!("the request body of {length} bytes is over this API's limit of {limit} bytes"),
+                            )
+                        };
+                        respond::write_error(session, &body, None).await?;
+                        return Ok(true);
+                    }
+                }
+                ctx.body_limit = Some(limit);
                 if self
                     .run_request_plugins(session, ctx, &runtime, api)
                     .await?
                 {
                     return Ok(true);
+                }
+                if body {
+                    session.set_keepalive(keepalive);
+                }
+                if expects_continue(session.req_header()) {
+                    session.write_continue_response().await?;
+                    ctx.continued = true;
                 }
                 let method = &session.req_header().method;
                 if method.is_idempotent() && method != Method::GET && method != Method::HEAD {
@@ -347,12 +445,8 @@ impl ProxyHttp for Gateway {
                 respond::write_error(session, &body, Some((http::header::ALLOW, &allow))).await?;
                 Ok(true)
             }
-            Decision::BadPath => {
-                let body = ErrorBody::new(
-                    400,
-                    "bad_request",
-                    "the request path must start with '/' and contain no '.' or '..' segments",
-                );
+            Decision::BadRequest(message) => {
+                let body = ErrorBody::new(400, "bad_request", message);
                 respond::write_error(session, &body, None).await?;
                 Ok(true)
             }
@@ -400,15 +494,24 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(uri) = &ctx.upstream_uri {
             upstream_request.set_uri(uri.clone());
         }
-        if let Some(host) = &ctx.client_host {
-            upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?;
+        if ctx.continued {
+            // the client has its 100 already; a second one from the backend would confuse it
+            upstream_request.remove_header(&http::header::EXPECT);
+        }
+        if let Some(runtime) = &ctx.runtime {
+            forwarding_headers(
+                upstream_request,
+                &runtime.config.instance.http,
+                ctx.client_ip,
+                ctx.client_host.as_ref(),
+            )?;
         }
         if let Some(upstream) = ctx.runtime.as_ref().and_then(|r| ctx.upstream(r)) {
             if let Some(host) = upstream
@@ -419,23 +522,28 @@ impl ProxyHttp for Gateway {
                 upstream_request.insert_header(HOST, host.clone())?;
             }
         }
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let forwarded = match upstream_request
-                .headers
-                .get(X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.to_string(),
-            };
-            upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
-        }
-        upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
         self.run_upstream_plugins(upstream_request, ctx)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(limit) = ctx.body_limit {
+            // counted by the engine, so a retry that replays the buffered body counts it once
+            let read = session.body_bytes_read() as u64;
+            if read > limit {
+                session.set_keepalive(None);
+                return Err(Error::explain(
+                    BODY_TOO_LARGE,
+                    format!("the request body is over this API's limit of {limit} bytes"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -546,6 +654,8 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let (status, code) = match (e.etype(), e.esource()) {
             (t, _) if *t == PLUGIN_FAILED => (500, "plugin_failed"),
+            (t, _) if *t == BODY_TOO_LARGE => (413, "payload_too_large"),
+            (ErrorType::ReadTimedout, ErrorSource::Downstream) => (408, "request_timeout"),
             (ErrorType::HTTPStatus(code), _) => (*code, "error"),
             (
                 ErrorType::ConnectTimedout
@@ -622,54 +732,337 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Routes a request and renders its backend path.
+/// Whether the request announces a body (which the gateway has not read when it answers early).
+fn body_expected(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req.headers.contains_key(http::header::EXPECT)
+        || declared_length(req).is_some_and(|n| n > 0)
+}
+
+/// The body length the client declared in `Content-Length`.
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// HTTP/1.1 framing and size rules the engine leaves to the application: the status and
+/// message to refuse the request with, if it breaks one.
+fn check_framing(session: &mut Session, http: &HttpOptions) -> Option<(u16, String)> {
+    let req = session.req_header();
+    if req.headers.len() > http.max_headers {
+        return Some((
+            431,
+            format!(
+                "the request has {} header lines; at most {} are accepted",
+                req.headers.len(),
+                http.max_headers
+            ),
+        ));
+    }
+    let raw = session
+        .as_downstream()
+        .as_http1()
+        .map(|h1| h1.get_headers_raw_bytes());
+    if let Some(raw) = &raw {
+        if raw.len() > http.max_header_size {
+            return Some((
+                431,
+                format!(
+                    "the request header is {} bytes; at most {} are accepted",
+                    raw.len(),
+                    http.max_header_size
+                ),
+            ));
+        }
+    }
+    if let Some(raw) = &raw {
+        // The engine turns an absolute-form target into its path; the request line tells.
+        let target = raw.split(|&b| b == b' ').nth(1).unwrap_or_default();
+        if target.first() != Some(&b'/') {
+            return Some((
+                400,
+                "the request target must be a path (origin-form), not an absolute URI or '*'"
+                    .to_owned(),
+            ));
+        }
+    }
+    let req = session.req_header();
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(HOST) {
+        return Some((
+            400,
+            "an HTTP/1.1 request must carry a Host header".to_owned(),
+        ));
+    }
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        // The engine drops Content-Length when Transfer-Encoding is present; the raw header
+        // still shows it. Both at once is how request smuggling starts: refuse.
+        if raw.as_deref().is_some_and(has_content_length_line) {
+            return Some((
+                400,
+                "the request carries both Content-Length and Transfer-Encoding".to_owned(),
+            ));
+        }
+    }
+    let lengths = req.headers.get_all(http::header::CONTENT_LENGTH);
+    let mut values = lengths.iter();
+    if let (Some(first), Some(_)) = (values.next(), values.next()) {
+        let first = first.clone();
+        if lengths
+            .iter()
+            .all(|v| v.as_bytes().trim_ascii() == first.as_bytes().trim_ascii())
+        {
+            // equal duplicates: one goes upstream
+            let _ = session
+                .req_header_mut()
+                .insert_header(http::header::CONTENT_LENGTH, first);
+        } else {
+            return Some((
+                400,
+                "the request carries different Content-Length values".to_owned(),
+            ));
+        }
+    }
+    None
+}
+
+/// Whether a raw request header has a `Content-Length` line.
+fn has_content_length_line(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// Checks the request target and brings its path to the canonical form
+/// ([`gatehouse_config::canonical`]): `Ok(Some(uri))` when it must be replaced, `Ok(None)` when
+/// it is canonical already (the common case: no allocation), the client's error otherwise.
+fn canonical_target(
+    req: &RequestHeader,
+    http: &HttpOptions,
+) -> Result<Option<http::Uri>, Cow<'static, str>> {
+    let uri = &req.uri;
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(Cow::Borrowed(
+            "the request target must be a path (origin-form), not an absolute URI",
+        ));
+    }
+    let path = match canonical::canonicalize(uri.path(), &PathRules::from(http)) {
+        Ok(Cow::Borrowed(_)) => return Ok(None),
+        Ok(Cow::Owned(path)) => path,
+        Err(e) => return Err(Cow::Owned(e.to_string())),
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    http::Uri::try_from(target)
+        .map(Some)
+        .map_err(|_| Cow::Borrowed("the request target is not a valid path and query"))
+}
+
+/// Routes a request whose path is canonical and renders its backend path.
 fn decide(runtime: &Runtime, req: &RequestHeader) -> Decision {
     let path = req.uri.path();
-    if !path.starts_with('/') || has_dot_segment(path) {
-        return Decision::BadPath;
-    }
     match runtime.router.lookup(&req.method, path) {
         RouteMatch::NotFound => Decision::NotFound,
         RouteMatch::MethodNotAllowed { allow } => Decision::MethodNotAllowed(allow.to_owned()),
         RouteMatch::Found { api, params } => match &runtime.apis[api].backend {
             ApiBackend::Fixed(_) => Decision::Fixed(api),
-            ApiBackend::Upstream { path: None, .. } => Decision::Proxy { api, uri: None },
+            ApiBackend::Upstream { path: None, .. } => Decision::Proxy { api, mapped: None },
             ApiBackend::Upstream {
                 path: Some(template),
                 ..
             } => {
-                let query = req.uri.query();
-                let mut target = String::with_capacity(
-                    template.as_str().len() + path.len() + query.map_or(0, |q| q.len() + 1),
-                );
-                params.render(template, &mut target);
-                if let Some(q) = query {
-                    target.push(if target.contains('?') { '&' } else { '?' });
-                    target.push_str(q);
-                }
-                match http::Uri::try_from(target) {
+                let mut rendered = String::with_capacity(template.as_str().len() + path.len());
+                params.render(template, &mut rendered);
+                match compose(&rendered, req.uri.query(), Conflict::Refuse) {
                     Ok(uri) => Decision::Proxy {
                         api,
-                        uri: Some(uri),
+                        mapped: Some((rendered, uri)),
                     },
-                    Err(_) => Decision::BadPath,
+                    Err(message) => Decision::BadRequest(message),
                 }
             }
         },
     }
 }
 
-/// Whether a path has a `.` or `..` segment, which backends would resolve differently from the
-/// gateway's router.
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|s| {
-        s == "."
-            || s == ".."
-            || s.eq_ignore_ascii_case("%2e")
-            || s.eq_ignore_ascii_case("%2e%2e")
-            || s.eq_ignore_ascii_case(".%2e")
-            || s.eq_ignore_ascii_case("%2e.")
-    })
+/// What happens to a query parameter whose name the backend path template already sets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Conflict {
+    /// The client's request is refused (400): it tried to override the API's mapping.
+    Refuse,
+    /// The parameter is left out (a plugin's query edit never overrides the mapping either).
+    Drop,
+}
+
+/// The URI sent upstream: the rendered backend path (which may carry a query of its own)
+/// followed by the request's query.
+fn compose(
+    rendered: &str,
+    query: Option<&str>,
+    conflict: Conflict,
+) -> Result<http::Uri, Cow<'static, str>> {
+    let query = query.filter(|q| !q.is_empty());
+    let fixed = rendered.split_once('?').map(|(_, q)| q);
+    let mut target = String::with_capacity(rendered.len() + query.map_or(0, |q| q.len() + 1));
+    target.push_str(rendered);
+    if let Some(query) = query {
+        let mut separator = if fixed.is_some() { '&' } else { '?' };
+        let mut push = |target: &mut String, param: &str| {
+            target.push(separator);
+            target.push_str(param);
+            separator = '&';
+        };
+        match fixed {
+            None => push(&mut target, query),
+            Some(fixed) => {
+                let taken = |name: &str| {
+                    fixed
+                        .split('&')
+                        .any(|p| decode_query_name(p.split('=').next().unwrap_or("")) == name)
+                };
+                for param in query.split('&').filter(|p| !p.is_empty()) {
+                    let name = decode_query_name(param.split('=').next().unwrap_or(""));
+                    if !taken(&name) {
+                        push(&mut target, param);
+                    } else if conflict == Conflict::Refuse {
+                        return Err(Cow::Owned(format!(
+                            "query parameter {name:?} is set by the API's backend path and \
+                             cannot be given by the client"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    http::Uri::try_from(target)
+        .map_err(|_| Cow::Borrowed("the request target is not a valid path and query"))
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and `Forwarded`. From a peer in
+/// `trusted_proxies` the incoming values are kept and extended; from any other peer they are
+/// replaced by what the gateway saw, so a client cannot forge its address or scheme.
+fn forwarding_headers(
+    req: &mut RequestHeader,
+    http: &HttpOptions,
+    peer: Option<IpAddr>,
+    client_host: Option<&http::HeaderValue>,
+) -> Result<()> {
+    let trusted = peer.is_some_and(|ip| http.trusts(ip));
+    let peer_text = peer.map(|ip| ip.to_string());
+    if trusted {
+        let peer_text = peer_text.as_deref().unwrap_or_default();
+        // several X-Forwarded-For lines are one list
+        let mut chain = String::new();
+        for line in req.headers.get_all(X_FORWARDED_FOR) {
+            if let Ok(line) = line.to_str() {
+                for hop in line.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                    if !chain.is_empty() {
+                        chain.push_str(", ");
+                    }
+                    chain.push_str(hop);
+                }
+            }
+        }
+        let client = settle_client(&chain, peer, http);
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        chain.push_str(peer_text);
+        req.insert_header(X_FORWARDED_FOR, chain)?;
+        if let Some(client) = client {
+            req.insert_header(X_REAL_IP, client.to_string())?;
+        }
+        if !req.headers.contains_key(X_FORWARDED_PROTO) {
+            req.insert_header(X_FORWARDED_PROTO, "http")?;
+        }
+        if !req.headers.contains_key(X_FORWARDED_HOST) {
+            if let Some(host) = client_host {
+                req.insert_header(X_FORWARDED_HOST, host.clone())?;
+            }
+        }
+        let mut forwarded = String::new();
+        for line in req.headers.get_all(FORWARDED) {
+            if let Ok(line) = line.to_str() {
+                forwarded.push_str(line);
+                forwarded.push_str(", ");
+            }
+        }
+        forwarded_element(&mut forwarded, peer, client_host);
+        req.insert_header(FORWARDED, forwarded)?;
+    } else {
+        match &peer_text {
+            Some(ip) => {
+                req.insert_header(X_FORWARDED_FOR, ip.as_str())?;
+                req.insert_header(X_REAL_IP, ip.as_str())?;
+            }
+            None => {
+                req.remove_header(&X_FORWARDED_FOR);
+                req.remove_header(&X_REAL_IP);
+            }
+        }
+        req.insert_header(X_FORWARDED_PROTO, "http")?;
+        match client_host {
+            Some(host) => req.insert_header(X_FORWARDED_HOST, host.clone())?,
+            None => drop(req.remove_header(&X_FORWARDED_HOST)),
+        }
+        let mut forwarded = String::new();
+        forwarded_element(&mut forwarded, peer, client_host);
+        req.insert_header(FORWARDED, forwarded)?;
+    }
+    Ok(())
+}
+
+/// The client address behind a chain of trusted proxies: the right-most address of
+/// `X-Forwarded-For` + peer that is not a trusted proxy (or the left-most one when all are).
+fn settle_client(chain: &str, peer: Option<IpAddr>, http: &HttpOptions) -> Option<IpAddr> {
+    let mut client = peer?;
+    for hop in chain.rsplit(',').map(str::trim) {
+        if !http.trusts(client) {
+            break;
+        }
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => client = ip,
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
+/// Appends the RFC 7239 element for this hop: `for=...;host=...;proto=http`.
+fn forwarded_element(out: &mut String, peer: Option<IpAddr>, host: Option<&http::HeaderValue>) {
+    match peer {
+        Some(IpAddr::V6(ip)) => {
+            out.push_str("for=\"[");
+            out.push_str(&ip.to_string());
+            out.push_str("]\"");
+        }
+        Some(ip) => {
+            out.push_str("for=");
+            out.push_str(&ip.to_string());
+        }
+        None => out.push_str("for=unknown"),
+    }
+    if let Some(host) = host.and_then(|h| h.to_str().ok()).filter(|h| {
+        h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+    }) {
+        out.push_str(";host=\"");
+        out.push_str(host);
+        out.push('"');
+    }
+    out.push_str(";proto=http");
 }
 
 /// A short description of a proxy error for the client.
@@ -693,13 +1086,69 @@ fn describe(e: &Error) -> String {
 mod tests {
     use super::*;
 
+    fn trusting(cidrs: &[&str]) -> HttpOptions {
+        HttpOptions {
+            trusted_proxies: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            ..HttpOptions::default()
+        }
+    }
+
     #[test]
-    fn dot_segments_are_detected() {
-        for bad in ["/a/../b", "/a/./b", "/..", "/a/%2e%2E/b", "/a/.%2e"] {
-            assert!(has_dot_segment(bad), "{bad}");
-        }
-        for ok in ["/a/b", "/a/.well-known", "/a/b..c", "/"] {
-            assert!(!has_dot_segment(ok), "{ok}");
-        }
+    fn client_query_cannot_override_the_mapping() {
+        let uri = compose("/v2/orders/9?user=7", Some("x=1&us%65r=8"), Conflict::Drop).unwrap();
+        assert_eq!(uri, "/v2/orders/9?user=7&x=1");
+        assert!(compose("/v2/orders/9?user=7", Some("user=8"), Conflict::Refuse).is_err());
+        let uri = compose("/v1/users/7", Some("a=1&b"), Conflict::Refuse).unwrap();
+        assert_eq!(uri, "/v1/users/7?a=1&b");
+        assert_eq!(compose("/v1", Some(""), Conflict::Refuse).unwrap(), "/v1");
+    }
+
+    #[test]
+    fn forwarding_headers_from_untrusted_peers_are_replaced() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("x-forwarded-for", "6.6.6.6").unwrap();
+        req.append_header("x-real-ip", "6.6.6.6").unwrap();
+        req.append_header("x-forwarded-proto", "https").unwrap();
+        req.append_header("forwarded", "for=6.6.6.6").unwrap();
+        let host = http::HeaderValue::from_static("shop.example");
+        let peer = "203.0.113.9".parse().ok();
+        forwarding_headers(&mut req, &trusting(&[]), peer, Some(&host)).unwrap();
+        let h = |n: &str| req.headers.get(n).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(h("x-forwarded-for"), "203.0.113.9");
+        assert_eq!(h("x-real-ip"), "203.0.113.9");
+        assert_eq!(h("x-forwarded-proto"), "http");
+        assert_eq!(h("x-forwarded-host"), "shop.example");
+        assert_eq!(
+            h("forwarded"),
+            "for=203.0.113.9;host=\"shop.example\";proto=http"
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_from_trusted_peers_are_extended() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("x-forwarded-for", "198.51.100.1, 10.0.0.7")
+            .unwrap();
+        req.append_header("x-forwarded-for", "10.0.0.8").unwrap();
+        req.append_header("x-forwarded-proto", "https").unwrap();
+        req.append_header("forwarded", "for=198.51.100.1").unwrap();
+        let peer = "10.0.0.9".parse().ok();
+        forwarding_headers(&mut req, &trusting(&["10.0.0.0/8"]), peer, None).unwrap();
+        let h = |n: &str| req.headers.get(n).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(
+            h("x-forwarded-for"),
+            "198.51.100.1, 10.0.0.7, 10.0.0.8, 10.0.0.9"
+        );
+        assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h("x-real-ip"), "198.51.100.1");
+        assert_eq!(h("x-forwarded-proto"), "https");
+        assert_eq!(h("forwarded"), "for=198.51.100.1, for=10.0.0.9;proto=http");
+    }
+
+    #[test]
+    fn ipv6_peers_are_quoted_in_forwarded() {
+        let mut out = String::new();
+        forwarded_element(&mut out, "2001:db8::1".parse().ok(), None);
+        assert_eq!(out, "for=\"[2001:db8::1]\";proto=http");
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use gatehouse_config::{Config, PathTemplate, TemplatePart};
+use gatehouse_config::{Config, PathTemplate};
 use http::Method;
 
 /// Index of an API in the runtime's flat API list.
@@ -35,14 +35,9 @@ impl Params<'_, '_> {
         self.0.iter().nth(index).map_or("", |(_, v)| v)
     }
 
-    /// Fills `template` with these values into `out`.
+    /// Fills `template` with these values into `out` (see [`PathTemplate::render_into`]).
     pub fn render(&self, template: &PathTemplate, out: &mut String) {
-        for part in template.parts() {
-            match part {
-                TemplatePart::Literal(l) => out.push_str(l),
-                TemplatePart::Param(i) => out.push_str(self.get(*i)),
-            }
-        }
+        template.render_into(|i| self.get(i), out);
     }
 }
 
@@ -60,8 +55,22 @@ impl Route {
             .iter()
             .find(|(m, _)| m == method)
             .map(|(_, api)| *api)
-            .or(self.any)
+            .or_else(|| self.any.filter(|_| is_default_method(method)))
     }
+}
+
+/// Whether an API without `methods` accepts `method`.
+fn is_default_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::PATCH
+            | Method::OPTIONS
+    )
 }
 
 /// The routing table of one configuration.
@@ -87,30 +96,30 @@ impl Router {
             // Validation guarantees every API shape inserts; a failure is logged and loses the route.
             let shape = api.path.route_shape();
             if let Some(index) = route_for(&shape, &mut tree, &mut routes, &mut shapes) {
-                add_api(&mut routes[index], &api.methods, id, false);
+                add_api(&mut routes[index], api, id, false);
             }
             if let Some(prefix) = api.path.wildcard_prefix_shape() {
-                prefixes.push((prefix, &api.methods, id));
+                prefixes.push((prefix, api, id));
             }
         }
         // A wildcard also matches its bare prefix (`/static/` for `/static/{*rest}`), after the
         // explicit routes, which keep precedence.
-        for (prefix, methods, id) in prefixes {
+        for (prefix, api, id) in prefixes {
             if let Some(index) = route_for(&prefix, &mut tree, &mut routes, &mut shapes) {
-                add_api(&mut routes[index], methods, id, true);
+                add_api(&mut routes[index], api, id, true);
             }
         }
         for route in &mut routes {
-            route.allow = if route.any.is_some() {
-                gatehouse_config::validate::METHODS.join(", ")
-            } else {
-                route
-                    .methods
-                    .iter()
-                    .map(|(m, _)| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let mut allow: Vec<&str> = Vec::new();
+            if route.any.is_some() {
+                allow.extend(gatehouse_config::validate::DEFAULT_METHODS);
+            }
+            for (m, _) in &route.methods {
+                if !allow.contains(&m.as_str()) {
+                    allow.push(m.as_str());
+                }
+            }
+            route.allow = allow.join(", ");
         }
         Self { tree, routes }
     }
@@ -158,17 +167,14 @@ fn route_for(
 }
 
 /// Adds an API's methods to a route; a fallback (wildcard prefix) never displaces an explicit API.
-fn add_api(route: &mut Route, methods: &[String], id: ApiId, fallback: bool) {
-    if methods.is_empty() {
-        if route.any.is_none() {
-            route.any = Some(id);
-        }
-        return;
-    }
+fn add_api(route: &mut Route, api: &gatehouse_config::Api, id: ApiId, fallback: bool) {
     if fallback && route.any.is_some() {
         return;
     }
-    for m in methods {
+    if api.methods.is_empty() && route.any.is_none() {
+        route.any = Some(id);
+    }
+    for m in api.methods.iter().chain(&api.extension_methods) {
         let Ok(method) = Method::from_bytes(m.as_bytes()) else {
             continue;
         };

@@ -29,6 +29,8 @@ pub struct ApiRuntime {
     pub backend: ApiBackend,
     pub plugins: Arc<ApiPlugins>,
     pub metrics: RequestMetrics,
+    /// Largest request body, in bytes (the API's own or `instance.http.max_body_size`).
+    pub max_body_size: u64,
 }
 
 pub enum ApiBackend {
@@ -141,6 +143,9 @@ impl Runtime {
                     },
                 };
                 apis.push(ApiRuntime {
+                    max_body_size: api
+                        .max_body_size
+                        .unwrap_or(config.instance.http.max_body_size),
                     plugins,
                     metrics: RequestMetrics::new(&service.name, &api.name, upstream_name),
                     service: service.name.clone(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gatehouse_config::{limits, Config, Problem};
 use gatehouse_plugin_host::{PluginEngine, EPOCH_TICK};
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::server::ShutdownWatch;
@@ -15,6 +15,7 @@ use pingora::services::background::background_service;
 use pingora::services::background::BackgroundService;
 use pingora::services::listening::Service;
 
+use crate::listener::{EdgeApp, ListenerLimits};
 use crate::metrics::MetricsApp;
 use crate::proxy::Gateway;
 use crate::resolve::Resolver;
@@ -79,11 +80,11 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
-    let mut proxy = http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(runtime.clone()),
-        "gatehouse proxy",
+    let app = EdgeApp::new(
+        http_proxy(&server.configuration, Gateway::new(runtime.clone())),
+        ListenerLimits::from(&instance.http),
     );
+    let mut proxy = Service::new("gatehouse proxy".to_owned(), app);
     for addr in &instance.listen {
         proxy.add_tcp(&addr.to_string());
     }

@@ -1,0 +1,421 @@
+//! The client side of the proxy listeners: bounds on how long, how much and how many.
+//!
+//! Pingora times each read of a request header separately (a client dripping one byte a minute
+//! is never cut off) and waits for a kept-alive connection's next request without any timeout.
+//! Two thin layers around the engine's HTTP application close those gaps without touching the
+//! request path:
+//!
+//! - [`EdgeApp`] admits a connection only while fewer than `max_connections` are open (past it the
+//!   client gets a `503` JSON answer and the connection is closed), and watches the connection's
+//!   reads so the next layer knows when a request header starts arriving;
+//! - [`EdgeHttp`] runs each request of a connection against a total deadline for its header
+//!   (`header_timeout`, from the connection's start for the first request, from the first byte
+//!   for a kept-alive one), bounds the idle wait between requests (`idle_timeout`), and caps the
+//!   requests per connection.
+//!
+//! The header is done once the proxy's first hook runs ([`header_received`]); from then on the
+//! request is bounded by the body and backend timeouts instead.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use gatehouse_config::HttpOptions;
+use once_cell::sync::Lazy;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
+
+struct ListenerMetrics {
+    open: IntGauge,
+    closed: IntCounterVec,
+}
+
+static METRICS: Lazy<ListenerMetrics> = Lazy::new(|| ListenerMetrics {
+    open: register_int_gauge!(
+        "gatehouse_downstream_connections",
+        "Client connections open on the proxy listeners."
+    )
+    .expect("metric registers once"),
+    closed: register_int_counter_vec!(
+        "gatehouse_downstream_connections_refused_total",
+        "Client connections the gateway closed on its own, by reason (max_connections: refused \
+         at accept; header_timeout: the request header took too long).",
+        &["reason"]
+    )
+    .expect("metric registers once"),
+});
+
+/// Registers the listener metrics, so they show from the start.
+pub fn init_metrics() {
+    Lazy::force(&METRICS);
+}
+
+tokio::task_local! {
+    /// The state of the connection whose task is running; set by [`EdgeApp`] for HTTP/1
+    /// connections.
+    static CONNECTION: Arc<ConnectionClock>;
+}
+
+/// Marks the current request's header as fully received (called by the proxy's first hook).
+pub fn header_received() {
+    let _ = CONNECTION.try_with(|c| c.header_done.store(true, Ordering::Release));
+}
+
+/// Per connection: when the header of the request being waited for started to arrive.
+struct ConnectionClock {
+    started: Instant,
+    /// Set while waiting for a request header: the next read marks its first byte.
+    armed: AtomicBool,
+    /// Microseconds after `started` of that first byte, plus one (0: not yet).
+    first_byte: AtomicU64,
+    first_byte_seen: Notify,
+    header_done: AtomicBool,
+    /// A request has been started on this connection already.
+    reused: AtomicBool,
+}
+
+impl ConnectionClock {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            armed: AtomicBool::new(false),
+            first_byte: AtomicU64::new(0),
+            first_byte_seen: Notify::new(),
+            header_done: AtomicBool::new(false),
+            reused: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts waiting for the next request header.
+    fn arm(&self) {
+        self.header_done.store(false, Ordering::Release);
+        self.first_byte.store(0, Ordering::Release);
+        self.armed.store(true, Ordering::Release);
+    }
+
+    fn saw_bytes(&self) {
+        if self.armed.swap(false, Ordering::AcqRel) {
+            let micros = self.started.elapsed().as_micros() as u64 + 1;
+            self.first_byte.store(micros, Ordering::Release);
+            self.first_byte_seen.notify_one();
+        }
+    }
+
+    /// Resolves when the first byte of the awaited header has arrived, with its time.
+    async fn first_byte(&self) -> Instant {
+        loop {
+            let notified = self.first_byte_seen.notified();
+            let micros = self.first_byte.load(Ordering::Acquire);
+            if micros > 0 {
+                return self.started + Duration::from_micros(micros - 1);
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The limits the listener layers apply, from `instance.http`.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_requests_per_connection: u64,
+    pub max_connections: usize,
+}
+
+impl From<&HttpOptions> for ListenerLimits {
+    fn from(h: &HttpOptions) -> Self {
+        Self {
+            header_timeout: h.header_timeout,
+            idle_timeout: h.idle_timeout,
+            max_requests_per_connection: h.max_requests_per_connection,
+            max_connections: h.max_connections,
+        }
+    }
+}
+
+/// The HTTP application with the per-request bounds around the engine's proxy.
+pub struct EdgeHttp<A> {
+    inner: Arc<A>,
+    limits: ListenerLimits,
+    options: Option<HttpServerOptions>,
+}
+
+impl<A: HttpServerApp> EdgeHttp<A> {
+    pub fn new(inner: A, limits: ListenerLimits) -> Self {
+        let mut options = inner.server_options().cloned().unwrap_or_default();
+        // The engine counts reuses: a limit of n requests is n - 1 reuses.
+        options.keepalive_request_limit = match limits.max_requests_per_connection {
+            0 => None,
+            n => Some(u32::try_from(n - 1).unwrap_or(u32::MAX)),
+        };
+        Self {
+            inner: Arc::new(inner),
+            limits,
+            options: Some(options),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeHttp<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if session.get_keepalive().is_some() {
+            // Each read of the next request waits at most this long (the engine's own default
+            // for a kept-alive connection is to wait forever).
+            session.set_keepalive(Some(self.limits.idle_timeout.as_secs().max(1)));
+        }
+        let Ok(clock) = CONNECTION.try_with(Arc::clone) else {
+            // HTTP/2 streams: the connection's own limits apply
+            return self.inner.process_new_http(session, shutdown).await;
+        };
+        let first_request = !clock.reused.swap(true, Ordering::AcqRel);
+        clock.arm();
+        let started = Instant::now();
+        let request = self.inner.process_new_http(session, shutdown);
+        tokio::pin!(request);
+        let deadline = async {
+            // The first request's clock runs from the accept; a kept-alive connection may idle
+            // (bounded by `idle_timeout`) until its next request starts.
+            let from = if first_request {
+                started
+            } else {
+                clock.first_byte().await
+            };
+            tokio::time::sleep_until((from + self.limits.header_timeout).into()).await;
+        };
+        tokio::select! {
+            biased;
+            reused = &mut request => reused,
+            () = deadline => {
+                if clock.header_done.load(Ordering::Acquire) {
+                    request.await
+                } else {
+                    METRICS.closed.with_label_values(&["header_timeout"]).inc();
+                    log::debug!("closing a connection whose request header took longer than {:?}", self.limits.header_timeout);
+                    None
+                }
+            }
+        }
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.options.as_ref()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+/// The connection layer: admission under `max_connections` and the read watch.
+pub struct EdgeApp<A> {
+    http: Arc<EdgeHttp<A>>,
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl<A: HttpServerApp> EdgeApp<A> {
+    pub fn new(inner: A, limits: ListenerLimits) -> Self {
+        init_metrics();
+        Self {
+            http: Arc::new(EdgeHttp::new(inner, limits)),
+            open: Arc::new(AtomicUsize::new(0)),
+            max: limits.max_connections,
+        }
+    }
+}
+
+/// Releases a connection slot when the connection ends, however it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        METRICS.open.dec();
+    }
+}
+
+/// The answer to a connection past `max_connections`.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+cache-control: no-store\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 105\r\n\r\n\
+{\"status\":503,\"error\":\"over_capacity\",\"message\":\"the gateway is at its connection limit; retry shortly\"}\n";
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            METRICS.closed.with_label_values(&["max_connections"]).inc();
+            let refuse = async {
+                let _ = stream.write_all(OVER_CAPACITY).await;
+                let _ = stream.flush().await;
+                Shutdown::shutdown(&mut *stream).await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+            return None;
+        }
+        METRICS.open.inc();
+        let _slot = Slot(self.open.clone());
+        let clock = Arc::new(ConnectionClock::new());
+        let watched: Stream = Box::new(Watched {
+            inner: stream,
+            clock: clock.clone(),
+        });
+        CONNECTION
+            .scope(clock, ServerApp::process_new(&self.http, watched, shutdown))
+            .await
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.http).await
+    }
+}
+
+/// A client stream that tells its connection's clock when bytes arrive; everything else is the
+/// inner stream's.
+struct Watched {
+    inner: Stream,
+    clock: Arc<ConnectionClock>,
+}
+
+impl fmt::Debug for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.saw_bytes();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Watched {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for Watched {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Watched {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Watched {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Watched {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for Watched {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for Watched {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
