@@ -557,3 +557,55 @@ fn plugins_keep_working_across_changes() {
         "rewritten.internal"
     );
 }
+
+#[test]
+fn the_admin_api_cannot_read_files_outside_the_file_roots() {
+    let a = echo("a");
+    let admin = Admin::start(&[&a]);
+    let dir = &admin.gw.dir;
+    // inside the root: links out of it, a FIFO, a huge file, a text file with a secret in it
+    std::os::unix::fs::symlink("/proc/self/environ", dir.join("env.wasm")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd.wasm")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.wasm")).unwrap();
+    let fifo = std::ffi::CString::new(dir.join("pipe.wasm").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::File::create(dir.join("big.wasm"))
+        .unwrap()
+        .set_len(100 * 1024 * 1024)
+        .unwrap();
+    std::fs::write(dir.join("secret.wat"), "(component) ;; SECRET-CANARY-7731").unwrap();
+    let rss_before = admin.gw.rss_kib();
+    let cases = [
+        ("/proc/self/environ", "outside the folders"),
+        ("/etc/passwd", "outside the folders"),
+        ("/dev/zero", "outside the folders"),
+        ("../../etc/passwd", "'..'"),
+        ("env.wasm", "outside the folders"),
+        ("passwd.wasm", "outside the folders"),
+        ("zero.wasm", "outside the folders"),
+        ("pipe.wasm", "FIFO"),
+        ("big.wasm", "over the limit"),
+        ("secret.wat", "not a WebAssembly component"),
+    ];
+    for (path, expected) in cases {
+        let api = json!({
+            "name": "get_user", "path": "/users/{id}", "methods": ["GET"],
+            "backend": { "upstream": "users" },
+            "plugins": [{ "path": path }],
+        });
+        let r = admin.call("PUT", "/services/shop/apis/get_user", Some(api));
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(r.body.contains(expected), "{path}: {}", r.body);
+        for leak in ["root:", "PATH=", "HOME=", "SECRET-CANARY", "\\u0000"] {
+            assert!(!r.body.contains(leak), "{path} leaked {leak}: {}", r.body);
+        }
+    }
+    let grown = admin.gw.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 50 * 1024, "RSS grew by {grown} KiB");
+    assert!(!admin.gw.log().contains("SECRET-CANARY"));
+    assert_eq!(
+        admin.gw.get("/users/1").status,
+        200,
+        "still serving the old configuration"
+    );
+}

@@ -74,7 +74,7 @@ upstreams:
     let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
     assert_eq!(status.code(), Some(1));
     assert!(
-        err.contains("upstreams[0].tls.ca_file: cannot read"),
+        err.contains("upstreams[0].tls.ca_file:") && err.contains("missing-ca.pem cannot be read"),
         "{err}"
     );
     assert!(err.contains("missing-ca.pem"), "{err}");

@@ -766,12 +766,9 @@ fn methods_outside_the_standard_set_must_be_asked_for() {
 }
 
 fn plugin_file(dir: &std::path::Path, name: &str, on_request: &str, on_response: &str) -> String {
-    let path = dir.join(format!("{name}.wat"));
-    std::fs::write(
-        &path,
-        gatehouse_plugin_host::testing::component_wat_editing(on_request, on_response),
-    )
-    .unwrap();
+    let path = dir.join(format!("{name}.wasm"));
+    let wat = gatehouse_plugin_host::testing::component_wat_editing(on_request, on_response);
+    std::fs::write(&path, gatehouse_plugin_host::testing::binary(&wat)).unwrap();
     path.display().to_string()
 }
 
@@ -800,7 +797,10 @@ fn plugins_cannot_break_framing() {
     let (listen, metrics) = (free_port(), free_port());
     let head = instance_yaml(listen, metrics).replace(
         "  threads: 2\n",
-        "  threads: 2\n  plugins: { time_limit: 5s, memory_limit: 64MiB }\n",
+        &format!(
+            "  threads: 2\n  plugins: {{ time_limit: 5s, memory_limit: 64MiB }}\n  file_roots: [{}]\n",
+            dir.display()
+        ),
     );
     let gw = Gateway::start_config(
         &format!(

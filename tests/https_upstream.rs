@@ -117,11 +117,14 @@ fn https_node_is_reached_with_sni_and_a_verified_certificate() {
     let pki = pki(&["users.internal"]);
     let backend = tls_backend(&pki, "tls");
     let ca = write_ca(&pki);
-    let gw = Gateway::start(&https_config(
-        &ca,
-        backend.addr,
-        "{ verify: true, ca_file: CA, sni: users.internal }",
-    ));
+    let gw = Gateway::start_with(
+        &file_roots_for(&ca),
+        &https_config(
+            &ca,
+            backend.addr,
+            "{ verify: true, ca_file: CA, sni: users.internal }",
+        ),
+    );
     let r = gw.get("/users/1");
     assert_eq!(r.status, 200, "{}\n{}", r.body, gw.log());
     assert_eq!(r.node(), "tls sni=users.internal");
@@ -132,11 +135,10 @@ fn a_certificate_for_another_name_is_rejected() {
     let pki = pki(&["users.internal"]);
     let backend = tls_backend(&pki, "tls");
     let ca = write_ca(&pki);
-    let gw = Gateway::start(&https_config(
-        &ca,
-        backend.addr,
-        "{ ca_file: CA, sni: billing.internal }",
-    ));
+    let gw = Gateway::start_with(
+        &file_roots_for(&ca),
+        &https_config(&ca, backend.addr, "{ ca_file: CA, sni: billing.internal }"),
+    );
     let r = gw.get("/users/1");
     assert_eq!(r.status, 502, "{}", r.body);
     assert!(
@@ -157,18 +159,24 @@ fn an_untrusted_ca_is_rejected_unless_verification_is_turned_off() {
     let other = self::pki(&["users.internal"]);
     let backend = tls_backend(&pki, "tls");
     let wrong_ca = write_ca(&other);
-    let gw = Gateway::start(&https_config(
-        &wrong_ca,
-        backend.addr,
-        "{ ca_file: CA, sni: users.internal }",
-    ));
+    let gw = Gateway::start_with(
+        &file_roots_for(&wrong_ca),
+        &https_config(
+            &wrong_ca,
+            backend.addr,
+            "{ ca_file: CA, sni: users.internal }",
+        ),
+    );
     assert_eq!(gw.get("/users/1").status, 502);
     drop(gw);
-    let gw = Gateway::start(&https_config(
-        &wrong_ca,
-        backend.addr,
-        "{ verify: false, sni: users.internal }",
-    ));
+    let gw = Gateway::start_with(
+        &file_roots_for(&wrong_ca),
+        &https_config(
+            &wrong_ca,
+            backend.addr,
+            "{ verify: false, sni: users.internal }",
+        ),
+    );
     assert_eq!(
         gw.get("/users/1").status,
         200,
@@ -185,7 +193,7 @@ fn sni_defaults_to_the_host_header_host() {
         "    retries: 1\n",
         "    retries: 1\n    host_header: users.internal:8443\n",
     );
-    let gw = Gateway::start(&config);
+    let gw = Gateway::start_with(&file_roots_for(&ca), &config);
     let r = gw.get("/users/1");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.node(), "tls sni=users.internal");

@@ -210,10 +210,13 @@ fn ip_restriction_answers_403_to_denied_clients() {
 fn the_c_plugin_works_like_any_other() {
     let a = echo("a");
     let component = shipped_plugin("c-example");
-    let gw = Gateway::start(&with_plugins(
-        &a,
-        &format!("          - {{ path: {} }}", component.display()),
-    ));
+    let gw = Gateway::start_with(
+        &file_roots_for(&component),
+        &with_plugins(
+            &a,
+            &format!("          - {{ path: {} }}", component.display()),
+        ),
+    );
     let r = gw.get("/users/1");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-powered-by"), Some("gatehouse-c"));
@@ -242,11 +245,13 @@ fn plugins_run_in_the_listed_order() {
 
 /// A plugin that loops forever in `on-request`, written to disk.
 fn looping_plugin(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("looping.wat");
+    let path = dir.join("looping.wasm");
     let endless = "(loop $forever (br $forever))";
     std::fs::write(
         &path,
-        gatehouse_plugin_host::testing::component_wat(endless),
+        gatehouse_plugin_host::testing::binary(&gatehouse_plugin_host::testing::component_wat(
+            endless,
+        )),
     )
     .unwrap();
     path
@@ -257,10 +262,13 @@ fn a_faulty_plugin_fails_only_its_requests_under_load() {
     let a = echo("a");
     let dir = scratch_dir();
     let looping = looping_plugin(&dir);
-    let gw = Gateway::start(&with_plugins(
-        &a,
-        &format!("          - {{ path: {} }}", looping.display()),
-    ));
+    let gw = Gateway::start_with(
+        &file_roots_for(&looping),
+        &with_plugins(
+            &a,
+            &format!("          - {{ path: {} }}", looping.display()),
+        ),
+    );
     let (faulty_500, plain_200, other) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -313,7 +321,7 @@ fn fail_open_skips_a_failing_plugin() {
     let a = echo("a");
     let dir = scratch_dir();
     let looping = looping_plugin(&dir);
-    let gw = Gateway::start(&with_plugins(
+    let gw = Gateway::start_with(&file_roots_for(&looping), &with_plugins(
         &a,
         &format!("          - {{ path: {}, on_error: fail_open }}\n          - {{ name: host-rewrite, config: {{ host: after.internal }} }}", looping.display()),
     ));

@@ -12,13 +12,22 @@ use std::time::{Duration, Instant};
 
 pub use gatehouse_echo::{Behavior, EchoConfig, EchoServer};
 
-/// A port that was free a moment ago (the listener is closed before returning).
+/// A port that was free a moment ago (the listener is closed before returning), never the same
+/// one twice in a test process (the kernel may hand a just-closed port out again).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// An address where nothing listens: connections are refused.
@@ -73,6 +82,12 @@ vpcs:
     )
 }
 
+/// The `instance.file_roots` line that lets a gateway read `file` (its folder).
+pub fn file_roots_for(file: impl AsRef<Path>) -> String {
+    let dir = file.as_ref().parent().expect("a file in a folder");
+    format!("  file_roots: [\"{}\"]\n", dir.display())
+}
+
 /// A running gateway process; killed when dropped.
 pub struct Gateway {
     child: Child,
@@ -92,6 +107,15 @@ impl Gateway {
             listen,
             metrics,
         )
+    }
+
+    /// Like [`Gateway::start`], with `instance_extra` (keys of `instance`, indented by two
+    /// spaces, each line ending in a newline) added to the instance.
+    pub fn start_with(instance_extra: &str, body: &str) -> Gateway {
+        let (listen, metrics) = (free_port(), free_port());
+        let head = instance_yaml(listen, metrics)
+            .replace("  threads: 2\n", &format!("  threads: 2\n{instance_extra}"));
+        Self::start_config(&format!("{head}{body}"), listen, metrics)
     }
 
     /// Starts `gatehouse run` on a complete config whose ports are given.
@@ -179,6 +203,21 @@ impl Gateway {
         };
         gw.wait_ready(listen, metrics);
         gw
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the gateway process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 
     pub fn log(&self) -> String {

@@ -7,6 +7,7 @@
 
 pub mod canonical;
 pub mod error;
+pub mod files;
 pub mod model;
 pub mod pattern;
 pub mod raw;

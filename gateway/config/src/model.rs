@@ -118,6 +118,9 @@ pub struct Instance {
     pub admin_token: Option<String>,
     /// How client requests are read, normalised and bounded.
     pub http: HttpOptions,
+    /// Absolute folders the files named by the configuration (plugin components, CA files) are
+    /// read from; by default the configuration file's own folder.
+    pub file_roots: Vec<PathBuf>,
 }
 
 /// Client-facing HTTP options of the proxy listeners (`instance.http`).

@@ -48,6 +48,9 @@ pub struct RawInstance {
     /// How client requests are read, normalised and bounded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<RawHttp>,
+    /// Folders the files the configuration names may be read from.
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub file_roots: Vec<String>,
 }
 
 /// Client-facing HTTP options of the proxy listeners.

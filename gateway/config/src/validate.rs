@@ -26,7 +26,9 @@ pub const DEFAULT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", 
 /// Validates `raw`. Relative file paths (`tls.ca_file`) are resolved against `base_dir`.
 pub fn validate(raw: &RawConfig, base_dir: &Path, hash: String) -> Result<Config, Vec<Problem>> {
     let mut v = Validator::default();
+    let base_dir = &std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
     let vpcs = v.vpcs(&raw.vpcs);
+    v.file_roots = v.file_roots(&raw.instance.file_roots, base_dir);
     let instance = v.instance(&raw.instance, &vpcs);
     let connections = v.connections(&raw.connections, &vpcs);
     let upstreams = v.upstreams(
@@ -53,6 +55,8 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, hash: String) -> Result<Config
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
+    /// `instance.file_roots`, absolute.
+    file_roots: Vec<std::path::PathBuf>,
 }
 
 impl Validator {
@@ -63,6 +67,64 @@ impl Validator {
         fix: impl Into<String>,
     ) {
         self.problems.push(Problem::new(path, message, fix));
+    }
+
+    fn file_roots(&mut self, raw: &[String], base_dir: &Path) -> Vec<std::path::PathBuf> {
+        if raw.is_empty() {
+            return vec![base_dir.to_owned()];
+        }
+        let mut roots = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let root = base_dir.join(r);
+            if r.is_empty() || crate::files::has_parent_dir(&root) {
+                self.problem(
+                    format!("instance.file_roots[{i}]"),
+                    format!("{r:?} is not a folder path without '..'"),
+                    "name the folder plainly, e.g. /etc/gatehouse/plugins or ./plugins",
+                );
+            } else if root == Path::new("/") {
+                self.problem(
+                    format!("instance.file_roots[{i}]"),
+                    "the whole file system cannot be a root",
+                    "name the folders that hold plugins and certificates, e.g. /etc/gatehouse",
+                );
+            } else {
+                roots.push(root);
+            }
+        }
+        roots
+    }
+
+    /// A file the configuration names: resolved against `base_dir` and checked to lie inside
+    /// `instance.file_roots`.
+    fn file(&mut self, path: &str, raw: &str, base_dir: &Path) -> Option<std::path::PathBuf> {
+        let file = base_dir.join(raw);
+        if crate::files::has_parent_dir(&file) {
+            self.problem(
+                path,
+                format!("{raw:?} contains '..'"),
+                "name the file by a path without '..' inside instance.file_roots",
+            );
+            return None;
+        }
+        if !crate::files::lexically_inside(&file, &self.file_roots) {
+            let roots: Vec<String> = self
+                .file_roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect();
+            self.problem(
+                path,
+                format!(
+                    "{} is outside the folders the configuration may read from ({})",
+                    file.display(),
+                    roots.join(", ")
+                ),
+                "move the file into one of them, or add its folder to instance.file_roots",
+            );
+            return None;
+        }
+        Some(file)
     }
 
     fn vpcs(&mut self, raw: &[RawVpc]) -> HashMap<String, Vpc> {
@@ -223,6 +285,7 @@ impl Validator {
         let http = raw.http.as_ref().map(|h| self.http(h)).unwrap_or_default();
         Some(Instance {
             http,
+            file_roots: self.file_roots.clone(),
             admin: admin?,
             admin_token: raw.admin_token.clone(),
             id: raw.id.clone(),
@@ -412,9 +475,9 @@ impl Validator {
                     );
                     None
                 }
-                (None, Some(path)) if !path.is_empty() => {
-                    Some(PluginSource::File(base_dir.join(path)))
-                }
+                (None, Some(path)) if !path.is_empty() => self
+                    .file(&format!("{ppath}.path"), path, base_dir)
+                    .map(PluginSource::File),
                 _ => {
                     self.problem(
                         ppath.clone(),
@@ -673,7 +736,7 @@ impl Validator {
                         );
                         None
                     }
-                    Some(f) => Some(base_dir.join(f)),
+                    Some(f) => self.file(&format!("{path}.tls.ca_file"), f, base_dir),
                     None => None,
                 };
                 Some(Tls {

@@ -20,8 +20,8 @@ const POOLED_INSTANCES: u32 = 1000;
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {0}: {1}")]
-    Read(String, std::io::Error),
+    #[error("{0} {1}")]
+    Read(String, gatehouse_config::files::FileError),
     #[error("{0} is not a usable WebAssembly component: {1}")]
     Compile(String, String),
     #[error("{0} does not implement the gatehouse:plugin@0.1.0 world: {1}")]
@@ -94,6 +94,13 @@ impl PluginEngine {
             return Ok(pre.clone());
         }
         let bytes = bytes()?;
+        // Only binary components: a text or other file is refused without quoting it.
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::Compile(
+                key.to_owned(),
+                "not a WebAssembly component (a binary component starts with \\0asm)".to_owned(),
+            ));
+        }
         let component = Component::new(&self.engine, &bytes)
             .map_err(|e| LoadError::Compile(key.to_owned(), format!("{e:#}")))?;
         let pre = self
@@ -108,11 +115,21 @@ impl PluginEngine {
         Ok(pre)
     }
 
-    /// Loads a component file.
-    pub fn load_file(&self, path: &std::path::Path) -> Result<PluginPre<HostState>, LoadError> {
+    /// Loads a component file, read only from inside `roots`
+    /// ([`gatehouse_config::files::read_confined`]).
+    pub fn load_file(
+        &self,
+        path: &std::path::Path,
+        roots: &[std::path::PathBuf],
+    ) -> Result<PluginPre<HostState>, LoadError> {
         let key = path.display().to_string();
         self.load(&key, || {
-            std::fs::read(path).map_err(|e| LoadError::Read(key.clone(), e))
+            gatehouse_config::files::read_confined(
+                path,
+                roots,
+                gatehouse_config::files::MAX_COMPONENT_BYTES,
+            )
+            .map_err(|e| LoadError::Read(key.clone(), e))
         })
     }
 }

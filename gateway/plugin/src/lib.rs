@@ -20,4 +20,5 @@ pub use bindings::{EditLimits, Node, Reply};
 pub use engine::{LoadError, PluginEngine, EPOCH_TICK};
 pub use slot::{Failure, Hook, PluginSlot, RequestOutcome, SlotLimits};
 pub mod standard;
+#[cfg(feature = "testing")]
 pub mod testing;

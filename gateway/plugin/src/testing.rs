@@ -1,5 +1,12 @@
 //! Hand-written components implementing the plugin world, for tests of the sandbox and of the
-//! gateway's handling of faulty plugins; no guest toolchain is needed to build them.
+//! gateway's handling of faulty plugins; no guest toolchain is needed to build them. Written as
+//! text and compiled to binary components with [`binary`] (the gateway loads binary components
+//! only). Only built with the `testing` feature.
+
+/// The binary component of a WAT text.
+pub fn binary(wat: &str) -> Vec<u8> {
+    wat::parse_str(wat).unwrap_or_else(|e| panic!("test component does not compile: {e}"))
+}
 
 /// The WAT text of a component implementing the plugin world whose `on-request` runs the core
 /// instructions `body` first (an endless loop, a memory bomb, a trap...) and, if `body` falls

@@ -24,7 +24,9 @@ fn slot(body: &str) -> PluginSlot {
     start_ticker(engine.clone());
     let wat = gatehouse_plugin_host::testing::component_wat(body);
     let key = format!("test:{}", body.len());
-    let pre = engine.load(&key, || Ok(wat.into_bytes())).unwrap();
+    let pre = engine
+        .load(&key, || Ok(gatehouse_plugin_host::testing::binary(&wat)))
+        .unwrap();
     PluginSlot::new(
         engine,
         pre,
@@ -142,7 +144,9 @@ fn only_the_declared_hooks_are_called() {
     let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
     let wat = gatehouse_plugin_host::testing::component_wat_declaring(WELL_BEHAVED, 0b001);
     let pre = engine
-        .load("test:declaring", || Ok(wat.into_bytes()))
+        .load("test:declaring", || {
+            Ok(gatehouse_plugin_host::testing::binary(&wat))
+        })
         .unwrap();
     let slot = PluginSlot::new(
         engine,
@@ -165,7 +169,9 @@ fn editing_slot(on_request: &str, on_response: &str) -> PluginSlot {
     start_ticker(engine.clone());
     let wat = gatehouse_plugin_host::testing::component_wat_editing(on_request, on_response);
     let pre = engine
-        .load(&format!("edit:{}", wat.len()), || Ok(wat.into_bytes()))
+        .load(&format!("edit:{}", wat.len()), || {
+            Ok(gatehouse_plugin_host::testing::binary(&wat))
+        })
         .unwrap();
     let limits = SlotLimits {
         memory: 32 * 1024 * 1024,

@@ -73,7 +73,7 @@ impl ApiPlugins {
                             )
                         })
                 }),
-                PluginSource::File(file) => engine.load_file(file),
+                PluginSource::File(file) => engine.load_file(file, &config.instance.file_roots),
             };
             let pre = match loaded {
                 Ok(pre) => pre,

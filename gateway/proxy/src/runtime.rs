@@ -76,7 +76,11 @@ impl Runtime {
             let reused = previous.and_then(|p| p.upstreams.iter().find(|old| old.same_config(u)));
             match reused {
                 Some(old) => upstreams.push(old.clone()),
-                None => match UpstreamRuntime::build(u, &format!("upstreams[{i}]")) {
+                None => match UpstreamRuntime::build(
+                    u,
+                    &format!("upstreams[{i}]"),
+                    &config.instance.file_roots,
+                ) {
                     Ok(built) => upstreams.push(Arc::new(built)),
                     Err(mut p) => problems.append(&mut p),
                 },

@@ -110,9 +110,13 @@ pub struct UpstreamRuntime {
 impl UpstreamRuntime {
     /// Builds the upstream; reads its CA file and resolves node names (blocking, so never call it
     /// on the request path). `path` is the upstream's config path, for problems.
-    pub fn build(config: &Upstream, path: &str) -> Result<Self, Vec<Problem>> {
+    pub fn build(
+        config: &Upstream,
+        path: &str,
+        roots: &[std::path::PathBuf],
+    ) -> Result<Self, Vec<Problem>> {
         let ca = match config.tls.as_ref().and_then(|t| t.ca_file.as_deref()) {
-            Some(file) => Some(load_ca(file).map_err(|msg| vec![ca_problem(path, msg)])?),
+            Some(file) => Some(load_ca(file, roots).map_err(|msg| vec![ca_problem(path, msg)])?),
             None => None,
         };
         let host_header = match &config.host_header {
@@ -285,7 +289,7 @@ pub fn check_files(config: &gatehouse_config::Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (i, u) in config.upstreams.iter().enumerate() {
         if let Some(file) = u.tls.as_ref().and_then(|t| t.ca_file.as_deref()) {
-            if let Err(msg) = load_ca(file) {
+            if let Err(msg) = load_ca(file, &config.instance.file_roots) {
                 problems.push(ca_problem(&format!("upstreams[{i}]"), msg));
             }
         }
@@ -302,11 +306,14 @@ fn ca_problem(upstream_path: &str, msg: String) -> Problem {
 }
 
 /// Reads a PEM file of CA certificates into Pingora's per-peer CA list.
-fn load_ca(file: &Path) -> Result<Arc<CaType>, String> {
-    let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+fn load_ca(file: &Path, roots: &[std::path::PathBuf]) -> Result<Arc<CaType>, String> {
+    let pem =
+        gatehouse_config::files::read_confined(file, roots, gatehouse_config::files::MAX_PEM_BYTES)
+            .map_err(|e| format!("{} {e}", file.display()))?;
+    // The parser's own errors may quote the file: say what is wrong, not what is there.
     let ders = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not a PEM file of certificates: {e}", file.display()))?;
+        .map_err(|_| format!("{} is not a PEM file of certificates", file.display()))?;
     if ders.is_empty() {
         return Err(format!("{} holds no certificate", file.display()));
     }
