@@ -609,3 +609,51 @@ fn the_admin_api_cannot_read_files_outside_the_file_roots() {
         "still serving the old configuration"
     );
 }
+
+/// Sample lines of `/metrics`, without the admin API's own per-route counters (bounded by the
+/// routes, not by the configuration).
+fn series(gw: &Gateway) -> Vec<String> {
+    gw.metrics_text()
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_") && !l.starts_with("gatehouse_admin_requests"))
+        .map(|l| l.rsplit_once(' ').map_or(l, |(s, _)| s).to_owned())
+        .collect()
+}
+
+#[test]
+fn metric_series_of_removed_apis_upstreams_nodes_and_plugins_disappear() {
+    let (a, b) = (echo("a"), echo("b"));
+    let admin = Admin::start(&[&a]);
+    assert_eq!(admin.gw.get("/users/1").status, 200);
+    let before = series(&admin.gw);
+    for i in 0..100 {
+        let upstream = format!("tmp_{i}");
+        let r = admin.call(
+            "POST",
+            "/upstreams",
+            Some(upstream_json(&upstream, &[&a, &b])),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let api = json!({
+            "name": format!("tmp_api_{i}"), "path": format!("/tmp{i}/{{id}}"), "methods": ["GET"],
+            "backend": { "upstream": upstream },
+            "plugins": [{ "name": "request-id" }],
+        });
+        let r = admin.call("POST", "/services/shop/apis", Some(api));
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(admin.gw.get(&format!("/tmp{i}/7")).status, 200);
+        if i == 0 {
+            let during = admin.gw.metrics_text();
+            assert!(during.contains(&format!("api=\"tmp_api_{i}\"")), "{during}");
+            assert!(during.contains("plugin=\"request-id\""));
+        }
+        let r = admin.call("DELETE", &format!("/services/shop/apis/tmp_api_{i}"), None);
+        assert_eq!(r.status, 204, "{}", r.body);
+        let r = admin.call("DELETE", &format!("/upstreams/{upstream}"), None);
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+    let after = series(&admin.gw);
+    let added: Vec<_> = after.iter().filter(|s| !before.contains(s)).collect();
+    assert!(added.is_empty(), "series left behind: {added:#?}");
+    assert_eq!(after.len(), before.len());
+}

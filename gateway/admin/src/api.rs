@@ -30,6 +30,8 @@ pub struct AdminApp {
 
 impl AdminApp {
     pub fn new(store: Arc<ConfigStore>, token: String) -> Self {
+        // the reload counters show from the start, not from the first admin request
+        once_cell::sync::Lazy::force(&ADMIN_METRICS);
         Self { store, token }
     }
 }

@@ -54,6 +54,17 @@ pub struct PluginMetrics {
     failures: [IntCounter; 8],
 }
 
+/// Removes the series of a plugin that no API uses any more.
+pub fn forget(plugin: &str) {
+    let f = &*FAMILIES;
+    for hook in Hook::ALL {
+        let _ = f.calls.remove_label_values(&[plugin, hook.as_str()]);
+    }
+    for reason in Failure::REASONS {
+        let _ = f.failures.remove_label_values(&[plugin, reason]);
+    }
+}
+
 impl PluginMetrics {
     pub fn new(plugin: &str) -> Self {
         let f = &*FAMILIES;

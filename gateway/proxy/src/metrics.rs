@@ -198,6 +198,37 @@ impl NodeMetrics {
 }
 
 /// Records that a configuration is now served.
+/// Removes the request series of an API that no configuration serves any more.
+pub fn forget_api(service: &str, api: &str, upstream: &str, duration_too: bool) {
+    let m = &*METRICS;
+    for class in STATUS_CLASSES {
+        let _ = m
+            .requests
+            .remove_label_values(&[service, api, upstream, class]);
+    }
+    if duration_too {
+        let _ = m.request_duration.remove_label_values(&[service, api]);
+    }
+}
+
+/// Removes the series of a node that no configuration has any more.
+pub fn forget_node(upstream: &str, node: &str) {
+    let m = &*METRICS;
+    for outcome in Outcome::ALL {
+        let _ = m
+            .upstream_attempts
+            .remove_label_values(&[upstream, node, outcome.as_str()]);
+    }
+    let _ = m.egress_denied.remove_label_values(&[upstream, node]);
+    let _ = m.node_ejections.remove_label_values(&[upstream, node]);
+    let _ = m.node_available.remove_label_values(&[upstream, node]);
+}
+
+/// Removes the series of an upstream that no configuration has any more.
+pub fn forget_upstream(upstream: &str) {
+    let _ = METRICS.upstream_retries.remove_label_values(&[upstream]);
+}
+
 pub fn config_applied(instance: &str, hash: &str, generation: u64) {
     let m = &*METRICS;
     m.config_info.reset();

@@ -146,6 +146,11 @@ impl ApiPlugins {
         self.slots.is_empty()
     }
 
+    /// The names of the chain's plugins, as their metrics label them.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|(slot, _)| slot.label())
+    }
+
     /// Runs `on-request` of every plugin in order.
     pub fn on_request(&self, req: &mut RequestHeader, client_ip: Option<IpAddr>) -> Decision<'_> {
         let (mut path, mut query, mut host) = (false, false, false);

@@ -6,7 +6,7 @@
 //! whose configuration did not change are carried over into the next snapshot with their selector
 //! position and node addresses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,6 +172,55 @@ impl Runtime {
     }
 }
 
+/// The labels of an API's request series: (service, API, upstream).
+fn api_labels(api: &ApiRuntime, runtime: &Runtime) -> (String, String, String) {
+    let upstream = match &api.backend {
+        ApiBackend::Upstream { upstream, .. } => runtime.upstreams[*upstream].name.clone(),
+        ApiBackend::Fixed(_) => String::new(),
+    };
+    (api.service.clone(), api.name.clone(), upstream)
+}
+
+/// Removes the metric series that `old` had and `new` has not.
+fn forget_removed(old: &Runtime, new: &Runtime) {
+    let apis: HashSet<_> = new.apis.iter().map(|a| api_labels(a, new)).collect();
+    let named: HashSet<(&str, &str)> = new
+        .apis
+        .iter()
+        .map(|a| (a.service.as_str(), a.name.as_str()))
+        .collect();
+    for api in old.apis.iter() {
+        let labels = api_labels(api, old);
+        if !apis.contains(&labels) {
+            let gone = !named.contains(&(api.service.as_str(), api.name.as_str()));
+            crate::metrics::forget_api(&labels.0, &labels.1, &labels.2, gone);
+        }
+    }
+    let nodes: HashSet<(&str, &str)> = new
+        .upstreams
+        .iter()
+        .flat_map(|u| u.nodes.iter().map(|n| (u.name.as_str(), n.label.as_str())))
+        .collect();
+    let upstreams: HashSet<&str> = new.upstreams.iter().map(|u| u.name.as_str()).collect();
+    for upstream in old.upstreams.iter() {
+        for node in upstream.nodes.iter() {
+            if !nodes.contains(&(upstream.name.as_str(), node.label.as_str())) {
+                crate::metrics::forget_node(&upstream.name, &node.label);
+            }
+        }
+        if !upstreams.contains(upstream.name.as_str()) {
+            crate::metrics::forget_upstream(&upstream.name);
+        }
+    }
+    let plugins: HashSet<&str> = new.apis.iter().flat_map(|a| a.plugins.labels()).collect();
+    let mut forgotten = HashSet::new();
+    for plugin in old.apis.iter().flat_map(|a| a.plugins.labels()) {
+        if !plugins.contains(plugin) && forgotten.insert(plugin) {
+            gatehouse_plugin_host::metrics::forget(plugin);
+        }
+    }
+}
+
 /// The current snapshot, shared by the proxy, the resolver and whoever applies new configs,
 /// with the plugin engine that snapshots are built with.
 #[derive(Clone)]
@@ -212,10 +261,14 @@ impl SharedRuntime {
     }
 
     /// Publishes a prepared snapshot: new requests use it, requests in flight finish on theirs.
+    /// Metric series of APIs, upstreams, nodes and plugins the new snapshot no longer has are
+    /// removed, so `/metrics` follows the configuration.
     pub fn publish(&self, next: Runtime) -> u64 {
         let generation = next.generation;
         config_applied(&next.config.instance.id, &next.config.hash, generation);
-        self.current.store(Arc::new(next));
+        let next = Arc::new(next);
+        let previous = self.current.swap(next.clone());
+        forget_removed(&previous, &next);
         generation
     }
 
