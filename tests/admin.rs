@@ -61,9 +61,17 @@ upstreams:
 
 impl Admin {
     fn start(nodes: &[&EchoServer]) -> Admin {
+        Self::start_logging(nodes, "info")
+    }
+
+    fn start_logging(nodes: &[&EchoServer], level: &str) -> Admin {
         let (listen, metrics, admin_port) = (free_port(), free_port(), free_port());
-        let gw =
-            Gateway::start_config(&config(listen, metrics, admin_port, nodes), listen, metrics);
+        let gw = Gateway::start_config_logging(
+            &config(listen, metrics, admin_port, nodes),
+            listen,
+            metrics,
+            level,
+        );
         wait_for(admin_port);
         Admin {
             gw,
@@ -656,4 +664,103 @@ fn metric_series_of_removed_apis_upstreams_nodes_and_plugins_disappear() {
     let added: Vec<_> = after.iter().filter(|s| !before.contains(s)).collect();
     assert!(added.is_empty(), "series left behind: {added:#?}");
     assert_eq!(after.len(), before.len());
+}
+
+#[test]
+fn secrets_never_show_in_answers_or_logs_and_survive_a_round_trip() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let a = echo("a");
+    // every level, but the compiler of plugin components (which logs its own internals only)
+    let admin = Admin::start_logging(&[&a], "trace,cranelift=info,wasmtime=info,regalloc2=info");
+    let key = "k-SECRET-canary-4411";
+    let api = json!({
+        "name": "get_user", "path": "/users/{id}", "methods": ["GET"],
+        "backend": { "upstream": "users" },
+        "plugins": [
+            { "name": "key-auth", "config": { "keys": [key] } },
+            { "name": "headers", "secret_keys": ["request.set"],
+              "config": { "request": { "set": { "x-internal-token": "CANARY-HDR-2290" } } } },
+        ],
+    });
+    let r = admin.call("PUT", "/services/shop/apis/get_user", Some(api));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mode = std::fs::metadata(admin.config_file())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the configuration file is owner-only after a write"
+    );
+    let secrets = [TOKEN, key, "CANARY-HDR-2290"];
+    let mut shown = Vec::new();
+    for path in [
+        "/config",
+        "/config?format=json",
+        "/services",
+        "/services/shop",
+        "/services/shop/apis",
+        "/services/shop/apis/get_user",
+        "/status",
+    ] {
+        let r = admin.call("GET", path, None);
+        assert_eq!(r.status, 200, "{path}");
+        for secret in secrets {
+            assert!(
+                !r.body.contains(secret),
+                "{path} shows {secret}: {}",
+                r.body
+            );
+        }
+        shown.push(r.body);
+    }
+    assert!(shown[0].contains("<redacted>"), "{}", shown[0]);
+    // the redacted API sent back unchanged keeps the stored secrets
+    let api = admin
+        .call("GET", "/services/shop/apis/get_user", None)
+        .json();
+    let r = admin.call("PUT", "/services/shop/apis/get_user", Some(api));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let with_key = request(
+        "GET",
+        &admin.gw.url("/users/1"),
+        &[("x-api-key", key)],
+        None,
+    );
+    assert_eq!(with_key.status, 200, "{}", with_key.body);
+    assert_eq!(
+        with_key.json()["headers"]["x-internal-token"],
+        "CANARY-HDR-2290"
+    );
+    assert_eq!(admin.gw.get("/users/1").status, 401);
+    // malformed requests carrying credentials, to both listeners
+    let malformed = [
+        format!("GET /users/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nBad Header\r\n\r\n"),
+        format!("GET /users/1?api_key={key} HTTP/1.1\r\nHost: a\r\nX-API-Key: {key}\r\nCookie: s={key}\r\n\x01\r\n\r\n"),
+        format!("GET /users/1 HTTP/1.1\r\nHost: a\r\nX-API-Key: {key}\r\n\r\n"),
+        format!("BROKEN\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+    ];
+    let admin_addr = admin.admin.trim_start_matches("http://").to_owned();
+    let proxy_addr = admin.gw.base.trim_start_matches("http://").to_owned();
+    for addr in [&admin_addr, &proxy_addr] {
+        for bytes in &malformed {
+            let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(bytes.as_bytes()).unwrap();
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = admin.gw.log();
+    for secret in secrets {
+        let line = log.lines().find(|l| l.contains(secret));
+        assert!(line.is_none(), "the log shows {secret}: {line:?}");
+    }
+    assert!(
+        log.contains("[redacted]"),
+        "credentials were logged, scrubbed"
+    );
 }

@@ -120,6 +120,11 @@ impl Gateway {
 
     /// Starts `gatehouse run` on a complete config whose ports are given.
     pub fn start_config(yaml: &str, listen: u16, metrics: u16) -> Gateway {
+        Self::start_config_logging(yaml, listen, metrics, "info")
+    }
+
+    /// Like [`Gateway::start_config`], logging at `level` (`RUST_LOG`).
+    pub fn start_config_logging(yaml: &str, listen: u16, metrics: u16, level: &str) -> Gateway {
         let dir = scratch_dir();
         let config = dir.join("gatehouse.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -127,7 +132,7 @@ impl Gateway {
         let child = Command::new(binary())
             .args(["run", "-c"])
             .arg(&config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

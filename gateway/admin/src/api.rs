@@ -45,8 +45,11 @@ struct Answer {
 }
 
 impl Answer {
+    /// A JSON answer. Every secret of configuration resources in it is redacted.
     fn json(status: StatusCode, value: &Value) -> Self {
-        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+        let mut value = value.clone();
+        gatehouse_config::secrets::redact_json(&mut value);
+        let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
         body.push(b'\n');
         Self {
             status,
@@ -252,9 +255,13 @@ impl AdminApp {
         if as_json {
             Answer::json(StatusCode::OK, &json!(config))
         } else {
+            let mut value = json!(config);
+            gatehouse_config::secrets::redact_json(&mut value);
             Answer {
                 status: StatusCode::OK,
-                body: gatehouse_config::to_yaml(&config).into_bytes(),
+                body: serde_yaml::to_string(&value)
+                    .unwrap_or_default()
+                    .into_bytes(),
                 content_type: "application/yaml",
                 headers: Vec::new(),
             }

@@ -7,6 +7,7 @@
 //! it is both on disk and serving.
 
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -130,6 +131,11 @@ impl ConfigStore {
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
         };
+        // A secret shown redacted and sent back unchanged keeps its stored value.
+        let problems = gatehouse_config::secrets::restore(&mut next, &raw);
+        if !problems.is_empty() {
+            return Err(CommitError::Invalid(problems));
+        }
         let generation = self.commit(&next, true).await?;
         *raw = next;
         Ok(Ok((value, generation)))
@@ -176,6 +182,8 @@ impl ConfigStore {
 
     /// Validates, builds, persists (when asked) and publishes `next`.
     async fn commit(&self, next: &RawConfig, persist: bool) -> Result<u64, CommitError> {
+        // Known before the change serves, so no log line of it can show them.
+        gatehouse_config::secrets::remember_all(next);
         let origin = self.file.display().to_string();
         let base = self
             .file
@@ -226,8 +234,18 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // The file holds secrets: owner-only, or stricter if it already was.
+    let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o600);
+    // A stale temporary file (a crash) is removed; if it is a symbolic link, the link itself.
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        // Created exclusively: never through a link, never someone else's file.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;

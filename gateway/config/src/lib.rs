@@ -11,6 +11,7 @@ pub mod files;
 pub mod model;
 pub mod pattern;
 pub mod raw;
+pub mod secrets;
 pub mod validate;
 
 use std::path::Path;

@@ -195,6 +195,9 @@ pub struct RawPlugin {
     /// Handed to the plugin as JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_yaml::Value>,
+    /// Keys of `config` (dotted for nested ones) that hold secrets, never shown by the admin API.
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub secret_keys: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_error: Option<String>,
 }

@@ -271,7 +271,28 @@ impl Validator {
                 );
             }
         }
-        if let Some(token) = &raw.admin_token {
+        let admin_token = match raw
+            .admin_token
+            .as_deref()
+            .map(|t| (t, crate::secrets::env_reference(t)))
+        {
+            Some((_, Some(name))) => {
+                match std::env::var(name) {
+                    Ok(value) => Some(value),
+                    Err(_) => {
+                        self.problem(
+                        "instance.admin_token",
+                        format!("the environment variable {name} is not set"),
+                        format!("set {name} in the gateway's environment, or use GATEHOUSE_ADMIN_TOKEN"),
+                    );
+                        None
+                    }
+                }
+            }
+            Some((token, None)) => Some(token.to_owned()),
+            None => None,
+        };
+        if let Some(token) = &admin_token {
             if token.len() < limits::MIN_ADMIN_TOKEN_LEN
                 || token.chars().any(|c| c.is_whitespace() || c.is_control())
             {
@@ -287,7 +308,7 @@ impl Validator {
             http,
             file_roots: self.file_roots.clone(),
             admin: admin?,
-            admin_token: raw.admin_token.clone(),
+            admin_token,
             id: raw.id.clone(),
             kind: kind?,
             vpc: raw.vpc.clone(),
@@ -499,7 +520,28 @@ impl Validator {
                     None
                 }
             };
-            let config = match &p.config {
+            for (j, key) in p.secret_keys.iter().enumerate() {
+                if key.is_empty() || key.split('.').any(str::is_empty) {
+                    self.problem(
+                        format!("{ppath}.secret_keys[{j}]"),
+                        format!("{key:?} is not a key of the plugin's config"),
+                        "name a config key, dotted for nested ones: token, auth.password",
+                    );
+                }
+            }
+            let mut resolved = p.config.clone();
+            if let Some(v) = resolved.as_mut() {
+                let mut missing = Vec::new();
+                crate::secrets::resolve_env(v, &format!("{ppath}.config"), &mut missing);
+                for (at, name) in missing {
+                    self.problem(
+                        at,
+                        format!("the environment variable {name} is not set"),
+                        format!("set {name} in the gateway's environment, or write the value here"),
+                    );
+                }
+            }
+            let config = match &resolved {
                 None | Some(serde_yaml::Value::Null) => Some("{}".to_owned()),
                 Some(v @ serde_yaml::Value::Mapping(_)) => match serde_json::to_string(v) {
                     Ok(json) => Some(json),

@@ -3,6 +3,7 @@
 //! backends on its nodes and shows the gateway at work.
 
 mod demo;
+mod logging;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,21 +66,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    logging::init(cli.log_level.as_deref());
     match cli.command {
         Command::Run { config } => run(&config, None),
         Command::Validate { config } => validate(&config),
         Command::Demo { config, down } => run(&config, Some(down)),
     }
-}
-
-fn init_logging(level: Option<&str>) {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if let Some(level) = level {
-        builder.parse_filters(level);
-    }
-    builder.format_timestamp_millis().init();
 }
 
 /// Serves `path`; with `demo`, first starts echo backends on its nodes (except the ones listed).
@@ -91,6 +83,7 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    gatehouse_config::secrets::remember_all(&raw);
     let admin = config.instance.admin;
     let token = match admin_token(&config) {
         Ok(t) => t,
@@ -123,6 +116,7 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
     ));
     match token {
         Some(token) => {
+            gatehouse_config::secrets::remember(&token);
             if let Err(e) = std::net::TcpListener::bind(admin) {
                 eprintln!("gatehouse: cannot serve the admin API on {admin}: {e}");
                 return ExitCode::FAILURE;

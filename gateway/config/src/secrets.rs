@@ -1,0 +1,352 @@
+//! Secret values of a configuration: which they are, how they are kept out of answers, and how
+//! they can come from the environment instead of the file.
+//!
+//! Secret are: `instance.admin_token`, the configuration keys the gateway knows a standard plugin
+//! keeps secrets in (`key-auth`'s `keys`), and any plugin configuration key the operator lists in
+//! that plugin's `secret_keys` (dotted for nested keys: `auth.password`). The admin API shows each
+//! as [`REDACTED`]; sending that marker back unchanged keeps the stored value.
+//!
+//! Any string value of a plugin's configuration, and `admin_token`, may be written `${NAME}`: the
+//! value of the environment variable `NAME` at load time. The file, and the admin API, then only
+//! ever show the reference.
+
+use serde_json::Value;
+
+use crate::error::Problem;
+use crate::raw::{RawApi, RawConfig, RawPlugin};
+
+/// What the admin API shows in place of a secret value.
+pub const REDACTED: &str = "<redacted>";
+
+/// Configuration keys in which a standard plugin keeps secrets.
+pub fn standard_secret_keys(plugin: &str) -> &'static [&'static str] {
+    match plugin {
+        "key-auth" => &["keys"],
+        _ => &[],
+    }
+}
+
+/// The secret keys of one plugin entry: the standard plugin's and the operator's.
+fn secret_keys<'a>(name: Option<&str>, listed: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = name.map(standard_secret_keys).unwrap_or_default().to_vec();
+    keys.extend(listed);
+    keys
+}
+
+/// Replaces every secret in a JSON view of configuration resources with [`REDACTED`]: any
+/// `admin_token` and the secret keys of every plugin entry, wherever they appear (a whole
+/// configuration, a service, an API, a list of them).
+pub fn redact_json(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(token) = map.get_mut("admin_token") {
+                if token.is_string() {
+                    *token = Value::String(REDACTED.to_owned());
+                }
+            }
+            if let Some(Value::Array(plugins)) = map.get_mut("plugins") {
+                for plugin in plugins.iter_mut() {
+                    redact_plugin(plugin);
+                }
+            }
+            for (key, child) in map.iter_mut() {
+                if key != "plugins" {
+                    redact_json(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_json),
+        _ => {}
+    }
+}
+
+fn redact_plugin(plugin: &mut Value) {
+    let Value::Object(map) = plugin else { return };
+    let name = map.get("name").and_then(Value::as_str).map(str::to_owned);
+    let listed: Vec<String> = map
+        .get("secret_keys")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(config) = map.get_mut("config") else {
+        return;
+    };
+    for key in secret_keys(name.as_deref(), listed.iter().map(String::as_str)) {
+        if let Some(slot) = json_at(config, key) {
+            *slot = Value::String(REDACTED.to_owned());
+        }
+    }
+}
+
+fn json_at<'v>(value: &'v mut Value, dotted: &str) -> Option<&'v mut Value> {
+    dotted
+        .split('.')
+        .try_fold(value, |v, key| v.as_object_mut()?.get_mut(key))
+}
+
+fn yaml_at<'v>(
+    value: &'v mut serde_yaml::Value,
+    dotted: &str,
+) -> Option<&'v mut serde_yaml::Value> {
+    dotted
+        .split('.')
+        .try_fold(value, |v, key| v.as_mapping_mut()?.get_mut(key))
+}
+
+fn yaml_get<'v>(value: &'v serde_yaml::Value, dotted: &str) -> Option<&'v serde_yaml::Value> {
+    dotted
+        .split('.')
+        .try_fold(value, |v, key| v.as_mapping()?.get(key))
+}
+
+fn is_redacted(value: &serde_yaml::Value) -> bool {
+    value.as_str() == Some(REDACTED)
+}
+
+/// Puts the stored secrets back where `next` (a configuration edited through the admin API)
+/// carries [`REDACTED`]: the admin token, and the secret keys of a plugin entry of the same API
+/// (same service and API name, same plugin position and source). A marker with no stored value
+/// to keep is a problem.
+pub fn restore(next: &mut RawConfig, current: &RawConfig) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if next.instance.admin_token.as_deref() == Some(REDACTED) {
+        next.instance.admin_token = current.instance.admin_token.clone();
+        if next.instance.admin_token.is_none() {
+            problems.push(marker_problem("instance.admin_token"));
+        }
+    }
+    for (si, service) in next.services.iter_mut().enumerate() {
+        let old_service = current.services.iter().find(|s| s.name == service.name);
+        for (ai, api) in service.apis.iter_mut().enumerate() {
+            let old_api = old_service.and_then(|s| s.apis.iter().find(|a| a.name == api.name));
+            restore_api(
+                api,
+                old_api,
+                &format!("services[{si}].apis[{ai}]"),
+                &mut problems,
+            );
+        }
+    }
+    problems
+}
+
+fn restore_api(api: &mut RawApi, old: Option<&RawApi>, path: &str, problems: &mut Vec<Problem>) {
+    for (k, plugin) in api.plugins.iter_mut().enumerate() {
+        let old_plugin = old
+            .and_then(|a| a.plugins.get(k))
+            .filter(|o| o.name == plugin.name && o.path == plugin.path);
+        let keys: Vec<String> = secret_keys(
+            plugin.name.as_deref(),
+            plugin.secret_keys.iter().map(String::as_str),
+        )
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let Some(config) = plugin.config.as_mut() else {
+            continue;
+        };
+        for key in keys {
+            let Some(slot) = yaml_at(config, &key).filter(|v| is_redacted(v)) else {
+                continue;
+            };
+            match old_plugin
+                .and_then(|o: &RawPlugin| o.config.as_ref())
+                .and_then(|c| yaml_get(c, &key))
+            {
+                Some(stored) => *slot = stored.clone(),
+                None => problems.push(marker_problem(&format!("{path}.plugins[{k}].config.{key}"))),
+            }
+        }
+    }
+}
+
+fn marker_problem(path: &str) -> Problem {
+    Problem::new(
+        path,
+        format!("{REDACTED:?} stands for a stored secret, and there is none here to keep"),
+        "send the secret's value",
+    )
+}
+
+/// The environment variable a value refers to, when it is written `${NAME}`.
+pub fn env_reference(value: &str) -> Option<&str> {
+    let name = value.strip_prefix("${")?.strip_suffix('}')?;
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    ((first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    .then_some(name)
+}
+
+/// Replaces every `${NAME}` string in `value` with the environment variable's value; the names
+/// that are not set are returned with their dotted key path.
+pub fn resolve_env(value: &mut serde_yaml::Value, at: &str, missing: &mut Vec<(String, String)>) {
+    match value {
+        serde_yaml::Value::String(s) => {
+            if let Some(name) = env_reference(s) {
+                match std::env::var(name) {
+                    Ok(v) => *s = v,
+                    Err(_) => missing.push((at.to_owned(), name.to_owned())),
+                }
+            }
+        }
+        serde_yaml::Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let key = k.as_str().unwrap_or("?");
+                resolve_env(v, &format!("{at}.{key}"), missing);
+            }
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                resolve_env(v, &format!("{at}[{i}]"), missing);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Secret values seen in configurations, scrubbed from every log line ([`scrub`]).
+static KNOWN: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Shortest value remembered: shorter ones would match ordinary text.
+const MIN_REMEMBERED: usize = 8;
+
+/// Remembers a secret value so that [`scrub`] removes it from log lines.
+pub fn remember(value: &str) {
+    if value.len() < MIN_REMEMBERED {
+        return;
+    }
+    let mut known = KNOWN.write().unwrap_or_else(|p| p.into_inner());
+    if !known.iter().any(|k| k == value) {
+        known.push(value.to_owned());
+    }
+}
+
+/// Remembers every secret value of `raw`: the admin token and the values under each plugin's
+/// secret keys, whole lists and maps included.
+pub fn remember_all(raw: &RawConfig) {
+    if let Some(token) = &raw.instance.admin_token {
+        remember(token);
+    }
+    for api in raw.services.iter().flat_map(|s| s.apis.iter()) {
+        for plugin in &api.plugins {
+            let Some(config) = plugin.config.as_ref() else {
+                continue;
+            };
+            let keys = secret_keys(
+                plugin.name.as_deref(),
+                plugin.secret_keys.iter().map(String::as_str),
+            );
+            for key in keys {
+                if let Some(value) = yaml_get(config, key) {
+                    remember_leaves(value);
+                }
+            }
+        }
+    }
+}
+
+fn remember_leaves(value: &serde_yaml::Value) {
+    match value {
+        serde_yaml::Value::String(s) => match env_reference(s) {
+            Some(name) => {
+                if let Ok(v) = std::env::var(name) {
+                    remember(&v);
+                }
+            }
+            None => remember(s),
+        },
+        serde_yaml::Value::Sequence(items) => items.iter().for_each(remember_leaves),
+        serde_yaml::Value::Mapping(map) => map.values().for_each(remember_leaves),
+        _ => {}
+    }
+}
+
+/// `text` with every remembered secret value replaced by `[redacted]`.
+pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
+    let known = KNOWN.read().unwrap_or_else(|p| p.into_inner());
+    let mut out = std::borrow::Cow::Borrowed(text);
+    for secret in known.iter() {
+        if out.contains(secret.as_str()) {
+            out = std::borrow::Cow::Owned(out.replace(secret.as_str(), "[redacted]"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> RawConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const YAML: &str = r#"
+instance: { id: i, type: dedicated, vpc: v, listen: ["127.0.0.1:1"], admin_token: tok-0123456789abcdef }
+services:
+  - name: s
+    apis:
+      - name: a
+        path: /a
+        backend: { upstream: u }
+        plugins:
+          - { name: key-auth, config: { keys: [k-1, k-2], header: X-Key } }
+          - { path: ./p.wasm, secret_keys: [auth.password], config: { auth: { user: u, password: pw } } }
+"#;
+
+    #[test]
+    fn secrets_are_redacted_wherever_they_appear() {
+        let mut json = serde_json::to_value(config(YAML)).unwrap();
+        redact_json(&mut json);
+        let text = json.to_string();
+        for secret in ["tok-0123456789abcdef", "k-1", "k-2", "\"pw\""] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("X-Key") && text.contains("\"u\""), "{text}");
+        // an API on its own
+        let mut api = json["services"][0]["apis"][0].clone();
+        api["plugins"][0]["config"]["keys"] = serde_json::json!(["k-9"]);
+        redact_json(&mut api);
+        assert!(!api.to_string().contains("k-9"));
+    }
+
+    #[test]
+    fn a_redacted_value_sent_back_keeps_the_stored_secret() {
+        let current = config(YAML);
+        let mut json = serde_json::to_value(&current).unwrap();
+        redact_json(&mut json);
+        let mut next: RawConfig = serde_json::from_value(json).unwrap();
+        assert!(restore(&mut next, &current).is_empty());
+        assert_eq!(next, current);
+        // a marker where nothing is stored is refused
+        let mut next = current.clone();
+        next.services[0].apis[0].plugins[0].name = Some("key-auth".into());
+        next.services[0].apis[0].name = "b".into();
+        *yaml_at(
+            next.services[0].apis[0].plugins[0].config.as_mut().unwrap(),
+            "keys",
+        )
+        .unwrap() = serde_yaml::Value::String(REDACTED.into());
+        let problems = restore(&mut next, &current);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            problems[0].path,
+            "services[0].apis[0].plugins[0].config.keys"
+        );
+    }
+
+    #[test]
+    fn env_references_are_recognised() {
+        assert_eq!(env_reference("${API_KEY}"), Some("API_KEY"));
+        assert_eq!(env_reference("${_X1}"), Some("_X1"));
+        for no in ["$API_KEY", "${}", "${1A}", "${A-B}", "x${A}", "${A}x"] {
+            assert_eq!(env_reference(no), None, "{no}");
+        }
+    }
+}
