@@ -764,3 +764,191 @@ fn secrets_never_show_in_answers_or_logs_and_survive_a_round_trip() {
         "credentials were logged, scrubbed"
     );
 }
+
+#[test]
+fn a_dry_run_validates_and_shows_the_changes_without_applying_them() {
+    let (a, b) = (echo("a"), echo("b"));
+    let admin = Admin::start(&[&a]);
+    let file_before = std::fs::read(admin.config_file()).unwrap();
+    let etag = admin
+        .call("GET", "/status", None)
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    // a new upstream, dry
+    let r = admin.call(
+        "POST",
+        "/upstreams?dry_run=true",
+        Some(upstream_json("orders", &[&a, &b])),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["dry_run"], true);
+    assert_eq!(r.json()["valid"], true);
+    assert_eq!(r.json()["changes"]["upstreams"]["added"], json!(["orders"]));
+    assert_eq!(
+        admin.call("GET", "/upstreams/orders", None).status,
+        404,
+        "nothing applied"
+    );
+    // a modified upstream, dry: the node changes are listed
+    let r = admin.call(
+        "PUT",
+        "/upstreams/users?dry_run=1",
+        Some(upstream_json("users", &[&b])),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let modified = &r.json()["changes"]["upstreams"]["modified"][0];
+    assert_eq!(modified["name"], "users");
+    assert_eq!(modified["nodes"]["added"], json!([b.addr().to_string()]));
+    assert_eq!(modified["nodes"]["removed"], json!([a.addr().to_string()]));
+    // an invalid change, dry: the same 400 as a real one
+    let r = admin.call("DELETE", "/upstreams/users?dry_run=true", None);
+    assert_eq!(r.status, 409, "{}", r.body);
+    let mut bad = upstream_json("broken", &[&a]);
+    bad["retries"] = json!(500);
+    let r = admin.call("POST", "/upstreams?dry_run=true", Some(bad));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("retries"), "{}", r.body);
+    // a removed API, dry
+    let r = admin.call("DELETE", "/services/shop/apis/get_user?dry_run=true", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["changes"]["apis"]["removed"],
+        json!(["shop.get_user"])
+    );
+    // nothing happened
+    assert_eq!(std::fs::read(admin.config_file()).unwrap(), file_before);
+    let after = admin
+        .call("GET", "/status", None)
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    assert_eq!(after, etag);
+    assert_eq!(admin.gw.get("/users/1").node(), "a");
+    assert!(
+        !admin.gw.log().contains("gatehouse::audit"),
+        "dry runs are not audited"
+    );
+    // a real change is audited: one structured line
+    let r = admin.call("POST", "/upstreams", Some(upstream_json("orders", &[&a])));
+    assert_eq!(r.status, 201, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(100));
+    let log = admin.gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("gatehouse::audit"))
+        .expect("an audit line");
+    let record: Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
+    assert_eq!(record["origin"], "POST /upstreams");
+    assert_eq!(record["changes"]["upstreams"]["added"], json!(["orders"]));
+    assert!(record["generation"].as_u64().unwrap() >= 2);
+    assert!(record["at"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn validate_shows_the_diff_between_two_files() {
+    let dir = scratch_dir();
+    let (a, b) = (echo("a"), echo("b"));
+    let old = config(1, 2, 3, &[&a]);
+    let new = config(1, 2, 3, &[&a, &b]).replace("path: /users/{id}", "path: /people/{id}");
+    std::fs::write(dir.join("old.yaml"), &old).unwrap();
+    std::fs::write(dir.join("new.yaml"), &new).unwrap();
+    let (status, out, err) = run_cli(&[
+        "validate",
+        "-c",
+        dir.join("new.yaml").to_str().unwrap(),
+        "--diff-from",
+        dir.join("old.yaml").to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains(&format!("~ upstream users: +node {}", b.addr())),
+        "{out}"
+    );
+    assert!(out.contains("~ api shop.get_user: path"), "{out}");
+    assert!(!out.contains(TOKEN), "{out}");
+}
+
+/// Sends one request over TLS, trusting only `cert_der`, and returns the raw response.
+fn tls_request(port: u16, cert_der: Vec<u8>, request: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{pki_types::CertificateDer, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(cert_der)).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let request = request.to_owned();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = "localhost".try_into().unwrap();
+            let mut tls = connector.connect(name, tcp).await?;
+            tls.write_all(request.as_bytes()).await?;
+            let mut out = Vec::new();
+            let _ = tls.read_to_end(&mut out).await;
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        })
+}
+
+#[test]
+fn the_admin_api_serves_tls_and_honours_its_allow_list() {
+    let a = echo("a");
+    let certs = scratch_dir();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(certs.join("admin.pem"), generated.cert.pem()).unwrap();
+    std::fs::write(certs.join("admin.key"), generated.key_pair.serialize_pem()).unwrap();
+    let (listen, metrics, admin_port) = (free_port(), free_port(), free_port());
+    let yaml = config(listen, metrics, admin_port, &[&a]).replace(
+        &format!("  admin_token: {TOKEN}\n"),
+        &format!(
+            "  admin_token: {TOKEN}\n  admin_tls: {{ cert_file: {0}/admin.pem, key_file: {0}/admin.key }}\n  file_roots: [{0}]\n",
+            certs.display()
+        ),
+    );
+    let gw = Gateway::start_config(&yaml, listen, metrics);
+    wait_for(admin_port);
+    let der = generated.cert.der().to_vec();
+    let ask = format!(
+        "GET /status HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = tls_request(admin_port, der, &ask).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"generation\""), "{answer}");
+    // plain HTTP on the TLS port gets no answer
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(ask.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(!out.starts_with(b"HTTP/1.1 200"), "plain HTTP answered");
+    }
+    drop(gw);
+
+    // an allow-list without this address: 403, token or not
+    let (listen, metrics, admin_port) = (free_port(), free_port(), free_port());
+    let yaml = config(listen, metrics, admin_port, &[&a]).replace(
+        &format!("  admin_token: {TOKEN}\n"),
+        &format!("  admin_token: {TOKEN}\n  admin_allow: [10.0.0.0/8]\n"),
+    );
+    let _gw = Gateway::start_config(&yaml, listen, metrics);
+    wait_for(admin_port);
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        "GET",
+        &format!("http://127.0.0.1:{admin_port}/status"),
+        &[("authorization", &auth)],
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "forbidden");
+}

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::metrics::ADMIN_METRICS;
-use crate::store::{now, CommitError, ConfigStore};
+use crate::store::{now, Applied, CommitError, ConfigStore};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
@@ -117,6 +117,14 @@ impl ServeHttp for AdminApp {
 impl AdminApp {
     /// Routes a request; returns the route template (for metrics) and the answer.
     async fn handle(&self, session: &mut ServerSession) -> (&'static str, Answer) {
+        if !self.allowed(session) {
+            let answer = Answer::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this address may not use the admin API (instance.admin_allow)",
+            );
+            return ("forbidden", answer);
+        }
         if !self.authorized(session) {
             let answer = Answer::error(
                 StatusCode::UNAUTHORIZED,
@@ -136,6 +144,16 @@ impl AdminApp {
             Ok(e) => e,
             Err(answer) => return ("bad_request", answer),
         };
+        let dry_run = match dry_run(&query) {
+            Ok(d) => d,
+            Err(answer) => return ("bad_request", answer),
+        };
+        let write = Write {
+            expected,
+            dry_run,
+            origin: format!("{method} {path}"),
+        };
+        let expected = &write;
         let body = match read_body(session).await {
             Ok(b) => b,
             Err(answer) => return ("bad_request", answer),
@@ -170,7 +188,7 @@ impl AdminApp {
                 self.get_config(query.contains("format=json") || accept_json)
                     .await,
             ),
-            (Method::POST, ["reload"]) => ("/reload", self.reload().await),
+            (Method::POST, ["reload"]) => ("/reload", self.reload(expected).await),
             (Method::GET, ["upstreams"]) => ("/upstreams", self.list(|c| json!(c.upstreams)).await),
             (Method::POST, ["upstreams"]) => {
                 ("/upstreams", self.create_upstream(expected, &body).await)
@@ -231,6 +249,20 @@ impl AdminApp {
         }
     }
 
+    /// Whether the client's address is in `instance.admin_allow` (empty allows any).
+    fn allowed(&self, session: &ServerSession) -> bool {
+        let runtime = self.store.runtime().load();
+        let allow = &runtime.config.instance.admin_allow;
+        if allow.is_empty() {
+            return true;
+        }
+        session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| gatehouse_config::canonical_ip(a.ip()))
+            .is_some_and(|ip| allow.iter().any(|net| net.contains(&ip)))
+    }
+
     fn authorized(&self, session: &ServerSession) -> bool {
         let Some(value) = session
             .req_header()
@@ -246,16 +278,16 @@ impl AdminApp {
     }
 
     async fn list(&self, pick: impl Fn(&RawConfig) -> Value) -> Answer {
-        let (config, _) = self.store.read().await;
+        let (config, _) = self.store.read();
         Answer::json(StatusCode::OK, &pick(&config))
     }
 
     async fn get_config(&self, as_json: bool) -> Answer {
-        let (config, _) = self.store.read().await;
+        let (config, _) = self.store.read();
         if as_json {
-            Answer::json(StatusCode::OK, &json!(config))
+            Answer::json(StatusCode::OK, &json!(*config))
         } else {
-            let mut value = json!(config);
+            let mut value = json!(*config);
             gatehouse_config::secrets::redact_json(&mut value);
             Answer {
                 status: StatusCode::OK,
@@ -268,9 +300,13 @@ impl AdminApp {
         }
     }
 
-    async fn reload(&self) -> Answer {
-        match self.store.reload().await {
-            Ok(generation) => Answer::json(StatusCode::OK, &json!({ "generation": generation })),
+    async fn reload(&self, write: &Write) -> Answer {
+        match self.store.reload(write.dry_run, &write.origin).await {
+            Ok(applied) if write.dry_run => dry_run_answer(&applied.diff),
+            Ok(applied) => Answer::json(
+                StatusCode::OK,
+                &json!({ "generation": applied.generation, "changes": applied.diff }),
+            ),
             Err(e) => commit_error(e),
         }
     }
@@ -278,12 +314,21 @@ impl AdminApp {
     /// Runs an edit through the store and answers `ok` with the edit's value.
     async fn change<T: serde::Serialize>(
         &self,
-        expected: Option<u64>,
+        write: &Write,
         ok: StatusCode,
         edit: impl FnOnce(&mut RawConfig) -> Result<(T, StatusCode), Refused>,
     ) -> Answer {
-        match self.store.change(expected, edit).await {
-            Ok(Ok(((value, status), generation))) => {
+        match self
+            .store
+            .change(write.expected, write.dry_run, &write.origin, edit)
+            .await
+        {
+            Ok(Ok(applied)) if write.dry_run => dry_run_answer(&applied.diff),
+            Ok(Ok(Applied {
+                value: (value, status),
+                generation,
+                ..
+            })) => {
                 let status = if status == StatusCode::OK { ok } else { status };
                 if status == StatusCode::NO_CONTENT {
                     Answer::empty(status)
@@ -298,19 +343,19 @@ impl AdminApp {
     }
 
     async fn get_upstream(&self, name: &str) -> Answer {
-        let (config, _) = self.store.read().await;
+        let (config, _) = self.store.read();
         match config.upstreams.iter().find(|u| u.name == name) {
             Some(u) => Answer::json(StatusCode::OK, &json!(u)),
             None => not_found("upstream", name).0,
         }
     }
 
-    async fn create_upstream(&self, expected: Option<u64>, body: &[u8]) -> Answer {
+    async fn create_upstream(&self, write: &Write, body: &[u8]) -> Answer {
         let upstream: RawUpstream = match parse_body(body) {
             Ok(u) => u,
             Err(a) => return a,
         };
-        self.change(expected, StatusCode::CREATED, move |c| {
+        self.change(write, StatusCode::CREATED, move |c| {
             if c.upstreams.iter().any(|u| u.name == upstream.name) {
                 return Err(Refused(Answer::error(
                     StatusCode::CONFLICT,
@@ -327,7 +372,7 @@ impl AdminApp {
         .await
     }
 
-    async fn put_upstream(&self, expected: Option<u64>, name: &str, body: &[u8]) -> Answer {
+    async fn put_upstream(&self, write: &Write, name: &str, body: &[u8]) -> Answer {
         let mut upstream: RawUpstream = match parse_body(body) {
             Ok(u) => u,
             Err(a) => return a,
@@ -338,7 +383,7 @@ impl AdminApp {
         if upstream.name != name {
             return name_mismatch("upstream", name, &upstream.name);
         }
-        self.change(expected, StatusCode::OK, move |c| {
+        self.change(write, StatusCode::OK, move |c| {
             let status = upsert(&mut c.upstreams, upstream.clone(), |u| {
                 u.name == upstream.name
             });
@@ -347,8 +392,8 @@ impl AdminApp {
         .await
     }
 
-    async fn delete_upstream(&self, expected: Option<u64>, name: &str) -> Answer {
-        self.change(expected, StatusCode::NO_CONTENT, |c| {
+    async fn delete_upstream(&self, write: &Write, name: &str) -> Answer {
+        self.change(write, StatusCode::NO_CONTENT, |c| {
             let Some(index) = c.upstreams.iter().position(|u| u.name == name) else {
                 return Err(not_found("upstream", name));
             };
@@ -371,7 +416,7 @@ impl AdminApp {
     }
 
     async fn upstream_apis(&self, name: &str) -> Answer {
-        let (config, _) = self.store.read().await;
+        let (config, _) = self.store.read();
         if !config.upstreams.iter().any(|u| u.name == name) {
             return not_found("upstream", name).0;
         }
@@ -379,20 +424,20 @@ impl AdminApp {
     }
 
     async fn get_service(&self, name: &str) -> Answer {
-        let (config, _) = self.store.read().await;
+        let (config, _) = self.store.read();
         match config.services.iter().find(|s| s.name == name) {
             Some(s) => Answer::json(StatusCode::OK, &json!(s)),
             None => not_found("service", name).0,
         }
     }
 
-    async fn create_service(&self, expected: Option<u64>, body: &[u8]) -> Answer {
+    async fn create_service(&self, write: &Write, body: &[u8]) -> Answer {
         let mut service: RawService = match parse_body(body) {
             Ok(s) => s,
             Err(a) => return a,
         };
         stamp_bindings(&mut service.apis, None);
-        self.change(expected, StatusCode::CREATED, move |c| {
+        self.change(write, StatusCode::CREATED, move |c| {
             if c.services.iter().any(|s| s.name == service.name) {
                 return Err(Refused(Answer::error(
                     StatusCode::CONFLICT,
@@ -409,7 +454,7 @@ impl AdminApp {
         .await
     }
 
-    async fn put_service(&self, expected: Option<u64>, name: &str, body: &[u8]) -> Answer {
+    async fn put_service(&self, write: &Write, name: &str, body: &[u8]) -> Answer {
         let mut service: RawService = match parse_body(body) {
             Ok(s) => s,
             Err(a) => return a,
@@ -420,7 +465,7 @@ impl AdminApp {
         if service.name != name {
             return name_mismatch("service", name, &service.name);
         }
-        self.change(expected, StatusCode::OK, move |c| {
+        self.change(write, StatusCode::OK, move |c| {
             let old = c
                 .services
                 .iter()
@@ -433,8 +478,8 @@ impl AdminApp {
         .await
     }
 
-    async fn delete_service(&self, expected: Option<u64>, name: &str) -> Answer {
-        self.change(expected, StatusCode::NO_CONTENT, |c| {
+    async fn delete_service(&self, write: &Write, name: &str) -> Answer {
+        self.change(write, StatusCode::NO_CONTENT, |c| {
             let Some(index) = c.services.iter().position(|s| s.name == name) else {
                 return Err(not_found("service", name));
             };
@@ -445,7 +490,7 @@ impl AdminApp {
     }
 
     async fn list_apis(&self, service: &str) -> Answer {
-        let (config, _) = self.store.read().await;
+        let (config, _) = self.store.read();
         match config.services.iter().find(|s| s.name == service) {
             Some(s) => Answer::json(StatusCode::OK, &json!(s.apis)),
             None => not_found("service", service).0,
@@ -453,7 +498,7 @@ impl AdminApp {
     }
 
     async fn get_api(&self, service: &str, api: &str) -> Answer {
-        let (config, _) = self.store.read().await;
+        let (config, _) = self.store.read();
         let Some(s) = config.services.iter().find(|s| s.name == service) else {
             return not_found("service", service).0;
         };
@@ -463,12 +508,12 @@ impl AdminApp {
         }
     }
 
-    async fn create_api(&self, expected: Option<u64>, service: &str, body: &[u8]) -> Answer {
+    async fn create_api(&self, write: &Write, service: &str, body: &[u8]) -> Answer {
         let api: RawApi = match parse_body(body) {
             Ok(a) => a,
             Err(a) => return a,
         };
-        self.change(expected, StatusCode::CREATED, move |c| {
+        self.change(write, StatusCode::CREATED, move |c| {
             let Some(s) = c.services.iter_mut().find(|s| s.name == service) else {
                 return Err(not_found("service", service));
             };
@@ -490,13 +535,7 @@ impl AdminApp {
         .await
     }
 
-    async fn put_api(
-        &self,
-        expected: Option<u64>,
-        service: &str,
-        name: &str,
-        body: &[u8],
-    ) -> Answer {
+    async fn put_api(&self, write: &Write, service: &str, name: &str, body: &[u8]) -> Answer {
         let mut api: RawApi = match parse_body(body) {
             Ok(a) => a,
             Err(a) => return a,
@@ -507,7 +546,7 @@ impl AdminApp {
         if api.name != name {
             return name_mismatch("API", name, &api.name);
         }
-        self.change(expected, StatusCode::OK, move |c| {
+        self.change(write, StatusCode::OK, move |c| {
             let Some(s) = c.services.iter_mut().find(|s| s.name == service) else {
                 return Err(not_found("service", service));
             };
@@ -520,8 +559,8 @@ impl AdminApp {
         .await
     }
 
-    async fn delete_api(&self, expected: Option<u64>, service: &str, name: &str) -> Answer {
-        self.change(expected, StatusCode::NO_CONTENT, |c| {
+    async fn delete_api(&self, write: &Write, service: &str, name: &str) -> Answer {
+        self.change(write, StatusCode::NO_CONTENT, |c| {
             let Some(s) = c.services.iter_mut().find(|s| s.name == service) else {
                 return Err(not_found("service", service));
             };
@@ -643,6 +682,43 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
 }
 
 /// The generation in `If-Match` (`"7"`, `7` or `W/"7"`), if sent.
+/// What a write request asks for besides its body.
+struct Write {
+    /// The generation the client read (`If-Match`).
+    expected: Option<u64>,
+    /// Validate and tell what would change, apply nothing (`?dry_run=true`).
+    dry_run: bool,
+    /// `METHOD /path`, for the audit log.
+    origin: String,
+}
+
+/// The `dry_run` query parameter: `true`/`1` or `false`/`0`; absent means false.
+fn dry_run(query: &str) -> Result<bool, Answer> {
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, "true"));
+        if name == "dry_run" {
+            return match value {
+                "true" | "1" | "" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_dry_run",
+                    "dry_run takes true or false",
+                )),
+            };
+        }
+    }
+    Ok(false)
+}
+
+/// The answer to a dry run that passed: valid, and what would change.
+fn dry_run_answer(diff: &gatehouse_config::diff::Diff) -> Answer {
+    Answer::json(
+        StatusCode::OK,
+        &json!({ "dry_run": true, "valid": true, "changes": diff }),
+    )
+}
+
 fn if_match(session: &ServerSession) -> Result<Option<u64>, Answer> {
     let Some(value) = session.req_header().headers.get(http::header::IF_MATCH) else {
         return Ok(None);

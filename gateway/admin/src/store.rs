@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use std::sync::Arc;
+
+use gatehouse_config::diff::Diff;
 use gatehouse_config::raw::RawConfig;
 use gatehouse_config::{ConfigError, Problem};
 use gatehouse_proxy::SharedRuntime;
@@ -66,6 +69,16 @@ pub struct Status {
     pub last_reload_error_at: Option<String>,
 }
 
+/// The outcome of an accepted change (or of a dry run of one).
+pub struct Applied<T> {
+    /// What the edit returned.
+    pub value: T,
+    /// The generation serving afterwards (unchanged by a dry run).
+    pub generation: u64,
+    /// What changed, or would change.
+    pub diff: Diff,
+}
+
 /// The writable configuration.
 pub struct ConfigStore {
     file: PathBuf,
@@ -73,6 +86,8 @@ pub struct ConfigStore {
     /// The configuration being served, in the file's schema. Held for the whole change, which
     /// serializes writers.
     raw: tokio::sync::Mutex<RawConfig>,
+    /// A copy of it for readers, who never wait behind a change (which may compile plugins).
+    view: Mutex<Arc<RawConfig>>,
     status: Mutex<Status>,
 }
 
@@ -91,6 +106,7 @@ impl ConfigStore {
         Self {
             file,
             runtime,
+            view: Mutex::new(Arc::new(raw.clone())),
             raw: tokio::sync::Mutex::new(raw),
             status: Mutex::new(status),
         }
@@ -107,20 +123,23 @@ impl ConfigStore {
             .clone()
     }
 
-    /// A copy of the configuration being served.
-    pub async fn read(&self) -> (RawConfig, u64) {
-        let raw = self.raw.lock().await;
-        (raw.clone(), self.runtime.load().generation)
+    /// The configuration being served and its generation; never waits behind a change.
+    pub fn read(&self) -> (Arc<RawConfig>, u64) {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (view, self.runtime.load().generation)
     }
 
     /// Applies `edit` to the current configuration. `expected` is the generation the client read
     /// (`If-Match`), if it sent one. The edit returns an error of its own (e.g. not found) to
-    /// abort without changing anything.
+    /// abort without changing anything. A dry run validates and builds exactly as a change
+    /// would, and applies and persists nothing. `origin` names the change in the audit log.
     pub async fn change<T, E>(
         &self,
         expected: Option<u64>,
+        dry_run: bool,
+        origin: &str,
         edit: impl FnOnce(&mut RawConfig) -> Result<T, E>,
-    ) -> Result<Result<(T, u64), E>, CommitError> {
+    ) -> Result<Result<Applied<T>, E>, CommitError> {
         let mut raw = self.raw.lock().await;
         let current = self.runtime.load().generation;
         if expected.is_some_and(|g| g != current) {
@@ -136,13 +155,23 @@ impl ConfigStore {
         if !problems.is_empty() {
             return Err(CommitError::Invalid(problems));
         }
-        let generation = self.commit(&next, true).await?;
-        *raw = next;
-        Ok(Ok((value, generation)))
+        let diff = gatehouse_config::diff::diff(&raw, &next);
+        let generation = self.commit(&next, !dry_run, dry_run).await?;
+        if !dry_run {
+            audit(origin, generation, &diff);
+            *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(next.clone());
+            *raw = next;
+        }
+        Ok(Ok(Applied {
+            value,
+            generation,
+            diff,
+        }))
     }
 
-    /// Re-reads the file and applies it; on any error the current configuration keeps serving.
-    pub async fn reload(&self) -> Result<u64, CommitError> {
+    /// Re-reads the file and applies it (or, with `dry_run`, only checks it and tells what would
+    /// change); on any error the current configuration keeps serving.
+    pub async fn reload(&self, dry_run: bool, origin: &str) -> Result<Applied<()>, CommitError> {
         let mut raw = self.raw.lock().await;
         let result = async {
             let text = std::fs::read_to_string(&self.file).map_err(|e| {
@@ -150,13 +179,23 @@ impl ConfigStore {
             })?;
             let next = gatehouse_config::parse_raw(&text, &self.file.display().to_string())
                 .map_err(|e| CommitError::Unreadable(e.to_string()))?;
-            let generation = self.commit(&next, false).await?;
+            let generation = self.commit(&next, false, dry_run).await?;
             Ok::<_, CommitError>((next, generation))
         }
         .await;
+        if dry_run {
+            return result.map(|(next, generation)| Applied {
+                value: (),
+                generation,
+                diff: gatehouse_config::diff::diff(&raw, &next),
+            });
+        }
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok((next, generation)) => {
+                let diff = gatehouse_config::diff::diff(&raw, &next);
+                audit(origin, generation, &diff);
+                *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(next.clone());
                 *raw = next;
                 status.last_reload_error = None;
                 status.last_reload_error_at = None;
@@ -165,7 +204,11 @@ impl ConfigStore {
                     "configuration reloaded from {}: generation {generation}",
                     self.file.display()
                 );
-                Ok(generation)
+                Ok(Applied {
+                    value: (),
+                    generation,
+                    diff,
+                })
             }
             Err(e) => {
                 status.last_reload_error = Some(e.to_string());
@@ -180,8 +223,14 @@ impl ConfigStore {
         }
     }
 
-    /// Validates, builds, persists (when asked) and publishes `next`.
-    async fn commit(&self, next: &RawConfig, persist: bool) -> Result<u64, CommitError> {
+    /// Validates, builds, persists (when asked) and publishes `next`; a dry run stops after the
+    /// build and answers the current generation.
+    async fn commit(
+        &self,
+        next: &RawConfig,
+        persist: bool,
+        dry_run: bool,
+    ) -> Result<u64, CommitError> {
         // Known before the change serves, so no log line of it can show them.
         gatehouse_config::secrets::remember_all(next);
         let origin = self.file.display().to_string();
@@ -201,6 +250,9 @@ impl ConfigStore {
             .await
             .map_err(|e| CommitError::Persist(format!("building the configuration failed: {e}")))?
             .map_err(CommitError::Invalid)?;
+        if dry_run {
+            return Ok(self.runtime.load().generation);
+        }
         if persist {
             let text = format!(
                 "# Gatehouse configuration, written by the admin API (comments are not kept).\n{}",
@@ -221,6 +273,18 @@ impl ConfigStore {
         status.applied_at = now();
         Ok(generation)
     }
+}
+
+/// Logs an applied change as one structured line (target `gatehouse::audit`): when, what asked
+/// for it, what changed (names and setting keys, never values) and the resulting generation.
+fn audit(origin: &str, generation: u64, diff: &Diff) {
+    let line = serde_json::json!({
+        "at": now(),
+        "origin": origin,
+        "generation": generation,
+        "changes": diff,
+    });
+    log::info!(target: "gatehouse::audit", "{line}");
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
@@ -282,7 +346,7 @@ impl pingora::services::background::BackgroundService for ReloadOnHangup {
                 _ = shutdown.changed() => return,
                 _ = hangups.recv() => {
                     log::info!("SIGHUP: reloading {}", self.0.file.display());
-                    let _ = self.0.reload().await;
+                    let _ = self.0.reload(false, "SIGHUP").await;
                 }
             }
         }

@@ -6,6 +6,7 @@
 //! (`gatehouse validate`). It reports every problem at once, each with its path and the fix.
 
 pub mod canonical;
+pub mod diff;
 pub mod error;
 pub mod files;
 pub mod model;

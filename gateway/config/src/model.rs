@@ -118,9 +118,20 @@ pub struct Instance {
     pub admin_token: Option<String>,
     /// How client requests are read, normalised and bounded.
     pub http: HttpOptions,
+    /// TLS of the admin listener: certificate chain and private key (PEM files).
+    pub admin_tls: Option<AdminTls>,
+    /// Client networks allowed to reach the admin API; empty allows any.
+    pub admin_allow: Vec<IpNet>,
     /// Absolute folders the files named by the configuration (plugin components, CA files) are
     /// read from; by default the configuration file's own folder.
     pub file_roots: Vec<PathBuf>,
+}
+
+/// TLS of the admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Client-facing HTTP options of the proxy listeners (`instance.http`).

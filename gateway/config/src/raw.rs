@@ -48,9 +48,23 @@ pub struct RawInstance {
     /// How client requests are read, normalised and bounded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<RawHttp>,
+    /// TLS certificate and key of the admin listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_tls: Option<RawAdminTls>,
+    /// Client addresses (CIDRs) allowed to reach the admin API; empty allows any.
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub admin_allow: Vec<String>,
     /// Folders the files the configuration names may be read from.
     #[serde(default, skip_serializing_if = "is_empty")]
     pub file_roots: Vec<String>,
+}
+
+/// TLS of the admin listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminTls {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 /// Client-facing HTTP options of the proxy listeners.

@@ -29,7 +29,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, hash: String) -> Result<Config
     let base_dir = &std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
     let vpcs = v.vpcs(&raw.vpcs);
     v.file_roots = v.file_roots(&raw.instance.file_roots, base_dir);
-    let instance = v.instance(&raw.instance, &vpcs);
+    let instance = v.instance(&raw.instance, &vpcs, base_dir);
     let connections = v.connections(&raw.connections, &vpcs);
     let upstreams = v.upstreams(
         &raw.upstreams,
@@ -176,7 +176,12 @@ impl Validator {
         vpcs
     }
 
-    fn instance(&mut self, raw: &RawInstance, vpcs: &HashMap<String, Vpc>) -> Option<Instance> {
+    fn instance(
+        &mut self,
+        raw: &RawInstance,
+        vpcs: &HashMap<String, Vpc>,
+        base_dir: &Path,
+    ) -> Option<Instance> {
         let mut ok = true;
         if raw.id.trim().is_empty() {
             ok = false;
@@ -304,8 +309,32 @@ impl Validator {
             }
         }
         let http = raw.http.as_ref().map(|h| self.http(h)).unwrap_or_default();
+        let admin_tls = raw.admin_tls.as_ref().and_then(|t| {
+            let cert = self.file("instance.admin_tls.cert_file", &t.cert_file, base_dir);
+            let key = self.file("instance.admin_tls.key_file", &t.key_file, base_dir);
+            Some(AdminTls {
+                cert_file: cert?,
+                key_file: key?,
+            })
+        });
+        let mut admin_allow = Vec::new();
+        for (i, c) in raw.admin_allow.iter().enumerate() {
+            match c
+                .parse::<IpNet>()
+                .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => admin_allow.push(net.trunc()),
+                Err(_) => self.problem(
+                    format!("instance.admin_allow[{i}]"),
+                    format!("{c:?} is not an address or CIDR block"),
+                    "write the operators' addresses like 10.1.0.0/24 or 192.0.2.7",
+                ),
+            }
+        }
         Some(Instance {
             http,
+            admin_tls,
+            admin_allow,
             file_roots: self.file_roots.clone(),
             admin: admin?,
             admin_token,

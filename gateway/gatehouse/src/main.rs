@@ -51,6 +51,10 @@ enum Command {
         /// Configuration files to check (repeat -c for several).
         #[arg(short, long = "config", default_value = DEFAULT_CONFIG, num_args = 1..)]
         config: Vec<PathBuf>,
+        /// Also show what changes from this file to each checked one (upstreams, nodes,
+        /// services and APIs added, removed or modified).
+        #[arg(long, value_name = "OLD")]
+        diff_from: Option<PathBuf>,
     },
     /// Serve a configuration with echo backends started on its loopback nodes, and show the
     /// weighted spread, the Host header and a retried dead node.
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_level.as_deref());
     match cli.command {
         Command::Run { config } => run(&config, None),
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, diff_from } => validate(&config, diff_from.as_deref()),
         Command::Demo { config, down } => run(&config, Some(down)),
     }
 }
@@ -85,6 +89,8 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
     };
     gatehouse_config::secrets::remember_all(&raw);
     let admin = config.instance.admin;
+    let admin_tls = config.instance.admin_tls.clone();
+    let file_roots = config.instance.file_roots.clone();
     let token = match admin_token(&config) {
         Ok(t) => t,
         Err(e) => {
@@ -123,9 +129,26 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
             }
             let mut service =
                 Service::new("gatehouse admin".to_owned(), AdminApp::new(store, token));
-            service.add_tcp(&admin.to_string());
+            match &admin_tls {
+                Some(tls) => {
+                    if let Err(e) = admin_tls_listener(&mut service, admin, tls, &file_roots) {
+                        eprintln!("gatehouse: cannot serve the admin API over TLS: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    log::info!("admin API on https://{admin}");
+                }
+                None => {
+                    service.add_tcp(&admin.to_string());
+                    if !admin.ip().is_loopback() {
+                        log::warn!(
+                            "the admin API listens on {admin}, beyond loopback, without TLS: its \
+                             token crosses the network in clear; set instance.admin_tls"
+                        );
+                    }
+                    log::info!("admin API on http://{admin}");
+                }
+            }
             server.add_service(service);
-            log::info!("admin API on http://{admin}");
         }
         None => log::info!(
             "admin API disabled: set instance.admin_token or GATEHOUSE_ADMIN_TOKEN to enable it"
@@ -174,12 +197,19 @@ fn admin_token(config: &Config) -> Result<Option<String>, String> {
     }
 }
 
-fn validate(paths: &[PathBuf]) -> ExitCode {
+fn validate(paths: &[PathBuf], diff_from: Option<&Path>) -> ExitCode {
     let engine = match gatehouse_proxy::plugin_engine() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("gatehouse: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    let old = match diff_from.map(read_raw).transpose() {
+        Ok(old) => old,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::from(2);
         }
     };
     let mut failed = false;
@@ -200,6 +230,16 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
                         apis,
                         plural(apis)
                     );
+                    if let (Some(old), Some(from)) = (&old, diff_from) {
+                        match read_raw(path) {
+                            Ok(new) => print!(
+                                "changes from {}:\n{}",
+                                from.display(),
+                                gatehouse_config::diff::diff(old, &new)
+                            ),
+                            Err(e) => eprintln!("gatehouse: {e}"),
+                        }
+                    }
                     continue;
                 }
                 problems
@@ -226,6 +266,36 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Adds the admin listener with TLS; the certificate and key are read only from inside the
+/// file roots, like every file the configuration names.
+fn admin_tls_listener(
+    service: &mut Service<AdminApp>,
+    addr: std::net::SocketAddr,
+    tls: &gatehouse_config::AdminTls,
+    roots: &[PathBuf],
+) -> Result<(), String> {
+    use gatehouse_config::files::{read_confined, MAX_PEM_BYTES};
+    for file in [&tls.cert_file, &tls.key_file] {
+        read_confined(file, roots, MAX_PEM_BYTES).map_err(|e| format!("{} {e}", file.display()))?;
+    }
+    let (cert, key) = (
+        tls.cert_file.display().to_string(),
+        tls.key_file.display().to_string(),
+    );
+    service
+        .add_tls(&addr.to_string(), &cert, &key)
+        .map_err(|e| format!("{cert} and {key} are not a usable certificate and key: {e}"))
+}
+
+/// A configuration file in its own schema, for a diff.
+fn read_raw(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    gatehouse_config::parse_raw(&text, &path.display().to_string())
 }
 
 fn plural(n: usize) -> &'static str {
