@@ -952,3 +952,39 @@ fn the_admin_api_serves_tls_and_honours_its_allow_list() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.json()["error"], "forbidden");
 }
+
+#[test]
+fn undeclared_methods_get_405_with_allow_and_etags_are_opaque() {
+    let a = echo("a");
+    let admin = Admin::start(&[&a]);
+    for (method, path, allow) in [
+        ("PATCH", "/upstreams/users", "GET, PUT, DELETE"),
+        ("DELETE", "/upstreams", "GET, POST"),
+        ("PUT", "/status", "GET"),
+        ("GET", "/reload", "POST"),
+        ("POST", "/services/shop/apis/get_user", "GET, PUT, DELETE"),
+    ] {
+        let r = admin.call(method, path, None);
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.body);
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+        assert_eq!(r.json()["error"], "method_not_allowed");
+    }
+    assert_eq!(admin.call("GET", "/nowhere", None).status, 404);
+    // any tag but the current one is stale, whatever it looks like; `*` matches any
+    for tag in ["", "garbage", "\"999\"", "W/\"0\""] {
+        let r = admin.call_with(
+            "PUT",
+            "/upstreams/users",
+            Some(upstream_json("users", &[&a])),
+            &[("if-match", tag)],
+        );
+        assert_eq!(r.status, 412, "If-Match {tag:?}: {}", r.body);
+    }
+    let r = admin.call_with(
+        "PUT",
+        "/upstreams/users",
+        Some(upstream_json("users", &[&a])),
+        &[("if-match", "*")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}

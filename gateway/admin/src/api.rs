@@ -105,7 +105,7 @@ impl ServeHttp for AdminApp {
             .status(answer.status)
             .header(http::header::CONTENT_TYPE, answer.content_type)
             .header(http::header::CONTENT_LENGTH, answer.body.len())
-            .header(http::header::ETAG, format!("\"{generation}\""))
+            .header(http::header::ETAG, crate::store::etag(generation))
             .header(http::header::CACHE_CONTROL, "no-store");
         for (name, value) in answer.headers {
             builder = builder.header(name, value);
@@ -140,10 +140,7 @@ impl AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         let query = session.req_header().uri.query().unwrap_or("").to_owned();
-        let expected = match if_match(session) {
-            Ok(e) => e,
-            Err(answer) => return ("bad_request", answer),
-        };
+        let expected = if_match(session);
         let dry_run = match dry_run(&query) {
             Ok(d) => d,
             Err(answer) => return ("bad_request", answer),
@@ -238,14 +235,25 @@ impl AdminApp {
                 "/services/{name}/apis/{api}",
                 self.delete_api(expected, s, a).await,
             ),
-            _ => (
-                "unknown",
-                Answer::error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no admin route {method} {path}; see GET /openapi.json"),
+            (_, segments) => match allowed_methods(segments) {
+                Some(allow) => (
+                    "method_not_allowed",
+                    Answer::error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        format!("{method} is not allowed on {path}; allowed: {allow}"),
+                    )
+                    .with_header("allow", allow.to_owned()),
                 ),
-            ),
+                None => (
+                    "unknown",
+                    Answer::error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("no admin route {method} {path}; see GET /openapi.json"),
+                    ),
+                ),
+            },
         }
     }
 
@@ -320,7 +328,12 @@ impl AdminApp {
     ) -> Answer {
         match self
             .store
-            .change(write.expected, write.dry_run, &write.origin, edit)
+            .change(
+                write.expected.as_deref(),
+                write.dry_run,
+                &write.origin,
+                edit,
+            )
             .await
         {
             Ok(Ok(applied)) if write.dry_run => dry_run_answer(&applied.diff),
@@ -684,8 +697,8 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
 /// The generation in `If-Match` (`"7"`, `7` or `W/"7"`), if sent.
 /// What a write request asks for besides its body.
 struct Write {
-    /// The generation the client read (`If-Match`).
-    expected: Option<u64>,
+    /// The entity tags the client read (`If-Match`).
+    expected: Option<Vec<String>>,
     /// Validate and tell what would change, apply nothing (`?dry_run=true`).
     dry_run: bool,
     /// `METHOD /path`, for the audit log.
@@ -719,18 +732,30 @@ fn dry_run_answer(diff: &gatehouse_config::diff::Diff) -> Answer {
     )
 }
 
-fn if_match(session: &ServerSession) -> Result<Option<u64>, Answer> {
-    let Some(value) = session.req_header().headers.get(http::header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let text = value.to_str().unwrap_or("").trim();
-    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    text.parse().map(Some).map_err(|_| {
-        Answer::error(
-            StatusCode::BAD_REQUEST,
-            "bad_if_match",
-            "If-Match must carry the generation from an ETag, e.g. \"7\"",
-        )
+/// The entity tags of `If-Match`, as sent (several headers and comma-separated lists are one
+/// list); `None` when the header is absent. Tags are opaque: one that is not the current `ETag`
+/// gets 412, whatever it looks like.
+fn if_match(session: &ServerSession) -> Option<Vec<String>> {
+    let values = session.req_header().headers.get_all(http::header::IF_MATCH);
+    let mut tags = Vec::new();
+    let mut present = false;
+    for value in values {
+        present = true;
+        let text = String::from_utf8_lossy(value.as_bytes());
+        tags.extend(text.split(',').map(|t| t.trim().to_owned()));
+    }
+    present.then_some(tags)
+}
+
+/// The methods a known admin path accepts (for 405 and `Allow`); `None` for an unknown path.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["openapi.json"] | ["status"] | ["config"] => "GET",
+        ["reload"] => "POST",
+        ["upstreams"] | ["services"] | ["services", _, "apis"] => "GET, POST",
+        ["upstreams", _] | ["services", _] | ["services", _, "apis", _] => "GET, PUT, DELETE",
+        ["upstreams", _, "apis"] => "GET",
+        _ => return None,
     })
 }
 

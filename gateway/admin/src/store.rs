@@ -135,14 +135,14 @@ impl ConfigStore {
     /// would, and applies and persists nothing. `origin` names the change in the audit log.
     pub async fn change<T, E>(
         &self,
-        expected: Option<u64>,
+        expected: Option<&[String]>,
         dry_run: bool,
         origin: &str,
         edit: impl FnOnce(&mut RawConfig) -> Result<T, E>,
     ) -> Result<Result<Applied<T>, E>, CommitError> {
         let mut raw = self.raw.lock().await;
         let current = self.runtime.load().generation;
-        if expected.is_some_and(|g| g != current) {
+        if expected.is_some_and(|tags| !etag_matches(tags, current)) {
             return Err(CommitError::Stale { current });
         }
         let mut next = raw.clone();
@@ -273,6 +273,20 @@ impl ConfigStore {
         status.applied_at = now();
         Ok(generation)
     }
+}
+
+/// The `ETag` of a generation. Clients treat it as opaque.
+pub fn etag(generation: u64) -> String {
+    format!("\"{generation}\"")
+}
+
+/// Whether an `If-Match` list (entity tags as sent, `*` for any) matches the generation.
+fn etag_matches(tags: &[String], generation: u64) -> bool {
+    let current = etag(generation);
+    tags.iter().any(|t| {
+        let t = t.trim();
+        t == "*" || t == current || t.strip_prefix("W/") == Some(current.as_str())
+    })
 }
 
 /// Logs an applied change as one structured line (target `gatehouse::audit`): when, what asked
