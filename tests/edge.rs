@@ -798,7 +798,7 @@ fn plugins_cannot_break_framing() {
     let head = instance_yaml(listen, metrics).replace(
         "  threads: 2\n",
         &format!(
-            "  threads: 2\n  plugins: {{ time_limit: 5s, memory_limit: 64MiB }}\n  file_roots: [{}]\n",
+            "  threads: 2\n  plugins: {{ time_limit: 1s, memory_limit: 64MiB }}\n  file_roots: [{}]\n",
             dir.display()
         ),
     );

@@ -367,3 +367,129 @@ fn shipped_plugin(name: &str) -> std::path::PathBuf {
         .canonicalize()
         .unwrap()
 }
+
+/// Writes the binary of a test component to `dir/name.wasm`.
+fn component_file(dir: &std::path::Path, name: &str, wat: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, gatehouse_plugin_host::testing::binary(wat)).unwrap();
+    path
+}
+
+#[test]
+fn a_plugin_whose_configure_loops_is_stopped_at_validate_and_at_start() {
+    let dir = scratch_dir();
+    let looping = component_file(
+        &dir,
+        "stuck",
+        &gatehouse_plugin_host::testing::component_wat_configuring("(loop $forever (br $forever))"),
+    );
+    let a = echo("a");
+    let file = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}{}",
+            instance_yaml(free_port(), free_port()),
+            with_plugins(&a, "          - { path: stuck.wasm }")
+        ),
+    )
+    .unwrap();
+    // both finish (the plugin is stopped at the configure time limit) and name the plugin
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("services[0].apis[0].plugins[0]") && err.contains("time limit"),
+        "{err}"
+    );
+    let (status, _, err) = run_cli(&["run", "-c", file.to_str().unwrap()]);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("time limit"), "{err}");
+    assert!(looping.exists());
+}
+
+#[test]
+fn five_hundred_plugin_uses_load_and_serve_under_load_without_instantiate_failures() {
+    let a = echo("a");
+    let apis: String = (0..500)
+        .map(|i| {
+            format!(
+                "      - {{ name: api{i}, path: \"/p{i}/{{id}}\", backend: {{ upstream: u }}, plugins: [{{ name: request-id }}] }}\n"
+            )
+        })
+        .collect();
+    let body = format!(
+        "upstreams:\n  - {{ name: u, vpc: vpc-main, protocol: http, nodes: [{{ host: 127.0.0.1, port: {} }}] }}\nservices:\n  - name: many\n    apis:\n{apis}",
+        a.addr().port()
+    );
+    let dir = scratch_dir();
+    let file = dir.join("many.yaml");
+    std::fs::write(&file, format!("{}{body}", instance_yaml(1, 2))).unwrap();
+    let (status, out, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert!(
+        status.success(),
+        "validate accepts what run accepts: {out}{err}"
+    );
+    let gw = Gateway::start(&body);
+    let failures = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..64)
+        .map(|t| {
+            let (base, failures) = (gw.base.clone(), failures.clone());
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let api = (t * 10 + i) % 100;
+                    let r = request("GET", &format!("{base}/p{api}/1"), &[], None);
+                    if r.status != 200 {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    let text = gw.metrics_text();
+    let instantiate: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("gatehouse_plugin_failures_total") && l.contains("reason=\"instantiate\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(instantiate, 0.0);
+}
+
+#[test]
+fn a_replaced_component_file_runs_its_new_code_after_a_reload() {
+    use gatehouse_plugin_host::testing::{component_wat, component_wat_editing};
+    let a = echo("a");
+    let dir = scratch_dir();
+    let plugin = component_file(&dir, "swap", &component_wat(""));
+    let gw = Gateway::start_with(
+        &file_roots_for(&plugin),
+        &with_plugins(&a, &format!("          - {{ path: {} }}", plugin.display())),
+    );
+    let seen = gw.get("/users/1").json();
+    assert!(seen["headers"].get("x-plugin").is_none());
+    // the same path, new code: `x-plugin: edited` on every request
+    let editing = component_wat_editing(
+        "(call $set (local.get $req) (i32.const 1096) (i32.const 8) (i32.const 1112) (i32.const 6))",
+        "",
+    );
+    std::fs::write(&plugin, gatehouse_plugin_host::testing::binary(&editing)).unwrap();
+    gw.signal("HUP");
+    let mut edited = false;
+    for _ in 0..100 {
+        if gw.get("/users/1").json()["headers"]["x-plugin"] == "edited" {
+            edited = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        edited,
+        "the reload did not pick up the new component:\n{}",
+        gw.log()
+    );
+}

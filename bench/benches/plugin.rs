@@ -1,13 +1,13 @@
 //! One `on-request` plugin call, on a warm instance (`reuse_instances: true`, the default) and on
 //! a fresh instance per call (`reuse_instances: false`), with the standard plugins embedded in the
-//! gateway. An epoch ticker runs as in the gateway; no call comes near its deadline.
+//! gateway. The engine runs its epoch clock as in the gateway; no call comes near its deadline.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gatehouse_plugin_host::{standard, PluginEngine, PluginSlot, SlotLimits, EPOCH_TICK};
+use gatehouse_plugin_host::{standard, PluginEngine, PluginSlot, SlotLimits};
 use pingora_http::RequestHeader;
 
 /// A slot for the standard plugin `name` with configuration `config`.
@@ -35,17 +35,8 @@ fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> Pl
     .expect("standard plugin configures")
 }
 
-/// Advances the engine's epoch every tick, like the gateway's plugin clock.
-fn start_ticker(engine: Arc<PluginEngine>) {
-    std::thread::spawn(move || loop {
-        std::thread::sleep(EPOCH_TICK);
-        engine.tick();
-    });
-}
-
 fn plugin_call(c: &mut Criterion) {
     let engine = PluginEngine::new(64 << 20).expect("plugin engine");
-    start_ticker(engine.clone());
     let mut group = c.benchmark_group("plugin_call");
     let cases = [
         (

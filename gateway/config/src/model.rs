@@ -38,6 +38,8 @@ pub mod limits {
     /// A header transform takes microseconds; 10 ms only stops runaway code.
     pub const DEFAULT_PLUGIN_TIME: Duration = Duration::from_millis(10);
     pub const MAX_PLUGIN_MEMORY: u64 = 1024 * 1024 * 1024;
+    /// A hook call holds its request; a second is already far past any sane transform.
+    pub const MAX_PLUGIN_TIME: Duration = Duration::from_secs(1);
     /// Far more than a transform needs (CORS sets 6), far below what hurts a backend.
     pub const DEFAULT_PLUGIN_ADDED_HEADERS: usize = 64;
     /// Room for a signed token or a cookie or two; the whole request header is bounded too.

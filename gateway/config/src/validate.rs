@@ -473,7 +473,15 @@ impl Validator {
             raw.time_limit.as_deref(),
             Duration::from_millis(1),
         ) {
-            out.time = t;
+            if t > limits::MAX_PLUGIN_TIME {
+                self.problem(
+                    "instance.plugins.time_limit",
+                    format!("{} is over the limit of 1s", humantime::format_duration(t)),
+                    "a hook call is on the request path: keep it to milliseconds, e.g. 10ms",
+                );
+            } else {
+                out.time = t;
+            }
         }
         if let Some(reuse) = raw.reuse_instances {
             out.reuse_instances = reuse;

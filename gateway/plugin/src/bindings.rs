@@ -7,6 +7,7 @@
 //! copying header maps per call.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Uri};
@@ -46,12 +47,14 @@ pub struct HostState {
     pub api: Arc<str>,
     pub call: Call,
     rng: SmallRng,
+    log_budget: Arc<LogBudget>,
 }
 
 impl HostState {
     pub fn new(
         memory_limit: usize,
         edits: EditLimits,
+        log_budget: Arc<LogBudget>,
         who: Arc<str>,
         service: Arc<str>,
         api: Arc<str>,
@@ -63,6 +66,7 @@ impl HostState {
             api,
             call: Call::new(edits),
             rng: SmallRng::from_os_rng(),
+            log_budget,
         }
     }
 }
@@ -566,6 +570,42 @@ impl gatehouse::plugin::http::HostResponse for HostState {
 /// Longest log line a plugin may write; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
 
+/// Lines one plugin use may log per second: enough to explain a failure, too few for a plugin
+/// that logs in a loop to fill a disk. The rest are dropped and counted.
+pub const LOG_LINES_PER_SECOND: u32 = 50;
+
+/// The log budget of one plugin use, shared by its instances.
+pub struct LogBudget {
+    second: AtomicU64,
+    used: AtomicU32,
+    dropped: prometheus::IntCounter,
+}
+
+impl LogBudget {
+    pub fn new(dropped: prometheus::IntCounter) -> Self {
+        Self {
+            second: AtomicU64::new(0),
+            used: AtomicU32::new(0),
+            dropped,
+        }
+    }
+
+    /// Whether one more line may be written now; counts the line when not.
+    fn admit(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        let ok = self.used.fetch_add(1, Ordering::Relaxed) < LOG_LINES_PER_SECOND;
+        if !ok {
+            self.dropped.inc();
+        }
+        ok
+    }
+}
+
 impl gatehouse::plugin::host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
         let level = match level {
@@ -575,6 +615,9 @@ impl gatehouse::plugin::host::Host for HostState {
             LogLevel::Warn => log::Level::Warn,
             LogLevel::Error => log::Level::Error,
         };
+        if !log::log_enabled!(target: "gatehouse::plugin", level) || !self.log_budget.admit() {
+            return;
+        }
         let mut end = message.len().min(MAX_LOG_LINE);
         while !message.is_char_boundary(end) {
             end -= 1;
@@ -590,5 +633,20 @@ impl gatehouse::plugin::host::Host for HostState {
 
     fn random(&mut self) -> u64 {
         self.rng.next_u64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_logging_in_a_loop_is_cut_to_its_budget_and_counted() {
+        let dropped = prometheus::IntCounter::new("test_dropped", "test").unwrap();
+        let budget = LogBudget::new(dropped.clone());
+        let admitted = (0..10_000).filter(|_| budget.admit()).count() as u32;
+        // one or two one-second windows may be crossed while the loop runs
+        assert!((LOG_LINES_PER_SECOND..=2 * LOG_LINES_PER_SECOND).contains(&admitted));
+        assert_eq!(dropped.get() + u64::from(admitted), 10_000);
     }
 }

@@ -1,21 +1,19 @@
 //! The process-wide wasmtime engine: compilation, pre-linking, the epoch clock.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
+
+use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 
 use crate::bindings::{HostState, Plugin, PluginPre};
 
 /// How often the epoch advances. Call deadlines are counted in these ticks, so a deadline is
 /// enforced to within one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// Instance slots reserved by the pooling allocator. Warm instances are kept per plugin use, so
-/// this bounds plugin uses × concurrency; beyond it the engine falls back to on-demand allocation.
-const POOLED_INSTANCES: u32 = 1000;
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -28,38 +26,34 @@ pub enum LoadError {
     Link(String, String),
 }
 
-/// Compiles and pre-links components once; shared by every slot.
+/// Compiles and pre-links components once; shared by every slot. Owns the epoch clock that
+/// enforces every call's time limit, wherever guest code runs (start-up, `validate`, admin
+/// writes, the request path).
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<HostState>,
-    /// Compiled and linked components by source key (file path or standard name).
-    cache: Mutex<HashMap<String, PluginPre<HostState>>>,
+    /// Compiled and linked components by source: `standard:NAME`, or `file:SHA256` of a
+    /// component file's bytes, so a replaced file is compiled afresh.
+    cache: Mutex<HashMap<String, Arc<PluginPre<HostState>>>>,
+    clock: Once,
 }
 
 impl PluginEngine {
     /// Builds the engine. Instances may use up to `max_memory` bytes; each store's own limit
     /// (the configured `memory_limit`) is enforced below that.
+    ///
+    /// Instances are allocated on demand, not from a fixed pool: a pool caps the instances of
+    /// the whole process (1,000 core instances by default, three per standard plugin), which a
+    /// configuration with a few hundred plugin uses, or load on many of them, would hit. Warm
+    /// instances are reused, so allocation stays off the common request path.
     pub fn new(max_memory: u64) -> Result<Arc<Self>, String> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        let mut pooling = PoolingAllocationConfig::new();
-        pooling.total_component_instances(POOLED_INSTANCES);
-        pooling.total_core_instances(POOLED_INSTANCES);
-        pooling.total_memories(POOLED_INSTANCES);
-        pooling.total_tables(POOLED_INSTANCES);
-        pooling.max_memory_size(max_memory as usize);
-        // Pages a warm instance touched stay mapped, so the next instantiation in the slot is cheap.
-        pooling.linear_memory_keep_resident(128 * 1024);
-        let mut pooled = config.clone();
-        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = match Engine::new(&pooled) {
-            Ok(e) => e,
-            Err(e) => {
-                log::warn!("plugin engine: pooling allocator unavailable ({e}); allocating instances on demand");
-                Engine::new(&config).map_err(|e| format!("cannot create the plugin engine: {e}"))?
-            }
-        };
+        config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+        config.memory_reservation(max_memory.min(1 << 32));
+        let engine =
+            Engine::new(&config).map_err(|e| format!("cannot create the plugin engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| format!("cannot link the plugin host functions: {e}"))?;
@@ -67,24 +61,42 @@ impl PluginEngine {
             engine,
             linker,
             cache: Mutex::new(HashMap::new()),
+            clock: Once::new(),
         }))
+    }
+
+    /// Starts the epoch clock the first time a plugin is loaded (a gateway without plugins has
+    /// no clock). It runs on its own thread for as long as the engine lives. The gateway does
+    /// not daemonize, so the thread is never lost to a fork.
+    fn start_clock(self: &Arc<Self>) {
+        self.clock.call_once(|| {
+            let engine = Arc::downgrade(self);
+            let started = std::thread::Builder::new()
+                .name("gatehouse-plugin-clock".to_owned())
+                .spawn(move || loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    match engine.upgrade() {
+                        Some(e) => e.engine.increment_epoch(),
+                        None => return,
+                    }
+                });
+            if let Err(e) = started {
+                log::error!("cannot start the plugin clock, time limits are not enforced: {e}");
+            }
+        });
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// Advances the epoch by one tick; call every [`EPOCH_TICK`] from one background task.
-    pub fn tick(&self) {
-        self.engine.increment_epoch();
-    }
-
     /// Compiles (once per key) and pre-links a component from its bytes.
     pub fn load(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         bytes: impl FnOnce() -> Result<Vec<u8>, LoadError>,
-    ) -> Result<PluginPre<HostState>, LoadError> {
+    ) -> Result<Arc<PluginPre<HostState>>, LoadError> {
+        self.start_clock();
         if let Some(pre) = self
             .cache
             .lock()
@@ -94,6 +106,19 @@ impl PluginEngine {
             return Ok(pre.clone());
         }
         let bytes = bytes()?;
+        self.compile(key, key, &bytes)
+    }
+
+    /// Compiles and pre-links `bytes`, caching the result under `key`; `name` names the source in
+    /// errors.
+    fn compile(
+        &self,
+        key: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Arc<PluginPre<HostState>>, LoadError> {
+        let key_owned = key.to_owned();
+        let key = name;
         // Only binary components: a text or other file is refused without quoting it.
         if !bytes.starts_with(b"\0asm") {
             return Err(LoadError::Compile(
@@ -101,35 +126,66 @@ impl PluginEngine {
                 "not a WebAssembly component (a binary component starts with \\0asm)".to_owned(),
             ));
         }
-        let component = Component::new(&self.engine, &bytes)
+        let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(key.to_owned(), format!("{e:#}")))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .and_then(PluginPre::new)
             .map_err(|e| LoadError::Link(key.to_owned(), format!("{e:#}")))?;
+        let pre = Arc::new(pre);
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned(), pre.clone());
+            .insert(key_owned, pre.clone());
         Ok(pre)
+    }
+
+    /// Drops compiled components that no plugin slot uses any more (call after a new
+    /// configuration is serving; components of one still finishing requests stay until the next
+    /// call).
+    pub fn prune(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, pre| key.starts_with("standard:") || Arc::strong_count(pre) > 1);
+    }
+
+    /// How many compiled components are cached.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Loads a component file, read only from inside `roots`
     /// ([`gatehouse_config::files::read_confined`]).
+    /// The file is read every time: a replaced file is compiled afresh, an unchanged one comes
+    /// from the cache (by the hash of its bytes).
     pub fn load_file(
-        &self,
+        self: &Arc<Self>,
         path: &std::path::Path,
         roots: &[std::path::PathBuf],
-    ) -> Result<PluginPre<HostState>, LoadError> {
-        let key = path.display().to_string();
-        self.load(&key, || {
-            gatehouse_config::files::read_confined(
-                path,
-                roots,
-                gatehouse_config::files::MAX_COMPONENT_BYTES,
-            )
-            .map_err(|e| LoadError::Read(key.clone(), e))
-        })
+    ) -> Result<Arc<PluginPre<HostState>>, LoadError> {
+        self.start_clock();
+        let name = path.display().to_string();
+        let bytes = gatehouse_config::files::read_confined(
+            path,
+            roots,
+            gatehouse_config::files::MAX_COMPONENT_BYTES,
+        )
+        .map_err(|e| LoadError::Read(name.clone(), e))?;
+        let digest: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key = format!("file:{digest}");
+        if let Some(pre) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(pre.clone());
+        }
+        self.compile(&key, &name, &bytes)
     }
 }

@@ -28,6 +28,7 @@ const CALL_BUCKETS: &[f64] = &[
 struct Families {
     calls: HistogramVec,
     failures: IntCounterVec,
+    log_dropped: IntCounterVec,
 }
 
 static FAMILIES: Lazy<Families> = Lazy::new(|| {
@@ -45,6 +46,12 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
         &["plugin", "reason"]
     )
     .expect("metric registers once"),
+    log_dropped: register_int_counter_vec!(
+        "gatehouse_plugin_log_lines_dropped_total",
+        "Log lines a plugin wrote past its budget (50 per second per plugin use), by plugin.",
+        &["plugin"]
+    )
+    .expect("metric registers once"),
 }
 });
 
@@ -54,9 +61,15 @@ pub struct PluginMetrics {
     failures: [IntCounter; 8],
 }
 
+/// The dropped-log-lines counter of a plugin.
+pub fn log_dropped(plugin: &str) -> IntCounter {
+    FAMILIES.log_dropped.with_label_values(&[plugin])
+}
+
 /// Removes the series of a plugin that no API uses any more.
 pub fn forget(plugin: &str) {
     let f = &*FAMILIES;
+    let _ = f.log_dropped.remove_label_values(&[plugin]);
     for hook in Hook::ALL {
         let _ = f.calls.remove_label_values(&[plugin, hook.as_str()]);
     }

@@ -15,8 +15,8 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
 use crate::bindings::{
-    check_reply_headers, Action, EditLimits, Hooks, HostState, Node, Plugin, PluginPre, Reply,
-    Violation, REQUEST, RESPONSE,
+    check_reply_headers, Action, EditLimits, Hooks, HostState, LogBudget, Node, Plugin, PluginPre,
+    Reply, Violation, REQUEST, RESPONSE,
 };
 use crate::engine::{PluginEngine, EPOCH_TICK};
 use crate::metrics::PluginMetrics;
@@ -136,6 +136,10 @@ pub struct SlotLimits {
     pub edits: EditLimits,
 }
 
+/// Largest body of a reply a plugin answers with: error pages and small JSON documents, not
+/// content (warm instances would otherwise keep such buffers alive).
+pub const MAX_REPLY_BODY: usize = 1024 * 1024;
+
 /// Longest `configure` may take: it parses configuration once per instance.
 const CONFIGURE_TIME: Duration = Duration::from_secs(1);
 
@@ -168,13 +172,14 @@ pub struct PluginSlot {
     service: Arc<str>,
     api: Arc<str>,
     engine: Arc<PluginEngine>,
-    pre: PluginPre<HostState>,
+    pre: Arc<PluginPre<HostState>>,
     config: String,
     limits: SlotLimits,
     pool: ArrayQueue<Warm>,
     /// The hooks the plugin declared in `configure`; the others are never called.
     hooks: Hooks,
     metrics: PluginMetrics,
+    log_budget: Arc<LogBudget>,
 }
 
 impl PluginSlot {
@@ -182,7 +187,7 @@ impl PluginSlot {
     /// the plugin's own message.
     pub fn new(
         engine: Arc<PluginEngine>,
-        pre: PluginPre<HostState>,
+        pre: Arc<PluginPre<HostState>>,
         label: &str,
         service: &str,
         api: &str,
@@ -200,6 +205,7 @@ impl PluginSlot {
             limits,
             pool: ArrayQueue::new(POOL_SIZE),
             hooks: Hooks::all(),
+            log_budget: Arc::new(LogBudget::new(crate::metrics::log_dropped(label))),
             metrics: PluginMetrics::new(label),
         };
         let (warm, hooks) = slot.instantiate()?;
@@ -228,6 +234,7 @@ impl PluginSlot {
         let state = HostState::new(
             self.limits.memory as usize,
             self.limits.edits,
+            self.log_budget.clone(),
             self.who.clone(),
             self.service.clone(),
             self.api.clone(),
@@ -412,6 +419,12 @@ fn ticks(time: Duration) -> u64 {
 
 /// Checks a short-circuit reply before the gateway writes it.
 fn check_reply(reply: Reply, limits: &EditLimits) -> Result<Reply, Failure> {
+    if reply.body.len() > MAX_REPLY_BODY {
+        return Err(Failure::InvalidOutput(format!(
+            "a reply body of {} bytes (at most {MAX_REPLY_BODY})",
+            reply.body.len()
+        )));
+    }
     if !(200..=599).contains(&reply.status) {
         return Err(Failure::InvalidOutput(format!(
             "status {} is not a final HTTP status",
@@ -422,5 +435,44 @@ fn check_reply(reply: Reply, limits: &EditLimits) -> Result<Reply, Failure> {
         Ok(()) => Ok(reply),
         Err(Violation::Forbidden(m)) => Err(Failure::ForbiddenHeader(m)),
         Err(Violation::Limit(m)) => Err(Failure::HeaderLimit(m)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_bounded() {
+        let reply = |body: usize, headers: Vec<(String, String)>| Reply {
+            status: 403,
+            headers,
+            body: vec![b'x'; body],
+        };
+        let limits = EditLimits::default();
+        assert!(check_reply(reply(MAX_REPLY_BODY, vec![]), &limits).is_ok());
+        let huge = check_reply(reply(100 * 1024 * 1024, vec![]), &limits);
+        assert!(matches!(huge, Err(Failure::InvalidOutput(m)) if m.contains("reply body")));
+        let framing = vec![("content-length".to_owned(), "5".to_owned())];
+        assert!(matches!(
+            check_reply(reply(5, framing), &limits),
+            Err(Failure::ForbiddenHeader(_))
+        ));
+        let many: Vec<_> = (0..65)
+            .map(|i| (format!("x-{i}"), "v".to_owned()))
+            .collect();
+        assert!(matches!(
+            check_reply(reply(0, many), &limits),
+            Err(Failure::HeaderLimit(_))
+        ));
+        let interim = Reply {
+            status: 101,
+            headers: vec![],
+            body: vec![],
+        };
+        assert!(matches!(
+            check_reply(interim, &limits),
+            Err(Failure::InvalidOutput(_))
+        ));
     }
 }

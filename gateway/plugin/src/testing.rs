@@ -19,6 +19,16 @@ pub fn component_wat(body: &str) -> String {
 /// Like [`component_wat`], with `configure` declaring the hooks in `hooks` (bit 0 `on-request`,
 /// bit 1 `on-upstream-request`, bit 2 `on-response`).
 pub fn component_wat_declaring(body: &str, hooks: u8) -> String {
+    component_wat_full(body, hooks, "")
+}
+
+/// A component whose `configure` runs `configure_body` first (e.g. an endless loop), then
+/// declares every hook; its `on-request` proceeds.
+pub fn component_wat_configuring(configure_body: &str) -> String {
+    component_wat_full("", 0b111, configure_body)
+}
+
+fn component_wat_full(body: &str, hooks: u8, configure_body: &str) -> String {
     format!(
         r#"(component
   (import "gatehouse:plugin/types@0.1.0" (instance $types
@@ -53,6 +63,7 @@ pub fn component_wat_declaring(body: &str, hooks: u8) -> String {
     ;; every result is written at address 64: zeroes mean `ok` (and `proceed`)
     ;; `configure` answers ok with the declared hooks: a flags byte after the discriminant
     (func (export "configure") (param i32 i32) (result i32)
+      {configure_body}
       (i64.store (i32.const 64) (i64.const 0))
       (i32.store8 (i32.const 68) (i32.const {hooks}))
       (i32.const 64))

@@ -2,7 +2,6 @@
 //! that loops forever, one that allocates without end, one that traps. Each fails only its call;
 //! the next call on the same slot works again.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_plugin_host::{Failure, Hook, PluginEngine, PluginSlot, RequestOutcome, SlotLimits};
@@ -18,10 +17,9 @@ const LIMITS: SlotLimits = SlotLimits {
     },
 };
 
-/// A slot for `body`, with an epoch ticker running for the test.
+/// A slot for `body` (the engine runs its own epoch clock).
 fn slot(body: &str) -> PluginSlot {
     let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
-    start_ticker(engine.clone());
     let wat = gatehouse_plugin_host::testing::component_wat(body);
     let key = format!("test:{}", body.len());
     let pre = engine
@@ -37,13 +35,6 @@ fn slot(body: &str) -> PluginSlot {
         LIMITS,
     )
     .unwrap()
-}
-
-fn start_ticker(engine: Arc<PluginEngine>) {
-    std::thread::spawn(move || loop {
-        std::thread::sleep(gatehouse_plugin_host::EPOCH_TICK);
-        engine.tick();
-    });
 }
 
 fn request() -> RequestHeader {
@@ -166,7 +157,6 @@ fn only_the_declared_hooks_are_called() {
 /// A slot for a component whose hooks edit headers (see `testing::component_wat_editing`).
 fn editing_slot(on_request: &str, on_response: &str) -> PluginSlot {
     let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
-    start_ticker(engine.clone());
     let wat = gatehouse_plugin_host::testing::component_wat_editing(on_request, on_response);
     let pre = engine
         .load(&format!("edit:{}", wat.len()), || {

@@ -108,7 +108,8 @@ impl ConnectionClock {
     }
 
     fn saw_bytes(&self) {
-        if self.armed.swap(false, Ordering::AcqRel) {
+        // a plain load first: most reads happen while nothing waits for a first byte
+        if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
             let micros = self.started.elapsed().as_micros() as u64 + 1;
             self.first_byte.store(micros, Ordering::Release);
             self.first_byte_seen.notify_one();

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use gatehouse_config::{Api, Config, OnError, PluginLimits, PluginRef, PluginSource, Problem};
+use gatehouse_plugin_host::bindings::{HostState, PluginPre};
 use gatehouse_plugin_host::{
     EditLimits, Failure, Hook, LoadError, Node, PluginEngine, PluginSlot, Reply, RequestOutcome,
     SlotLimits,
@@ -16,6 +17,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 #[derive(Default)]
 pub struct ApiPlugins {
     slots: Vec<(PluginSlot, OnError)>,
+    /// The compiled component of each slot, to tell whether a file changed since.
+    components: Vec<Arc<PluginPre<HostState>>>,
     /// What the chain was built from: (service, API, plugins, limits).
     built_from: Option<(String, String, Vec<PluginRef>, PluginLimits)>,
 }
@@ -60,6 +63,7 @@ impl ApiPlugins {
         };
         let mut problems = Vec::new();
         let mut slots = Vec::new();
+        let mut components = Vec::new();
         for (k, plugin) in api.plugins.iter().enumerate() {
             let path = format!("services[{si}].apis[{ai}].plugins[{k}]");
             let loaded = match &plugin.source {
@@ -92,6 +96,7 @@ impl ApiPlugins {
                 }
             };
             let label = plugin.source.label();
+            components.push(pre.clone());
             match PluginSlot::new(
                 engine.clone(),
                 pre,
@@ -117,6 +122,7 @@ impl ApiPlugins {
         if problems.is_empty() {
             Ok(Self {
                 slots,
+                components,
                 built_from: Some((
                     service.name.clone(),
                     api.name.clone(),
@@ -130,16 +136,35 @@ impl ApiPlugins {
     }
 
     /// Whether this chain is the one API `ai` of service `si` of `config` would build.
-    pub fn serves(&self, config: &Config, si: usize, ai: usize) -> bool {
+    /// Component files are read again: a replaced file makes a new chain.
+    pub fn serves(
+        &self,
+        engine: &Arc<PluginEngine>,
+        config: &Config,
+        si: usize,
+        ai: usize,
+    ) -> bool {
         let (service, api) = (&config.services[si], &config.services[si].apis[ai]);
-        self.built_from
+        let same_config = self
+            .built_from
             .as_ref()
             .is_some_and(|(s, a, plugins, limits)| {
                 *s == service.name
                     && *a == api.name
                     && *plugins == api.plugins
                     && *limits == config.instance.plugin_limits
-            })
+            });
+        same_config
+            && api
+                .plugins
+                .iter()
+                .zip(&self.components)
+                .all(|(plugin, component)| match &plugin.source {
+                    PluginSource::File(file) => engine
+                        .load_file(file, &config.instance.file_roots)
+                        .is_ok_and(|now| Arc::ptr_eq(&now, component)),
+                    PluginSource::Standard(_) => true,
+                })
     }
 
     pub fn is_empty(&self) -> bool {

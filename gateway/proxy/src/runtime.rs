@@ -134,7 +134,7 @@ impl Runtime {
                 };
                 let kept = previous_plugins
                     .get(&(service.name.as_str(), api.name.as_str()))
-                    .filter(|old| old.serves(&config, si, ai))
+                    .filter(|old| old.serves(engine, &config, si, ai))
                     .map(|old| Arc::clone(old));
                 let plugins = match kept {
                     Some(plugins) => plugins,
@@ -269,6 +269,9 @@ impl SharedRuntime {
         let next = Arc::new(next);
         let previous = self.current.swap(next.clone());
         forget_removed(&previous, &next);
+        drop(previous);
+        // components only the replaced configuration used (once its last request ends)
+        self.engine.prune();
         generation
     }
 

@@ -4,15 +4,12 @@ use std::net::TcpListener;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use gatehouse_config::{limits, Config, Problem};
-use gatehouse_plugin_host::{PluginEngine, EPOCH_TICK};
+use gatehouse_plugin_host::PluginEngine;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
-use pingora::server::ShutdownWatch;
 use pingora::services::background::background_service;
-use pingora::services::background::BackgroundService;
 use pingora::services::listening::Service;
 
 use crate::listener::{EdgeApp, ListenerLimits};
@@ -97,10 +94,6 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
         "gatehouse resolver",
         Resolver::new(runtime.clone()),
     ));
-    server.add_service(background_service(
-        "gatehouse plugin clock",
-        EpochTicker(engine),
-    ));
     Ok((server, runtime))
 }
 
@@ -123,23 +116,4 @@ fn check_bindable(what: &'static str, addr: std::net::SocketAddr) -> Result<(), 
     TcpListener::bind(addr)
         .map(drop)
         .map_err(|source| StartError::Bind { what, addr, source })
-}
-
-/// Advances the plugin engine's epoch, which enforces plugin call deadlines. Runs as a Pingora
-/// background service so it lives in the serving process (threads started before Pingora
-/// daemonizes would not survive the fork).
-struct EpochTicker(Arc<PluginEngine>);
-
-#[async_trait]
-impl BackgroundService for EpochTicker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut every = tokio::time::interval(EPOCH_TICK);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = every.tick() => self.0.tick(),
-            }
-        }
-    }
 }
