@@ -11,7 +11,7 @@ use gatehouse_plugin_host::{standard, PluginEngine, PluginSlot, SlotLimits};
 use pingora_http::RequestHeader;
 
 /// A slot for the standard plugin `name` with configuration `config`.
-fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> PluginSlot {
+fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> Arc<PluginSlot> {
     let pre = engine
         .load(&format!("standard:{name}"), || {
             Ok(standard::component(name).expect("standard plugin").to_vec())
@@ -37,6 +37,11 @@ fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> Pl
 
 fn plugin_call(c: &mut Criterion) {
     let engine = PluginEngine::new(64 << 20).expect("plugin engine");
+    // hooks are async (they may wait for an instance); a current-thread runtime drives them
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("plugin_call");
     let cases = [
         (
@@ -66,7 +71,7 @@ fn plugin_call(c: &mut Criterion) {
             b.iter(|| {
                 // request-id keeps an id it finds: drop it so every call makes a new one.
                 req.remove_header("x-request-id");
-                black_box(slot.on_request(&mut req, None).is_ok())
+                black_box(rt.block_on(slot.on_request(&mut req, None)).is_ok())
             })
         });
     }

@@ -29,6 +29,8 @@ struct Families {
     calls: HistogramVec,
     failures: IntCounterVec,
     log_dropped: IntCounterVec,
+    breaker_open: prometheus::IntGaugeVec,
+    breaker_opened: IntCounterVec,
 }
 
 static FAMILIES: Lazy<Families> = Lazy::new(|| {
@@ -42,8 +44,20 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
     .expect("metric registers once"),
     failures: register_int_counter_vec!(
         "gatehouse_plugin_failures_total",
-        "Plugin calls that failed, by plugin and reason (trap, timeout, memory, error, invalid_output, instantiate, forbidden_header, header_limit).",
+        "Plugin calls that failed, by plugin and reason (trap, timeout, memory, error, invalid_output, instantiate, forbidden_header, header_limit, breaker_open).",
         &["plugin", "reason"]
+    )
+    .expect("metric registers once"),
+    breaker_open: prometheus::register_int_gauge_vec!(
+        "gatehouse_plugin_breaker_open",
+        "1 while a plugin use's breaker is open (its calls fail at once), by plugin.",
+        &["plugin"]
+    )
+    .expect("metric registers once"),
+    breaker_opened: register_int_counter_vec!(
+        "gatehouse_plugin_breaker_opened_total",
+        "Times a plugin's breaker opened after it failed on every call, by plugin.",
+        &["plugin"]
     )
     .expect("metric registers once"),
     log_dropped: register_int_counter_vec!(
@@ -58,7 +72,15 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
 /// Pre-resolved series of one plugin.
 pub struct PluginMetrics {
     calls: [Histogram; 4],
-    failures: [IntCounter; 8],
+    failures: [IntCounter; 9],
+}
+
+/// The breaker gauge and counter of a plugin.
+pub fn breaker(plugin: &str) -> (prometheus::IntGauge, IntCounter) {
+    (
+        FAMILIES.breaker_open.with_label_values(&[plugin]),
+        FAMILIES.breaker_opened.with_label_values(&[plugin]),
+    )
 }
 
 /// The dropped-log-lines counter of a plugin.
@@ -70,6 +92,8 @@ pub fn log_dropped(plugin: &str) -> IntCounter {
 pub fn forget(plugin: &str) {
     let f = &*FAMILIES;
     let _ = f.log_dropped.remove_label_values(&[plugin]);
+    let _ = f.breaker_open.remove_label_values(&[plugin]);
+    let _ = f.breaker_opened.remove_label_values(&[plugin]);
     for hook in Hook::ALL {
         let _ = f.calls.remove_label_values(&[plugin, hook.as_str()]);
     }

@@ -6,11 +6,13 @@
 //! that trapped, timed out or ran out of memory is dropped: the next call gets a fresh one.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use pingora_http::{RequestHeader, ResponseHeader};
+use tokio::sync::Notify;
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
@@ -68,10 +70,12 @@ pub enum Failure {
     ForbiddenHeader(String),
     /// The plugin tried to add more headers or header bytes than one call may.
     HeaderLimit(String),
+    /// The plugin failed so often that its breaker is open: the call was not made.
+    BreakerOpen,
 }
 
 impl Failure {
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "trap",
         "timeout",
         "memory",
@@ -80,6 +84,7 @@ impl Failure {
         "instantiate",
         "forbidden_header",
         "header_limit",
+        "breaker_open",
     ];
 
     pub fn reason(&self) -> &'static str {
@@ -96,7 +101,17 @@ impl Failure {
             Failure::Instantiate(_) => 5,
             Failure::ForbiddenHeader(_) => 6,
             Failure::HeaderLimit(_) => 7,
+            Failure::BreakerOpen => 8,
         }
+    }
+
+    /// Whether this failure says the plugin is broken (it counts towards its breaker): it
+    /// trapped, timed out, ran out of memory or could not be instantiated.
+    fn breaks(&self) -> bool {
+        matches!(
+            self,
+            Failure::Trap(_) | Failure::Timeout | Failure::Memory | Failure::Instantiate(_)
+        )
     }
 
     /// Whether the instance can serve again after this failure.
@@ -122,6 +137,7 @@ impl std::fmt::Display for Failure {
             Failure::Instantiate(m) => write!(f, "could not be instantiated: {m}"),
             Failure::ForbiddenHeader(m) => write!(f, "broke the message framing: {m}"),
             Failure::HeaderLimit(m) => write!(f, "added too much: {m}"),
+            Failure::BreakerOpen => f.write_str("is failing on every call; its breaker is open"),
         }
     }
 }
@@ -180,6 +196,11 @@ pub struct PluginSlot {
     hooks: Hooks,
     metrics: PluginMetrics,
     log_budget: Arc<LogBudget>,
+    /// A background thread is making instances.
+    refilling: AtomicBool,
+    /// Signalled when the background thread adds an instance.
+    ready: Notify,
+    breaker: Breaker,
 }
 
 impl PluginSlot {
@@ -193,7 +214,7 @@ impl PluginSlot {
         api: &str,
         config: String,
         limits: SlotLimits,
-    ) -> Result<Self, Failure> {
+    ) -> Result<Arc<Self>, Failure> {
         let mut slot = Self {
             who: Arc::from(format!("{label} ({service}.{api})")),
             label: Arc::from(label),
@@ -206,12 +227,20 @@ impl PluginSlot {
             pool: ArrayQueue::new(POOL_SIZE),
             hooks: Hooks::all(),
             log_budget: Arc::new(LogBudget::new(crate::metrics::log_dropped(label))),
+            breaker: Breaker::new(label),
             metrics: PluginMetrics::new(label),
+            refilling: AtomicBool::new(false),
+            ready: Notify::new(),
         };
         let (warm, hooks) = slot.instantiate()?;
         slot.hooks = hooks;
         let _ = slot.pool.push(warm);
-        Ok(slot)
+        // the spares, so concurrent requests find instances from the start
+        while slot.pool.len() < SPARE {
+            let (warm, _) = slot.instantiate()?;
+            let _ = slot.pool.push(warm);
+        }
+        Ok(Arc::new(slot))
     }
 
     /// The plugin's name (standard name or file stem).
@@ -254,13 +283,84 @@ impl PluginSlot {
         Ok((warm, hooks))
     }
 
-    fn acquire(&self) -> Result<Warm, Failure> {
-        match self.pool.pop() {
-            Some(w) => Ok(w),
-            None => self.instantiate().map(|(w, _)| w).map_err(|f| match f {
-                Failure::Error(m) => Failure::Instantiate(format!("configure: {m}")),
-                other => other,
-            }),
+    /// A warm instance. Instances are made by a background thread, never on the worker thread
+    /// serving the request (a plugin whose `configure` hangs would stall every API of that
+    /// thread): a request that finds none waits up to [`INSTANCE_WAIT`] for one, then fails. A
+    /// call whose breaker is open fails at once.
+    async fn acquire(self: &Arc<Self>) -> Result<Warm, Failure> {
+        if let Err(f) = self.breaker.admit(&self.who) {
+            self.metrics.failure(&f);
+            return Err(f);
+        }
+        if let Some(warm) = self.pool.pop() {
+            if self.pool.is_empty() {
+                self.refill();
+            }
+            return Ok(warm);
+        }
+        self.refill();
+        let deadline = tokio::time::Instant::now() + INSTANCE_WAIT;
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(warm) = self.pool.pop() {
+                return Ok(warm);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let f = Failure::Instantiate(format!(
+                    "no instance became ready within {INSTANCE_WAIT:?}"
+                ));
+                self.metrics.failure(&f);
+                self.breaker.record(false, &self.who);
+                return Err(f);
+            }
+        }
+    }
+
+    /// Starts a background thread that makes instances until [`SPARE`] are ready (one thread
+    /// per slot at most).
+    fn refill(self: &Arc<Self>) {
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let slot = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("gatehouse-plugin-refill".to_owned())
+            .spawn(move || {
+                loop {
+                    while slot.pool.len() < SPARE {
+                        match slot.instantiate() {
+                            Ok((warm, _)) => {
+                                let _ = slot.pool.push(warm);
+                                slot.ready.notify_waiters();
+                            }
+                            Err(f) => {
+                                let f = match f {
+                                    Failure::Error(m) => {
+                                        Failure::Instantiate(format!("configure: {m}"))
+                                    }
+                                    other => other,
+                                };
+                                slot.metrics.failure(&f);
+                                slot.breaker.record(false, &slot.who);
+                                break;
+                            }
+                        }
+                    }
+                    slot.refilling.store(false, Ordering::Release);
+                    // a request may have emptied the pool after the last check
+                    if slot.pool.len() >= SPARE
+                        || slot.breaker.is_open()
+                        || slot.refilling.swap(true, Ordering::AcqRel)
+                    {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            self.refilling.store(false, Ordering::Release);
+            log::error!("plugin {}: cannot start an instance thread: {e}", self.who);
         }
     }
 
@@ -311,12 +411,12 @@ impl PluginSlot {
     }
 
     /// Runs `on-request` on the client's request.
-    pub fn on_request(
-        &self,
+    pub async fn on_request(
+        self: &Arc<Self>,
         req: &mut RequestHeader,
         client_ip: Option<IpAddr>,
     ) -> Result<RequestOutcome, Failure> {
-        let mut warm = self.acquire()?;
+        let mut warm = self.acquire().await?;
         let call = &mut warm.store.data_mut().call;
         call.begin(true, client_ip);
         std::mem::swap(&mut call.request, req);
@@ -349,13 +449,13 @@ impl PluginSlot {
     }
 
     /// Runs `on-upstream-request` on the request for one attempt.
-    pub fn on_upstream_request(
-        &self,
+    pub async fn on_upstream_request(
+        self: &Arc<Self>,
         req: &mut RequestHeader,
         client_ip: Option<IpAddr>,
         node: &Node,
     ) -> Result<(), Failure> {
-        let mut warm = self.acquire()?;
+        let mut warm = self.acquire().await?;
         let call = &mut warm.store.data_mut().call;
         call.begin(true, client_ip);
         std::mem::swap(&mut call.request, req);
@@ -375,13 +475,13 @@ impl PluginSlot {
     }
 
     /// Runs `on-response` on the response going to the client (the request is read-only).
-    pub fn on_response(
-        &self,
+    pub async fn on_response(
+        self: &Arc<Self>,
         req: &mut RequestHeader,
         resp: &mut ResponseHeader,
         client_ip: Option<IpAddr>,
     ) -> Result<(), Failure> {
-        let mut warm = self.acquire()?;
+        let mut warm = self.acquire().await?;
         let call = &mut warm.store.data_mut().call;
         call.begin(false, client_ip);
         std::mem::swap(&mut call.request, req);
@@ -403,11 +503,123 @@ impl PluginSlot {
         result
     }
 
-    fn finish<T>(&self, warm: Warm, outcome: &Result<T, Failure>) {
+    fn finish<T>(self: &Arc<Self>, warm: Warm, outcome: &Result<T, Failure>) {
+        self.breaker
+            .record(!matches!(outcome, Err(f) if f.breaks()), &self.who);
         match outcome {
             Ok(_) => self.release(warm),
             Err(f) if f.keeps_instance() => self.release(warm),
-            Err(_) => drop(warm),
+            Err(_) => {
+                drop(warm);
+                if self.pool.is_empty() {
+                    self.refill();
+                }
+            }
+        }
+    }
+}
+
+/// Longest a request waits for an instance when none is warm. A background thread makes one
+/// in tens of microseconds (milliseconds on a loaded machine); one that takes longer is a plugin
+/// stuck in `configure`, whose breaker soon opens.
+pub const INSTANCE_WAIT: Duration = Duration::from_millis(500);
+
+/// Instances kept ready beyond the ones in use, so concurrent requests rarely wait.
+const SPARE: usize = 2;
+
+/// Consecutive breaking failures that open a plugin's breaker.
+const BREAKER_FAILURES: u32 = 5;
+/// How long a breaker stays open at first; it doubles after each failed trial, up to the max.
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// Fails a plugin's calls fast after it failed [`BREAKER_FAILURES`] times in a row (trapped,
+/// timed out, ran out of memory, could not be instantiated): no instance is made or called while
+/// it is open. After the cooldown one call is let through as a trial: success closes the
+/// breaker, failure opens it again for twice as long. Each transition is logged once and counted.
+struct Breaker {
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the breaker is open (0: closed).
+    open_until: AtomicU64,
+    cooldown_ms: AtomicU64,
+    trial: AtomicBool,
+    epoch: Instant,
+    open_gauge: prometheus::IntGauge,
+    opened: prometheus::IntCounter,
+}
+
+impl Breaker {
+    fn new(plugin: &str) -> Self {
+        let (open_gauge, opened) = crate::metrics::breaker(plugin);
+        Self {
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            cooldown_ms: AtomicU64::new(BREAKER_COOLDOWN.as_millis() as u64),
+            trial: AtomicBool::new(false),
+            epoch: Instant::now(),
+            open_gauge,
+            opened,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn is_open(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether a call may be made now.
+    fn admit(&self, who: &str) -> Result<(), Failure> {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return Ok(());
+        }
+        if self.now_ms() >= until && !self.trial.swap(true, Ordering::AcqRel) {
+            log::info!("plugin {who}: breaker half open, trying one call");
+            return Ok(());
+        }
+        Err(Failure::BreakerOpen)
+    }
+
+    /// Records a call's outcome (`ok`: it did not break).
+    fn record(&self, ok: bool, who: &str) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+            if self.open_until.swap(0, Ordering::AcqRel) != 0 {
+                self.trial.store(false, Ordering::Release);
+                self.cooldown_ms
+                    .store(BREAKER_COOLDOWN.as_millis() as u64, Ordering::Relaxed);
+                self.open_gauge.set(0);
+                log::info!("plugin {who}: works again, breaker closed");
+            }
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let was_open = self.is_open();
+        if was_open && !self.trial.load(Ordering::Acquire) {
+            return;
+        }
+        if failures >= BREAKER_FAILURES || was_open {
+            let cooldown = if was_open {
+                let next = (self.cooldown_ms.load(Ordering::Relaxed) * 2)
+                    .min(BREAKER_MAX_COOLDOWN.as_millis() as u64);
+                self.cooldown_ms.store(next, Ordering::Relaxed);
+                next
+            } else {
+                self.cooldown_ms.load(Ordering::Relaxed)
+            };
+            self.open_until
+                .store(self.now_ms() + cooldown, Ordering::Release);
+            self.trial.store(false, Ordering::Release);
+            if !was_open {
+                self.open_gauge.set(1);
+                self.opened.inc();
+                log::warn!(
+                    "plugin {who}: failed {failures} times in a row, breaker open: its calls fail at once for {cooldown} ms"
+                );
+            }
         }
     }
 }

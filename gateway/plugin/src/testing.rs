@@ -28,6 +28,37 @@ pub fn component_wat_configuring(configure_body: &str) -> String {
     component_wat_full("", 0b111, configure_body)
 }
 
+/// A component that works until the host clock passes `after_millis` (Unix time): from then on
+/// its `configure` loops forever, so no new instance can be made. Its `on-request` traps every
+/// time, so every call costs its instance.
+pub fn component_wat_failing_after(after_millis: u64) -> String {
+    component_wat_full(
+        "unreachable",
+        0b001,
+        &format!("(if (i64.gt_u (call $now) (i64.const {after_millis})) (then (loop $forever (br $forever))))"),
+    )
+    .replace(
+        r#"  (alias export $http "response" (type $response))
+"#,
+        r#"  (alias export $http "response" (type $response))
+  (import "gatehouse:plugin/host@0.1.0" (instance $clock (export "now-millis" (func (result u64)))))
+  (alias export $clock "now-millis" (func $now_millis))
+  (core func $now_lowered (canon lower (func $now_millis)))
+"#,
+    )
+    .replace(
+        r#"    (import "host" "drop-response" (func $drop_response (param i32)))
+"#,
+        r#"    (import "host" "drop-response" (func $drop_response (param i32)))
+    (import "host" "now" (func $now (result i64)))
+"#,
+    )
+    .replace(
+        r#"(export "drop-response" (func $drop_response)))"#,
+        r#"(export "drop-response" (func $drop_response)) (export "now" (func $now_lowered)))"#,
+    )
+}
+
 fn component_wat_full(body: &str, hooks: u8, configure_body: &str) -> String {
     format!(
         r#"(component

@@ -2,6 +2,7 @@
 //! that loops forever, one that allocates without end, one that traps. Each fails only its call;
 //! the next call on the same slot works again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_plugin_host::{Failure, Hook, PluginEngine, PluginSlot, RequestOutcome, SlotLimits};
@@ -18,7 +19,7 @@ const LIMITS: SlotLimits = SlotLimits {
 };
 
 /// A slot for `body` (the engine runs its own epoch clock).
-fn slot(body: &str) -> PluginSlot {
+fn slot(body: &str) -> Arc<PluginSlot> {
     let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
     let wat = gatehouse_plugin_host::testing::component_wat(body);
     let key = format!("test:{}", body.len());
@@ -41,8 +42,17 @@ fn request() -> RequestHeader {
     RequestHeader::build("GET", b"/users/1", None).unwrap()
 }
 
-fn run(slot: &PluginSlot) -> Result<RequestOutcome, Failure> {
-    slot.on_request(&mut request(), None)
+/// Runs a hook future to completion (the hooks wait, asynchronously, for an instance).
+fn block<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn run(slot: &Arc<PluginSlot>) -> Result<RequestOutcome, Failure> {
+    block(slot.on_request(&mut request(), None))
 }
 
 /// Loops while a flag in memory is zero (it always is), so only the deadline stops it.
@@ -108,7 +118,7 @@ fn failures_leave_the_request_in_place() {
     let slot = slot(TRAP);
     let mut req = request();
     req.insert_header("x-kept", "yes").unwrap();
-    assert!(slot.on_request(&mut req, None).is_err());
+    assert!(block(slot.on_request(&mut req, None)).is_err());
     assert_eq!(req.uri.path(), "/users/1");
     assert_eq!(req.headers.get("x-kept").unwrap(), "yes");
 }
@@ -155,7 +165,7 @@ fn only_the_declared_hooks_are_called() {
 }
 
 /// A slot for a component whose hooks edit headers (see `testing::component_wat_editing`).
-fn editing_slot(on_request: &str, on_response: &str) -> PluginSlot {
+fn editing_slot(on_request: &str, on_response: &str) -> Arc<PluginSlot> {
     let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
     let wat = gatehouse_plugin_host::testing::component_wat_editing(on_request, on_response);
     let pre = engine
@@ -192,7 +202,7 @@ fn framing_headers_fail_the_call_and_roll_back_every_edit() {
         .iter()
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
-    match slot.on_request(&mut req, None) {
+    match block(slot.on_request(&mut req, None)) {
         Err(Failure::ForbiddenHeader(m)) => assert!(m.contains("transfer-encoding"), "{m}"),
         other => panic!("expected a forbidden_header failure, got {:?}", other.err()),
     }
@@ -207,7 +217,7 @@ fn framing_headers_fail_the_call_and_roll_back_every_edit() {
     );
 
     let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
-    match slot.on_response(&mut request(), &mut resp, None) {
+    match block(slot.on_response(&mut request(), &mut resp, None)) {
         Err(Failure::ForbiddenHeader(m)) => assert!(m.contains("connection"), "{m}"),
         other => panic!("expected a forbidden_header failure, got {:?}", other.err()),
     }
@@ -222,20 +232,20 @@ fn framing_headers_fail_the_call_and_roll_back_every_edit() {
 fn a_header_flood_fails_the_call_without_touching_the_request() {
     let slot = editing_slot(strings::FLOOD_REQUEST, "");
     let mut req = request();
-    match slot.on_request(&mut req, None) {
+    match block(slot.on_request(&mut req, None)) {
         Err(Failure::HeaderLimit(m)) => assert!(m.contains("64 header edits"), "{m}"),
         other => panic!("expected a header_limit failure, got {:?}", other.err()),
     }
     assert!(req.headers.is_empty(), "{} headers left", req.headers.len());
     // the instance is still usable
-    assert!(slot.on_request(&mut request(), None).is_err());
+    assert!(block(slot.on_request(&mut request(), None)).is_err());
 }
 
 #[test]
 fn a_huge_header_value_fails_the_call() {
     let slot = editing_slot(strings::HUGE_VALUE_REQUEST, "");
     let mut req = request();
-    match slot.on_request(&mut req, None) {
+    match block(slot.on_request(&mut req, None)) {
         Err(Failure::HeaderLimit(m)) => assert!(m.contains("bytes of headers"), "{m}"),
         other => panic!("expected a header_limit failure, got {:?}", other.err()),
     }

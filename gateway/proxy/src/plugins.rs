@@ -16,7 +16,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 /// instances.
 #[derive(Default)]
 pub struct ApiPlugins {
-    slots: Vec<(PluginSlot, OnError)>,
+    slots: Vec<(Arc<PluginSlot>, OnError)>,
     /// The compiled component of each slot, to tell whether a file changed since.
     components: Vec<Arc<PluginPre<HostState>>>,
     /// What the chain was built from: (service, API, plugins, limits).
@@ -177,14 +177,18 @@ impl ApiPlugins {
     }
 
     /// Runs `on-request` of every plugin in order.
-    pub fn on_request(&self, req: &mut RequestHeader, client_ip: Option<IpAddr>) -> Decision<'_> {
+    pub async fn on_request(
+        &self,
+        req: &mut RequestHeader,
+        client_ip: Option<IpAddr>,
+    ) -> Decision<'_> {
         let (mut path, mut query, mut host) = (false, false, false);
         for (slot, on_error) in self
             .slots
             .iter()
             .filter(|(s, _)| s.implements(Hook::Request))
         {
-            match slot.on_request(req, client_ip) {
+            match slot.on_request(req, client_ip).await {
                 Ok(RequestOutcome::Proceed {
                     path_changed,
                     query_changed,
@@ -213,7 +217,7 @@ impl ApiPlugins {
     }
 
     /// Runs `on-upstream-request` of every plugin in order.
-    pub fn on_upstream_request(
+    pub async fn on_upstream_request(
         &self,
         req: &mut RequestHeader,
         client_ip: Option<IpAddr>,
@@ -224,7 +228,7 @@ impl ApiPlugins {
             .iter()
             .filter(|(s, _)| s.implements(Hook::UpstreamRequest))
         {
-            if let Err(failure) = slot.on_upstream_request(req, client_ip, node) {
+            if let Err(failure) = slot.on_upstream_request(req, client_ip, node).await {
                 if *on_error == OnError::FailClosed {
                     return Err(Stopped {
                         plugin: slot.label(),
@@ -237,7 +241,7 @@ impl ApiPlugins {
     }
 
     /// Runs `on-response` of every plugin in order.
-    pub fn on_response(
+    pub async fn on_response(
         &self,
         req: &mut RequestHeader,
         resp: &mut ResponseHeader,
@@ -248,7 +252,7 @@ impl ApiPlugins {
             .iter()
             .filter(|(s, _)| s.implements(Hook::Response))
         {
-            if let Err(failure) = slot.on_response(req, resp, client_ip) {
+            if let Err(failure) = slot.on_response(req, resp, client_ip).await {
                 if *on_error == OnError::FailClosed {
                     return Err(Stopped {
                         plugin: slot.label(),

@@ -198,6 +198,7 @@ impl Gateway {
         match api
             .plugins
             .on_request(session.req_header_mut(), ctx.client_ip)
+            .await
         {
             PluginDecision::Proceed {
                 path_changed,
@@ -236,7 +237,7 @@ impl Gateway {
     }
 
     /// Runs the API's `on-upstream-request` plugins for the current attempt.
-    fn run_upstream_plugins(
+    async fn run_upstream_plugins(
         &self,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
@@ -257,9 +258,10 @@ impl Gateway {
             port: n.port,
             address: n.peer().map(|p| p._address.to_string()).unwrap_or_default(),
         };
-        plugins
+        let result = plugins
             .on_upstream_request(upstream_request, ctx.client_ip, &node)
-            .map_err(|stopped| ctx.stop(stopped))
+            .await;
+        result.map_err(|stopped| ctx.stop(stopped))
     }
 }
 
@@ -414,8 +416,9 @@ impl ProxyHttp for Gateway {
                 resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
                 let plugins = &runtime.apis[api].plugins;
                 if !plugins.is_empty() {
-                    if let Err(stopped) =
-                        plugins.on_response(session.req_header_mut(), &mut resp, ctx.client_ip)
+                    if let Err(stopped) = plugins
+                        .on_response(session.req_header_mut(), &mut resp, ctx.client_ip)
+                        .await
                     {
                         let body = plugin_error(&runtime.apis[api], &stopped);
                         respond::write_error(session, &body, None).await?;
@@ -522,7 +525,7 @@ impl ProxyHttp for Gateway {
                 upstream_request.insert_header(HOST, host.clone())?;
             }
         }
-        self.run_upstream_plugins(upstream_request, ctx)
+        self.run_upstream_plugins(upstream_request, ctx).await
     }
 
     async fn request_body_filter(
@@ -555,9 +558,10 @@ impl ProxyHttp for Gateway {
         let Some(plugins) = ctx.plugins() else {
             return Ok(());
         };
-        plugins
+        let result = plugins
             .on_response(session.req_header_mut(), upstream_response, ctx.client_ip)
-            .map_err(|stopped| ctx.stop(stopped))
+            .await;
+        result.map_err(|stopped| ctx.stop(stopped))
     }
 
     async fn upstream_response_filter(
