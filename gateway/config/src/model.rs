@@ -38,6 +38,9 @@ pub mod limits {
     /// A header transform takes microseconds; 10 ms only stops runaway code.
     pub const DEFAULT_PLUGIN_TIME: Duration = Duration::from_millis(10);
     pub const MAX_PLUGIN_MEMORY: u64 = 1024 * 1024 * 1024;
+    /// Counted in linear memory sizes (a small Rust plugin declares about 1.1 MiB, of which it
+    /// touches far less): room for thousands of instances of small plugins.
+    pub const DEFAULT_PLUGIN_TOTAL_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
     /// A hook call holds its request; a second is already far past any sane transform.
     pub const MAX_PLUGIN_TIME: Duration = Duration::from_secs(1);
     /// Far more than a transform needs (CORS sets 6), far below what hurts a backend.
@@ -199,6 +202,8 @@ pub struct PluginLimits {
     pub time: Duration,
     /// Keep warm instances for later calls instead of instantiating for every call.
     pub reuse_instances: bool,
+    /// Bytes of linear memory all instances of the process may use together.
+    pub total_memory: u64,
     /// Most headers one hook call may add or set.
     pub max_added_headers: usize,
     /// Most header bytes (names and values) one hook call may add or set.
@@ -211,6 +216,7 @@ impl Default for PluginLimits {
             memory: limits::DEFAULT_PLUGIN_MEMORY,
             time: limits::DEFAULT_PLUGIN_TIME,
             reuse_instances: true,
+            total_memory: limits::DEFAULT_PLUGIN_TOTAL_MEMORY,
             max_added_headers: limits::DEFAULT_PLUGIN_ADDED_HEADERS,
             max_added_header_bytes: limits::DEFAULT_PLUGIN_ADDED_HEADER_BYTES,
         }

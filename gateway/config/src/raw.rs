@@ -108,6 +108,9 @@ pub struct RawPluginLimits {
     /// Reuse warm instances between calls (`true`), or instantiate afresh for every call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reuse_instances: Option<bool>,
+    /// Linear memory all plugin instances together may use, e.g. `1GiB`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_memory: Option<String>,
     /// Most headers one hook call may add or set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_added_headers: Option<i64>,

@@ -486,6 +486,16 @@ impl Validator {
         if let Some(reuse) = raw.reuse_instances {
             out.reuse_instances = reuse;
         }
+        if let Some(text) = &raw.total_memory {
+            match parse_size(text) {
+                Some(b) if b >= out.memory => out.total_memory = b,
+                _ => self.problem(
+                    "instance.plugins.total_memory",
+                    format!("{text:?} is not a size of at least memory_limit"),
+                    "write a size like 1GiB, at least one instance's memory_limit",
+                ),
+            }
+        }
         if let Some(n) = raw.max_added_headers {
             match usize::try_from(n) {
                 Ok(n) if (1..=1000).contains(&n) => out.max_added_headers = n,

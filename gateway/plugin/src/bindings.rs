@@ -54,13 +54,14 @@ impl HostState {
     pub fn new(
         memory_limit: usize,
         edits: EditLimits,
+        budget: Arc<MemoryBudget>,
         log_budget: Arc<LogBudget>,
         who: Arc<str>,
         service: Arc<str>,
         api: Arc<str>,
     ) -> Self {
         Self {
-            limiter: Limiter::new(memory_limit),
+            limiter: Limiter::new(memory_limit, budget),
             who,
             service,
             api,
@@ -71,16 +72,66 @@ impl HostState {
     }
 }
 
+/// The linear memory of every plugin instance of the process, against one budget. At the budget
+/// an instance cannot grow (its call fails with reason `memory`) and no new instance can be made
+/// (reason `instantiate`); instances of a failed call are dropped, which gives their memory back.
+pub struct MemoryBudget {
+    limit: AtomicU64,
+    used: AtomicU64,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit: AtomicU64::new(limit),
+            used: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Bytes of linear memory held by all instances.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        let before = self.used.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes > self.limit.load(Ordering::Relaxed) {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// Memory and table limits of one instance; remembers a refused growth so a failure can be
 /// reported as "memory" rather than a plain trap.
 pub struct Limiter {
     inner: StoreLimits,
     pub denied: bool,
+    budget: Arc<MemoryBudget>,
+    /// Bytes this instance holds of the budget.
+    held: u64,
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.budget.give_back(self.held);
+    }
 }
 
 impl Limiter {
-    fn new(memory: usize) -> Self {
+    fn new(memory: usize, budget: Arc<MemoryBudget>) -> Self {
         Self {
+            budget,
+            held: 0,
             inner: StoreLimitsBuilder::new()
                 .memory_size(memory)
                 .table_elements(100_000)
@@ -100,7 +151,14 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        let mut ok = self.inner.memory_growing(current, desired, maximum)?;
+        if ok {
+            let more = desired.saturating_sub(current) as u64;
+            ok = self.budget.take(more);
+            if ok {
+                self.held += more;
+            }
+        }
         self.denied |= !ok;
         Ok(ok)
     }

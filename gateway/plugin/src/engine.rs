@@ -9,7 +9,10 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 
-use crate::bindings::{HostState, Plugin, PluginPre};
+use crate::bindings::{HostState, MemoryBudget, Plugin, PluginPre};
+
+/// The budget of linear memory for all plugin instances until a configuration sets one.
+const DEFAULT_TOTAL_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
 
 /// How often the epoch advances. Call deadlines are counted in these ticks, so a deadline is
 /// enforced to within one tick.
@@ -36,6 +39,7 @@ pub struct PluginEngine {
     /// component file's bytes, so a replaced file is compiled afresh.
     cache: Mutex<HashMap<String, Arc<PluginPre<HostState>>>>,
     clock: Once,
+    budget: Arc<MemoryBudget>,
 }
 
 impl PluginEngine {
@@ -62,6 +66,7 @@ impl PluginEngine {
             linker,
             cache: Mutex::new(HashMap::new()),
             clock: Once::new(),
+            budget: Arc::new(MemoryBudget::new(DEFAULT_TOTAL_MEMORY)),
         }))
     }
 
@@ -84,6 +89,11 @@ impl PluginEngine {
                 log::error!("cannot start the plugin clock, time limits are not enforced: {e}");
             }
         });
+    }
+
+    /// The memory budget shared by every instance of this engine.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
     }
 
     pub fn engine(&self) -> &Engine {

@@ -16,7 +16,7 @@ pub mod engine;
 pub mod metrics;
 pub mod slot;
 
-pub use bindings::{EditLimits, Node, Reply};
+pub use bindings::{EditLimits, MemoryBudget, Node, Reply};
 pub use engine::{LoadError, PluginEngine, EPOCH_TICK};
 pub use slot::{Failure, Hook, PluginSlot, RequestOutcome, SlotLimits};
 pub mod standard;

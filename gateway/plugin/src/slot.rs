@@ -235,11 +235,6 @@ impl PluginSlot {
         let (warm, hooks) = slot.instantiate()?;
         slot.hooks = hooks;
         let _ = slot.pool.push(warm);
-        // the spares, so concurrent requests find instances from the start
-        while slot.pool.len() < SPARE {
-            let (warm, _) = slot.instantiate()?;
-            let _ = slot.pool.push(warm);
-        }
         Ok(Arc::new(slot))
     }
 
@@ -263,6 +258,7 @@ impl PluginSlot {
         let state = HostState::new(
             self.limits.memory as usize,
             self.limits.edits,
+            self.engine.memory_budget().clone(),
             self.log_budget.clone(),
             self.who.clone(),
             self.service.clone(),

@@ -251,3 +251,36 @@ fn a_huge_header_value_fails_the_call() {
     }
     assert!(req.headers.get("x-plugin").is_none());
 }
+
+#[test]
+fn all_instances_share_one_memory_budget() {
+    let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
+    let make = |body: &str, name: &str| {
+        let wat = gatehouse_plugin_host::testing::component_wat(body);
+        let pre = engine
+            .load(&format!("budget:{name}"), || {
+                Ok(gatehouse_plugin_host::testing::binary(&wat))
+            })
+            .unwrap();
+        PluginSlot::new(engine.clone(), pre, name, "shop", name, "{}".into(), LIMITS).unwrap()
+    };
+    let quiet = make(WELL_BEHAVED, "quiet");
+    let baseline = engine.memory_budget().used();
+    assert!(baseline > 0, "warm instances hold memory of the budget");
+    // a budget just above what is held: the bomb is stopped by it, not by its own 4 MiB limit
+    engine.memory_budget().set_limit(baseline + 2 * 1024 * 1024);
+    let bomb = make(MEMORY_BOMB, "bomb");
+    let held = engine.memory_budget().used();
+    assert!(matches!(run(&bomb), Err(Failure::Memory)));
+    assert!(engine.memory_budget().used() <= baseline + 2 * 1024 * 1024);
+    // the failed instance gave its memory back; the others still work
+    std::thread::sleep(Duration::from_millis(200));
+    // (fresh spares of one page each may have been made since)
+    let now = engine.memory_budget().used();
+    assert!(
+        now < baseline + 1024 * 1024,
+        "{now} held after the bomb's instance was dropped"
+    );
+    assert!(held < baseline + 1024 * 1024);
+    assert!(run(&quiet).is_ok());
+}

@@ -265,13 +265,20 @@ impl ApiPlugins {
     }
 }
 
-/// Checks every plugin of a configuration (loads, links, configures), as starting it would.
+/// Checks every plugin of a configuration (loads, links, configures), as starting it would:
+/// every chain stays alive until all are built, as they do when the configuration serves, so the
+/// memory budget is judged the same way.
 pub fn check(engine: &Arc<PluginEngine>, config: &Config) -> Vec<Problem> {
+    engine
+        .memory_budget()
+        .set_limit(config.instance.plugin_limits.total_memory);
     let mut problems = Vec::new();
+    let mut chains = Vec::new();
     for (si, service) in config.services.iter().enumerate() {
         for ai in 0..service.apis.len() {
-            if let Err(mut p) = ApiPlugins::build(engine, config, si, ai) {
-                problems.append(&mut p);
+            match ApiPlugins::build(engine, config, si, ai) {
+                Ok(chain) => chains.push(chain),
+                Err(mut p) => problems.append(&mut p),
             }
         }
     }

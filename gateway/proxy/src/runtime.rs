@@ -71,6 +71,9 @@ impl Runtime {
         engine: &Arc<PluginEngine>,
     ) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
+        engine
+            .memory_budget()
+            .set_limit(config.instance.plugin_limits.total_memory);
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for (i, u) in config.upstreams.iter().enumerate() {
             let reused = previous.and_then(|p| p.upstreams.iter().find(|old| old.same_config(u)));
