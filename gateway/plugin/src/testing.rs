@@ -59,10 +59,8 @@ pub fn component_wat_failing_after(after_millis: u64) -> String {
     )
 }
 
-fn component_wat_full(body: &str, hooks: u8, configure_body: &str) -> String {
-    format!(
-        r#"(component
-  (import "gatehouse:plugin/types@0.1.0" (instance $types
+/// The import of the contract's `types` interface, which every test component starts with.
+const TYPES: &str = r#"  (import "gatehouse:plugin/types@0.1.0" (instance $types
     (type $r (record (field "status" u16) (field "headers" (list (tuple string string))) (field "body" (list u8))))
     (export "reply" (type $reply (eq $r)))
     (type $a (variant (case "proceed") (case "respond" $reply)))
@@ -74,7 +72,12 @@ fn component_wat_full(body: &str, hooks: u8, configure_body: &str) -> String {
   (alias export $types "action" (type $action))
   (alias export $types "node" (type $node))
   (alias export $types "hooks" (type $hooks))
-  (import "gatehouse:plugin/http@0.1.0" (instance $http
+"#;
+
+fn component_wat_full(body: &str, hooks: u8, configure_body: &str) -> String {
+    format!(
+        r#"(component
+{TYPES}  (import "gatehouse:plugin/http@0.1.0" (instance $http
     (export "request" (type (sub resource)))
     (export "response" (type (sub resource)))))
   (alias export $http "request" (type $request))
@@ -138,19 +141,7 @@ pub fn component_wat_editing(on_request: &str, on_response: &str) -> String {
         .collect();
     format!(
         r#"(component
-  (import "gatehouse:plugin/types@0.1.0" (instance $types
-    (type $r (record (field "status" u16) (field "headers" (list (tuple string string))) (field "body" (list u8))))
-    (export "reply" (type $reply (eq $r)))
-    (type $a (variant (case "proceed") (case "respond" $reply)))
-    (export "action" (type (eq $a)))
-    (type $n (record (field "upstream" string) (field "host" string) (field "port" u16) (field "address" string)))
-    (export "node" (type (eq $n)))
-    (type $h (flags "on-request" "on-upstream-request" "on-response"))
-    (export "hooks" (type (eq $h)))))
-  (alias export $types "action" (type $action))
-  (alias export $types "node" (type $node))
-  (alias export $types "hooks" (type $hooks))
-  (import "gatehouse:plugin/http@0.1.0" (instance $http
+{TYPES}  (import "gatehouse:plugin/http@0.1.0" (instance $http
     (export "request" (type $rq (sub resource)))
     (export "response" (type $rs (sub resource)))
     (export "[method]request.set-header" (func (param "self" (borrow $rq)) (param "name" string) (param "value" string) (result (result (error string)))))
