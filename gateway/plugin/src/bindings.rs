@@ -292,10 +292,17 @@ pub struct Call {
     /// Headers and bytes set in this call so far.
     added_headers: usize,
     added_bytes: usize,
-    /// The messages as they were before this call's first edit (copied on first write, so a
-    /// call that edits nothing copies nothing), restored when the call fails.
-    saved_request: Option<RequestHeader>,
-    saved_response: Option<ResponseHeader>,
+    /// What this call changed, as it was before: the values of each header the call touched
+    /// (saved on its first touch) and the URI. A call that edits nothing saves nothing; a call
+    /// that edits a header saves that header's values only. Replayed backwards when it fails.
+    undo: Vec<Undo>,
+}
+
+/// One saved state of an edited call.
+enum Undo {
+    Request(HeaderName, Vec<HeaderValue>),
+    Response(HeaderName, Vec<HeaderValue>),
+    Uri(http::Uri),
 }
 
 impl Call {
@@ -312,8 +319,7 @@ impl Call {
             limits,
             added_headers: 0,
             added_bytes: 0,
-            saved_request: None,
-            saved_response: None,
+            undo: Vec::new(),
         }
     }
 
@@ -327,17 +333,27 @@ impl Call {
         self.violation = None;
         self.added_headers = 0;
         self.added_bytes = 0;
-        self.saved_request = None;
-        self.saved_response = None;
+        self.undo.clear();
     }
 
     /// Undoes every edit of the failed call in progress.
     pub fn roll_back(&mut self) {
-        if let Some(request) = self.saved_request.take() {
-            self.request = request;
-        }
-        if let Some(response) = self.saved_response.take() {
-            self.response = response;
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Request(name, values) => {
+                    self.request.remove_header(&name);
+                    for v in values {
+                        let _ = self.request.append_header(name.clone(), v);
+                    }
+                }
+                Undo::Response(name, values) => {
+                    self.response.remove_header(&name);
+                    for v in values {
+                        let _ = self.response.append_header(name.clone(), v);
+                    }
+                }
+                Undo::Uri(uri) => self.request.set_uri(uri),
+            }
         }
         self.path_changed = false;
         self.query_changed = false;
@@ -388,15 +404,40 @@ impl Call {
         Ok(())
     }
 
-    fn save_request(&mut self) {
-        if self.saved_request.is_none() {
-            self.saved_request = Some(self.request.clone());
+    /// Saves a request header's values before this call first changes them.
+    fn save_request(&mut self, name: &HeaderName) {
+        if !self
+            .undo
+            .iter()
+            .any(|u| matches!(u, Undo::Request(n, _) if n == name))
+        {
+            let values = self.request.headers.get_all(name).iter().cloned().collect();
+            self.undo.push(Undo::Request(name.clone(), values));
         }
     }
 
-    fn save_response(&mut self) {
-        if self.saved_response.is_none() {
-            self.saved_response = Some(self.response.clone());
+    /// Saves a response header's values before this call first changes them.
+    fn save_response(&mut self, name: &HeaderName) {
+        if !self
+            .undo
+            .iter()
+            .any(|u| matches!(u, Undo::Response(n, _) if n == name))
+        {
+            let values = self
+                .response
+                .headers
+                .get_all(name)
+                .iter()
+                .cloned()
+                .collect();
+            self.undo.push(Undo::Response(name.clone(), values));
+        }
+    }
+
+    /// Saves the URI before this call first changes it.
+    fn save_uri(&mut self) {
+        if !self.undo.iter().any(|u| matches!(u, Undo::Uri(_))) {
+            self.undo.push(Undo::Uri(self.request.uri.clone()));
         }
     }
 
@@ -406,7 +447,7 @@ impl Call {
         let host = n == http::header::HOST;
         self.request_mut()?;
         self.admit(&n, Some(&v), self.request.headers.len())?;
-        self.save_request();
+        self.save_request(&n);
         let req = &mut self.request;
         match edit {
             Edit::Set => req.insert_header(n, v),
@@ -421,7 +462,7 @@ impl Call {
     fn edit_response_header(&mut self, edit: Edit, name: &str, value: &str) -> Result<(), String> {
         let (n, v) = (header_name(name)?, header_value(value)?);
         self.admit(&n, Some(&v), self.response.headers.len())?;
-        self.save_response();
+        self.save_response(&n);
         match edit {
             Edit::Set => self.response.insert_header(n, v),
             Edit::Append => self.response.append_header(n, v).map(drop),
@@ -528,7 +569,7 @@ impl gatehouse::plugin::http::HostRequest for HostState {
             .map_err(|e| format!("path {path:?} refused: {e}"))?;
         let req = self.call.request_mut()?;
         let uri = uri_of(&path, req.uri.query())?;
-        self.call.save_request();
+        self.call.save_uri();
         self.call.request.set_uri(uri);
         self.call.path_changed = true;
         Ok(())
@@ -541,7 +582,7 @@ impl gatehouse::plugin::http::HostRequest for HostState {
     ) -> Result<(), String> {
         let req = self.call.request_mut()?;
         let uri = uri_of(req.uri.path(), query.as_deref().filter(|q| !q.is_empty()))?;
-        self.call.save_request();
+        self.call.save_uri();
         self.call.request.set_uri(uri);
         self.call.query_changed = true;
         Ok(())
@@ -569,7 +610,7 @@ impl gatehouse::plugin::http::HostRequest for HostState {
         self.call.request_mut()?;
         self.call.admit(&n, None, 0)?;
         if self.call.request.headers.contains_key(&n) {
-            self.call.save_request();
+            self.call.save_request(&n);
             self.call.request.remove_header(&n);
         }
         self.call.host_changed |= host;
@@ -614,7 +655,7 @@ impl gatehouse::plugin::http::HostResponse for HostState {
         let n = header_name(&name)?;
         self.call.admit(&n, None, 0)?;
         if self.call.response.headers.contains_key(&n) {
-            self.call.save_response();
+            self.call.save_response(&n);
             self.call.response.remove_header(&n);
         }
         Ok(())
