@@ -191,8 +191,11 @@ pub fn canonicalize<'a>(path: &'a str, rules: &PathRules) -> Result<Cow<'a, str>
     if out.split(|&b| b == b'/').any(|s| s == b"." || s == b"..") {
         return Err(PathError::DotSegment);
     }
-    // Only ASCII was pushed: every byte ≥ 0x80 was percent-encoded.
-    Ok(Cow::Owned(String::from_utf8(out).expect("ASCII")))
+    // Only ASCII was pushed (every byte ≥ 0x80 was percent-encoded), so this cannot fail; if it
+    // ever did, the request is refused rather than the gateway panicking.
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::BadEscape)
 }
 
 fn has_double_slash(bytes: &[u8]) -> bool {
