@@ -7,7 +7,7 @@
 //! copying header maps per call.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Uri};
@@ -673,35 +673,45 @@ const MAX_LOG_LINE: usize = 4096;
 /// that logs in a loop to fill a disk. The rest are dropped and counted.
 pub const LOG_LINES_PER_SECOND: u32 = 50;
 
-/// The log budget of one plugin use, shared by its instances.
+/// The log budget of one plugin use, shared by its instances: the current second (Unix time)
+/// and the lines admitted in it, in one atomic word so concurrent calls never admit more.
 pub struct LogBudget {
-    second: AtomicU64,
-    used: AtomicU32,
+    /// `second << 32 | lines`
+    window: AtomicU64,
     dropped: prometheus::IntCounter,
 }
 
 impl LogBudget {
     pub fn new(dropped: prometheus::IntCounter) -> Self {
         Self {
-            second: AtomicU64::new(0),
-            used: AtomicU32::new(0),
+            window: AtomicU64::new(0),
             dropped,
         }
     }
 
     /// Whether one more line may be written now; counts the line when not.
     fn admit(&self) -> bool {
-        let now = std::time::SystemTime::now()
+        let second = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if self.second.swap(now, Ordering::Relaxed) != now {
-            self.used.store(0, Ordering::Relaxed);
-        }
-        let ok = self.used.fetch_add(1, Ordering::Relaxed) < LOG_LINES_PER_SECOND;
-        if !ok {
+            .map_or(0, |d| d.as_secs())
+            & u64::from(u32::MAX);
+        let admitted = self
+            .window
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let (at, lines) = (w >> 32, w & u64::from(u32::MAX));
+                if at != second {
+                    Some(second << 32 | 1)
+                } else if lines < u64::from(LOG_LINES_PER_SECOND) {
+                    Some(w + 1)
+                } else {
+                    None
+                }
+            })
+            .is_ok();
+        if !admitted {
             self.dropped.inc();
         }
-        ok
+        admitted
     }
 }
 

@@ -284,9 +284,16 @@ impl PluginSlot {
     /// thread): a request that finds none waits up to [`INSTANCE_WAIT`] for one, then fails. A
     /// call whose breaker is open fails at once.
     async fn acquire(self: &Arc<Self>) -> Result<Warm, Failure> {
-        if let Err(f) = self.breaker.admit(&self.who) {
-            self.metrics.failure(&f);
-            return Err(f);
+        match self.breaker.admit(&self.who) {
+            Admission::Call => {}
+            refused => {
+                if refused == Admission::Probe {
+                    self.probe();
+                }
+                let f = Failure::BreakerOpen;
+                self.metrics.failure(&f);
+                return Err(f);
+            }
         }
         if let Some(warm) = self.pool.pop() {
             if self.pool.is_empty() {
@@ -360,6 +367,26 @@ impl PluginSlot {
         }
     }
 
+    /// Starts the background probe of an open breaker: one new instance, made and configured
+    /// on its own thread; a working one is kept for the trial call.
+    fn probe(self: &Arc<Self>) {
+        let slot = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("gatehouse-plugin-probe".to_owned())
+            .spawn(move || match slot.instantiate() {
+                Ok((warm, _)) => {
+                    let _ = slot.pool.push(warm);
+                    slot.ready.notify_waiters();
+                    slot.breaker.probed(true, &slot.who);
+                }
+                Err(_) => slot.breaker.probed(false, &slot.who),
+            });
+        if let Err(e) = spawned {
+            self.breaker.probed(false, &self.who);
+            log::error!("plugin {}: cannot start a probe thread: {e}", self.who);
+        }
+    }
+
     fn release(&self, warm: Warm) {
         if self.limits.reuse_instances {
             let _ = self.pool.push(warm);
@@ -419,6 +446,7 @@ impl PluginSlot {
         let result = self.call(&mut warm, Hook::Request, self.limits.time, |p, s| {
             p.call_on_request(&mut *s, Resource::new_borrow(REQUEST))
         });
+        let mut oversized = false;
         let outcome = result.and_then(|action| match action {
             Action::Proceed => {
                 let call = &warm.store.data().call;
@@ -428,19 +456,28 @@ impl PluginSlot {
                     host_changed: call.host_changed,
                 })
             }
-            Action::Respond(reply) => check_reply(reply, &self.limits.edits)
-                .map(RequestOutcome::Respond)
-                .inspect_err(|f| {
-                    self.metrics.failure(f);
-                    log::warn!("plugin {} {}: {f}", self.who, Hook::Request.as_str());
-                }),
+            Action::Respond(reply) => {
+                // the instance's memory holds the oversized body: it is not kept warm
+                oversized = reply.body.len() > MAX_REPLY_BODY;
+                check_reply(reply, &self.limits.edits)
+                    .map(RequestOutcome::Respond)
+                    .inspect_err(|f| {
+                        self.metrics.failure(f);
+                        log::warn!("plugin {} {}: {f}", self.who, Hook::Request.as_str());
+                    })
+            }
         });
         let call = &mut warm.store.data_mut().call;
         if outcome.is_err() {
             call.roll_back();
         }
         std::mem::swap(&mut call.request, req);
-        self.finish(warm, &outcome);
+        if oversized {
+            self.breaker.record(true, &self.who);
+            self.discard(warm);
+        } else {
+            self.finish(warm, &outcome);
+        }
         outcome
     }
 
@@ -505,12 +542,16 @@ impl PluginSlot {
         match outcome {
             Ok(_) => self.release(warm),
             Err(f) if f.keeps_instance() => self.release(warm),
-            Err(_) => {
-                drop(warm);
-                if self.pool.is_empty() {
-                    self.refill();
-                }
-            }
+            Err(_) => self.discard(warm),
+        }
+    }
+
+    /// Drops an instance that must not serve again (its memory goes back) and refills the pool
+    /// when it was the last.
+    fn discard(self: &Arc<Self>, warm: Warm) {
+        drop(warm);
+        if self.pool.is_empty() {
+            self.refill();
         }
     }
 }
@@ -531,17 +572,33 @@ const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// Fails a plugin's calls fast after it failed [`BREAKER_FAILURES`] times in a row (trapped,
 /// timed out, ran out of memory, could not be instantiated): no instance is made or called while
-/// it is open. After the cooldown one call is let through as a trial: success closes the
-/// breaker, failure opens it again for twice as long. Each transition is logged once and counted.
+/// it is open. After the cooldown a background probe makes and configures a new instance, off the
+/// request path: if that fails the breaker stays open for twice as long; if it works, the next
+/// call is the trial, whose success closes the breaker (failure opens it again for twice as long).
+/// Opening and closing are each logged once and counted.
 struct Breaker {
     failures: AtomicU32,
     /// Milliseconds since `epoch` until which the breaker is open (0: closed).
     open_until: AtomicU64,
     cooldown_ms: AtomicU64,
+    /// A background probe is under way.
+    probing: AtomicBool,
+    /// The probe made a working instance: the next call is the trial.
+    probed: AtomicBool,
+    /// The trial call has been let through.
     trial: AtomicBool,
     epoch: Instant,
     open_gauge: prometheus::IntGauge,
     opened: prometheus::IntCounter,
+}
+
+/// What the breaker lets a caller do.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Call,
+    Refuse,
+    /// Refuse, and start the background probe.
+    Probe,
 }
 
 impl Breaker {
@@ -551,6 +608,8 @@ impl Breaker {
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             cooldown_ms: AtomicU64::new(BREAKER_COOLDOWN.as_millis() as u64),
+            probing: AtomicBool::new(false),
+            probed: AtomicBool::new(false),
             trial: AtomicBool::new(false),
             epoch: Instant::now(),
             open_gauge,
@@ -567,16 +626,48 @@ impl Breaker {
     }
 
     /// Whether a call may be made now.
-    fn admit(&self, who: &str) -> Result<(), Failure> {
+    fn admit(&self, who: &str) -> Admission {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
-            return Ok(());
+            return Admission::Call;
         }
-        if self.now_ms() >= until && !self.trial.swap(true, Ordering::AcqRel) {
-            log::info!("plugin {who}: breaker half open, trying one call");
-            return Ok(());
+        if self.now_ms() < until {
+            return Admission::Refuse;
         }
-        Err(Failure::BreakerOpen)
+        if self.probed.load(Ordering::Acquire) {
+            if !self.trial.swap(true, Ordering::AcqRel) {
+                log::info!("plugin {who}: breaker half open, this call is the trial");
+                return Admission::Call;
+            }
+            return Admission::Refuse;
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            return Admission::Probe;
+        }
+        Admission::Refuse
+    }
+
+    /// Records the outcome of a background probe (`ok`: a new instance was made and configured).
+    fn probed(&self, ok: bool, who: &str) {
+        if ok {
+            self.probed.store(true, Ordering::Release);
+            log::debug!("plugin {who}: probe instance works, the next call is a trial");
+        } else {
+            self.reopen(who);
+        }
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// Keeps an open breaker open, for twice as long as the last time (up to the maximum).
+    fn reopen(&self, who: &str) {
+        let next = (self.cooldown_ms.load(Ordering::Relaxed) * 2)
+            .min(BREAKER_MAX_COOLDOWN.as_millis() as u64);
+        self.cooldown_ms.store(next, Ordering::Relaxed);
+        self.probed.store(false, Ordering::Release);
+        self.trial.store(false, Ordering::Release);
+        self.open_until
+            .store(self.now_ms() + next, Ordering::Release);
+        log::debug!("plugin {who}: still failing, breaker stays open for {next} ms");
     }
 
     /// Records a call's outcome (`ok`: it did not break).
@@ -585,6 +676,7 @@ impl Breaker {
             self.failures.store(0, Ordering::Relaxed);
             if self.open_until.swap(0, Ordering::AcqRel) != 0 {
                 self.trial.store(false, Ordering::Release);
+                self.probed.store(false, Ordering::Release);
                 self.cooldown_ms
                     .store(BREAKER_COOLDOWN.as_millis() as u64, Ordering::Relaxed);
                 self.open_gauge.set(0);
@@ -593,29 +685,25 @@ impl Breaker {
             return;
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let was_open = self.is_open();
-        if was_open && !self.trial.load(Ordering::Acquire) {
+        if self.is_open() {
+            // only the trial's failure counts: calls that started before the breaker opened
+            // tell nothing new
+            if self.trial.load(Ordering::Acquire) {
+                self.reopen(who);
+            }
             return;
         }
-        if failures >= BREAKER_FAILURES || was_open {
-            let cooldown = if was_open {
-                let next = (self.cooldown_ms.load(Ordering::Relaxed) * 2)
-                    .min(BREAKER_MAX_COOLDOWN.as_millis() as u64);
-                self.cooldown_ms.store(next, Ordering::Relaxed);
-                next
-            } else {
-                self.cooldown_ms.load(Ordering::Relaxed)
-            };
+        if failures >= BREAKER_FAILURES {
+            let cooldown = self.cooldown_ms.load(Ordering::Relaxed);
+            self.probed.store(false, Ordering::Release);
+            self.trial.store(false, Ordering::Release);
             self.open_until
                 .store(self.now_ms() + cooldown, Ordering::Release);
-            self.trial.store(false, Ordering::Release);
-            if !was_open {
-                self.open_gauge.set(1);
-                self.opened.inc();
-                log::warn!(
-                    "plugin {who}: failed {failures} times in a row, breaker open: its calls fail at once for {cooldown} ms"
-                );
-            }
+            self.open_gauge.set(1);
+            self.opened.inc();
+            log::warn!(
+                "plugin {who}: failed {failures} times in a row, breaker open: its calls fail at once for {cooldown} ms, then a new instance is tried in the background"
+            );
         }
     }
 }
@@ -649,6 +737,51 @@ fn check_reply(reply: Reply, limits: &EditLimits) -> Result<Reply, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_breaker_probes_in_the_background_before_a_trial_call_closes_it() {
+        let b = Breaker::new("breaker-unit-test");
+        let expire = |b: &Breaker| b.open_until.store(1, Ordering::Release);
+        for _ in 0..BREAKER_FAILURES - 1 {
+            b.record(false, "p");
+        }
+        assert_eq!(b.admit("p"), Admission::Call, "not yet");
+        b.record(false, "p");
+        assert_eq!(b.admit("p"), Admission::Refuse, "open");
+        // cooldown over: exactly one caller starts the probe; no call is made meanwhile
+        expire(&b);
+        assert_eq!(b.admit("p"), Admission::Probe);
+        assert_eq!(b.admit("p"), Admission::Refuse);
+        // a failed probe keeps it open, twice as long
+        b.probed(false, "p");
+        assert!(b.is_open());
+        assert_eq!(b.cooldown_ms.load(Ordering::Relaxed), 2000);
+        assert_eq!(b.admit("p"), Admission::Refuse);
+        // a working probe: one trial call, and its failure opens it again
+        expire(&b);
+        assert_eq!(b.admit("p"), Admission::Probe);
+        b.probed(true, "p");
+        assert_eq!(b.admit("p"), Admission::Call, "the trial");
+        assert_eq!(b.admit("p"), Admission::Refuse, "only one trial");
+        b.record(false, "p");
+        assert_eq!(b.cooldown_ms.load(Ordering::Relaxed), 4000);
+        assert_eq!(b.admit("p"), Admission::Refuse);
+        // a late failure of a call from before does not extend it
+        let until = b.open_until.load(Ordering::Acquire);
+        b.record(false, "p");
+        assert_eq!(b.open_until.load(Ordering::Acquire), until);
+        // probe and trial succeed: closed, cooldown reset
+        expire(&b);
+        assert_eq!(b.admit("p"), Admission::Probe);
+        b.probed(true, "p");
+        assert_eq!(b.admit("p"), Admission::Call);
+        b.record(true, "p");
+        assert!(!b.is_open());
+        assert_eq!(b.open_gauge.get(), 0);
+        assert_eq!(b.opened.get(), 1, "opened once");
+        assert_eq!(b.admit("p"), Admission::Call);
+        assert_eq!(b.cooldown_ms.load(Ordering::Relaxed), 1000);
+    }
 
     #[test]
     fn replies_are_bounded() {

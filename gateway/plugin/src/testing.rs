@@ -37,25 +37,134 @@ pub fn component_wat_failing_after(after_millis: u64) -> String {
         0b001,
         &format!("(if (i64.gt_u (call $now) (i64.const {after_millis})) (then (loop $forever (br $forever))))"),
     )
-    .replace(
-        r#"  (alias export $http "response" (type $response))
+    .replace(CLOCK_ANCHOR.0, CLOCK_IMPORT.0)
+    .replace(CLOCK_ANCHOR.1, CLOCK_IMPORT.1)
+    .replace(CLOCK_ANCHOR.2, CLOCK_IMPORT.2)
+}
+
+/// A component that is broken while the host clock (Unix milliseconds) is in `from..until`:
+/// then its `configure` loops forever and its `on-request` traps. Before and after, it
+/// configures and proceeds.
+pub fn component_wat_failing_between(from: u64, until: u64) -> String {
+    let broken = format!(
+        "(i32.and (i64.ge_u (call $now) (i64.const {from})) (i64.lt_u (call $now) (i64.const {until})))"
+    );
+    component_wat_full(
+        &format!("(if {broken} (then unreachable))"),
+        0b001,
+        &format!("(if {broken} (then (loop $forever (br $forever))))"),
+    )
+    .replace(CLOCK_ANCHOR.0, CLOCK_IMPORT.0)
+    .replace(CLOCK_ANCHOR.1, CLOCK_IMPORT.1)
+    .replace(CLOCK_ANCHOR.2, CLOCK_IMPORT.2)
+}
+
+/// A component whose `on-request` answers with a reply of status 200 and a body of `body_len`
+/// bytes (filled, so its pages are resident), laid out in its linear memory from 64 KiB on.
+pub fn component_wat_replying(body_len: u32) -> String {
+    let pages = body_len.div_ceil(65536) + 1;
+    // result<action, string> at 64: ok (0), action `respond` (1) at 68, then the reply record
+    // at 72: status u16, headers (pointer, length) at 76, body (pointer, length) at 84.
+    component_wat(&format!(
+        "(call $drop_request (local.get $req))
+      (if (i32.eq (memory.grow (i32.const {pages})) (i32.const -1)) (then unreachable))
+      (memory.fill (i32.const 65536) (i32.const 120) (i32.const {body_len}))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store8 (i32.const 68) (i32.const 1))
+      (i32.store16 (i32.const 72) (i32.const 200))
+      (i32.store (i32.const 76) (i32.const 0))
+      (i32.store (i32.const 80) (i32.const 0))
+      (i32.store (i32.const 84) (i32.const 65536))
+      (i32.store (i32.const 88) (i32.const {body_len}))
+      (return (i32.const 64))"
+    ))
+}
+
+/// Markers in [`component_wat_full`]'s text where the host clock import goes.
+const CLOCK_ANCHOR: (&str, &str, &str) = (
+    r#"  (alias export $http "response" (type $response))
 "#,
-        r#"  (alias export $http "response" (type $response))
+    r#"    (import "host" "drop-response" (func $drop_response (param i32)))
+"#,
+    r#"(export "drop-response" (func $drop_response)))"#,
+);
+
+/// The host clock (`now-millis`), imported and lowered, and callable as `$now` in the module.
+const CLOCK_IMPORT: (&str, &str, &str) = (
+    r#"  (alias export $http "response" (type $response))
   (import "gatehouse:plugin/host@0.1.0" (instance $clock (export "now-millis" (func (result u64)))))
   (alias export $clock "now-millis" (func $now_millis))
   (core func $now_lowered (canon lower (func $now_millis)))
 "#,
-    )
-    .replace(
-        r#"    (import "host" "drop-response" (func $drop_response (param i32)))
-"#,
-        r#"    (import "host" "drop-response" (func $drop_response (param i32)))
+    r#"    (import "host" "drop-response" (func $drop_response (param i32)))
     (import "host" "now" (func $now (result i64)))
 "#,
-    )
-    .replace(
-        r#"(export "drop-response" (func $drop_response)))"#,
-        r#"(export "drop-response" (func $drop_response)) (export "now" (func $now_lowered)))"#,
+    r#"(export "drop-response" (func $drop_response)) (export "now" (func $now_lowered)))"#,
+);
+
+/// A component whose `on-request` logs `lines` lines of `line_len` bytes each at level `warn`
+/// (a plugin logging in a loop), then proceeds.
+pub fn component_wat_logging(line_len: u32, lines: u32) -> String {
+    let pages = line_len.div_ceil(65536) + 1;
+    format!(
+        r#"(component
+{TYPES}  (import "gatehouse:plugin/http@0.1.0" (instance $http
+    (export "request" (type (sub resource)))
+    (export "response" (type (sub resource)))))
+  (alias export $http "request" (type $request))
+  (alias export $http "response" (type $response))
+  (import "gatehouse:plugin/host@0.1.0" (instance $hosti
+    (type $l (enum "trace" "debug" "info" "warn" "error"))
+    (export "log-level" (type $level (eq $l)))
+    (export "log" (func (param "level" $level) (param "message" string)))))
+  (alias export $hosti "log" (func $log))
+  (core module $mem
+    (memory (export "memory") {pages})
+    (global $heap (mut i32) (i32.const 4096))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $at i32)
+      (local.set $at (global.get $heap))
+      (global.set $heap (i32.add (global.get $heap) (i32.add (local.get 3) (i32.const 8))))
+      (local.get $at)))
+  (core instance $mi (instantiate $mem))
+  (core func $drop_request (canon resource.drop $request))
+  (core func $drop_response (canon resource.drop $response))
+  (core func $log_lowered (canon lower (func $log) (memory (core memory $mi "memory"))))
+  (core module $m
+    (import "mem" "memory" (memory 1))
+    (import "host" "drop-request" (func $drop_request (param i32)))
+    (import "host" "drop-response" (func $drop_response (param i32)))
+    (import "host" "log" (func $log (param i32 i32 i32)))
+    (func (export "configure") (param i32 i32) (result i32)
+      (memory.fill (i32.const 65536) (i32.const 120) (i32.const {line_len}))
+      (i64.store (i32.const 64) (i64.const 0))
+      (i32.store8 (i32.const 68) (i32.const 1))
+      (i32.const 64))
+    (func (export "on-request") (param $req i32) (result i32)
+      (local $i i32)
+      (block $done (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (i32.const {lines})))
+        (call $log (i32.const 3) (i32.const 65536) (i32.const {line_len}))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+      (call $drop_request (local.get $req))
+      (i64.store (i32.const 64) (i64.const 0))
+      (i32.const 64))
+    (func (export "on-upstream-request") (param $req i32) (param i32 i32 i32 i32 i32 i32 i32) (result i32)
+      (call $drop_request (local.get $req))
+      (i64.store (i32.const 64) (i64.const 0))
+      (i32.const 64))
+    (func (export "on-response") (param $req i32) (param $resp i32) (result i32)
+      (call $drop_request (local.get $req))
+      (call $drop_response (local.get $resp))
+      (i64.store (i32.const 64) (i64.const 0))
+      (i32.const 64)))
+  (core instance $host
+    (export "drop-request" (func $drop_request))
+    (export "drop-response" (func $drop_response))
+    (export "log" (func $log_lowered)))
+  (core instance $i (instantiate $m (with "host" (instance $host)) (with "mem" (instance $mi))))
+{LIFTS_FROM_MEM})"#
     )
 }
 
@@ -203,14 +312,7 @@ pub fn component_wat_editing(on_request: &str, on_response: &str) -> String {
     (export "request-set-header" (func $req_set_lowered))
     (export "response-set-header" (func $resp_set_lowered)))
   (core instance $i (instantiate $m (with "host" (instance $host)) (with "mem" (instance $mi))))
-  (func (export "configure") (param "config" string) (result (result $hooks (error string)))
-    (canon lift (core func $i "configure") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
-  (func (export "on-request") (param "req" (borrow $request)) (result (result $action (error string)))
-    (canon lift (core func $i "on-request") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
-  (func (export "on-upstream-request") (param "req" (borrow $request)) (param "node" $node) (result (result (error string)))
-    (canon lift (core func $i "on-upstream-request") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
-  (func (export "on-response") (param "req" (borrow $request)) (param "resp" (borrow $response)) (result (result (error string)))
-    (canon lift (core func $i "on-response") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc")))))"#
+{LIFTS_FROM_MEM})"#
     )
 }
 
@@ -258,3 +360,14 @@ pub mod strings {
       (memory.fill (i32.const 65536) (i32.const 97) (i32.const 8388608))
       (call $set (local.get $req) (i32.const 1096) (i32.const 8) (i32.const 65536) (i32.const 8388608))";
 }
+
+/// The exports of a component whose core module `$i` uses the memory and `realloc` of a
+/// separate module instance `$mi` (so host functions can be lowered with that memory).
+const LIFTS_FROM_MEM: &str = r#"  (func (export "configure") (param "config" string) (result (result $hooks (error string)))
+    (canon lift (core func $i "configure") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (func (export "on-request") (param "req" (borrow $request)) (result (result $action (error string)))
+    (canon lift (core func $i "on-request") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (func (export "on-upstream-request") (param "req" (borrow $request)) (param "node" $node) (result (result (error string)))
+    (canon lift (core func $i "on-upstream-request") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))
+  (func (export "on-response") (param "req" (borrow $request)) (param "resp" (borrow $response)) (result (result (error string)))
+    (canon lift (core func $i "on-response") (memory (core memory $mi "memory")) (realloc (core func $mi "realloc"))))"#;
