@@ -210,6 +210,9 @@ impl AdminApp {
             (Method::GET, ["upstreams", name, "apis"]) => {
                 ("/upstreams/{name}/apis", self.upstream_apis(name).await)
             }
+            (Method::GET, ["upstreams", name, "health"]) => {
+                ("/upstreams/{name}/health", self.upstream_health(name))
+            }
             (Method::GET, ["services"]) => ("/services", self.list(|c| json!(c.services)).await),
             (Method::POST, ["services"]) => {
                 ("/services", self.create_service(expected, &body).await)
@@ -440,6 +443,15 @@ impl AdminApp {
             return not_found("upstream", name).0;
         }
         Answer::json(StatusCode::OK, &json!(bound_apis(&config, name)))
+    }
+
+    /// The health of an upstream's nodes as the running gateway sees them.
+    fn upstream_health(&self, name: &str) -> Answer {
+        let runtime = self.store.runtime().load();
+        match runtime.upstreams.iter().find(|u| u.name == name) {
+            Some(u) => Answer::json(StatusCode::OK, &json!(u.health_report())),
+            None => not_found("upstream", name).0,
+        }
     }
 
     async fn get_service(&self, name: &str) -> Answer {
@@ -760,7 +772,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["reload"] => "POST",
         ["upstreams"] | ["services"] | ["services", _, "apis"] => "GET, POST",
         ["upstreams", _] | ["services", _] | ["services", _, "apis", _] => "GET, PUT, DELETE",
-        ["upstreams", _, "apis"] => "GET",
+        ["upstreams", _, "apis"] | ["upstreams", _, "health"] => "GET",
         _ => return None,
     })
 }

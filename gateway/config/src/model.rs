@@ -26,7 +26,23 @@ pub mod limits {
     /// nginx's `proxy_read_timeout` default: the longest a backend may stay silent.
     pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
     /// Long enough to stop hammering a dead node, short enough to notice its return quickly.
-    pub const DEFAULT_UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Below the idle timeouts of common backends (Node.js and Apache: 5 s), so the gateway, not
+    /// the backend, closes an idle connection, and a request never meets one the backend has just
+    /// closed.
+    pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+    pub const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_HEALTHY_STATUSES: [u16; 2] = [200, 302];
+    pub const DEFAULT_UNHEALTHY_STATUSES: [u16; 4] = [500, 502, 503, 504];
+    pub const DEFAULT_TCP_FAILURES: u32 = 1;
+    pub const DEFAULT_TIMEOUT_FAILURES: u32 = 3;
+    pub const DEFAULT_HTTP_FAILURES: u32 = 5;
+    pub const MAX_FAILURE_THRESHOLD: u32 = 254;
+    pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+    pub const DEFAULT_PROBE_PATH: &str = "/";
+    pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+    pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(100);
     pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
     pub const DEFAULT_METRICS: &str = "127.0.0.1:9091";
     pub const DEFAULT_ADMIN: &str = "127.0.0.1:9180";
@@ -278,8 +294,16 @@ pub struct Upstream {
     /// Extra attempts after the first failed one.
     pub retries: u32,
     pub connect_timeout: Duration,
-    /// How long a node that failed to connect is skipped before it is tried again; zero disables.
+    /// How long a node taken out by passive checks stays out before it is tried again; zero
+    /// (allowed only with active checks) leaves it out until active checks find it healthy.
     pub unhealthy_timeout: Duration,
+    /// How long an idle connection to a node is kept for reuse.
+    pub keepalive_timeout: Duration,
+    /// Statuses that count as a failed attempt, retried on another node (idempotent requests).
+    pub retry_statuses: Vec<u16>,
+    /// Total time all attempts of one request may take.
+    pub retry_budget: Option<Duration>,
+    pub health: HealthCheck,
     /// Present for `https` upstreams (defaults applied).
     pub tls: Option<Tls>,
     pub nodes: Vec<Node>,
@@ -307,6 +331,57 @@ pub fn host_without_port(host: &str) -> &str {
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
         _ => host,
     }
+}
+
+/// How an upstream's nodes are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Background probes; `None` when active checks are off.
+    pub active: Option<ActiveCheck>,
+    /// Outcomes of real requests count.
+    pub passive: bool,
+    /// Statuses a probe counts as healthy.
+    pub healthy_statuses: Vec<u16>,
+    /// Statuses a probe or (with passive checks) a real response counts as a failure.
+    pub unhealthy_statuses: Vec<u16>,
+    /// Consecutive failures of each kind that take a node out; 0 = never.
+    pub tcp_failures: u32,
+    pub timeouts: u32,
+    pub http_failures: u32,
+    /// Consecutive healthy probes that bring a node back.
+    pub healthy_threshold: u32,
+}
+
+impl HealthCheck {
+    /// Whether any check runs (otherwise every node is `OFF` and always used).
+    pub fn enabled(&self) -> bool {
+        self.active.is_some() || self.passive
+    }
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            active: None,
+            passive: true,
+            healthy_statuses: limits::DEFAULT_HEALTHY_STATUSES.to_vec(),
+            unhealthy_statuses: limits::DEFAULT_UNHEALTHY_STATUSES.to_vec(),
+            tcp_failures: limits::DEFAULT_TCP_FAILURES,
+            timeouts: limits::DEFAULT_TIMEOUT_FAILURES,
+            http_failures: limits::DEFAULT_HTTP_FAILURES,
+            healthy_threshold: limits::DEFAULT_HEALTHY_THRESHOLD,
+        }
+    }
+}
+
+/// The probe of active health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    /// Path and query of the probe (`GET`).
+    pub path: String,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -147,10 +147,65 @@ pub struct RawUpstream {
     /// How long a node that failed to connect is left out, e.g. `10s`; `0s` never leaves it out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unhealthy_timeout: Option<String>,
+    /// Statuses that count as a failed attempt and are retried on another node (idempotent
+    /// requests only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_statuses: Option<Vec<i64>>,
+    /// Total time all attempts of one request may take, e.g. `15s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<String>,
+    /// How long an idle connection to a node is kept for reuse, e.g. `4s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_timeout: Option<String>,
+    /// Active and passive health checks of the nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<RawHealthCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
     #[serde(default, skip_serializing_if = "is_empty")]
     pub nodes: Vec<RawNode>,
+}
+
+/// An upstream's health checks, one flat map (the product's health checker fields).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Probe every node in the background.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    /// Count the outcomes of real requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passive: Option<bool>,
+    /// Path (and query) of the probe request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Headers of the probe request.
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_statuses: Option<Vec<i64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_statuses: Option<Vec<i64>>,
+    /// Consecutive failed connections that take a node out (0 = never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_failures: Option<i64>,
+    /// Consecutive timeouts that take a node out (0 = never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<i64>,
+    /// Consecutive responses with an unhealthy status that take a node out (0 = never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_failures: Option<i64>,
+    /// Consecutive healthy probes that bring a node back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<i64>,
+}
+
+fn is_empty_map<K, V>(m: &std::collections::BTreeMap<K, V>) -> bool {
+    m.is_empty()
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

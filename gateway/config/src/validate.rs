@@ -769,6 +769,46 @@ impl Validator {
                     Duration::ZERO,
                 )
                 .unwrap_or(limits::DEFAULT_UNHEALTHY_TIMEOUT);
+            let keepalive_timeout = self
+                .duration(
+                    &format!("{path}.keepalive_timeout"),
+                    u.keepalive_timeout.as_deref(),
+                    Duration::from_millis(100),
+                )
+                .unwrap_or(limits::DEFAULT_KEEPALIVE_TIMEOUT);
+            if keepalive_timeout > limits::MAX_KEEPALIVE_TIMEOUT {
+                self.problem(
+                    format!("{path}.keepalive_timeout"),
+                    "is longer than an hour",
+                    "keep idle connections at most 1h (and below the backend's own idle timeout)",
+                );
+            }
+            let retry_statuses = self
+                .statuses(
+                    &format!("{path}.retry_statuses"),
+                    u.retry_statuses.as_deref(),
+                )
+                .unwrap_or_default();
+            if let Some(s) = retry_statuses.iter().find(|s| **s < 400) {
+                self.problem(
+                    format!("{path}.retry_statuses"),
+                    format!("{s} is not an error status"),
+                    "list error statuses (400–599), e.g. [502, 503, 504]",
+                );
+            }
+            let retry_budget = self.duration(
+                &format!("{path}.retry_budget"),
+                u.retry_budget.as_deref(),
+                Duration::from_millis(1),
+            );
+            let health = self.health_check(&path, u.health_check.as_ref());
+            if unhealthy_timeout.is_zero() && health.passive && health.active.is_none() {
+                self.problem(
+                    format!("{path}.unhealthy_timeout"),
+                    "0s would leave a node that passive checks take out out for good: no active check brings it back (before passive checks had thresholds, 0s meant \"never take a node out\")",
+                    "give a recovery time such as 30s, turn active checks on (health_check.active: true), or, to never take a node out, write health_check: { passive: false } and drop unhealthy_timeout",
+                );
+            }
             let tls = self.tls(&path, u, protocol, base_dir);
             let nodes = self.nodes(&path, &u.nodes, vpc);
             if let (Some(vpc), Some(protocol)) = (vpc, protocol) {
@@ -781,12 +821,180 @@ impl Validator {
                     retries,
                     connect_timeout,
                     unhealthy_timeout,
+                    keepalive_timeout,
+                    retry_statuses,
+                    retry_budget,
+                    health,
                     tls,
                     nodes,
                 });
             }
         }
         out
+    }
+
+    fn health_check(&mut self, path: &str, raw: Option<&RawHealthCheck>) -> HealthCheck {
+        let defaults = HealthCheck::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let path = format!("{path}.health_check");
+        let threshold = |v: &mut Self, key: &str, value: Option<i64>, min: i64, default: u32| {
+            match value {
+                None => default,
+                Some(n) if (min..=i64::from(limits::MAX_FAILURE_THRESHOLD)).contains(&n) => {
+                    n as u32
+                }
+                Some(n) => {
+                    v.problem(
+                        format!("{path}.{key}"),
+                        format!("{n} is out of range {min}..={}", limits::MAX_FAILURE_THRESHOLD),
+                        if min == 0 {
+                            format!("give a count up to {} (0 turns this check off), or omit it for the default {default}", limits::MAX_FAILURE_THRESHOLD)
+                        } else {
+                            format!("give a count from {min} to {}, or omit it for the default {default}", limits::MAX_FAILURE_THRESHOLD)
+                        },
+                    );
+                    default
+                }
+            }
+        };
+        let tcp_failures = threshold(
+            self,
+            "tcp_failures",
+            raw.tcp_failures,
+            0,
+            defaults.tcp_failures,
+        );
+        let timeouts = threshold(self, "timeouts", raw.timeouts, 0, defaults.timeouts);
+        let http_failures = threshold(
+            self,
+            "http_failures",
+            raw.http_failures,
+            0,
+            defaults.http_failures,
+        );
+        let healthy_threshold = threshold(
+            self,
+            "healthy_threshold",
+            raw.healthy_threshold,
+            1,
+            defaults.healthy_threshold,
+        );
+        let healthy_statuses = self
+            .statuses(
+                &format!("{path}.healthy_statuses"),
+                raw.healthy_statuses.as_deref(),
+            )
+            .unwrap_or(defaults.healthy_statuses);
+        let unhealthy_statuses = self
+            .statuses(
+                &format!("{path}.unhealthy_statuses"),
+                raw.unhealthy_statuses.as_deref(),
+            )
+            .unwrap_or(defaults.unhealthy_statuses);
+        if let Some(both) = healthy_statuses
+            .iter()
+            .find(|s| unhealthy_statuses.contains(s))
+        {
+            self.problem(
+                format!("{path}.unhealthy_statuses"),
+                format!("{both} is listed as both healthy and unhealthy"),
+                "list each status in healthy_statuses or in unhealthy_statuses, not both",
+            );
+        }
+        let probe_path = raw
+            .path
+            .clone()
+            .unwrap_or_else(|| limits::DEFAULT_PROBE_PATH.to_owned());
+        if !probe_path.starts_with('/') || probe_path.parse::<http::Uri>().is_err() {
+            self.problem(
+                format!("{path}.path"),
+                format!("{probe_path:?} is not a request path"),
+                "write an absolute path such as /healthz (a query may follow)",
+            );
+        }
+        let timeout = self
+            .duration(
+                &format!("{path}.timeout"),
+                raw.timeout.as_deref(),
+                Duration::from_millis(1),
+            )
+            .unwrap_or(limits::DEFAULT_PROBE_TIMEOUT);
+        let interval = self
+            .duration(
+                &format!("{path}.interval"),
+                raw.interval.as_deref(),
+                limits::MIN_PROBE_INTERVAL,
+            )
+            .unwrap_or(limits::DEFAULT_PROBE_INTERVAL);
+        let mut headers = Vec::new();
+        for (name, value) in &raw.headers {
+            let ok = http::HeaderName::try_from(name.as_str()).is_ok()
+                && http::HeaderValue::try_from(value.as_str()).is_ok();
+            if ok {
+                headers.push((name.clone(), value.clone()));
+            } else {
+                self.problem(
+                    format!("{path}.headers.{name}"),
+                    "is not a valid header name and value",
+                    "use a token name (letters, digits, -) and a value without control characters",
+                );
+            }
+        }
+        let active_keys = raw.path.is_some()
+            || raw.timeout.is_some()
+            || raw.interval.is_some()
+            || !raw.headers.is_empty()
+            || raw.healthy_statuses.is_some()
+            || raw.healthy_threshold.is_some();
+        let active = raw.active.unwrap_or(false);
+        if active_keys && !active {
+            self.problem(
+                format!("{path}.active"),
+                "probe settings are given (path, timeout, interval, headers, healthy_statuses or healthy_threshold) but active checks are off",
+                "write active: true to probe the nodes, or drop the probe settings",
+            );
+        }
+        HealthCheck {
+            active: active.then_some(ActiveCheck {
+                path: probe_path,
+                timeout,
+                interval,
+                headers,
+            }),
+            passive: raw.passive.unwrap_or(defaults.passive),
+            healthy_statuses,
+            unhealthy_statuses,
+            tcp_failures,
+            timeouts,
+            http_failures,
+            healthy_threshold,
+        }
+    }
+
+    /// A list of HTTP statuses (100–599, no duplicates).
+    fn statuses(&mut self, path: &str, raw: Option<&[i64]>) -> Option<Vec<u16>> {
+        let raw = raw?;
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, &status) in raw.iter().enumerate() {
+            if !(100..=599).contains(&status) {
+                self.problem(
+                    format!("{path}[{i}]"),
+                    format!("{status} is not an HTTP status"),
+                    "list statuses from 100 to 599",
+                );
+            } else if out.contains(&(status as u16)) {
+                self.problem(
+                    format!("{path}[{i}]"),
+                    format!("{status} is listed twice"),
+                    "list each status once",
+                );
+            } else {
+                out.push(status as u16);
+            }
+        }
+        Some(out)
     }
 
     fn tls(

@@ -130,6 +130,56 @@ fn the_reference_config_is_valid() {
 }
 
 #[test]
+fn health_checks_default_to_passive_and_take_every_field() {
+    let cfg = parse(VALID, "test.yaml", Path::new("/etc/gatehouse")).expect("valid");
+    let u = &cfg.upstreams[0];
+    assert!(u.health.passive && u.health.active.is_none());
+    assert_eq!(u.unhealthy_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(u.keepalive_timeout, std::time::Duration::from_secs(4));
+    assert_eq!(
+        (
+            u.health.tcp_failures,
+            u.health.timeouts,
+            u.health.http_failures
+        ),
+        (1, 3, 5)
+    );
+    let mut doc = base();
+    set(
+        &mut doc,
+        "upstreams[0].health_check",
+        "{ active: true, passive: false, path: \"/healthz?deep=1\", timeout: 2s, interval: 1s, headers: { x-probe: gatehouse }, healthy_statuses: [200, 204], unhealthy_statuses: [503], tcp_failures: 2, timeouts: 0, http_failures: 254, healthy_threshold: 3 }",
+    );
+    set(&mut doc, "upstreams[0].unhealthy_timeout", "0s");
+    let text = serde_yaml::to_string(&doc).unwrap();
+    let cfg = parse(&text, "test.yaml", Path::new("/etc/gatehouse")).expect("valid");
+    let h = &cfg.upstreams[0].health;
+    let active = h.active.as_ref().unwrap();
+    assert_eq!(active.path, "/healthz?deep=1");
+    assert_eq!(active.interval, std::time::Duration::from_secs(1));
+    assert_eq!(
+        active.headers,
+        vec![("x-probe".to_owned(), "gatehouse".to_owned())]
+    );
+    assert!(!h.passive);
+    assert_eq!(h.healthy_statuses, vec![200, 204]);
+    assert_eq!(h.unhealthy_statuses, vec![503]);
+    assert_eq!(
+        (
+            h.tcp_failures,
+            h.timeouts,
+            h.http_failures,
+            h.healthy_threshold
+        ),
+        (2, 0, 254, 3)
+    );
+    assert!(
+        cfg.upstreams[0].unhealthy_timeout.is_zero(),
+        "0s is allowed with active checks"
+    );
+}
+
+#[test]
 fn defaults_apply_when_keys_are_omitted() {
     let mut doc = base();
     set(&mut doc, "upstreams[0].retries", "~");
@@ -205,6 +255,16 @@ const CASES: &[Case] = &[
     ("admin token too short", &[("instance.admin_token", "short")], "instance.admin_token: the token must be at least 16 characters"),
     ("admin on the proxy port", &[("instance.admin", "\"0.0.0.0:8080\"")], "instance.admin: 0.0.0.0:8080 is also a proxy or metrics listener"),
     ("bad bound_at", &[("services[0].apis[0].backend.bound_at", "yesterday")], "services[0].apis[0].backend.bound_at: \"yesterday\" is not an RFC 3339 time"),
+    ("0s recovery with passive checks only", &[("upstreams[0].unhealthy_timeout", "0s")], "upstreams[0].unhealthy_timeout: 0s would leave a node that passive checks take out out for good"),
+    ("threshold out of range", &[("upstreams[0].health_check", "{ timeouts: 255 }")], "upstreams[0].health_check.timeouts: 255 is out of range 0..=254"),
+    ("healthy threshold zero", &[("upstreams[0].health_check", "{ active: true, healthy_threshold: 0 }")], "upstreams[0].health_check.healthy_threshold: 0 is out of range 1..=254"),
+    ("bad status", &[("upstreams[0].health_check", "{ unhealthy_statuses: [503, 600] }")], "upstreams[0].health_check.unhealthy_statuses[1]: 600 is not an HTTP status"),
+    ("status in both lists", &[("upstreams[0].health_check", "{ active: true, healthy_statuses: [200, 503] }")], "upstreams[0].health_check.unhealthy_statuses: 503 is listed as both healthy and unhealthy"),
+    ("probe settings without active checks", &[("upstreams[0].health_check", "{ path: /healthz }")], "upstreams[0].health_check.active: probe settings are given"),
+    ("probe path not a path", &[("upstreams[0].health_check", "{ active: true, path: healthz }")], "upstreams[0].health_check.path: \"healthz\" is not a request path"),
+    ("probe interval too short", &[("upstreams[0].health_check", "{ active: true, interval: 10ms }")], "upstreams[0].health_check.interval: \"10ms\" is too short"),
+    ("bad probe header", &[("upstreams[0].health_check", "{ active: true, headers: { \"bad name\": x } }")], "upstreams[0].health_check.headers.bad name: is not a valid header name and value"),
+    ("keepalive too long", &[("upstreams[0].keepalive_timeout", "2h")], "upstreams[0].keepalive_timeout: is longer than an hour"),
 ];
 
 #[test]

@@ -26,6 +26,11 @@ pub enum Behavior {
     Hangup,
     /// Wait, then answer like [`Behavior::Echo`].
     Delay(Duration),
+    /// Answer like [`Behavior::Echo`], with this status.
+    Status(u16),
+    /// Answer the first request of each connection; read any later one, then close without
+    /// answering (a node closing an idle connection just as a request arrives on it).
+    HangupOnReuse,
 }
 
 /// Settings of one echo server.
@@ -151,6 +156,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut served = 0u64;
     loop {
         // Read until a full request head is buffered.
         let (head_len, request) = loop {
@@ -174,21 +180,29 @@ where
         let body_len = read_body(&mut stream, &mut buf, &request).await?;
         stats.requests.fetch_add(1, Ordering::SeqCst);
 
+        served += 1;
         let body = match &config.behavior {
             Behavior::Hangup => return Ok(()),
+            Behavior::HangupOnReuse if served > 1 => return Ok(()),
+            Behavior::HangupOnReuse => request.describe(&config.name, body_len),
             Behavior::Fixed(n) => vec![b'x'; *n],
             Behavior::Delay(d) => {
                 tokio::time::sleep(*d).await;
                 request.describe(&config.name, body_len)
             }
-            Behavior::Echo => request.describe(&config.name, body_len),
+            Behavior::Echo | Behavior::Status(_) => request.describe(&config.name, body_len),
+        };
+        let status = match config.behavior {
+            Behavior::Status(code) => code,
+            _ => 200,
         };
         let content_type = match config.behavior {
             Behavior::Fixed(_) => "text/plain",
             _ => "application/json",
         };
         let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-echo-node: {}\r\n{}\r\n",
+            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-echo-node: {}\r\n{}\r\n",
+            if status == 200 { "OK" } else { "Status" },
             body.len(),
             config.name,
             if request.keep_alive { "" } else { "connection: close\r\n" },

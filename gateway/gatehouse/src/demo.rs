@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_config::{Config, NodeHost};
 use gatehouse_echo::{EchoConfig, EchoServer};
+use gatehouse_proxy::SharedRuntime;
 
 /// The running echo backends and what the tour needs to know.
 pub struct Tour {
@@ -20,6 +21,7 @@ pub struct Tour {
 /// Starts an echo backend on every loopback node except `down`.
 pub fn start_backends(config: &Config, down: &[String]) -> Result<Tour, String> {
     let mut backends = Vec::new();
+    let mut started = std::collections::BTreeSet::new();
     for upstream in &config.upstreams {
         for node in &upstream.nodes {
             let NodeHost::Ip(ip) = node.host else {
@@ -29,6 +31,10 @@ pub fn start_backends(config: &Config, down: &[String]) -> Result<Tour, String> 
                 continue;
             }
             let addr = SocketAddr::new(ip, node.port);
+            // two upstreams may share a node: one backend serves both
+            if !started.insert(addr) {
+                continue;
+            }
             let server = EchoServer::start(addr, EchoConfig::echo(node.label()))
                 .map_err(|e| format!("cannot start an echo backend on {addr}: {e}"))?;
             backends.push(server);
@@ -71,7 +77,7 @@ pub fn start_backends(config: &Config, down: &[String]) -> Result<Tour, String> 
 impl Tour {
     /// Prints the tour from a thread of its own once the gateway accepts connections; the echo
     /// backends live as long as the process.
-    pub fn show_when_ready(self) {
+    pub fn show_when_ready(self, runtime: SharedRuntime) {
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
             while TcpStream::connect(self.listen).is_err() {
@@ -84,7 +90,7 @@ impl Tour {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            self.show();
+            self.show(&runtime);
             // keep the backends alive with the process
             loop {
                 std::thread::park();
@@ -92,7 +98,7 @@ impl Tour {
         });
     }
 
-    fn show(&self) {
+    fn show(&self, runtime: &SharedRuntime) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
@@ -155,9 +161,9 @@ impl Tour {
                 })
                 .collect();
             if !retries.is_empty() {
-                println!("A down node is retried on another one, then left out for the upstream's");
+                println!("A down node is retried on another one, then taken out of rotation by");
                 println!(
-                    "unhealthy_timeout instead of costing every request a retry (from /metrics):"
+                    "passive health checks instead of costing every request a retry (from /metrics):"
                 );
                 for line in retries {
                     println!("  {line}");
@@ -165,6 +171,17 @@ impl Tour {
                 println!();
             }
         }
+        println!("Node health, as GET /upstreams/{{name}}/health on the admin API shows it:");
+        for upstream in runtime.load().upstreams.iter() {
+            let report = upstream.health_report();
+            for node in &report.nodes {
+                println!(
+                    "  {} {:<16} {:<9} {}",
+                    report.upstream, node.node, node.health.state, node.health.reason
+                );
+            }
+        }
+        println!();
         println!("Try it yourself:");
         for (_, _, path) in &self.examples {
             println!("  curl -s {base}{path}");

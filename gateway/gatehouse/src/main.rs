@@ -115,7 +115,7 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let store = Arc::new(ConfigStore::new(path.to_owned(), raw, runtime));
+    let store = Arc::new(ConfigStore::new(path.to_owned(), raw, runtime.clone()));
     server.add_service(background_service(
         "gatehouse reload on SIGHUP",
         ReloadOnHangup(store.clone()),
@@ -155,7 +155,7 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
         ),
     }
     if let Some(tour) = tour {
-        tour.show_when_ready();
+        tour.show_when_ready(runtime.clone());
     }
     log::info!(
         "gatehouse {} serving {}",

@@ -32,6 +32,11 @@ pub struct Metrics {
     pub egress_denied: IntCounterVec,
     pub node_ejections: IntCounterVec,
     pub node_available: IntGaugeVec,
+    pub node_healthy: IntGaugeVec,
+    pub node_transitions: IntCounterVec,
+    pub probes: IntCounterVec,
+    pub upstream_panic: IntGaugeVec,
+    pub panic_requests: IntCounterVec,
     pub config_info: IntGaugeVec,
     pub config_generation: IntGauge,
     pub config_applied: Gauge,
@@ -73,7 +78,7 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
     .expect("metric registers once"),
     node_ejections: register_int_counter_vec!(
         "gatehouse_upstream_node_ejections_total",
-        "Times a node was left out for the upstream's unhealthy_timeout after it failed to connect.",
+        "Times a node was taken out of rotation by health checks (passive or active), by upstream and node.",
         &["upstream", "node"]
     )
     .expect("metric registers once"),
@@ -81,6 +86,36 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "gatehouse_upstream_node_available",
         "1 when the node has an address inside its VPC to connect to, 0 when not (name not resolved, or only outside the VPC).",
         &["upstream", "node"]
+    )
+    .expect("metric registers once"),
+    node_healthy: register_int_gauge_vec!(
+        "gatehouse_upstream_node_healthy",
+        "1 when the node receives requests (HEALTHY, NO_DATA or OFF, with an address), 0 when health checks took it out or it has no address.",
+        &["upstream", "node"]
+    )
+    .expect("metric registers once"),
+    node_transitions: register_int_counter_vec!(
+        "gatehouse_upstream_node_health_transitions_total",
+        "Changes of a node's health state, by upstream, node and the state entered (HEALTHY, UNHEALTHY).",
+        &["upstream", "node", "state"]
+    )
+    .expect("metric registers once"),
+    probes: register_int_counter_vec!(
+        "gatehouse_upstream_probes_total",
+        "Active health check probes, by upstream, node and result (healthy, unhealthy_status, other_status, timeout, connect_error).",
+        &["upstream", "node", "result"]
+    )
+    .expect("metric registers once"),
+    upstream_panic: register_int_gauge_vec!(
+        "gatehouse_upstream_panic",
+        "1 while every node of the upstream is unhealthy and requests are spread over all of them anyway (panic mode).",
+        &["upstream"]
+    )
+    .expect("metric registers once"),
+    panic_requests: register_int_counter_vec!(
+        "gatehouse_upstream_panic_requests_total",
+        "Requests sent while the upstream was in panic mode (every node unhealthy), by upstream.",
+        &["upstream"]
     )
     .expect("metric registers once"),
     config_info: register_int_gauge_vec!(
@@ -176,7 +211,21 @@ pub struct NodeMetrics {
     pub egress_denied: IntCounter,
     pub ejections: IntCounter,
     pub available: IntGauge,
+    pub healthy: IntGauge,
+    /// Entering HEALTHY, entering UNHEALTHY.
+    pub became: [IntCounter; 2],
+    /// By [`PROBE_RESULTS`].
+    pub probes: [IntCounter; 5],
 }
+
+/// Results of an active probe, in the order of [`NodeMetrics::probes`].
+pub const PROBE_RESULTS: [&str; 5] = [
+    "healthy",
+    "unhealthy_status",
+    "other_status",
+    "timeout",
+    "connect_error",
+];
 
 impl NodeMetrics {
     pub fn new(upstream: &str, node: &str) -> Self {
@@ -189,6 +238,12 @@ impl NodeMetrics {
             egress_denied: m.egress_denied.with_label_values(&[upstream, node]),
             ejections: m.node_ejections.with_label_values(&[upstream, node]),
             available: m.node_available.with_label_values(&[upstream, node]),
+            healthy: m.node_healthy.with_label_values(&[upstream, node]),
+            became: ["HEALTHY", "UNHEALTHY"].map(|state| {
+                m.node_transitions
+                    .with_label_values(&[upstream, node, state])
+            }),
+            probes: PROBE_RESULTS.map(|r| m.probes.with_label_values(&[upstream, node, r])),
         }
     }
 
@@ -222,11 +277,22 @@ pub fn forget_node(upstream: &str, node: &str) {
     let _ = m.egress_denied.remove_label_values(&[upstream, node]);
     let _ = m.node_ejections.remove_label_values(&[upstream, node]);
     let _ = m.node_available.remove_label_values(&[upstream, node]);
+    let _ = m.node_healthy.remove_label_values(&[upstream, node]);
+    for state in ["HEALTHY", "UNHEALTHY"] {
+        let _ = m
+            .node_transitions
+            .remove_label_values(&[upstream, node, state]);
+    }
+    for result in PROBE_RESULTS {
+        let _ = m.probes.remove_label_values(&[upstream, node, result]);
+    }
 }
 
 /// Removes the series of an upstream that no configuration has any more.
 pub fn forget_upstream(upstream: &str) {
     let _ = METRICS.upstream_retries.remove_label_values(&[upstream]);
+    let _ = METRICS.upstream_panic.remove_label_values(&[upstream]);
+    let _ = METRICS.panic_requests.remove_label_values(&[upstream]);
 }
 
 pub fn config_applied(instance: &str, hash: &str, generation: u64) {

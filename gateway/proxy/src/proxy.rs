@@ -29,6 +29,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use gatehouse_config::canonical::{self, decode_query_name, PathRules};
 use gatehouse_config::HttpOptions;
 
+use crate::health::{Evidence, Source};
 use crate::metrics::Outcome;
 use crate::plugins::{ApiPlugins, Decision as PluginDecision, Stopped};
 use crate::respond::{self, ErrorBody};
@@ -48,6 +49,12 @@ const NO_NODE: ErrorType = ErrorType::Custom("NoNodeAvailable");
 const PLUGIN_FAILED: ErrorType = ErrorType::Custom("PluginFailed");
 /// Error raised when a request body grows past its limit while it is streamed upstream.
 const BODY_TOO_LARGE: ErrorType = ErrorType::Custom("BodyTooLarge");
+/// Error raised when a node answers with one of its upstream's `retry_statuses` and another
+/// attempt is possible: the answer is dropped and the request goes to another node.
+const RETRY_STATUS: ErrorType = ErrorType::Custom("RetryStatus");
+
+/// Distinguishes the connections of resends, so that a resend never takes a pooled connection.
+static FRESH_GROUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The proxy logic; one per process, shared by all worker threads.
 pub struct Gateway {
@@ -78,6 +85,10 @@ pub struct RequestCtx {
     position: Option<usize>,
     /// A response header arrived from a node: nothing can be retried any more.
     response_started: bool,
+    /// The next attempt resends to the same node on a fresh connection, after a pooled
+    /// connection broke before any response byte (at most once per request).
+    resend_fresh: bool,
+    resent: bool,
     client_ip: Option<IpAddr>,
     /// The Host the client sent, before any plugin changed it (for `X-Forwarded-Host`).
     client_host: Option<http::HeaderValue>,
@@ -108,6 +119,33 @@ impl RequestCtx {
         }
     }
 
+    /// Whether an answer with `status` is dropped and the request sent to another node: the
+    /// status is one of the upstream's `retry_statuses`, the request is idempotent with its body
+    /// whole in the retry buffer, and another attempt is possible within the budget.
+    fn retries_status(&self, session: &Session, status: u16) -> bool {
+        let Some(upstream) = self.runtime.as_ref().and_then(|r| self.upstream(r)) else {
+            return false;
+        };
+        upstream.config.retry_statuses.contains(&status)
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && self.attempts <= upstream.retries
+            && upstream.has_untried(&self.tried)
+            && upstream
+                .config
+                .retry_budget
+                .is_none_or(|budget| self.started.elapsed() < budget)
+    }
+
+    /// Records evidence about the current attempt's node for passive health checks.
+    fn report(&self, evidence: &Evidence) {
+        if let (Some(runtime), Some(node)) = (&self.runtime, self.node) {
+            if let Some(upstream) = self.upstream(runtime) {
+                upstream.report(node, Source::Request, evidence);
+            }
+        }
+    }
+
     /// Whether another attempt is allowed and possible; counts and logs the failed attempt.
     fn may_retry(&self, e: &Error, eligible: bool) -> bool {
         let Some(runtime) = &self.runtime else {
@@ -116,8 +154,14 @@ impl RequestCtx {
         let Some(upstream) = self.upstream(runtime) else {
             return false;
         };
-        let allowed =
-            eligible && self.attempts <= upstream.retries && upstream.has_untried(&self.tried);
+        let within_budget = upstream
+            .config
+            .retry_budget
+            .is_none_or(|budget| self.started.elapsed() < budget);
+        let allowed = eligible
+            && within_budget
+            && self.attempts <= upstream.retries
+            && upstream.has_untried(&self.tried);
         if allowed {
             upstream.retries_total.inc();
         }
@@ -293,6 +337,8 @@ impl ProxyHttp for Gateway {
             node: None,
             position: None,
             response_started: false,
+            resend_fresh: false,
+            resent: false,
             client_ip: None,
             client_host: None,
             host_set_by_plugin: false,
@@ -391,8 +437,9 @@ impl ProxyHttp for Gateway {
                     ctx.continued = true;
                 }
                 let method = &session.req_header().method;
-                if method.is_idempotent() && method != Method::GET && method != Method::HEAD {
-                    // PUT and DELETE may carry a body; keep it so a retry can send it again.
+                if method != Method::GET && method != Method::HEAD {
+                    // a body is kept (up to the engine's buffer) so that a retry, or a resend on
+                    // a fresh connection, can send it again
                     session.enable_retry_buffering();
                 }
                 Ok(false)
@@ -490,8 +537,18 @@ impl ProxyHttp for Gateway {
         ctx.position = Some(position);
         ctx.attempts += 1;
         let mut peer = Box::new(HttpPeer::clone(&template));
-        peer.options.read_timeout = Some(*timeout);
-        peer.options.write_timeout = Some(*timeout);
+        // an attempt never outlives the request's retry budget
+        let timeout = match upstream.config.retry_budget {
+            Some(budget) => (*timeout)
+                .min(budget.saturating_sub(ctx.started.elapsed()))
+                .max(std::time::Duration::from_millis(1)),
+            None => *timeout,
+        };
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        if std::mem::take(&mut ctx.resend_fresh) {
+            peer.group_key = FRESH_GROUP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(peer)
     }
 
@@ -566,13 +623,22 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if !ctx.response_started {
-            ctx.response_started = true;
+            let status = upstream_response.status.as_u16();
             ctx.record(Outcome::Ok);
+            ctx.report(&Evidence::Status(status));
+            if ctx.retries_status(session, status) {
+                // nothing has reached the client: drop this answer, try another node
+                return Err(Error::explain(
+                    RETRY_STATUS,
+                    format!("answered {status}, one of the upstream's retry_statuses"),
+                ));
+            }
+            ctx.response_started = true;
         }
         Ok(())
     }
@@ -592,11 +658,10 @@ impl ProxyHttp for Gateway {
             _ => Outcome::ConnectError,
         };
         ctx.record(outcome);
-        if let (Some(runtime), Some(node)) = (&ctx.runtime, ctx.node) {
-            if let Some(upstream) = ctx.upstream(runtime) {
-                upstream.eject(node);
-            }
-        }
+        ctx.report(&Evidence::ConnectFailed(match outcome {
+            Outcome::ConnectTimeout => "timed out".to_owned(),
+            _ => e.etype().as_str().to_owned(),
+        }));
         // Nothing reached the node: any request may go to another one.
         let retry = ctx.may_retry(&e, true);
         e.set_retry(retry);
@@ -609,9 +674,14 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Self::CTX,
-        _client_reused: bool,
+        reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("node {peer}"));
+        if e.etype() == &RETRY_STATUS {
+            let retry = ctx.may_retry(&e, true);
+            e.set_retry(retry);
+            return e;
+        }
         if *e.esource() != ErrorSource::Upstream {
             // the client went away or sent something wrong: nothing to retry
             e.set_retry(false);
@@ -627,6 +697,36 @@ impl ProxyHttp for Gateway {
             } else {
                 Outcome::Broken
             });
+            if timed_out {
+                ctx.report(&Evidence::TimedOut);
+            } else if !reused {
+                // a pooled connection the node closed while idle says nothing about the node
+                ctx.report(&Evidence::ConnectFailed(format!(
+                    "connection broke before a response: {}",
+                    e.etype().as_str()
+                )));
+            }
+        }
+        // A pooled connection that broke before any response byte most likely met the node
+        // closing it while idle: the request is sent once more, to the same node, on a fresh
+        // connection, whatever its method (see config/README.md for the risk), if its body is
+        // still whole in the retry buffer.
+        if reused
+            && !ctx.response_started
+            && !timed_out
+            && !ctx.resent
+            && !session.as_ref().retry_buffer_truncated()
+        {
+            if let Some(node) = ctx.node {
+                ctx.resent = true;
+                ctx.resend_fresh = true;
+                ctx.tried.remove(node);
+                ctx.attempts -= 1;
+                ctx.position = ctx.position.map(|p| p.wrapping_sub(1));
+                log::debug!("a pooled connection to node {peer} broke before a response ({e}); resending on a fresh one");
+                e.set_retry(true);
+                return e;
+            }
         }
         // Bytes went to the node. Only an idempotent request whose connection broke before any
         // response header may go elsewhere; a node that timed out may still be working on it.
@@ -659,6 +759,7 @@ impl ProxyHttp for Gateway {
         let (status, code) = match (e.etype(), e.esource()) {
             (t, _) if *t == PLUGIN_FAILED => (500, "plugin_failed"),
             (t, _) if *t == BODY_TOO_LARGE => (413, "payload_too_large"),
+            (t, _) if *t == RETRY_STATUS => (502, "bad_gateway"),
             (ErrorType::ReadTimedout, ErrorSource::Downstream) => (408, "request_timeout"),
             (ErrorType::HTTPStatus(code), _) => (*code, "error"),
             (

@@ -84,7 +84,14 @@ impl Runtime {
                     &format!("upstreams[{i}]"),
                     &config.instance.file_roots,
                 ) {
-                    Ok(built) => upstreams.push(Arc::new(built)),
+                    Ok(built) => {
+                        if let Some(old) =
+                            previous.and_then(|p| p.upstreams.iter().find(|old| old.name == u.name))
+                        {
+                            built.inherit_health(old);
+                        }
+                        upstreams.push(Arc::new(built))
+                    }
                     Err(mut p) => problems.append(&mut p),
                 },
             }

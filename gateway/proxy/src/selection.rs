@@ -21,6 +21,10 @@ impl TriedSet {
         self.0[node / 64] |= 1 << (node % 64);
     }
 
+    pub fn remove(&mut self, node: usize) {
+        self.0[node / 64] &= !(1 << (node % 64));
+    }
+
     pub fn contains(&self, node: usize) -> bool {
         self.0[node / 64] & (1 << (node % 64)) != 0
     }

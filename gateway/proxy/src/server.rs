@@ -14,6 +14,7 @@ use pingora::services::listening::Service;
 
 use crate::listener::{EdgeApp, ListenerLimits};
 use crate::metrics::MetricsApp;
+use crate::probe::Prober;
 use crate::proxy::Gateway;
 use crate::resolve::Resolver;
 use crate::runtime::SharedRuntime;
@@ -93,6 +94,10 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
     server.add_service(background_service(
         "gatehouse resolver",
         Resolver::new(runtime.clone()),
+    ));
+    server.add_service(background_service(
+        "gatehouse health checks",
+        Prober::new(runtime.clone()),
     ));
     Ok((server, runtime))
 }

@@ -1,5 +1,12 @@
-//! Upstreams at run time: nodes with ready-made peers, the shared node selector, and the VPC
-//! egress guard.
+//! Upstreams at run time: nodes with ready-made peers, node eligibility (health, panic mode and
+//! fair redistribution), the shared node selector, and the VPC egress guard.
+//!
+//! Which nodes a request may use is decided in one place, [`UpstreamRuntime::pick`]: a node is
+//! eligible when it has an address inside the VPC and health checks have not taken it out. The
+//! smooth weighted round-robin schedule is rebuilt over the eligible nodes whenever that set
+//! changes (a rare event), so a node that is out gives its share to the others in proportion to
+//! their weights. When no node is eligible, requests are spread over all nodes with an address
+//! anyway (panic mode, as in Envoy), which is logged once and counted.
 //!
 //! A node's peer (address, TLS settings, timeouts) is built when the upstream is built or when its
 //! host name resolves to a new address, never per request. Only addresses inside the upstream's VPC
@@ -8,23 +15,21 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use gatehouse_config::{NodeHost, Problem, Protocol, Upstream, Vpc};
 use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 
+use crate::health::{Change, Evidence, NodeHealth, Source, State};
 use crate::metrics::{NodeMetrics, METRICS};
 use crate::selection::{SmoothWeighted, TriedSet};
-
-/// How long an idle pooled connection to a node is kept for reuse.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything a peer for one node needs except its address.
 #[derive(Clone)]
@@ -34,6 +39,7 @@ struct PeerSettings {
     verify: bool,
     ca: Option<Arc<CaType>>,
     connect_timeout: Duration,
+    keepalive_timeout: Duration,
 }
 
 /// One node of an upstream.
@@ -45,16 +51,16 @@ pub struct NodeRuntime {
     settings: PeerSettings,
     /// The peer to connect to; `None` while the node has no address inside the VPC.
     peer: ArcSwapOption<HttpPeer>,
-    /// Milliseconds since [`CLOCK_START`] until which the node is skipped; 0 when healthy.
-    ejected_until: AtomicU64,
+    pub health: NodeHealth,
     pub metrics: NodeMetrics,
 }
 
-/// Origin of the cheap millisecond clock used for ejections.
+/// Origin of the cheap millisecond clock used for health.
 static CLOCK_START: Lazy<Instant> = Lazy::new(Instant::now);
 
-fn now_ms() -> u64 {
-    CLOCK_START.elapsed().as_millis() as u64
+/// Milliseconds since the clock's origin (never 0, which means "not out").
+pub fn now_ms() -> u64 {
+    CLOCK_START.elapsed().as_millis() as u64 + 1
 }
 
 impl NodeRuntime {
@@ -66,9 +72,9 @@ impl NodeRuntime {
         self.peer.load().is_some()
     }
 
-    /// Whether the node is being skipped after a failed connection at time `now` (ms).
-    fn is_ejected(&self, now: u64) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now
+    /// Whether a request may use the node at `now`: it has an address and is not out.
+    fn is_eligible(&self, now: u64) -> bool {
+        self.weight > 0 && !self.health.is_out(now) && self.is_available()
     }
 
     fn set_address(&self, addr: Option<SocketAddr>) {
@@ -76,7 +82,7 @@ impl NodeRuntime {
             let s = &self.settings;
             let mut peer = HttpPeer::new(addr, s.tls, s.sni.clone());
             peer.options.connection_timeout = Some(s.connect_timeout);
-            peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+            peer.options.idle_timeout = Some(s.keepalive_timeout);
             peer.options.verify_cert = s.verify;
             peer.options.verify_hostname = s.verify;
             peer.options.ca = s.ca.clone();
@@ -84,6 +90,13 @@ impl NodeRuntime {
         });
         self.metrics.available.set(i64::from(peer.is_some()));
         self.peer.store(peer);
+        self.show_health();
+    }
+
+    /// Sets the node's health gauge from its state and address.
+    fn show_health(&self) {
+        let receives = self.health.state() != State::Unhealthy && self.is_available();
+        self.metrics.healthy.set(i64::from(receives));
     }
 
     fn current_address(&self) -> Option<SocketAddr> {
@@ -101,10 +114,51 @@ pub struct UpstreamRuntime {
     pub retries: u32,
     pub host_header: Option<http::HeaderValue>,
     pub nodes: Box<[NodeRuntime]>,
+    /// The schedule over every node with a weight.
     pub selector: SmoothWeighted,
+    /// The schedule over the nodes requests may use now.
+    eligible: ArcSwap<Eligible>,
+    /// The eligible set may have changed since `eligible` was built.
+    dirty: AtomicBool,
+    rebuilding: AtomicBool,
+    panic: AtomicBool,
+    panic_gauge: prometheus::IntGauge,
+    panic_requests: prometheus::IntCounter,
     pub retries_total: prometheus::IntCounter,
     /// The configuration this was built from, to tell whether a new one changes it.
     pub config: Upstream,
+}
+
+/// The schedule requests use until the eligible set changes.
+struct Eligible {
+    selector: SmoothWeighted,
+    /// Every node with an address is in the schedule because none is eligible.
+    panic: bool,
+    /// Upstream-clock milliseconds at which a node out for a while is due back.
+    recheck_at: u64,
+}
+
+/// The health of one node, for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub weight: u32,
+    #[serde(flatten)]
+    pub health: crate::health::Report,
+    /// RFC 3339 time at which a node out for a recovery time is tried again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub back_at: Option<String>,
+}
+
+/// The health of an upstream's nodes, for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HealthReport {
+    pub upstream: String,
+    pub active_checks: bool,
+    pub passive_checks: bool,
+    /// Every node is unhealthy and requests go to all of them anyway.
+    pub panic: bool,
+    pub nodes: Vec<NodeReport>,
 }
 
 impl UpstreamRuntime {
@@ -140,6 +194,14 @@ impl UpstreamRuntime {
                     verify: config.tls.as_ref().is_none_or(|t| t.verify),
                     ca: ca.clone(),
                     connect_timeout: config.connect_timeout,
+                    keepalive_timeout: config.keepalive_timeout,
+                };
+                let health = if node.weight == 0 {
+                    NodeHealth::new(State::Off, "weight 0: drained")
+                } else if config.health.enabled() {
+                    NodeHealth::new(State::NoData, "no request or probe has reached it yet")
+                } else {
+                    NodeHealth::new(State::Off, "health checks are off")
                 };
                 NodeRuntime {
                     metrics: NodeMetrics::new(&config.name, &label),
@@ -149,7 +211,7 @@ impl UpstreamRuntime {
                     weight: node.weight,
                     settings,
                     peer: ArcSwapOption::empty(),
-                    ejected_until: AtomicU64::new(0),
+                    health,
                 }
             })
             .collect();
@@ -160,6 +222,16 @@ impl UpstreamRuntime {
             retries: config.retries,
             host_header,
             selector: SmoothWeighted::new(&weights),
+            eligible: ArcSwap::from_pointee(Eligible {
+                selector: SmoothWeighted::new(&weights),
+                panic: false,
+                recheck_at: u64::MAX,
+            }),
+            dirty: AtomicBool::new(false),
+            rebuilding: AtomicBool::new(false),
+            panic: AtomicBool::new(false),
+            panic_gauge: METRICS.upstream_panic.with_label_values(&[&config.name]),
+            panic_requests: METRICS.panic_requests.with_label_values(&[&config.name]),
             retries_total: METRICS.upstream_retries.with_label_values(&[&config.name]),
             nodes,
             config: config.clone(),
@@ -175,43 +247,235 @@ impl UpstreamRuntime {
                 }
             }
         }
+        upstream.panic_gauge.set(0);
+        upstream.refresh(now_ms());
         Ok(upstream)
     }
 
     /// Picks a node for a request that has tried `tried` already: the first attempt claims the
-    /// next schedule position, a retry continues after `previous` (the position of the failed
-    /// attempt). Nodes that recently failed to connect are passed over while others remain.
-    /// Returns (position, node).
+    /// next position of the eligible schedule, a retry continues after `previous` (the position of
+    /// the failed attempt). Only eligible nodes are picked (in panic mode, any node with an
+    /// address). Returns (position, node).
     pub fn pick(&self, previous: Option<usize>, tried: &TriedSet) -> Option<(usize, usize)> {
+        let now = now_ms();
+        let mut current = self.eligible.load();
+        if now >= current.recheck_at {
+            self.refresh(now);
+            current = self.eligible.load();
+        }
         let start = match previous {
             Some(pos) => pos.wrapping_add(1),
-            None => self.selector.next_position(),
+            None => current.selector.next_position(),
         };
-        let now = now_ms();
-        let usable = |i: usize| !tried.contains(i) && self.nodes[i].is_available();
-        self.selector
-            .pick_from(start, |i| !usable(i) || self.nodes[i].is_ejected(now))
-            .or_else(|| self.selector.pick_from(start, |i| !usable(i)))
+        let picked = if current.panic {
+            current.selector.pick_from(start, |i| {
+                tried.contains(i) || !self.nodes[i].is_available()
+            })
+        } else {
+            // the schedule may lag a node that was just taken out: check each pick
+            current.selector.pick_from(start, |i| {
+                tried.contains(i) || !self.nodes[i].is_eligible(now)
+            })
+        };
+        if current.panic && previous.is_none() && picked.is_some() {
+            self.panic_requests.inc();
+        }
+        picked
     }
 
-    /// Skips `node` for the upstream's `unhealthy_timeout` after it failed to connect.
-    pub fn eject(&self, node: usize) {
-        let timeout = self.config.unhealthy_timeout;
-        if timeout.is_zero() {
+    /// Records evidence about node `node` from a request or a probe; a node over a threshold is
+    /// taken out.
+    pub fn report(&self, node: usize, source: Source, evidence: &Evidence) {
+        let n = &self.nodes[node];
+        let change = n.health.record(
+            &self.config.health,
+            self.config.unhealthy_timeout,
+            source,
+            evidence,
+            now_ms(),
+        );
+        self.changed(n, change);
+    }
+
+    /// Logs, counts and applies a node's change of state.
+    fn changed(&self, node: &NodeRuntime, change: Change) {
+        match change {
+            Change::None => return,
+            Change::Out => {
+                node.metrics.ejections.inc();
+                node.metrics.became[1].inc();
+                let recovery = self.config.unhealthy_timeout;
+                let back = if recovery.is_zero() {
+                    "back when probes find it healthy".to_owned()
+                } else {
+                    format!(
+                        "tried again in {}{}",
+                        humantime::format_duration(recovery),
+                        if self.config.health.active.is_some() {
+                            " or when probes find it healthy"
+                        } else {
+                            ""
+                        }
+                    )
+                };
+                log::warn!(
+                    "upstream {}: node {} is UNHEALTHY ({}); {back}",
+                    self.name,
+                    node.label,
+                    node.health.report().reason
+                );
+            }
+            Change::Back => {
+                node.metrics.became[0].inc();
+                log::info!(
+                    "upstream {}: node {} is HEALTHY again ({})",
+                    self.name,
+                    node.label,
+                    node.health.report().reason
+                );
+            }
+        }
+        node.show_health();
+        self.refresh(now_ms());
+    }
+
+    /// Rebuilds the eligible schedule after the eligible set changed (or may have): brings back
+    /// nodes whose recovery time has passed, enters or leaves panic mode. Cheap for common
+    /// upstreams (a schedule period times the node count, once per change); never blocks.
+    fn refresh(&self, now: u64) {
+        self.dirty.store(true, Ordering::Release);
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            // the thread rebuilding sees `dirty` and goes round once more
             return;
         }
-        let node = &self.nodes[node];
-        node.ejected_until
-            .store(now_ms() + timeout.as_millis() as u64, Ordering::Relaxed);
-        node.metrics.ejections.inc();
+        while self.dirty.swap(false, Ordering::AcqRel) {
+            for node in self.nodes.iter() {
+                if node.health.is_due_back(now) {
+                    let change = node.health.expire(now, self.config.unhealthy_timeout);
+                    if change == Change::Back {
+                        node.metrics.became[0].inc();
+                        node.show_health();
+                        log::info!(
+                            "upstream {}: node {} is back in rotation ({})",
+                            self.name,
+                            node.label,
+                            node.health.report().reason
+                        );
+                    }
+                }
+            }
+            let weights: Vec<u32> = self
+                .nodes
+                .iter()
+                .map(|n| if n.is_eligible(now) { n.weight } else { 0 })
+                .collect();
+            let panic = weights.iter().all(|w| *w == 0)
+                && self.nodes.iter().any(|n| n.weight > 0 && n.is_available());
+            let selector = if panic {
+                let all: Vec<u32> = self
+                    .nodes
+                    .iter()
+                    .map(|n| if n.is_available() { n.weight } else { 0 })
+                    .collect();
+                SmoothWeighted::new(&all)
+            } else {
+                SmoothWeighted::new(&weights)
+            };
+            let recheck_at = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.health.back_at())
+                .min()
+                .unwrap_or(u64::MAX);
+            if self.panic.swap(panic, Ordering::AcqRel) != panic {
+                self.panic_gauge.set(i64::from(panic));
+                if panic {
+                    log::error!(
+                        "upstream {}: every node is unhealthy; spreading requests over all of them until one recovers (panic mode)",
+                        self.name
+                    );
+                } else {
+                    log::info!(
+                        "upstream {}: a node is healthy again; panic mode over",
+                        self.name
+                    );
+                }
+            }
+            self.eligible.store(Arc::new(Eligible {
+                selector,
+                panic,
+                recheck_at,
+            }));
+        }
+        self.rebuilding.store(false, Ordering::Release);
+        if self.dirty.load(Ordering::Acquire) {
+            self.refresh(now);
+        }
     }
 
-    /// Whether a node remains that this request has not tried and could use.
+    /// Carries node health over from the previous runtime of this upstream (same name), for the
+    /// nodes both have, so a configuration change does not forget which nodes are out.
+    pub fn inherit_health(&self, old: &UpstreamRuntime) {
+        if !self.config.health.enabled() {
+            return;
+        }
+        for node in self.nodes.iter().filter(|n| n.weight > 0) {
+            if let Some(o) = old.nodes.iter().find(|o| o.label == node.label) {
+                if o.health.state() != State::Off {
+                    node.health.inherit(&o.health);
+                    node.show_health();
+                }
+            }
+        }
+        self.refresh(now_ms());
+    }
+
+    /// The health of every node, for operators.
+    pub fn health_report(&self) -> HealthReport {
+        let now = now_ms();
+        let unix_now = crate::health::unix_ms();
+        HealthReport {
+            upstream: self.name.clone(),
+            active_checks: self.config.health.active.is_some(),
+            passive_checks: self.config.health.passive,
+            panic: self.panic.load(Ordering::Acquire),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let mut health = n.health.report();
+                    if !n.is_available() {
+                        health.state = State::Unhealthy.as_str();
+                        health.reason = format!("no address inside VPC {}", self.vpc.id);
+                    }
+                    NodeReport {
+                        node: n.label.clone(),
+                        weight: n.weight,
+                        back_at: n
+                            .health
+                            .back_at()
+                            .filter(|t| *t > now)
+                            .map(|t| crate::health::rfc3339(unix_now + (t - now))),
+                        health,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether a node remains that this request has not tried and could use (an eligible one,
+    /// or in panic mode any with an address).
     pub fn has_untried(&self, tried: &TriedSet) -> bool {
-        self.nodes
-            .iter()
-            .enumerate()
-            .any(|(i, n)| n.weight > 0 && !tried.contains(i) && n.is_available())
+        let now = now_ms();
+        let panic = self.panic.load(Ordering::Relaxed);
+        self.nodes.iter().enumerate().any(|(i, n)| {
+            !tried.contains(i)
+                && if panic {
+                    n.weight > 0 && n.is_available()
+                } else {
+                    n.is_eligible(now)
+                }
+        })
     }
 
     /// Applies a DNS answer for a named node: keeps only addresses inside the VPC, logs and counts
@@ -265,6 +529,7 @@ impl UpstreamRuntime {
                 ),
             }
             node.set_address(chosen);
+            self.refresh(now_ms());
         }
     }
 
@@ -278,6 +543,10 @@ impl UpstreamRuntime {
             && self.config.retries == other.retries
             && self.config.connect_timeout == other.connect_timeout
             && self.config.unhealthy_timeout == other.unhealthy_timeout
+            && self.config.keepalive_timeout == other.keepalive_timeout
+            && self.config.retry_statuses == other.retry_statuses
+            && self.config.retry_budget == other.retry_budget
+            && self.config.health == other.health
             && self.config.tls == other.tls
             && self.config.nodes == other.nodes
     }
