@@ -21,6 +21,13 @@ use pingora::services::listening::Service;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Has mimalloc return the memory it holds freed to the operating system (forced collection of
+/// the calling thread's heap and purge of its arenas).
+fn release_freed_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// The configuration used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "config/gatehouse.yaml";
 
@@ -71,6 +78,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_level.as_deref());
+    gatehouse_plugin_host::set_release_freed_memory(release_freed_memory);
     match cli.command {
         Command::Run { config } => run(&config, None),
         Command::Validate { config, diff_from } => validate(&config, diff_from.as_deref()),

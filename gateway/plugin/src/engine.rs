@@ -18,6 +18,24 @@ const DEFAULT_TOTAL_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
 /// enforced to within one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// Hands memory the process freed back to the operating system; set by the binary, which knows
+/// its allocator.
+static RELEASE_FREED_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets how the process gives freed memory back to the operating system. The host calls it after
+/// freeing a buffer a hostile plugin made it allocate (the lifted body of an oversized reply),
+/// which an allocator would otherwise keep resident for reuse.
+pub fn set_release_freed_memory(release: fn()) {
+    let _ = RELEASE_FREED_MEMORY.set(release);
+}
+
+/// Gives freed memory back to the operating system, if the binary said how.
+pub(crate) fn release_freed_memory() {
+    if let Some(release) = RELEASE_FREED_MEMORY.get() {
+        release();
+    }
+}
+
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -17,7 +17,7 @@ pub mod metrics;
 pub mod slot;
 
 pub use bindings::{EditLimits, MemoryBudget, Node, Reply};
-pub use engine::{LoadError, PluginEngine, EPOCH_TICK};
+pub use engine::{set_release_freed_memory, LoadError, PluginEngine, EPOCH_TICK};
 pub use slot::{Failure, Hook, PluginSlot, RequestOutcome, SlotLimits};
 pub mod standard;
 #[cfg(feature = "testing")]

@@ -63,6 +63,9 @@ pub enum Failure {
     Error(String),
     /// The plugin returned something the gateway cannot use (e.g. an invalid status).
     InvalidOutput(String),
+    /// The plugin answered with a reply body over [`MAX_REPLY_BODY`] (counted as
+    /// `invalid_output`); the instance whose memory built it is not kept.
+    ReplyTooLarge(usize),
     /// No instance could be created or configured.
     Instantiate(String),
     /// The plugin tried to set or remove a header that frames the message (`Content-Length`,
@@ -97,7 +100,7 @@ impl Failure {
             Failure::Timeout => 1,
             Failure::Memory => 2,
             Failure::Error(_) => 3,
-            Failure::InvalidOutput(_) => 4,
+            Failure::InvalidOutput(_) | Failure::ReplyTooLarge(_) => 4,
             Failure::Instantiate(_) => 5,
             Failure::ForbiddenHeader(_) => 6,
             Failure::HeaderLimit(_) => 7,
@@ -134,6 +137,10 @@ impl std::fmt::Display for Failure {
             Failure::Memory => f.write_str("exceeded its memory limit"),
             Failure::Error(m) => write!(f, "returned an error: {m}"),
             Failure::InvalidOutput(m) => write!(f, "returned an invalid result: {m}"),
+            Failure::ReplyTooLarge(n) => write!(
+                f,
+                "returned an invalid result: a reply body of {n} bytes (at most {MAX_REPLY_BODY})"
+            ),
             Failure::Instantiate(m) => write!(f, "could not be instantiated: {m}"),
             Failure::ForbiddenHeader(m) => write!(f, "broke the message framing: {m}"),
             Failure::HeaderLimit(m) => write!(f, "added too much: {m}"),
@@ -446,7 +453,6 @@ impl PluginSlot {
         let result = self.call(&mut warm, Hook::Request, self.limits.time, |p, s| {
             p.call_on_request(&mut *s, Resource::new_borrow(REQUEST))
         });
-        let mut oversized = false;
         let outcome = result.and_then(|action| match action {
             Action::Proceed => {
                 let call = &warm.store.data().call;
@@ -456,28 +462,19 @@ impl PluginSlot {
                     host_changed: call.host_changed,
                 })
             }
-            Action::Respond(reply) => {
-                // the instance's memory holds the oversized body: it is not kept warm
-                oversized = reply.body.len() > MAX_REPLY_BODY;
-                check_reply(reply, &self.limits.edits)
-                    .map(RequestOutcome::Respond)
-                    .inspect_err(|f| {
-                        self.metrics.failure(f);
-                        log::warn!("plugin {} {}: {f}", self.who, Hook::Request.as_str());
-                    })
-            }
+            Action::Respond(reply) => check_reply(reply, &self.limits.edits)
+                .map(RequestOutcome::Respond)
+                .inspect_err(|f| {
+                    self.metrics.failure(f);
+                    log::warn!("plugin {} {}: {f}", self.who, Hook::Request.as_str());
+                }),
         });
         let call = &mut warm.store.data_mut().call;
         if outcome.is_err() {
             call.roll_back();
         }
         std::mem::swap(&mut call.request, req);
-        if oversized {
-            self.breaker.record(true, &self.who);
-            self.discard(warm);
-        } else {
-            self.finish(warm, &outcome);
-        }
+        self.finish(warm, &outcome);
         outcome
     }
 
@@ -543,6 +540,10 @@ impl PluginSlot {
             Ok(_) => self.release(warm),
             Err(f) if f.keeps_instance() => self.release(warm),
             Err(_) => self.discard(warm),
+        }
+        if matches!(outcome, Err(Failure::ReplyTooLarge(_))) {
+            // the lifted body is freed: do not let the allocator keep it resident
+            crate::engine::release_freed_memory();
         }
     }
 
@@ -716,10 +717,7 @@ fn ticks(time: Duration) -> u64 {
 /// Checks a short-circuit reply before the gateway writes it.
 fn check_reply(reply: Reply, limits: &EditLimits) -> Result<Reply, Failure> {
     if reply.body.len() > MAX_REPLY_BODY {
-        return Err(Failure::InvalidOutput(format!(
-            "a reply body of {} bytes (at most {MAX_REPLY_BODY})",
-            reply.body.len()
-        )));
+        return Err(Failure::ReplyTooLarge(reply.body.len()));
     }
     if !(200..=599).contains(&reply.status) {
         return Err(Failure::InvalidOutput(format!(
@@ -793,7 +791,8 @@ mod tests {
         let limits = EditLimits::default();
         assert!(check_reply(reply(MAX_REPLY_BODY, vec![]), &limits).is_ok());
         let huge = check_reply(reply(100 * 1024 * 1024, vec![]), &limits);
-        assert!(matches!(huge, Err(Failure::InvalidOutput(m)) if m.contains("reply body")));
+        assert!(matches!(huge, Err(Failure::ReplyTooLarge(n)) if n == 100 * 1024 * 1024));
+        assert!(!Failure::ReplyTooLarge(0).keeps_instance() && !Failure::ReplyTooLarge(0).breaks());
         let framing = vec![("content-length".to_owned(), "5".to_owned())];
         assert!(matches!(
             check_reply(reply(5, framing), &limits),
