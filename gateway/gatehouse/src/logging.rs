@@ -29,6 +29,61 @@ const CREDENTIAL_NAMES: [&str; 13] = [
 
 const MARK: &str = "[redacted]";
 
+/// Engine messages logged at a level they do not deserve, with the level they get here:
+/// (target prefix, message, level).
+///
+/// "failed to acquire reusable stream": a request wanted a pooled upstream connection while the
+/// engine's idle watcher still held a reference to it (a race inside the engine's pool, about
+/// once per ten requests under load). Nothing fails: the request opens a new connection. It is
+/// not something an operator must act on, so it is DEBUG, not ERROR.
+const DEMOTED: [(&str, &str, log::Level); 1] = [(
+    "pingora_core::connectors",
+    "failed to acquire reusable stream",
+    log::Level::Debug,
+)];
+
+/// The level a record is written at: its own, or a lower one from [`DEMOTED`].
+fn level_of(record: &log::Record<'_>) -> log::Level {
+    if let Some(message) = record.args().as_str() {
+        for (target, text, level) in DEMOTED {
+            if message == text && record.target().starts_with(target) {
+                return level;
+            }
+        }
+    }
+    record.level()
+}
+
+/// env_logger's logger, with the levels of [`DEMOTED`] applied before its filter.
+struct Logger(env_logger::Logger);
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let level = level_of(record);
+        if level == record.level() {
+            return self.0.log(record);
+        }
+        self.0.log(
+            &log::Record::builder()
+                .args(*record.args())
+                .level(level)
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
 /// Starts logging at `level` (or `RUST_LOG`, default `info`).
 pub fn init(level: Option<&str>) {
     let mut builder =
@@ -36,19 +91,22 @@ pub fn init(level: Option<&str>) {
     if let Some(level) = level {
         builder.parse_filters(level);
     }
-    builder
-        .format(|buf, record| {
-            let text = record.args().to_string();
-            writeln!(
-                buf,
-                "[{} {:<5} {}] {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.target(),
-                redact(&text)
-            )
-        })
-        .init();
+    builder.format(|buf, record| {
+        let text = record.args().to_string();
+        writeln!(
+            buf,
+            "[{} {:<5} {}] {}",
+            buf.timestamp_millis(),
+            record.level(),
+            record.target(),
+            redact(&text)
+        )
+    });
+    let logger = builder.build();
+    log::set_max_level(logger.filter());
+    if log::set_boxed_logger(Box::new(Logger(logger))).is_err() {
+        eprintln!("gatehouse: a logger was already set");
+    }
 }
 
 /// `line` with credential values and known secrets replaced by `[redacted]`.
@@ -126,6 +184,32 @@ fn value_after(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engines_pool_race_is_debug_not_error() {
+        let race = format_args!("failed to acquire reusable stream");
+        let record = log::Record::builder()
+            .args(race)
+            .level(log::Level::Error)
+            .target("pingora_core::connectors")
+            .build();
+        assert_eq!(level_of(&record), log::Level::Debug);
+        // the same words elsewhere, and other engine errors, keep their level
+        let other = format_args!("failed to acquire reusable stream");
+        let elsewhere = log::Record::builder()
+            .args(other)
+            .level(log::Level::Error)
+            .target("gatehouse_proxy")
+            .build();
+        assert_eq!(level_of(&elsewhere), log::Level::Error);
+        let real = format_args!("TLS handshake failure");
+        let engine = log::Record::builder()
+            .args(real)
+            .level(log::Level::Error)
+            .target("pingora_core::connectors")
+            .build();
+        assert_eq!(level_of(&engine), log::Level::Error);
+    }
 
     #[test]
     fn credentials_are_scrubbed_in_every_shape() {
