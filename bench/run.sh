@@ -2,6 +2,8 @@
 # Gatehouse benchmark, one command: installs the load tools it lacks, builds Gatehouse and the
 # bench binaries in release mode, then runs every variant (bench/run.py) and writes
 # bench/results/RESULTS-<date>.md. Usage: bench/run.sh [--long] [run.py options, see --help]
+# `bench/run.sh health [health.py options]` runs the upstream-health soak and the cost of active
+# checks instead (bench/health.py, about 2 minutes), writing bench/results/HEALTH-<date>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +39,11 @@ log "building gatehouse (release)"
 cargo build --release -p gatehouse
 log "building bench-backend and bare-pingora (release)"
 cargo build --release -p gatehouse-bench --bins
+if [ "${1:-}" = health ]; then
+    shift
+    log "running the upstream-health soak (about 2 minutes)"
+    exec python3 bench/health.py "$@"
+fi
 log "building the criterion benchmarks"
 cargo bench -p gatehouse-bench --benches --no-run
 

@@ -449,3 +449,40 @@ fn a_pooled_connection_the_node_closed_is_resent_once_on_a_fresh_one() {
         "not held against the node"
     );
 }
+
+#[test]
+fn probes_stop_for_a_node_a_configuration_change_removed() {
+    let (a, b) = (echo("a"), echo("b"));
+    let admin = free_port();
+    let (listen, metrics) = (free_port(), free_port());
+    let head = instance_yaml(listen, metrics).replace(
+        "  threads: 2\n",
+        &format!("  threads: 2\n  admin: \"127.0.0.1:{admin}\"\n  admin_token: {TOKEN}\n"),
+    );
+    let probing = "    health_check: { active: true, interval: 100ms, timeout: 1s }\n";
+    let gw = Gateway::start_config(
+        &format!("{head}{}", config(&[a.addr(), b.addr()], probing, "5s")),
+        listen,
+        metrics,
+    );
+    // probes reach both nodes without any request
+    wait_until("probes on b", || b.stats().requests() >= 3);
+    std::fs::write(
+        gw.dir.join("gatehouse.yaml"),
+        format!("{head}{}", config(&[a.addr()], probing, "5s")),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    wait_until("b removed", || {
+        health(admin)["nodes"].as_array().unwrap().len() == 1
+    });
+    // a probe already in flight may still land; after that, none
+    std::thread::sleep(Duration::from_millis(300));
+    let (on_a, on_b) = (a.stats().requests(), b.stats().requests());
+    wait_until("more probes on a", || a.stats().requests() >= on_a + 5);
+    assert_eq!(
+        b.stats().requests(),
+        on_b,
+        "no probe reached the removed node"
+    );
+}

@@ -199,3 +199,50 @@ fn sni_defaults_to_the_host_header_host() {
     assert_eq!(r.node(), "tls sni=users.internal");
     assert_eq!(r.json()["host"], "users.internal:8443");
 }
+
+#[test]
+fn probes_use_the_upstreams_tls_settings() {
+    let pki = pki(&["users.internal"]);
+    let other = self::pki(&["users.internal"]);
+    let backend = tls_backend(&pki, "tls");
+    let probing = |ca: &str| {
+        https_config(ca, backend.addr, "{ ca_file: CA, sni: users.internal }").replace(
+            "    retries: 1\n",
+            "    retries: 1\n    health_check: { active: true, interval: 100ms, timeout: 1s }\n",
+        )
+    };
+    let healthy = format!(
+        r#"gatehouse_upstream_node_healthy{{node="{}",upstream="secure"}}"#,
+        backend.addr
+    );
+    let probes = |result: &str| {
+        format!(
+            r#"gatehouse_upstream_probes_total{{node="{}",result="{result}",upstream="secure"}}"#,
+            backend.addr
+        )
+    };
+    let wait = |gw: &Gateway, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while gw.metric(what) < 1.0 {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // the right CA: probes over TLS succeed, with no request sent
+    let ca = write_ca(&pki);
+    let gw = Gateway::start_with(&file_roots_for(&ca), &probing(&ca));
+    wait(&gw, &probes("healthy"));
+    assert_eq!(gw.metric(&healthy), 1.0);
+    drop(gw);
+    // a CA that did not sign the node's certificate: the probe's handshake fails, as a request's
+    // would, and the node is taken out before any request meets it
+    let wrong = write_ca(&other);
+    let gw = Gateway::start_with(&file_roots_for(&wrong), &probing(&wrong));
+    wait(&gw, &probes("connect_error"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while gw.metric(&healthy) != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the node stayed in");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(gw.metric(&probes("healthy")), 0.0);
+}
