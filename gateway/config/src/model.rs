@@ -146,6 +146,35 @@ pub struct Instance {
     /// Absolute folders the files named by the configuration (plugin components, CA files) are
     /// read from; by default the configuration file's own folder.
     pub file_roots: Vec<PathBuf>,
+    pub access_log: AccessLog,
+}
+
+/// Where and how requests are logged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    /// Share of requests logged (0 when off), unless an API says otherwise.
+    pub sample: f64,
+    pub format: AccessLogFormat,
+    /// Absolute path of the file appended to; standard output when `None`.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self {
+            sample: 0.0,
+            format: AccessLogFormat::Json,
+            file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// One compact line of text per request.
+    Text,
 }
 
 /// TLS of the admin listener.
@@ -439,6 +468,8 @@ pub struct Api {
     pub backend: Backend,
     /// Run in this order for each request.
     pub plugins: Vec<PluginRef>,
+    /// Share of this API's requests logged, when it overrides the instance's.
+    pub access_log: Option<f64>,
 }
 
 /// Where a plugin's component comes from.

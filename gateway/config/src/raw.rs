@@ -57,6 +57,34 @@ pub struct RawInstance {
     /// Folders the files the configuration names may be read from.
     #[serde(default, skip_serializing_if = "is_empty")]
     pub file_roots: Vec<String>,
+    /// One line per request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// The access log of an instance.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `json` or `text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A file to append to; standard output without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Share of requests logged, 0 to 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<f64>,
+}
+
+/// An API's access log choice: on, off, or the share of its requests logged.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawLogChoice {
+    Switch(bool),
+    Share(f64),
 }
 
 /// TLS of the admin listener.
@@ -254,6 +282,9 @@ pub struct RawApi {
     pub backend: RawBackend,
     #[serde(default, skip_serializing_if = "is_empty")]
     pub plugins: Vec<RawPlugin>,
+    /// Overrides the instance's access log for this API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<RawLogChoice>,
 }
 
 /// A plugin on an API: a standard plugin by `name`, or a component file by `path`.

@@ -267,6 +267,48 @@ fn remember_leaves(value: &serde_yaml::Value) {
     }
 }
 
+/// Names whose values are credentials, in lower case: headers and query parameters alike.
+pub const CREDENTIAL_NAMES: [&str; 13] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "api_key",
+    "apikey",
+    "x-auth-token",
+    "access_token",
+    "auth_token",
+    "token",
+    "password",
+    "secret",
+];
+
+/// `path_and_query` with the values of query parameters whose names are credentials
+/// ([`CREDENTIAL_NAMES`], any case) replaced by `[redacted]`.
+pub fn redact_query(path_and_query: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return std::borrow::Cow::Borrowed(path_and_query);
+    };
+    let secret = |pair: &str| {
+        let name = pair.split('=').next().unwrap_or_default();
+        CREDENTIAL_NAMES
+            .iter()
+            .any(|c| name.eq_ignore_ascii_case(c))
+    };
+    if !query.split('&').any(secret) {
+        return std::borrow::Cow::Borrowed(path_and_query);
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret(pair) => format!("{name}=[redacted]"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    std::borrow::Cow::Owned(format!("{path}?{}", pairs.join("&")))
+}
+
 /// `text` with every remembered secret value replaced by `[redacted]`.
 pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
     let known = KNOWN.read().unwrap_or_else(|p| p.into_inner());
@@ -282,6 +324,16 @@ pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_query_parameters_are_redacted() {
+        assert_eq!(redact_query("/a?x=1"), "/a?x=1");
+        assert_eq!(
+            redact_query("/a?API_KEY=s3cr3t&x=1&token=t"),
+            "/a?API_KEY=[redacted]&x=1&token=[redacted]"
+        );
+        assert_eq!(redact_query("/no-query"), "/no-query");
+    }
 
     fn config(yaml: &str) -> RawConfig {
         serde_yaml::from_str(yaml).unwrap()

@@ -331,7 +331,12 @@ impl Validator {
                 ),
             }
         }
+        let access_log = match &raw.access_log {
+            Some(a) => self.access_log(a, base_dir),
+            None => AccessLog::default(),
+        };
         Some(Instance {
+            access_log,
             http,
             admin_tls,
             admin_allow,
@@ -348,6 +353,58 @@ impl Validator {
             plugin_limits,
         })
         .filter(|_| ok)
+    }
+
+    fn access_log(&mut self, raw: &RawAccessLog, base_dir: &Path) -> AccessLog {
+        let format = match raw.format.as_deref() {
+            None | Some("json") => AccessLogFormat::Json,
+            Some("text") => AccessLogFormat::Text,
+            Some(other) => {
+                self.problem(
+                    "instance.access_log.format",
+                    format!("{other:?} is not an access log format"),
+                    "use json (the default) or text",
+                );
+                AccessLogFormat::Json
+            }
+        };
+        let sample = match raw.sample {
+            None => 1.0,
+            Some(s) => self.share("instance.access_log.sample", s).unwrap_or(1.0),
+        };
+        let file = raw.file.as_deref().map(|f| base_dir.join(f));
+        if let Some(dir) = file.as_deref().and_then(Path::parent) {
+            if !dir.is_dir() {
+                self.problem(
+                    "instance.access_log.file",
+                    format!("folder {} does not exist", dir.display()),
+                    "create the folder, or write the log to standard output (omit file)",
+                );
+            }
+        }
+        AccessLog {
+            sample: if raw.enabled.unwrap_or(true) {
+                sample
+            } else {
+                0.0
+            },
+            format,
+            file,
+        }
+    }
+
+    /// A share from 0 to 1.
+    fn share(&mut self, path: &str, value: f64) -> Option<f64> {
+        if (0.0..=1.0).contains(&value) {
+            Some(value)
+        } else {
+            self.problem(
+                path,
+                format!("{value} is not a share of requests"),
+                "give a number from 0 (none) to 1 (every request), e.g. 0.1",
+            );
+            None
+        }
     }
 
     fn http(&mut self, raw: &RawHttp) -> HttpOptions {
@@ -1209,6 +1266,13 @@ impl Validator {
                         max_body_size,
                         backend,
                         plugins,
+                        access_log: match a.access_log {
+                            None => None,
+                            Some(RawLogChoice::Switch(on)) => Some(if on { 1.0 } else { 0.0 }),
+                            Some(RawLogChoice::Share(s)) => {
+                                self.share(&format!("{apath}.access_log"), s)
+                            }
+                        },
                     });
                 }
             }

@@ -10,23 +10,6 @@
 use std::borrow::Cow;
 use std::io::Write;
 
-/// Names whose values are credentials, in lower case: headers and query parameters alike.
-const CREDENTIAL_NAMES: [&str; 13] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-    "api-key",
-    "api_key",
-    "apikey",
-    "x-auth-token",
-    "access_token",
-    "auth_token",
-    "token",
-    "password",
-    "secret",
-];
-
 const MARK: &str = "[redacted]";
 
 /// Engine messages logged at a level they do not deserve, with the level they get here:
@@ -114,7 +97,7 @@ pub fn redact(line: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(line);
     let lower = line.to_ascii_lowercase();
     let mut spans: Vec<(usize, usize)> = Vec::new();
-    for name in CREDENTIAL_NAMES {
+    for name in gatehouse_config::secrets::CREDENTIAL_NAMES {
         let mut from = 0;
         while let Some(at) = lower[from..].find(name) {
             let start = from + at;

@@ -7,6 +7,7 @@
 //!
 //! It takes a validated [`gatehouse_config::Config`]; parsing and validation live in that crate.
 
+pub mod access;
 pub mod health;
 pub mod listener;
 pub mod metrics;

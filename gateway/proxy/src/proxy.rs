@@ -100,6 +100,10 @@ pub struct RequestCtx {
     body_limit: Option<u64>,
     /// The client sent `Expect: 100-continue` and got its interim answer from the gateway.
     continued: bool,
+    /// The gateway's error code, when it answered itself.
+    error: Option<&'static str>,
+    /// Path and query as the client sent them, kept when the access log is on.
+    target: Option<String>,
 }
 
 impl RequestCtx {
@@ -208,6 +212,17 @@ impl RequestCtx {
     }
 }
 
+/// Writes an error the gateway answers itself and remembers its code for the access log.
+async fn answer_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    body: &ErrorBody<'_>,
+    extra: Option<(http::HeaderName, &str)>,
+) -> Result<()> {
+    ctx.error = Some(body.error);
+    respond::write_error(session, body, extra).await
+}
+
 /// The answer to a request a `fail_closed` plugin stopped.
 fn plugin_error<'a>(api: &'a ApiRuntime, stopped: &'a Stopped<'a>) -> ErrorBody<'a> {
     ErrorBody {
@@ -274,7 +289,7 @@ impl Gateway {
             }
             PluginDecision::Stop(stopped) => {
                 let body = plugin_error(api, &stopped);
-                respond::write_error(session, &body, None).await?;
+                answer_error(session, ctx, &body, None).await?;
                 Ok(true)
             }
         }
@@ -345,6 +360,8 @@ impl ProxyHttp for Gateway {
             failed_plugin: None,
             body_limit: None,
             continued: false,
+            error: None,
+            target: None,
         }
     }
 
@@ -365,6 +382,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let runtime = self.runtime.load();
+        if runtime.access.is_some() {
+            ctx.target = Some(session.req_header().uri.to_string());
+        }
         ctx.runtime = Some(runtime.clone());
         ctx.client_ip = session
             .client_addr()
@@ -387,7 +407,7 @@ impl ProxyHttp for Gateway {
             };
             session.set_keepalive(None);
             let body = ErrorBody::new(status, error, message);
-            respond::write_error(session, &body, None).await?;
+            answer_error(session, ctx, &body, None).await?;
             return Ok(true);
         }
         let decision = match canonical_target(session.req_header(), http) {
@@ -418,7 +438,7 @@ impl ProxyHttp for Gateway {
                                 format!("the request body of {length} bytes is over this API's limit of {limit} bytes"),
                             )
                         };
-                        respond::write_error(session, &body, None).await?;
+                        answer_error(session, ctx, &body, None).await?;
                         return Ok(true);
                     }
                 }
@@ -468,7 +488,7 @@ impl ProxyHttp for Gateway {
                         .await
                     {
                         let body = plugin_error(&runtime.apis[api], &stopped);
-                        respond::write_error(session, &body, None).await?;
+                        answer_error(session, ctx, &body, None).await?;
                         return Ok(true);
                     }
                 }
@@ -478,7 +498,7 @@ impl ProxyHttp for Gateway {
             Decision::NotFound => {
                 let path = session.req_header().uri.path();
                 let body = ErrorBody::new(404, "not_found", format!("no API serves {path}"));
-                respond::write_error(session, &body, None).await?;
+                answer_error(session, ctx, &body, None).await?;
                 Ok(true)
             }
             Decision::MethodNotAllowed(allow) => {
@@ -492,12 +512,12 @@ impl ProxyHttp for Gateway {
                         req.uri.path()
                     ),
                 );
-                respond::write_error(session, &body, Some((http::header::ALLOW, &allow))).await?;
+                answer_error(session, ctx, &body, Some((http::header::ALLOW, &allow))).await?;
                 Ok(true)
             }
             Decision::BadRequest(message) => {
                 let body = ErrorBody::new(400, "bad_request", message);
-                respond::write_error(session, &body, None).await?;
+                answer_error(session, ctx, &body, None).await?;
                 Ok(true)
             }
         }
@@ -777,6 +797,7 @@ impl ProxyHttp for Gateway {
             (_, ErrorSource::Downstream) => (400, "bad_request"),
             _ => (500, "internal_error"),
         };
+        ctx.error = Some(code);
         if status == 0 {
             return FailToProxy {
                 error_code: 0,
@@ -829,10 +850,44 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         let Some(runtime) = &ctx.runtime else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let seconds = ctx.started.elapsed().as_secs_f64();
-        match ctx.api {
-            Some(api) => runtime.apis[api].metrics.observe(status, seconds),
-            None => runtime.unrouted.observe(status, seconds),
+        let elapsed = ctx.started.elapsed();
+        let seconds = elapsed.as_secs_f64();
+        let (metrics, share, counter) = match ctx.api {
+            Some(api) => {
+                let api = &runtime.apis[api];
+                (&api.metrics, api.access_share, &api.access_counter)
+            }
+            None => (
+                &runtime.unrouted,
+                runtime.unrouted_access_share,
+                &runtime.unrouted_access_counter,
+            ),
+        };
+        metrics.observe(status, seconds);
+        if let Some(access) = &runtime.access {
+            if crate::access::sampled(counter, share) {
+                access.push(crate::access::Entry {
+                    time: std::time::SystemTime::now(),
+                    duration: elapsed,
+                    client: ctx.client_ip,
+                    method: session.req_header().method.clone(),
+                    target: ctx.target.take().unwrap_or_default(),
+                    status,
+                    bytes_in: session.body_bytes_read() as u64,
+                    bytes_out: session.body_bytes_sent() as u64,
+                    runtime: Arc::clone(runtime),
+                    api: ctx.api,
+                    node: ctx.node,
+                    attempts: ctx.attempts,
+                    request_id: session
+                        .req_header()
+                        .headers
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    error: ctx.error,
+                });
+            }
         }
     }
 }

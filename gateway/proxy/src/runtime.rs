@@ -17,6 +17,7 @@ use http::{HeaderName, HeaderValue};
 
 use gatehouse_plugin_host::PluginEngine;
 
+use crate::access::AccessLog;
 use crate::metrics::{config_applied, RequestMetrics};
 use crate::plugins::ApiPlugins;
 use crate::route::Router;
@@ -31,6 +32,9 @@ pub struct ApiRuntime {
     pub metrics: RequestMetrics,
     /// Largest request body, in bytes (the API's own or `instance.http.max_body_size`).
     pub max_body_size: u64,
+    /// Share of its requests the access log gets, and their count (for even sampling).
+    pub access_share: f64,
+    pub access_counter: std::sync::atomic::AtomicU64,
 }
 
 pub enum ApiBackend {
@@ -59,6 +63,10 @@ pub struct Runtime {
     pub upstreams: Box<[Arc<UpstreamRuntime>]>,
     /// Counters for requests that matched no API.
     pub unrouted: RequestMetrics,
+    /// The access log, when any request is logged.
+    pub access: Option<Arc<AccessLog>>,
+    pub unrouted_access_share: f64,
+    pub unrouted_access_counter: std::sync::atomic::AtomicU64,
 }
 
 impl Runtime {
@@ -157,6 +165,8 @@ impl Runtime {
                     },
                 };
                 apis.push(ApiRuntime {
+                    access_share: api.access_log.unwrap_or(config.instance.access_log.sample),
+                    access_counter: std::sync::atomic::AtomicU64::new(0),
                     max_body_size: api
                         .max_body_size
                         .unwrap_or(config.instance.http.max_body_size),
@@ -171,7 +181,20 @@ impl Runtime {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let settings = &config.instance.access_log;
+        let logging = settings.sample > 0.0 || apis.iter().any(|a| a.access_share > 0.0);
+        // the log of the previous snapshot is kept when it writes to the same place
+        let access = logging.then(|| {
+            previous
+                .and_then(|p| p.access.as_ref())
+                .filter(|a| a.serves(settings))
+                .cloned()
+                .unwrap_or_else(|| Arc::new(AccessLog::new(settings.clone())))
+        });
         Ok(Self {
+            access,
+            unrouted_access_share: settings.sample,
+            unrouted_access_counter: std::sync::atomic::AtomicU64::new(0),
             generation,
             router: Router::build(&config),
             apis: apis.into_boxed_slice(),

@@ -99,6 +99,10 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
         "gatehouse health checks",
         Prober::new(runtime.clone()),
     ));
+    server.add_service(background_service(
+        "gatehouse access log reopen on SIGUSR1",
+        crate::access::ReopenOnUsr1(runtime.clone()),
+    ));
     Ok((server, runtime))
 }
 
