@@ -147,6 +147,18 @@ pub struct Instance {
     /// read from; by default the configuration file's own folder.
     pub file_roots: Vec<PathBuf>,
     pub access_log: AccessLog,
+    /// Listeners that terminate TLS.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS listeners and their certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub listen: Vec<SocketAddr>,
+    /// Chosen by SNI among the names of each certificate; the first one is the default.
+    pub certificates: Vec<AdminTls>,
+    /// Offer HTTP/2 by ALPN.
+    pub http2: bool,
 }
 
 /// Where and how requests are logged.

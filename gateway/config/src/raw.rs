@@ -60,6 +60,20 @@ pub struct RawInstance {
     /// One line per request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log: Option<RawAccessLog>,
+    /// Listeners that terminate TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawListenerTls>,
+}
+
+/// TLS listeners: addresses and the certificates they choose from by SNI.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub listen: Vec<String>,
+    pub certificates: Vec<RawAdminTls>,
+    /// Offer HTTP/2 by ALPN (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2: Option<bool>,
 }
 
 /// The access log of an instance.

@@ -331,11 +331,58 @@ impl Validator {
                 ),
             }
         }
+        let tls = raw.tls.as_ref().map(|t| {
+            let mut tls_listen = Vec::new();
+            if t.listen.is_empty() {
+                self.problem(
+                    "instance.tls.listen",
+                    "no TLS listener given",
+                    "add an address, e.g. listen: [\"0.0.0.0:8443\"], or drop instance.tls",
+                );
+            }
+            for (i, l) in t.listen.iter().enumerate() {
+                let path = format!("instance.tls.listen[{i}]");
+                if let Some(addr) = self.socket_addr(&path, l) {
+                    if listen.contains(&addr) || tls_listen.contains(&addr) || metrics == Some(addr) || admin == Some(addr) {
+                        self.problem(
+                            path,
+                            format!("{addr} is already a listener"),
+                            "give each listener its own address",
+                        );
+                    } else {
+                        tls_listen.push(addr);
+                    }
+                }
+            }
+            if t.certificates.is_empty() {
+                self.problem(
+                    "instance.tls.certificates",
+                    "no certificate given",
+                    "list at least one { cert_file, key_file } pair (PEM); the first is the default",
+                );
+            }
+            let certificates = t
+                .certificates
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let cert = self.file(&format!("instance.tls.certificates[{i}].cert_file"), &c.cert_file, base_dir);
+                    let key = self.file(&format!("instance.tls.certificates[{i}].key_file"), &c.key_file, base_dir);
+                    Some(AdminTls { cert_file: cert?, key_file: key? })
+                })
+                .collect();
+            ListenerTls {
+                listen: tls_listen,
+                certificates,
+                http2: t.http2.unwrap_or(true),
+            }
+        });
         let access_log = match &raw.access_log {
             Some(a) => self.access_log(a, base_dir),
             None => AccessLog::default(),
         };
         Some(Instance {
+            tls,
             access_log,
             http,
             admin_tls,

@@ -225,6 +225,7 @@ fn validate(paths: &[PathBuf], diff_from: Option<&Path>) -> ExitCode {
         let problems = match gatehouse_config::load(path) {
             Ok(config) => {
                 let mut problems = gatehouse_proxy::upstream::check_files(&config);
+                problems.extend(gatehouse_proxy::tls::check_files(&config));
                 problems.extend(gatehouse_proxy::plugins::check(&engine, &config));
                 if problems.is_empty() {
                     let apis: usize = config.services.iter().map(|s| s.apis.len()).sum();

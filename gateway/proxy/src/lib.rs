@@ -20,6 +20,7 @@ pub mod route;
 pub mod runtime;
 pub mod selection;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use runtime::{Runtime, SharedRuntime};

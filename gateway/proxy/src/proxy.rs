@@ -100,6 +100,8 @@ pub struct RequestCtx {
     body_limit: Option<u64>,
     /// The client sent `Expect: 100-continue` and got its interim answer from the gateway.
     continued: bool,
+    /// `https` on a TLS listener, else `http`.
+    scheme: &'static str,
     /// The gateway's error code, when it answered itself.
     error: Option<&'static str>,
     /// Path and query as the client sent them, kept when the access log is on.
@@ -362,6 +364,7 @@ impl ProxyHttp for Gateway {
             continued: false,
             error: None,
             target: None,
+            scheme: "http",
         }
     }
 
@@ -386,10 +389,16 @@ impl ProxyHttp for Gateway {
             ctx.target = Some(session.req_header().uri.to_string());
         }
         ctx.runtime = Some(runtime.clone());
+        if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            ctx.scheme = "https";
+        }
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        if session.req_header().version == http::Version::HTTP_2 {
+            from_h2_form(session.req_header_mut())?;
+        }
         ctx.client_host = session.req_header().headers.get(HOST).cloned();
         let http = &runtime.config.instance.http;
         // A request answered here leaves its body unread: close the connection after the
@@ -591,6 +600,7 @@ impl ProxyHttp for Gateway {
                 &runtime.config.instance.http,
                 ctx.client_ip,
                 ctx.client_host.as_ref(),
+                ctx.scheme,
             )?;
         }
         if let Some(upstream) = ctx.runtime.as_ref().and_then(|r| ctx.upstream(r)) {
@@ -892,6 +902,35 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// Gives an HTTP/2 request the shape of an HTTP/1.1 one: its `:authority` becomes the `Host`
+/// header (unless it carries one) and its target the path and query, as routing and the
+/// backends expect.
+fn from_h2_form(req: &mut RequestHeader) -> Result<()> {
+    let uri = &req.uri;
+    if uri.authority().is_none() && uri.scheme().is_none() {
+        return Ok(());
+    }
+    if let Some(authority) = uri.authority().map(|a| a.as_str().to_owned()) {
+        if !req.headers.contains_key(HOST) {
+            req.insert_header(HOST, authority)?;
+        }
+    }
+    let target = req
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    match http::Uri::try_from(target) {
+        Ok(origin) => {
+            req.set_uri(origin);
+            Ok(())
+        }
+        Err(_) => Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "the :path is not a valid path",
+        ),
+    }
+}
+
 /// Whether the request announces a body (which the gateway has not read when it answers early).
 fn body_expected(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -1118,6 +1157,7 @@ fn forwarding_headers(
     http: &HttpOptions,
     peer: Option<IpAddr>,
     client_host: Option<&http::HeaderValue>,
+    scheme: &'static str,
 ) -> Result<()> {
     let trusted = peer.is_some_and(|ip| http.trusts(ip));
     let peer_text = peer.map(|ip| ip.to_string());
@@ -1145,7 +1185,7 @@ fn forwarding_headers(
             req.insert_header(X_REAL_IP, client.to_string())?;
         }
         if !req.headers.contains_key(X_FORWARDED_PROTO) {
-            req.insert_header(X_FORWARDED_PROTO, "http")?;
+            req.insert_header(X_FORWARDED_PROTO, scheme)?;
         }
         if !req.headers.contains_key(X_FORWARDED_HOST) {
             if let Some(host) = client_host {
@@ -1159,7 +1199,7 @@ fn forwarding_headers(
                 forwarded.push_str(", ");
             }
         }
-        forwarded_element(&mut forwarded, peer, client_host);
+        forwarded_element(&mut forwarded, peer, client_host, scheme);
         req.insert_header(FORWARDED, forwarded)?;
     } else {
         match &peer_text {
@@ -1172,13 +1212,13 @@ fn forwarding_headers(
                 req.remove_header(&X_REAL_IP);
             }
         }
-        req.insert_header(X_FORWARDED_PROTO, "http")?;
+        req.insert_header(X_FORWARDED_PROTO, scheme)?;
         match client_host {
             Some(host) => req.insert_header(X_FORWARDED_HOST, host.clone())?,
             None => drop(req.remove_header(&X_FORWARDED_HOST)),
         }
         let mut forwarded = String::new();
-        forwarded_element(&mut forwarded, peer, client_host);
+        forwarded_element(&mut forwarded, peer, client_host, scheme);
         req.insert_header(FORWARDED, forwarded)?;
     }
     Ok(())
@@ -1201,7 +1241,12 @@ fn settle_client(chain: &str, peer: Option<IpAddr>, http: &HttpOptions) -> Optio
 }
 
 /// Appends the RFC 7239 element for this hop: `for=...;host=...;proto=http`.
-fn forwarded_element(out: &mut String, peer: Option<IpAddr>, host: Option<&http::HeaderValue>) {
+fn forwarded_element(
+    out: &mut String,
+    peer: Option<IpAddr>,
+    host: Option<&http::HeaderValue>,
+    scheme: &str,
+) {
     match peer {
         Some(IpAddr::V6(ip)) => {
             out.push_str("for=\"[");
@@ -1222,7 +1267,8 @@ fn forwarded_element(out: &mut String, peer: Option<IpAddr>, host: Option<&http:
         out.push_str(host);
         out.push('"');
     }
-    out.push_str(";proto=http");
+    out.push_str(";proto=");
+    out.push_str(scheme);
 }
 
 /// A short description of a proxy error for the client.
@@ -1272,7 +1318,7 @@ mod tests {
         req.append_header("forwarded", "for=6.6.6.6").unwrap();
         let host = http::HeaderValue::from_static("shop.example");
         let peer = "203.0.113.9".parse().ok();
-        forwarding_headers(&mut req, &trusting(&[]), peer, Some(&host)).unwrap();
+        forwarding_headers(&mut req, &trusting(&[]), peer, Some(&host), "http").unwrap();
         let h = |n: &str| req.headers.get(n).unwrap().to_str().unwrap().to_owned();
         assert_eq!(h("x-forwarded-for"), "203.0.113.9");
         assert_eq!(h("x-real-ip"), "203.0.113.9");
@@ -1293,7 +1339,7 @@ mod tests {
         req.append_header("x-forwarded-proto", "https").unwrap();
         req.append_header("forwarded", "for=198.51.100.1").unwrap();
         let peer = "10.0.0.9".parse().ok();
-        forwarding_headers(&mut req, &trusting(&["10.0.0.0/8"]), peer, None).unwrap();
+        forwarding_headers(&mut req, &trusting(&["10.0.0.0/8"]), peer, None, "http").unwrap();
         let h = |n: &str| req.headers.get(n).unwrap().to_str().unwrap().to_owned();
         assert_eq!(
             h("x-forwarded-for"),
@@ -1308,7 +1354,7 @@ mod tests {
     #[test]
     fn ipv6_peers_are_quoted_in_forwarded() {
         let mut out = String::new();
-        forwarded_element(&mut out, "2001:db8::1".parse().ok(), None);
+        forwarded_element(&mut out, "2001:db8::1".parse().ok(), None, "http");
         assert_eq!(out, "for=\"[2001:db8::1]\";proto=http");
     }
 }

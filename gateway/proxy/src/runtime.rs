@@ -63,6 +63,8 @@ pub struct Runtime {
     pub upstreams: Box<[Arc<UpstreamRuntime>]>,
     /// Counters for requests that matched no API.
     pub unrouted: RequestMetrics,
+    /// The certificates of the TLS listeners.
+    pub certificates: Option<Arc<crate::tls::Certificates>>,
     /// The access log, when any request is logged.
     pub access: Option<Arc<AccessLog>>,
     pub unrouted_access_share: f64,
@@ -178,6 +180,19 @@ impl Runtime {
                 });
             }
         }
+        let certificates = match &config.instance.tls {
+            Some(tls) => match crate::tls::Certificates::load(tls, &config.instance.file_roots) {
+                Ok(c) => {
+                    c.report_expiry();
+                    Some(Arc::new(c))
+                }
+                Err(mut p) => {
+                    problems.append(&mut p);
+                    None
+                }
+            },
+            None => None,
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -192,6 +207,7 @@ impl Runtime {
                 .unwrap_or_else(|| Arc::new(AccessLog::new(settings.clone())))
         });
         Ok(Self {
+            certificates,
             access,
             unrouted_access_share: settings.sample,
             unrouted_access_counter: std::sync::atomic::AtomicU64::new(0),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use gatehouse_config::{limits, Config, Problem};
 use gatehouse_plugin_host::PluginEngine;
+use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -26,6 +27,8 @@ pub enum StartError {
     Config(Vec<Problem>),
     #[error("{0}")]
     Plugins(String),
+    #[error("TLS listener: {0}")]
+    Tls(String),
     #[error("{what} {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -55,6 +58,9 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
         check_bindable("cannot listen on", *addr)?;
     }
     check_bindable("cannot serve metrics on", config.instance.metrics)?;
+    for addr in config.instance.tls.iter().flat_map(|t| &t.listen) {
+        check_bindable("cannot listen (TLS) on", *addr)?;
+    }
 
     let instance = config.instance.clone();
     let nodes: usize = config.upstreams.iter().map(|u| u.nodes.len()).sum();
@@ -85,6 +91,18 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
     let mut proxy = Service::new("gatehouse proxy".to_owned(), app);
     for addr in &instance.listen {
         proxy.add_tcp(&addr.to_string());
+    }
+    if let Some(tls) = &instance.tls {
+        for addr in &tls.listen {
+            // no files: the resolver takes each handshake's certificate from the current snapshot
+            let mut settings =
+                TlsSettings::intermediate("", "").map_err(|e| StartError::Tls(e.to_string()))?;
+            settings.set_cert_resolver(Arc::new(crate::tls::Resolver(runtime.clone())));
+            if tls.http2 {
+                settings.enable_h2();
+            }
+            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
     }
     let mut metrics = Service::new("gatehouse metrics".to_owned(), MetricsApp);
     metrics.add_tcp(&instance.metrics.to_string());

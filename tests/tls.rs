@@ -1,0 +1,324 @@
+//! TLS termination on the edge listener, with real clients: curl for each SNI name and for
+//! HTTP/2, openssl s_client for the certificate served and for refused protocol versions.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use support::*;
+
+/// A test CA (PEM) and leaf certificates it signs.
+struct Ca {
+    params: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn ca() -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Gatehouse Edge Test CA");
+    Ca {
+        params: params.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+impl Ca {
+    /// Writes `name.pem` and `name.key` for a leaf with `names` into `dir`.
+    fn issue(&self, dir: &Path, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        let leaf = params.signed_by(&key, &self.params, &self.key).unwrap();
+        let (cert, keyf) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, leaf.pem()).unwrap();
+        std::fs::write(&keyf, key.serialize_pem()).unwrap();
+        (cert, keyf)
+    }
+
+    fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, self.params.pem()).unwrap();
+        path
+    }
+}
+
+struct Edge {
+    gw: Gateway,
+    tls_port: u16,
+    ca: PathBuf,
+    dir: PathBuf,
+}
+
+/// A gateway with a TLS listener serving `shop.example` (the default) and `*.api.example`.
+fn edge(backend: &EchoServer) -> Edge {
+    let dir = scratch_dir();
+    let ca = ca();
+    ca.issue(&dir, "shop", &["shop.example"]);
+    ca.issue(&dir, "api", &["*.api.example"]);
+    let tls_port = free_port();
+    let gw = Gateway::start_with(
+        &format!(
+            "  file_roots: [\"{dir}\"]\n  tls:\n    listen: [\"127.0.0.1:{tls_port}\"]\n    certificates:\n      - {{ cert_file: {dir}/shop.pem, key_file: {dir}/shop.key }}\n      - {{ cert_file: {dir}/api.pem, key_file: {dir}/api.key }}\n",
+            dir = dir.display()
+        ),
+        &format!(
+            r#"upstreams:
+  - name: u
+    vpc: vpc-main
+    protocol: http
+    nodes:
+      - {{ host: 127.0.0.1, port: {port}, weight: 1 }}
+services:
+  - name: shop
+    apis:
+      - {{ name: any, path: "/{{*rest}}", backend: {{ upstream: u }} }}
+"#,
+            port = backend.addr().port()
+        ),
+    );
+    Edge {
+        gw,
+        tls_port,
+        ca: ca.write(&dir),
+        dir,
+    }
+}
+
+/// `curl` for `https://name:port/path` resolved to 127.0.0.1, trusting the test CA; returns
+/// (exit success, stdout).
+fn curl(e: &Edge, name: &str, path: &str, extra: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert"])
+        .arg(&e.ca)
+        .arg("--resolve")
+        .arg(format!("{name}:{}:127.0.0.1", e.tls_port))
+        .args(extra)
+        .arg(format!("https://{name}:{}{path}", e.tls_port))
+        .output()
+        .expect("curl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The subject of the certificate `openssl s_client` gets for `servername` (none: no SNI), and
+/// whether the handshake succeeded.
+fn served(e: &Edge, servername: Option<&str>, extra: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect"])
+        .arg(format!("127.0.0.1:{}", e.tls_port))
+        .args(extra);
+    match servername {
+        Some(n) => cmd.args(["-servername", n]),
+        None => cmd.arg("-noservername"),
+    };
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let subject = text
+        .lines()
+        .find_map(|l| l.strip_prefix("subject="))
+        .unwrap_or_default()
+        .to_owned();
+    (
+        text.contains("Cipher is ") && !text.contains("Cipher is (NONE)"),
+        subject,
+    )
+}
+
+#[test]
+fn each_name_gets_its_certificate_and_the_scheme_reaches_the_backend() {
+    let a = echo("a");
+    let e = edge(&a);
+    let (ok, body) = curl(&e, "shop.example", "/users/1", &[]);
+    assert!(ok, "curl failed: {body}\n{}", e.gw.log());
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["headers"]["x-forwarded-proto"], "https", "{body}");
+    assert!(json["headers"]["forwarded"]
+        .as_str()
+        .unwrap()
+        .ends_with(";proto=https"));
+    // the wildcard certificate verifies for a name under it
+    let (ok, body) = curl(&e, "v1.api.example", "/x", &[]);
+    assert!(ok, "{body}");
+    // what each client is served
+    assert!(served(&e, Some("shop.example"), &[])
+        .1
+        .contains("CN = shop.example"));
+    assert!(served(&e, Some("V1.API.example"), &[])
+        .1
+        .contains("CN = *.api.example"));
+    assert!(
+        served(&e, Some("unknown.example"), &[])
+            .1
+            .contains("CN = shop.example"),
+        "default"
+    );
+    assert!(
+        served(&e, None, &[]).1.contains("CN = shop.example"),
+        "no SNI: default"
+    );
+    // plain HTTP listeners still say http
+    assert_eq!(
+        e.gw.get("/y").json()["headers"]["x-forwarded-proto"],
+        "http"
+    );
+    let expiry = e.gw.metrics_text();
+    assert!(
+        expiry.contains("gatehouse_tls_certificate_expiry_seconds{certificate="),
+        "{expiry}"
+    );
+}
+
+#[test]
+fn only_tls_1_2_and_1_3_are_offered() {
+    let a = echo("a");
+    let e = edge(&a);
+    let weak = ["-cipher", "DEFAULT@SECLEVEL=0"];
+    // the same client succeeds with 1.2 and 1.3, so its failure with 1.1 is the gateway's refusal
+    assert!(served(&e, Some("shop.example"), &["-tls1_2", weak[0], weak[1]]).0);
+    assert!(served(&e, Some("shop.example"), &["-tls1_3"]).0);
+    assert!(!served(&e, Some("shop.example"), &["-tls1_1", weak[0], weak[1]]).0);
+    assert!(!served(&e, Some("shop.example"), &["-tls1", weak[0], weak[1]]).0);
+}
+
+#[test]
+fn http2_is_negotiated_by_alpn() {
+    let a = echo("a");
+    let e = edge(&a);
+    let (ok, version) = curl(
+        &e,
+        "shop.example",
+        "/h2",
+        &["--http2", "-o", "/dev/null", "-w", "%{http_version}"],
+    );
+    assert!(ok, "{version}");
+    assert_eq!(version, "2");
+    let (ok, version) = curl(
+        &e,
+        "shop.example",
+        "/h1",
+        &["--http1.1", "-o", "/dev/null", "-w", "%{http_version}"],
+    );
+    assert!(ok);
+    assert_eq!(version, "1.1");
+    // both counted like any request (the count lands as the request ends: wait for it)
+    let sample =
+        r#"gatehouse_requests_total{api="any",service="shop",status_class="2xx",upstream="u"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while e.gw.metric(sample) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            e.gw.metric(sample)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(e.gw.metric(sample), 2.0);
+    // routing, plugins and the backend see the same request over HTTP/2
+    let (ok, body) = curl(&e, "shop.example", "/users/5?q=1", &["--http2"]);
+    assert!(ok);
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["uri"], "/users/5?q=1", "{body}");
+    assert_eq!(
+        seen["host"],
+        format!("shop.example:{}", e.tls_port),
+        "{body}"
+    );
+}
+
+/// The PEM of the leaf certificate served for `servername`.
+fn served_pem(e: &Edge, servername: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect"])
+        .arg(format!("127.0.0.1:{}", e.tls_port))
+        .args(["-servername", servername])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = text.find("-----END CERTIFICATE-----").expect("its end");
+    text[start..end].to_owned()
+}
+
+#[test]
+fn a_renewed_certificate_is_served_after_a_reload() {
+    let a = echo("a");
+    let e = edge(&a);
+    let pem = |name: &str| {
+        let text = std::fs::read_to_string(e.dir.join(format!("{name}.pem"))).unwrap();
+        let end = text.find("-----END CERTIFICATE-----").unwrap();
+        text[..end].to_owned()
+    };
+    let old = pem("shop");
+    assert_eq!(served_pem(&e, "shop.example"), old);
+    // renew: a new key and certificate, same file names
+    ca().issue(&e.dir, "shop", &["shop.example"]);
+    let new = pem("shop");
+    assert_ne!(new, old);
+    e.gw.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while served_pem(&e, "shop.example") != new {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old certificate is still served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // the other certificate is untouched
+    assert_eq!(served_pem(&e, "x.api.example"), pem("api"));
+}
+
+#[test]
+fn validate_names_the_certificate_problems() {
+    let dir = scratch_dir();
+    let ca = ca();
+    ca.issue(&dir, "one", &["one.example"]);
+    ca.issue(&dir, "two", &["two.example"]);
+    std::fs::write(dir.join("garbage.pem"), "not a certificate").unwrap();
+    let file = dir.join("gatehouse.yaml");
+    let tls = format!(
+        "  threads: 2\n  tls:\n    listen: [\"127.0.0.1:{}\"]\n    certificates:\n      - {{ cert_file: one.pem, key_file: two.key }}\n      - {{ cert_file: garbage.pem, key_file: one.key }}\n      - {{ cert_file: missing.pem, key_file: one.key }}\n",
+        free_port()
+    );
+    std::fs::write(
+        &file,
+        instance_yaml(free_port(), free_port()).replace("  threads: 2\n", &tls),
+    )
+    .unwrap();
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("instance.tls.certificates[0].key_file")
+            && err.contains("is not the key of the certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("instance.tls.certificates[1].cert_file")
+            && err.contains("holds no certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("instance.tls.certificates[2].cert_file"),
+        "{err}"
+    );
+}
