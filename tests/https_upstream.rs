@@ -14,8 +14,11 @@ use tokio_rustls::TlsAcceptor;
 /// A test CA and a backend certificate it signed for `names`.
 struct Pki {
     ca_pem: String,
+    ca_der: CertificateDer<'static>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    leaf_pem: String,
+    key_pem: String,
 }
 
 fn pki(names: &[&str]) -> Pki {
@@ -32,8 +35,11 @@ fn pki(names: &[&str]) -> Pki {
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
     Pki {
         ca_pem: ca.pem(),
+        ca_der: ca.der().clone(),
         chain: vec![leaf.der().clone()],
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        leaf_pem: leaf.pem(),
+        key_pem: leaf_key.serialize_pem(),
     }
 }
 
@@ -44,11 +50,35 @@ struct TlsBackend {
 }
 
 fn tls_backend(pki: &Pki, name: &'static str) -> TlsBackend {
+    tls_backend_with(pki, name, None)
+}
+
+/// A TLS echo backend that, given `client_ca`, requires a client certificate it signed.
+fn tls_backend_with(
+    pki: &Pki,
+    name: &'static str,
+    client_ca: Option<CertificateDer<'static>>,
+) -> TlsBackend {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+            roots.add(ca).unwrap();
+            let verifier =
+                tokio_rustls::rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
         .with_single_cert(pki.chain.clone(), pki.key.clone_key())
         .unwrap();
     let acceptor = TlsAcceptor::from(Arc::new(config));
@@ -245,4 +275,50 @@ fn probes_use_the_upstreams_tls_settings() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(gw.metric(&probes("healthy")), 0.0);
+}
+
+#[test]
+fn a_node_requiring_a_client_certificate_is_served_only_with_one() {
+    let server = pki(&["users.internal"]);
+    let client = pki(&["gatehouse-edge"]);
+    let backend = tls_backend_with(&server, "mtls", Some(client.ca_der.clone()));
+    let ca = write_ca(&server);
+    let dir = std::path::Path::new(&ca).parent().unwrap().to_owned();
+    std::fs::write(dir.join("client.pem"), &client.leaf_pem).unwrap();
+    std::fs::write(dir.join("client.key"), &client.key_pem).unwrap();
+    // without a client certificate the node refuses the handshake
+    let gw = Gateway::start_with(
+        &file_roots_for(&ca),
+        &https_config(&ca, backend.addr, "{ ca_file: CA, sni: users.internal }"),
+    );
+    assert_eq!(gw.get("/users/1").status, 502);
+    drop(gw);
+    let gw = Gateway::start_with(
+        &file_roots_for(&ca),
+        &https_config(
+            &ca,
+            backend.addr,
+            &format!(
+                "{{ ca_file: CA, sni: users.internal, client_cert: {}, client_key: {} }}",
+                dir.join("client.pem").display(),
+                dir.join("client.key").display()
+            ),
+        ),
+    );
+    let r = gw.get("/users/1");
+    assert_eq!(r.status, 200, "{}\n{}", r.body, gw.log());
+    assert_eq!(r.node(), "mtls sni=users.internal");
+    // a key that is not the certificate's is refused with its path
+    let file = gw.dir.join("bad.yaml");
+    std::fs::write(dir.join("other.key"), &server.key_pem).unwrap();
+    let yaml = std::fs::read_to_string(gw.dir.join("gatehouse.yaml"))
+        .unwrap()
+        .replace("client.key", "other.key");
+    std::fs::write(&file, yaml).unwrap();
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("upstreams[0].tls.client_key") && err.contains("is not the key"),
+        "{err}"
+    );
 }

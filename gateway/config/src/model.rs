@@ -140,7 +140,7 @@ pub struct Instance {
     /// How client requests are read, normalised and bounded.
     pub http: HttpOptions,
     /// TLS of the admin listener: certificate chain and private key (PEM files).
-    pub admin_tls: Option<AdminTls>,
+    pub admin_tls: Option<CertFiles>,
     /// Client networks allowed to reach the admin API; empty allows any.
     pub admin_allow: Vec<IpNet>,
     /// Absolute folders the files named by the configuration (plugin components, CA files) are
@@ -156,7 +156,7 @@ pub struct Instance {
 pub struct ListenerTls {
     pub listen: Vec<SocketAddr>,
     /// Chosen by SNI among the names of each certificate; the first one is the default.
-    pub certificates: Vec<AdminTls>,
+    pub certificates: Vec<CertFiles>,
     /// Offer HTTP/2 by ALPN.
     pub http2: bool,
 }
@@ -189,9 +189,9 @@ pub enum AccessLogFormat {
     Text,
 }
 
-/// TLS of the admin listener.
+/// A PEM certificate chain and its private key (a listener's or a client's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminTls {
+pub struct CertFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
@@ -313,6 +313,8 @@ pub struct Tls {
     /// Absolute path (relative paths are resolved against the config file's folder).
     pub ca_file: Option<PathBuf>,
     pub sni: Option<String>,
+    /// Presented to nodes that ask for a client certificate (mutual TLS).
+    pub client: Option<CertFiles>,
 }
 
 impl Default for Tls {
@@ -321,6 +323,7 @@ impl Default for Tls {
             verify: true,
             ca_file: None,
             sni: None,
+            client: None,
         }
     }
 }

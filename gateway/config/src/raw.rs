@@ -50,7 +50,7 @@ pub struct RawInstance {
     pub http: Option<RawHttp>,
     /// TLS certificate and key of the admin listener.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_tls: Option<RawAdminTls>,
+    pub admin_tls: Option<RawCertFiles>,
     /// Client addresses (CIDRs) allowed to reach the admin API; empty allows any.
     #[serde(default, skip_serializing_if = "is_empty")]
     pub admin_allow: Vec<String>,
@@ -70,7 +70,7 @@ pub struct RawInstance {
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
     pub listen: Vec<String>,
-    pub certificates: Vec<RawAdminTls>,
+    pub certificates: Vec<RawCertFiles>,
     /// Offer HTTP/2 by ALPN (default true).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http2: Option<bool>,
@@ -101,10 +101,10 @@ pub enum RawLogChoice {
     Share(f64),
 }
 
-/// TLS of the admin listener.
+/// A PEM certificate chain and its private key.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdminTls {
+pub struct RawCertFiles {
     pub cert_file: String,
     pub key_file: String,
 }
@@ -259,6 +259,11 @@ pub struct RawTls {
     pub ca_file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// Client certificate chain and key presented to nodes that require one (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -312,7 +312,7 @@ impl Validator {
         let admin_tls = raw.admin_tls.as_ref().and_then(|t| {
             let cert = self.file("instance.admin_tls.cert_file", &t.cert_file, base_dir);
             let key = self.file("instance.admin_tls.key_file", &t.key_file, base_dir);
-            Some(AdminTls {
+            Some(CertFiles {
                 cert_file: cert?,
                 key_file: key?,
             })
@@ -368,7 +368,7 @@ impl Validator {
                 .filter_map(|(i, c)| {
                     let cert = self.file(&format!("instance.tls.certificates[{i}].cert_file"), &c.cert_file, base_dir);
                     let key = self.file(&format!("instance.tls.certificates[{i}].key_file"), &c.key_file, base_dir);
-                    Some(AdminTls { cert_file: cert?, key_file: key? })
+                    Some(CertFiles { cert_file: cert?, key_file: key? })
                 })
                 .collect();
             ListenerTls {
@@ -1140,10 +1140,30 @@ impl Validator {
                     Some(f) => self.file(&format!("{path}.tls.ca_file"), f, base_dir),
                     None => None,
                 };
+                let client = match (&t.client_cert, &t.client_key) {
+                    (None, None) => None,
+                    (Some(cert), Some(key)) => {
+                        let cert = self.file(&format!("{path}.tls.client_cert"), cert, base_dir);
+                        let key = self.file(&format!("{path}.tls.client_key"), key, base_dir);
+                        Some(CertFiles {
+                            cert_file: cert?,
+                            key_file: key?,
+                        })
+                    }
+                    (Some(_), None) | (None, Some(_)) => {
+                        self.problem(
+                            format!("{path}.tls"),
+                            "client_cert and client_key go together",
+                            "give both (PEM files), or neither",
+                        );
+                        None
+                    }
+                };
                 Some(Tls {
                     verify: t.verify.unwrap_or(true),
                     ca_file,
                     sni: t.sni.clone(),
+                    client,
                 })
             }
             _ => None,

@@ -282,7 +282,7 @@ fn validate(paths: &[PathBuf], diff_from: Option<&Path>) -> ExitCode {
 fn admin_tls_listener(
     service: &mut Service<AdminApp>,
     addr: std::net::SocketAddr,
-    tls: &gatehouse_config::AdminTls,
+    tls: &gatehouse_config::CertFiles,
     roots: &[PathBuf],
 ) -> Result<(), String> {
     use gatehouse_config::files::{read_confined, MAX_PEM_BYTES};

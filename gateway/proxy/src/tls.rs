@@ -54,7 +54,6 @@ impl std::fmt::Debug for Certificates {
 impl Certificates {
     /// Reads and checks every certificate of `tls`; every problem at once, each with its path.
     pub fn load(tls: &ListenerTls, roots: &[std::path::PathBuf]) -> Result<Self, Vec<Problem>> {
-        pingora::tls::install_default_crypto_provider();
         let mut problems = Vec::new();
         let mut loaded = Vec::new();
         for (i, pair) in tls.certificates.iter().enumerate() {
@@ -145,6 +144,45 @@ fn load_pair(
     key_file: &Path,
     roots: &[std::path::PathBuf],
 ) -> Result<Loaded, (&'static str, String)> {
+    read_pair(cert_file, key_file, roots).map(|p| (p.certified, p.names, p.not_after))
+}
+
+/// A client certificate for mutual TLS to the nodes of an upstream, checked like a listener's
+/// (the key must be the leaf's); `Err` names the field at fault (`client_cert`, `client_key`).
+pub fn client_certificate(
+    files: &gatehouse_config::CertFiles,
+    roots: &[std::path::PathBuf],
+) -> Result<Arc<pingora::utils::tls::CertKey>, (&'static str, String)> {
+    let pair = read_pair(&files.cert_file, &files.key_file, roots).map_err(|(field, m)| {
+        (
+            if field == "key_file" {
+                "client_key"
+            } else {
+                "client_cert"
+            },
+            m,
+        )
+    })?;
+    let chain = pair.certified.cert.iter().map(|c| c.to_vec()).collect();
+    Ok(Arc::new(pingora::utils::tls::CertKey::new(
+        chain,
+        pair.key_der,
+    )))
+}
+
+/// A certificate chain and its key, read and checked.
+struct Pair {
+    certified: Arc<CertifiedKey>,
+    key_der: Vec<u8>,
+    names: Vec<String>,
+    not_after: i64,
+}
+
+fn read_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    roots: &[std::path::PathBuf],
+) -> Result<Pair, (&'static str, String)> {
     let cert_pem = read_confined(cert_file, roots, MAX_PEM_BYTES)
         .map_err(|e| ("cert_file", format!("{} {e}", cert_file.display())))?;
     let key_pem = read_confined(key_file, roots, MAX_PEM_BYTES)
@@ -222,10 +260,12 @@ fn load_pair(
             ));
         }
     }
+    pingora::tls::install_default_crypto_provider();
     let provider = CryptoProvider::get_default().ok_or((
         "cert_file",
         "no TLS crypto provider is installed".to_owned(),
     ))?;
+    let key_der = key.secret_der().to_vec();
     let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         (
             "key_file",
@@ -236,7 +276,12 @@ fn load_pair(
             ),
         )
     })?;
-    Ok((Arc::new(certified), names, not_after))
+    Ok(Pair {
+        certified: Arc::new(certified),
+        key_der,
+        names,
+        not_after,
+    })
 }
 
 /// Checks the certificates as starting would: used by `gatehouse validate`.

@@ -40,6 +40,8 @@ struct PeerSettings {
     ca: Option<Arc<CaType>>,
     connect_timeout: Duration,
     keepalive_timeout: Duration,
+    /// Presented to nodes that ask for a client certificate.
+    client: Option<Arc<pingora::utils::tls::CertKey>>,
 }
 
 /// One node of an upstream.
@@ -86,6 +88,7 @@ impl NodeRuntime {
             peer.options.verify_cert = s.verify;
             peer.options.verify_hostname = s.verify;
             peer.options.ca = s.ca.clone();
+            peer.client_cert_key = s.client.clone();
             Arc::new(peer)
         });
         self.metrics.available.set(i64::from(peer.is_some()));
@@ -173,6 +176,13 @@ impl UpstreamRuntime {
             Some(file) => Some(load_ca(file, roots).map_err(|msg| vec![ca_problem(path, msg)])?),
             None => None,
         };
+        let client = match config.tls.as_ref().and_then(|t| t.client.as_ref()) {
+            Some(files) => Some(
+                crate::tls::client_certificate(files, roots)
+                    .map_err(|e| vec![client_problem(path, e)])?,
+            ),
+            None => None,
+        };
         let host_header = match &config.host_header {
             Some(h) => Some(http::HeaderValue::from_str(h).map_err(|_| {
                 vec![Problem::new(
@@ -195,6 +205,7 @@ impl UpstreamRuntime {
                     ca: ca.clone(),
                     connect_timeout: config.connect_timeout,
                     keepalive_timeout: config.keepalive_timeout,
+                    client: client.clone(),
                 };
                 let health = if node.weight == 0 {
                     NodeHealth::new(State::Off, "weight 0: drained")
@@ -562,8 +573,21 @@ pub fn check_files(config: &gatehouse_config::Config) -> Vec<Problem> {
                 problems.push(ca_problem(&format!("upstreams[{i}]"), msg));
             }
         }
+        if let Some(files) = u.tls.as_ref().and_then(|t| t.client.as_ref()) {
+            if let Err(e) = crate::tls::client_certificate(files, &config.instance.file_roots) {
+                problems.push(client_problem(&format!("upstreams[{i}]"), e));
+            }
+        }
     }
     problems
+}
+
+fn client_problem(upstream_path: &str, (field, msg): (&'static str, String)) -> Problem {
+    Problem::new(
+        format!("{upstream_path}.tls.{field}"),
+        msg,
+        "give the PEM certificate chain (leaf first) the nodes trust and the leaf's PEM private key",
+    )
 }
 
 fn ca_problem(upstream_path: &str, msg: String) -> Problem {
