@@ -485,6 +485,8 @@ pub struct Api {
     pub plugins: Vec<PluginRef>,
     /// Share of this API's requests logged, when it overrides the instance's.
     pub access_log: Option<f64>,
+    /// WebSocket upgrades pass through to the node.
+    pub websocket: bool,
 }
 
 /// Where a plugin's component comes from.

@@ -304,6 +304,9 @@ pub struct RawApi {
     /// Overrides the instance's access log for this API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log: Option<RawLogChoice>,
+    /// Passes WebSocket upgrades through to the node (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<bool>,
 }
 
 /// A plugin on an API: a standard plugin by `name`, or a component file by `path`.

@@ -1333,6 +1333,7 @@ impl Validator {
                         max_body_size,
                         backend,
                         plugins,
+                        websocket: a.websocket.unwrap_or(false),
                         access_log: match a.access_log {
                             None => None,
                             Some(RawLogChoice::Switch(on)) => Some(if on { 1.0 } else { 0.0 }),

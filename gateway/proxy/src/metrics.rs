@@ -37,6 +37,8 @@ pub struct Metrics {
     pub probes: IntCounterVec,
     pub upstream_panic: IntGaugeVec,
     pub panic_requests: IntCounterVec,
+    pub websocket_open: IntGauge,
+    pub websocket_upgrades: IntCounter,
     pub config_info: IntGaugeVec,
     pub config_generation: IntGauge,
     pub config_applied: Gauge,
@@ -116,6 +118,16 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "gatehouse_upstream_panic_requests_total",
         "Requests sent while the upstream was in panic mode (every node unhealthy), by upstream.",
         &["upstream"]
+    )
+    .expect("metric registers once"),
+    websocket_open: register_int_gauge!(
+        "gatehouse_websocket_connections",
+        "WebSocket (upgraded) connections open through the gateway."
+    )
+    .expect("metric registers once"),
+    websocket_upgrades: prometheus::register_int_counter!(
+        "gatehouse_websocket_upgrades_total",
+        "Connections a node switched to WebSocket (101 Switching Protocols)."
     )
     .expect("metric registers once"),
     config_info: register_int_gauge_vec!(

@@ -100,6 +100,8 @@ pub struct RequestCtx {
     body_limit: Option<u64>,
     /// The client sent `Expect: 100-continue` and got its interim answer from the gateway.
     continued: bool,
+    /// The node switched protocols (101): the connection is a WebSocket until it closes.
+    upgraded: bool,
     /// `https` on a TLS listener, else `http`.
     scheme: &'static str,
     /// The gateway's error code, when it answered itself.
@@ -365,6 +367,7 @@ impl ProxyHttp for Gateway {
             error: None,
             target: None,
             scheme: "http",
+            upgraded: false,
         }
     }
 
@@ -430,6 +433,21 @@ impl ProxyHttp for Gateway {
         match decision {
             Decision::Proxy { api, mapped } => {
                 ctx.api = Some(api);
+                if session.is_upgrade_req() && !runtime.apis[api].websocket {
+                    let a = &runtime.apis[api];
+                    session.set_keepalive(None);
+                    let body = ErrorBody {
+                        service: Some(&a.service),
+                        api: Some(&a.name),
+                        ..ErrorBody::new(
+                            400,
+                            "upgrade_not_allowed",
+                            "this API does not accept protocol upgrades (WebSocket); its configuration can allow them with websocket: true",
+                        )
+                    };
+                    answer_error(session, ctx, &body, None).await?;
+                    return Ok(true);
+                }
                 if let Some((rendered, uri)) = mapped {
                     ctx.upstream_uri = Some(uri);
                     ctx.mapped = Some(rendered);
@@ -659,6 +677,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if !ctx.response_started {
             let status = upstream_response.status.as_u16();
+            if status == 101 {
+                crate::metrics::METRICS.websocket_upgrades.inc();
+                crate::metrics::METRICS.websocket_open.inc();
+                ctx.upgraded = true;
+            }
             ctx.record(Outcome::Ok);
             ctx.report(&Evidence::Status(status));
             if ctx.retries_status(session, status) {
@@ -858,6 +881,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        if ctx.upgraded {
+            crate::metrics::METRICS.websocket_open.dec();
+        }
         let Some(runtime) = &ctx.runtime else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();

@@ -32,6 +32,8 @@ pub struct ApiRuntime {
     pub metrics: RequestMetrics,
     /// Largest request body, in bytes (the API's own or `instance.http.max_body_size`).
     pub max_body_size: u64,
+    /// WebSocket upgrades pass through to the node.
+    pub websocket: bool,
     /// Share of its requests the access log gets, and their count (for even sampling).
     pub access_share: f64,
     pub access_counter: std::sync::atomic::AtomicU64,
@@ -167,6 +169,7 @@ impl Runtime {
                     },
                 };
                 apis.push(ApiRuntime {
+                    websocket: api.websocket,
                     access_share: api.access_log.unwrap_or(config.instance.access_log.sample),
                     access_counter: std::sync::atomic::AtomicU64::new(0),
                     max_body_size: api
