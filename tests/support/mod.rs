@@ -176,6 +176,18 @@ impl Gateway {
         let _ = self.child.wait();
     }
 
+    /// Waits (bounded by `within`) for the process to exit; its status, `None` if it did not.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Sends a signal (`HUP`, `TERM`, ...) to the process.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -27,6 +27,8 @@ pub mod limits {
     pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
     /// Long enough to stop hammering a dead node, short enough to notice its return quickly.
     pub const DEFAULT_UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
     /// Below the idle timeouts of common backends (Node.js and Apache: 5 s), so the gateway, not
     /// the backend, closes an idle connection, and a request never meets one the backend has just
     /// closed.
@@ -149,6 +151,8 @@ pub struct Instance {
     pub access_log: AccessLog,
     /// Listeners that terminate TLS.
     pub tls: Option<ListenerTls>,
+    /// Longest requests in flight may take to finish once the gateway stops (SIGTERM, upgrade).
+    pub drain_timeout: Duration,
 }
 
 /// TLS listeners and their certificates.

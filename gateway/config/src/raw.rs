@@ -63,6 +63,9 @@ pub struct RawInstance {
     /// Listeners that terminate TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawListenerTls>,
+    /// Longest requests in flight may take to finish once the gateway stops, e.g. `30s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<String>,
 }
 
 /// TLS listeners: addresses and the certificates they choose from by SNI.

@@ -381,7 +381,22 @@ impl Validator {
             Some(a) => self.access_log(a, base_dir),
             None => AccessLog::default(),
         };
+        let drain_timeout = self
+            .duration(
+                "instance.drain_timeout",
+                raw.drain_timeout.as_deref(),
+                Duration::from_secs(1),
+            )
+            .unwrap_or(limits::DEFAULT_DRAIN_TIMEOUT);
+        if drain_timeout > limits::MAX_DRAIN_TIMEOUT {
+            self.problem(
+                "instance.drain_timeout",
+                "is longer than an hour",
+                "give requests in flight at most 1h to finish when the gateway stops",
+            );
+        }
         Some(Instance {
+            drain_timeout,
             tls,
             access_log,
             http,

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub upstream_panic: IntGaugeVec,
     pub panic_requests: IntCounterVec,
     pub websocket_open: IntGauge,
+    pub in_flight: IntGauge,
     pub websocket_upgrades: IntCounter,
     pub config_info: IntGaugeVec,
     pub config_generation: IntGauge,
@@ -118,6 +119,11 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "gatehouse_upstream_panic_requests_total",
         "Requests sent while the upstream was in panic mode (every node unhealthy), by upstream.",
         &["upstream"]
+    )
+    .expect("metric registers once"),
+    in_flight: register_int_gauge!(
+        "gatehouse_requests_in_flight",
+        "Requests being served (from their header to the end of their response)."
     )
     .expect("metric registers once"),
     websocket_open: register_int_gauge!(

@@ -67,8 +67,25 @@ impl Gateway {
     }
 }
 
+/// Counts a request in flight from its first phase to its last (the context's life).
+pub struct InFlight(());
+
+impl InFlight {
+    fn new() -> Self {
+        crate::metrics::METRICS.in_flight.inc();
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::metrics::METRICS.in_flight.dec();
+    }
+}
+
 /// Per-request state.
 pub struct RequestCtx {
+    _in_flight: InFlight,
     started: Instant,
     /// The snapshot this request uses from start to end.
     runtime: Option<Arc<Runtime>>,
@@ -346,6 +363,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
+            _in_flight: InFlight::new(),
             started: Instant::now(),
             runtime: None,
             api: None,

@@ -46,10 +46,9 @@ fn list(problems: &[Problem]) -> String {
         .join("\n")
 }
 
-/// Seconds a stopping gateway keeps accepting before it closes its listeners (SIGTERM), and the
-/// longest it then waits for requests in flight. Short, because the edge should restart fast.
-const GRACE_PERIOD_SECONDS: u64 = 1;
-const SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
+/// Seconds the engine gives its runtimes to stop after the drain (requests still running then are
+/// cut: `instance.drain_timeout` has passed).
+const SHUTDOWN_TIMEOUT_SECONDS: u64 = 1;
 
 /// Builds a ready-to-run server for `config`. Reads CA files and resolves node names once.
 pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
@@ -76,7 +75,8 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
         // Work stealing between worker threads costs more than it balances for a proxy (measured on
         // a bare Pingora proxy: about 17.3 → 16.6 CPU µs per request without it).
         work_stealing: false,
-        grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
+        // the engine waits this long for requests in flight; `Drain` exits as soon as they are done
+        grace_period_seconds: Some(instance.drain_timeout.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
         upstream_keepalive_pool_size: keepalive_pool_size(nodes),
         ..ServerConf::default()
@@ -117,6 +117,7 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
         "gatehouse health checks",
         Prober::new(runtime.clone()),
     ));
+    server.add_service(background_service("gatehouse drain", Drain));
     server.add_service(background_service(
         "gatehouse access log reopen on SIGUSR1",
         crate::access::ReopenOnUsr1(runtime.clone()),
@@ -143,4 +144,37 @@ fn check_bindable(what: &'static str, addr: std::net::SocketAddr) -> Result<(), 
     TcpListener::bind(addr)
         .map(drop)
         .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Ends the process as soon as the requests in flight at a graceful stop (SIGTERM, or the hand-off
+/// to a new process) have finished. The engine stops accepting at once, then waits its grace
+/// period (the configured `drain_timeout`) whatever is left, and cuts what is still running after
+/// it; this service makes the wait as short as the requests.
+pub struct Drain;
+
+/// How often the drain looks at the requests in flight.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Drain {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        log::info!(
+            "stopping: no new connections; waiting for {} requests in flight",
+            crate::metrics::METRICS.in_flight.get()
+        );
+        while crate::metrics::METRICS.in_flight.get() > 0 {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        // the access log writer flushes as soon as its queue runs empty
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        log::info!(
+            "stopping: requests in flight finished after {:?}; exiting",
+            started.elapsed()
+        );
+        std::process::exit(0);
+    }
 }
