@@ -66,3 +66,77 @@ services:
         gw.log()
     );
 }
+
+#[test]
+fn a_new_process_takes_the_sockets_over_under_load_without_failing_a_request() {
+    let backend = echo_with("b", Behavior::Delay(Duration::from_millis(100)));
+    let (listen, metrics) = (free_port(), free_port());
+    let socket = scratch_dir().join("upgrade.sock");
+    let yaml = format!(
+        "{}upstreams:\n  - name: u\n    vpc: vpc-main\n    protocol: http\n    nodes:\n      - {{ host: 127.0.0.1, port: {}, weight: 1 }}\nservices:\n  - name: s\n    apis:\n      - {{ name: r, path: /r, backend: {{ upstream: u }} }}\n",
+        instance_yaml(listen, metrics).replace(
+            "  threads: 2\n",
+            &format!("  threads: 2\n  drain_timeout: 20s\n  upgrade_socket: {}\n", socket.display())
+        ),
+        backend.addr().port()
+    );
+    let mut old = Gateway::start_config(&yaml, listen, metrics);
+    let url = old.url("/r");
+    // keep-alive clients: curl fetching 25 URLs per run over one connection; like browsers, it
+    // resends an idempotent request that meets a connection the server closed while idle
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut codes = std::collections::BTreeMap::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = std::process::Command::new("curl")
+                        .args(["-s", "-w", "%{http_code}\\n", "--max-time", "30"])
+                        .args((0..25).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+                        .output()
+                        .unwrap();
+                    for code in String::from_utf8_lossy(&out.stdout).lines() {
+                        *codes.entry(code.to_owned()).or_insert(0) += 1;
+                    }
+                }
+                codes
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let log = old.dir.join("new.log");
+    let mut new = std::process::Command::new(binary())
+        .args(["run", "--upgrade", "-c"])
+        .arg(old.dir.join("gatehouse.yaml"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.map(|s| s.success()), Some(true), "{}", old.log());
+    // the new process serves alone for a while
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut codes = std::collections::BTreeMap::new();
+    for c in clients {
+        for (code, n) in c.join().unwrap() {
+            *codes.entry(code).or_insert(0) += n;
+        }
+    }
+    let still = request("GET", &url, &[], None);
+    let _ = new.kill();
+    let _ = new.wait();
+    let new_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(still.status, 200, "the new process serves: {new_log}");
+    assert_eq!(
+        codes.keys().cloned().collect::<Vec<_>>(),
+        ["200"],
+        "{codes:?}\n{new_log}"
+    );
+    assert!(codes["200"] > 100, "{codes:?}");
+    assert!(old.log().contains("listener sockets sent"), "{}", old.log());
+}

@@ -153,6 +153,8 @@ pub struct Instance {
     pub tls: Option<ListenerTls>,
     /// Longest requests in flight may take to finish once the gateway stops (SIGTERM, upgrade).
     pub drain_timeout: Duration,
+    /// The Unix socket through which a new process takes the listening sockets over.
+    pub upgrade_socket: PathBuf,
 }
 
 /// TLS listeners and their certificates.

@@ -63,6 +63,9 @@ pub struct RawInstance {
     /// Listeners that terminate TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawListenerTls>,
+    /// Where a new process takes the listening sockets over from this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<String>,
     /// Longest requests in flight may take to finish once the gateway stops, e.g. `30s`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,

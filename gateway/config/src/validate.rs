@@ -395,7 +395,12 @@ impl Validator {
                 "give requests in flight at most 1h to finish when the gateway stops",
             );
         }
+        let upgrade_socket = match raw.upgrade_socket.as_deref() {
+            Some(p) => base_dir.join(p),
+            None => std::env::temp_dir().join(format!("gatehouse-{}-upgrade.sock", raw.id)),
+        };
         Some(Instance {
+            upgrade_socket,
             drain_timeout,
             tls,
             access_log,

@@ -19,11 +19,21 @@ const MARK: &str = "[redacted]";
 /// engine's idle watcher still held a reference to it (a race inside the engine's pool, about
 /// once per ten requests under load). Nothing fails: the request opens a new connection. It is
 /// not something an operator must act on, so it is DEBUG, not ERROR.
-const DEMOTED: [(&str, &str, log::Level); 1] = [(
-    "pingora_core::connectors",
-    "failed to acquire reusable stream",
-    log::Level::Debug,
-)];
+///
+/// "No incoming socket transfer, sleep 1s and try again": a process started with `--upgrade`
+/// waiting for the running one to hand its sockets over, which is how an upgrade begins.
+const DEMOTED: [(&str, &str, log::Level); 2] = [
+    (
+        "pingora_core::connectors",
+        "failed to acquire reusable stream",
+        log::Level::Debug,
+    ),
+    (
+        "pingora_core::server::transfer_fd",
+        "No incoming socket transfer, sleep 1s and try again",
+        log::Level::Info,
+    ),
+];
 
 /// The level a record is written at: its own, or a lower one from [`DEMOTED`].
 fn level_of(record: &log::Record<'_>) -> log::Level {

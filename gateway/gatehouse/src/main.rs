@@ -52,6 +52,11 @@ enum Command {
         /// The configuration file.
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Take the listening sockets over from the running gatehouse of this configuration:
+        /// start this, then send the running one SIGQUIT; it hands its sockets over, finishes
+        /// its requests in flight and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check configuration files: exit 0 when all are valid, otherwise print every problem.
     Validate {
@@ -80,14 +85,14 @@ fn main() -> ExitCode {
     logging::init(cli.log_level.as_deref());
     gatehouse_plugin_host::set_release_freed_memory(release_freed_memory);
     match cli.command {
-        Command::Run { config } => run(&config, None),
+        Command::Run { config, upgrade } => run(&config, None, upgrade),
         Command::Validate { config, diff_from } => validate(&config, diff_from.as_deref()),
-        Command::Demo { config, down } => run(&config, Some(down)),
+        Command::Demo { config, down } => run(&config, Some(down), false),
     }
 }
 
 /// Serves `path`; with `demo`, first starts echo backends on its nodes (except the ones listed).
-fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
+fn run(path: &Path, demo: Option<Vec<String>>, upgrade: bool) -> ExitCode {
     let (raw, config) = match load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -116,7 +121,7 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
         },
         None => None,
     };
-    let (mut server, runtime) = match gatehouse_proxy::build(config) {
+    let (mut server, runtime) = match gatehouse_proxy::build(config, upgrade) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gatehouse: {e}");
@@ -131,7 +136,14 @@ fn run(path: &Path, demo: Option<Vec<String>>) -> ExitCode {
     match token {
         Some(token) => {
             gatehouse_config::secrets::remember(&token);
-            if let Err(e) = std::net::TcpListener::bind(admin) {
+            if let Err(e) = std::net::TcpListener::bind(admin).map(drop).or_else(|e| {
+                // an upgrade takes the admin socket over with the others
+                if upgrade {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }) {
                 eprintln!("gatehouse: cannot serve the admin API on {admin}: {e}");
                 return ExitCode::FAILURE;
             }

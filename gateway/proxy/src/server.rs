@@ -51,14 +51,18 @@ fn list(problems: &[Problem]) -> String {
 const SHUTDOWN_TIMEOUT_SECONDS: u64 = 1;
 
 /// Builds a ready-to-run server for `config`. Reads CA files and resolves node names once.
-pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
+/// With `upgrade`, the listening sockets are taken over from the running process (which is sent
+/// `SIGQUIT` to hand them over) instead of bound.
+pub fn build(config: Config, upgrade: bool) -> Result<(Server, SharedRuntime), StartError> {
     // Fail early with a clear message when a port is taken, rather than deep inside Pingora.
-    for addr in &config.instance.listen {
-        check_bindable("cannot listen on", *addr)?;
-    }
-    check_bindable("cannot serve metrics on", config.instance.metrics)?;
-    for addr in config.instance.tls.iter().flat_map(|t| &t.listen) {
-        check_bindable("cannot listen (TLS) on", *addr)?;
+    if !upgrade {
+        for addr in &config.instance.listen {
+            check_bindable("cannot listen on", *addr)?;
+        }
+        check_bindable("cannot serve metrics on", config.instance.metrics)?;
+        for addr in config.instance.tls.iter().flat_map(|t| &t.listen) {
+            check_bindable("cannot listen (TLS) on", *addr)?;
+        }
     }
 
     let instance = config.instance.clone();
@@ -79,9 +83,14 @@ pub fn build(config: Config) -> Result<(Server, SharedRuntime), StartError> {
         grace_period_seconds: Some(instance.drain_timeout.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
         upstream_keepalive_pool_size: keepalive_pool_size(nodes),
+        upgrade_sock: instance.upgrade_socket.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let app = EdgeApp::new(
