@@ -140,3 +140,30 @@ fn a_new_process_takes_the_sockets_over_under_load_without_failing_a_request() {
     assert!(codes["200"] > 100, "{codes:?}");
     assert!(old.log().contains("listener sockets sent"), "{}", old.log());
 }
+
+#[test]
+fn a_service_manager_is_told_the_process_is_ready_and_is_the_main_one() {
+    let dir = scratch_dir();
+    let socket_path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (listen, metrics) = (free_port(), free_port());
+    let file = dir.join("gatehouse.yaml");
+    std::fs::write(&file, instance_yaml(listen, metrics)).unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["run", "-c"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(message, format!("READY=1\nMAINPID={}\n", child.id()));
+}

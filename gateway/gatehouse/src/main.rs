@@ -182,7 +182,35 @@ fn run(path: &Path, demo: Option<Vec<String>>, upgrade: bool) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         path.display()
     );
+    // the sockets are bound (or taken over): tell a service manager this process is the one
+    notify_service_manager();
     server.run_forever()
+}
+
+/// Tells systemd (`Type=notify`, `NOTIFY_SOCKET`) that this process is ready and is the service's
+/// main process: after `gatehouse run --upgrade` the new process takes that role from the old
+/// one. Does nothing without a service manager.
+fn notify_service_manager() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(std::path::Path::new(&path)),
+    };
+    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sent = addr.and_then(|addr| {
+        UnixDatagram::unbound().and_then(|s| s.send_to_addr(message.as_bytes(), &addr))
+    });
+    if let Err(e) = sent {
+        log::warn!(
+            "cannot notify the service manager at {}: {e}",
+            path.to_string_lossy()
+        );
+    }
 }
 
 /// Reads a configuration file: the file's schema (kept for the admin API) and the validated model.
