@@ -28,6 +28,11 @@ pub mod limits {
     /// Long enough to stop hammering a dead node, short enough to notice its return quickly.
     pub const DEFAULT_UNHEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// As nginx's `http2_max_concurrent_streams`.
+    pub const DEFAULT_H2_STREAMS: u32 = 128;
+    /// The h2 library's own default: a client resetting more streams than this before the
+    /// server has seen them is closed (CVE-2023-44487, "rapid reset").
+    pub const DEFAULT_H2_PENDING_RESETS: usize = 20;
     pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
     /// Below the idle timeouts of common backends (Node.js and Apache: 5 s), so the gateway, not
     /// the backend, closes an idle connection, and a request never meets one the backend has just
@@ -228,6 +233,10 @@ pub struct HttpOptions {
     pub body_timeout: Duration,
     /// Most client connections open at once, over all proxy listeners.
     pub max_connections: usize,
+    /// HTTP/2 with prior knowledge on the plain listeners.
+    pub h2c: bool,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_resets: usize,
 }
 
 impl Default for HttpOptions {
@@ -244,6 +253,9 @@ impl Default for HttpOptions {
             max_body_size: limits::DEFAULT_MAX_BODY_SIZE,
             body_timeout: limits::DEFAULT_BODY_TIMEOUT,
             max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+            h2c: false,
+            h2_max_concurrent_streams: limits::DEFAULT_H2_STREAMS,
+            h2_max_pending_resets: limits::DEFAULT_H2_PENDING_RESETS,
         }
     }
 }
@@ -349,6 +361,8 @@ pub struct Upstream {
     pub unhealthy_timeout: Duration,
     /// How long an idle connection to a node is kept for reuse.
     pub keepalive_timeout: Duration,
+    /// HTTP/2 to the nodes (ALPN over TLS, prior knowledge over plain HTTP).
+    pub http2: bool,
     /// Statuses that count as a failed attempt, retried on another node (idempotent requests).
     pub retry_statuses: Vec<u16>,
     /// Total time all attempts of one request may take.

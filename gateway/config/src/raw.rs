@@ -142,6 +142,16 @@ pub struct RawHttp {
     pub body_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<i64>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2c: Option<bool>,
+    /// Streams one HTTP/2 connection may have open at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_max_concurrent_streams: Option<i64>,
+    /// Streams a client may reset before the server sees them, before the connection is closed
+    /// (protection against rapid resets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_max_pending_resets: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -202,6 +212,10 @@ pub struct RawUpstream {
     /// Total time all attempts of one request may take, e.g. `15s`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<String>,
+    /// Speak HTTP/2 to the nodes: by ALPN over TLS (falling back to HTTP/1.1), with prior
+    /// knowledge (h2c) over plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2: Option<bool>,
     /// How long an idle connection to a node is kept for reuse, e.g. `4s`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive_timeout: Option<String>,

@@ -26,7 +26,12 @@ pub const DEFAULT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", 
 /// Validates `raw`. Relative file paths (`tls.ca_file`) are resolved against `base_dir`.
 pub fn validate(raw: &RawConfig, base_dir: &Path, hash: String) -> Result<Config, Vec<Problem>> {
     let mut v = Validator::default();
-    let base_dir = &std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
+    // The configuration's own folder may be named with `..` (`-c ../config/gatehouse.yaml`):
+    // resolve it, so only the paths written inside the configuration are held to the no-`..`
+    // rule.
+    let base_dir = &std::fs::canonicalize(base_dir)
+        .or_else(|_| std::path::absolute(base_dir))
+        .unwrap_or_else(|_| base_dir.to_owned());
     let vpcs = v.vpcs(&raw.vpcs);
     v.file_roots = v.file_roots(&raw.instance.file_roots, base_dir);
     let instance = v.instance(&raw.instance, &vpcs, base_dir);
@@ -548,6 +553,29 @@ impl Validator {
                 out.max_body_size = b;
             }
         }
+        if let Some(v) = raw.h2c {
+            out.h2c = v;
+        }
+        if let Some(n) = raw.h2_max_concurrent_streams {
+            match u32::try_from(n) {
+                Ok(n) if (1..=10_000).contains(&n) => out.h2_max_concurrent_streams = n,
+                _ => self.problem(
+                    "instance.http.h2_max_concurrent_streams",
+                    format!("{n} is out of range 1..=10000"),
+                    format!("give a count such as {}", limits::DEFAULT_H2_STREAMS),
+                ),
+            }
+        }
+        if let Some(n) = raw.h2_max_pending_resets {
+            match usize::try_from(n) {
+                Ok(n) if (1..=10_000).contains(&n) => out.h2_max_pending_resets = n,
+                _ => self.problem(
+                    "instance.http.h2_max_pending_resets",
+                    format!("{n} is out of range 1..=10000"),
+                    format!("give a count such as {}", limits::DEFAULT_H2_PENDING_RESETS),
+                ),
+            }
+        }
         if let Some(n) = raw.max_connections {
             match usize::try_from(n) {
                 Ok(n) if n >= 1 => out.max_connections = n,
@@ -946,6 +974,7 @@ impl Validator {
                     connect_timeout,
                     unhealthy_timeout,
                     keepalive_timeout,
+                    http2: u.http2.unwrap_or(false),
                     retry_statuses,
                     retry_budget,
                     health,

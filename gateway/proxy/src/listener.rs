@@ -136,6 +136,11 @@ pub struct ListenerLimits {
     pub idle_timeout: Duration,
     pub max_requests_per_connection: u64,
     pub max_connections: usize,
+    pub h2c: bool,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_resets: usize,
+    /// Largest HTTP/2 header list (the same bound as an HTTP/1.1 header).
+    pub max_header_size: u32,
 }
 
 impl From<&HttpOptions> for ListenerLimits {
@@ -145,6 +150,10 @@ impl From<&HttpOptions> for ListenerLimits {
             idle_timeout: h.idle_timeout,
             max_requests_per_connection: h.max_requests_per_connection,
             max_connections: h.max_connections,
+            h2c: h.h2c,
+            h2_max_concurrent_streams: h.h2_max_concurrent_streams,
+            h2_max_pending_resets: h.h2_max_pending_resets,
+            max_header_size: u32::try_from(h.max_header_size).unwrap_or(u32::MAX),
         }
     }
 }
@@ -154,6 +163,7 @@ pub struct EdgeHttp<A> {
     inner: Arc<A>,
     limits: ListenerLimits,
     options: Option<HttpServerOptions>,
+    h2: pingora::protocols::http::v2::server::H2Options,
 }
 
 impl<A: HttpServerApp> EdgeHttp<A> {
@@ -164,10 +174,16 @@ impl<A: HttpServerApp> EdgeHttp<A> {
             0 => None,
             n => Some(u32::try_from(n - 1).unwrap_or(u32::MAX)),
         };
+        options.h2c = limits.h2c;
+        let mut h2 = inner.h2_options().unwrap_or_default();
+        h2.max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.max_header_size)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_resets);
         Self {
             inner: Arc::new(inner),
             limits,
             options: Some(options),
+            h2,
         }
     }
 }
@@ -219,7 +235,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeHttp<A> {
     }
 
     fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
-        self.inner.h2_options()
+        Some(self.h2.clone())
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

@@ -425,7 +425,8 @@ impl ProxyHttp for Gateway {
         // A request answered here leaves its body unread: close the connection after the
         // answer rather than read and discard a body the client may not even send.
         let keepalive = session.get_keepalive();
-        let body = body_expected(session.req_header());
+        // (an HTTP/2 stream ends on its own: the connection goes on whatever is left unread)
+        let body = body_expected(session.req_header()) && !session.is_http2();
         if body {
             session.set_keepalive(None);
         }
@@ -879,15 +880,19 @@ impl ProxyHttp for Gateway {
             plugin,
             ..ErrorBody::new(status, code, message)
         };
-        let bytes = body.to_bytes();
-        let written = match body.header(bytes.len()) {
-            Ok(mut resp) => {
-                if status == 502 && e.etype() == &NO_NODE {
-                    let _ = resp.insert_header(RETRY_AFTER, "1");
+        let written = if respond::is_grpc(session) && session.is_http2() {
+            respond::write_grpc_error(session, &body).await
+        } else {
+            let bytes = body.to_bytes();
+            match body.header(bytes.len()) {
+                Ok(mut resp) => {
+                    if status == 502 && e.etype() == &NO_NODE {
+                        let _ = resp.insert_header(RETRY_AFTER, "1");
+                    }
+                    session.write_error_response(resp, bytes).await
                 }
-                session.write_error_response(resp, bytes).await
+                Err(err) => Err(err),
             }
-            Err(err) => Err(err),
         };
         if let Err(err) = written {
             log::debug!("cannot send the error response: {err}");

@@ -42,6 +42,7 @@ struct PeerSettings {
     keepalive_timeout: Duration,
     /// Presented to nodes that ask for a client certificate.
     client: Option<Arc<pingora::utils::tls::CertKey>>,
+    http2: bool,
 }
 
 /// One node of an upstream.
@@ -89,6 +90,11 @@ impl NodeRuntime {
             peer.options.verify_hostname = s.verify;
             peer.options.ca = s.ca.clone();
             peer.client_cert_key = s.client.clone();
+            if s.http2 {
+                // over TLS: h2 by ALPN, HTTP/1.1 when the node does not offer it; plain: h2c
+                let min = if s.tls { 1 } else { 2 };
+                peer.options.set_http_version(2, min);
+            }
             Arc::new(peer)
         });
         self.metrics.available.set(i64::from(peer.is_some()));
@@ -206,6 +212,7 @@ impl UpstreamRuntime {
                     connect_timeout: config.connect_timeout,
                     keepalive_timeout: config.keepalive_timeout,
                     client: client.clone(),
+                    http2: config.http2,
                 };
                 let health = if node.weight == 0 {
                     NodeHealth::new(State::Off, "weight 0: drained")
@@ -555,6 +562,7 @@ impl UpstreamRuntime {
             && self.config.connect_timeout == other.connect_timeout
             && self.config.unhealthy_timeout == other.unhealthy_timeout
             && self.config.keepalive_timeout == other.keepalive_timeout
+            && self.config.http2 == other.http2
             && self.config.retry_statuses == other.retry_statuses
             && self.config.retry_budget == other.retry_budget
             && self.config.health == other.health
