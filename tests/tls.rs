@@ -322,3 +322,33 @@ fn validate_names_the_certificate_problems() {
         "{err}"
     );
 }
+
+#[test]
+fn h2load_multiplexes_many_streams_over_few_connections() {
+    let a = echo("a");
+    let e = edge(&a);
+    // 2,000 requests on 4 connections, 16 streams at a time on each
+    let out = Command::new("h2load")
+        .args(["-n", "2000", "-c", "4", "-m", "16"])
+        .arg(format!("https://127.0.0.1:{}/users/1", e.tls_port))
+        .output()
+        .expect("h2load runs (Debian nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Application protocol: h2"), "{text}");
+    assert!(
+        text.contains("2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    let sample =
+        r#"gatehouse_requests_total{api="any",service="shop",status_class="2xx",upstream="u"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while e.gw.metric(sample) < 2000.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            e.gw.metric(sample)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
