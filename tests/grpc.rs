@@ -40,8 +40,14 @@ impl Drop for Server {
 }
 
 fn server(port: u16) -> Server {
+    server_with(port, &[])
+}
+
+/// The gRPC server; with `tls` (certificate and key files) over TLS.
+fn server_with(port: u16, tls: &[&str]) -> Server {
     let mut child = Command::new(python())
         .args([peer().as_str(), "server", &port.to_string()])
+        .args(tls)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -66,14 +72,20 @@ fn run(args: &[&str]) -> serde_json::Value {
 }
 
 fn gateway(node_port: u16) -> Gateway {
+    gateway_to(node_port, "http", "", "")
+}
+
+/// A gateway (h2c on its plain listener) with one gRPC API on an upstream of `protocol`.
+fn gateway_to(node_port: u16, protocol: &str, tls: &str, instance_extra: &str) -> Gateway {
     Gateway::start_with(
-        "  http: { h2c: true }\n",
+        &format!("  http: {{ h2c: true }}\n{instance_extra}"),
         &format!(
             r#"upstreams:
   - name: grpc
     vpc: vpc-main
-    protocol: http
+    protocol: {protocol}
     http2: true
+{tls}
     nodes:
       - {{ host: 127.0.0.1, port: {node_port}, weight: 1 }}
 services:
@@ -121,5 +133,47 @@ fn the_gateways_own_errors_are_grpc_statuses() {
     assert!(
         down["details"].as_str().unwrap().contains("bad_gateway"),
         "{down}"
+    );
+}
+
+#[test]
+fn a_node_speaking_http2_over_tls_is_reached_by_alpn() {
+    // a certificate for the node, from a test CA the gateway trusts
+    let dir = scratch_dir();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["grpc.internal".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (ca_file, cert, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("node.pem"),
+        dir.join("node.key"),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let port = free_port();
+    // the grpcio server speaks only HTTP/2, which it offers by ALPN
+    let _server = server_with(port, &[cert.to_str().unwrap(), key_file.to_str().unwrap()]);
+    let gw = gateway_to(
+        port,
+        "https",
+        &format!(
+            "    tls: {{ ca_file: {}, sni: grpc.internal }}\n",
+            ca_file.display()
+        ),
+        &file_roots_for(&ca_file),
+    );
+    let target = gw.base.trim_start_matches("http://").to_owned();
+    let result = run(&["client", &target]);
+    assert_eq!(result["unary"], "echo:hello", "{result}");
+    assert_eq!(
+        result["stream"],
+        serde_json::json!(["part0:hi", "part1:hi", "part2:hi"])
     );
 }

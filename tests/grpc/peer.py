@@ -1,8 +1,9 @@
 """A gRPC server and client for the gateway's end-to-end tests (grpcio, no generated code: the
 methods take and return raw bytes).
 
-    peer.py server PORT            serves /demo.Echo/Unary (echo) and /demo.Echo/Stream (three
-                                   replies) over h2c until killed; prints "ready" once listening
+    peer.py server PORT [CERT KEY] serves /demo.Echo/Unary (echo) and /demo.Echo/Stream (three
+                                   replies) over h2c, or over TLS with CERT and KEY (PEM files),
+                                   until killed; prints "ready" once listening
     peer.py client HOST:PORT       calls both through the target and prints one JSON line
     peer.py status HOST:PORT PATH  calls PATH and prints the gRPC status code and details
 """
@@ -18,7 +19,7 @@ def identity(b):
     return b
 
 
-def server(port):
+def server(port, cert=None, key=None):
     def unary(request, context):
         return b"echo:" + request
 
@@ -32,7 +33,12 @@ def server(port):
     })
     s = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     s.add_generic_rpc_handlers((handler,))
-    s.add_insecure_port(f"127.0.0.1:{port}")
+    if cert:
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+        s.add_secure_port(f"127.0.0.1:{port}", credentials)
+    else:
+        s.add_insecure_port(f"127.0.0.1:{port}")
     s.start()
     print("ready", flush=True)
     s.wait_for_termination()
@@ -62,7 +68,7 @@ def status(target, path):
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "server":
-        server(int(sys.argv[2]))
+        server(int(sys.argv[2]), *sys.argv[3:5])
     elif mode == "client":
         client(sys.argv[2])
     else:
