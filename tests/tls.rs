@@ -352,3 +352,54 @@ fn h2load_multiplexes_many_streams_over_few_connections() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_client_flooding_stream_resets_is_cut_off() {
+    let a = echo("a");
+    let gw = Gateway::start_with(
+        "  http: { h2c: true, h2_max_pending_resets: 20 }\n",
+        &format!(
+            "upstreams:\n  - {{ name: u, vpc: vpc-main, protocol: http, nodes: [{{ host: 127.0.0.1, port: {} }}] }}\nservices:\n  - {{ name: s, apis: [{{ name: any, path: \"/{{*rest}}\", backend: {{ upstream: u }} }}] }}\n",
+            a.addr().port()
+        ),
+    );
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let driver = tokio::spawn(connection);
+        // open and reset streams as fast as the connection takes them ("rapid reset")
+        let mut opened = 0;
+        for _ in 0..10_000 {
+            let request = http::Request::get("/flood").body(()).unwrap();
+            match client.send_request(request, false) {
+                Ok((_, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    opened += 1;
+                }
+                Err(_) => break,
+            }
+            if opened % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(client);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), driver).await;
+        (opened, ended)
+    });
+    let (opened, ended) = outcome;
+    // the gateway ended the connection with an error (GOAWAY) rather than serve the flood
+    let error = match ended {
+        Ok(Ok(Err(e))) => e,
+        other => panic!("the connection was not cut off after {opened} resets: {other:?}"),
+    };
+    assert!(
+        error.is_go_away()
+            || error.is_io()
+            || error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{error:?}"
+    );
+    // and the gateway serves on
+    assert_eq!(gw.get("/ok").status, 200);
+}
