@@ -93,19 +93,7 @@ impl Admin {
         body: Option<Value>,
         extra: &[(&str, &str)],
     ) -> Reply {
-        let auth = format!("Bearer {TOKEN}");
-        let mut headers = vec![
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ];
-        headers.extend_from_slice(extra);
-        let body = body.map(|b| b.to_string());
-        request(
-            method,
-            &format!("{}{path}", self.admin),
-            &headers,
-            body.as_deref(),
-        )
+        admin_request(&self.admin, TOKEN, method, path, body, extra)
     }
 
     fn config_file(&self) -> std::path::PathBuf {

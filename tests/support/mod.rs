@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -312,6 +314,25 @@ fn agent() -> ureq::Agent {
 }
 
 /// Sends one request; statuses are returned, not turned into errors.
+/// An admin API call to `admin` (its base URL) with bearer `token`; `body` is sent as JSON.
+pub fn admin_request(
+    admin: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    extra: &[(&str, &str)],
+) -> Reply {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    let body = body.map(|b| b.to_string());
+    request(method, &format!("{admin}{path}"), &headers, body.as_deref())
+}
+
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
     thread_local! {
         static AGENT: ureq::Agent = agent();

@@ -100,12 +100,11 @@ impl ServeHttp for AdminApp {
             .requests
             .with_label_values(&[route, answer.status.as_str()])
             .inc();
-        let generation = self.store.runtime().load().generation;
         let mut builder = Response::builder()
             .status(answer.status)
             .header(http::header::CONTENT_TYPE, answer.content_type)
             .header(http::header::CONTENT_LENGTH, answer.body.len())
-            .header(http::header::ETAG, crate::store::etag(generation))
+            .header(http::header::ETAG, self.store.etag())
             .header(http::header::CACHE_CONTROL, "no-store");
         for (name, value) in answer.headers {
             builder = builder.header(name, value);
@@ -186,6 +185,7 @@ impl AdminApp {
                 "/status",
                 Answer::json(StatusCode::OK, &json!(self.store.status())),
             ),
+            (Method::GET, ["fleet"]) => ("/fleet", self.fleet().await),
             (Method::GET, ["config"]) => (
                 "/config",
                 self.get_config(query.contains("format=json") || accept_json)
@@ -317,6 +317,32 @@ impl AdminApp {
         }
     }
 
+    /// The fleet's live instances and the revision each serves.
+    async fn fleet(&self) -> Answer {
+        let Some(fleet) = self.store.fleet() else {
+            return Answer::error(
+                StatusCode::NOT_FOUND,
+                "not_a_fleet",
+                "this instance serves its own configuration file; instance.etcd makes it part of a fleet",
+            );
+        };
+        match fleet.instances().await {
+            Ok(mut instances) => {
+                instances.sort_by(|a, b| a.id.cmp(&b.id));
+                let latest = fleet.latest().revision();
+                Answer::json(
+                    StatusCode::OK,
+                    &json!({ "revision": latest, "instances": instances }),
+                )
+            }
+            Err(e) => Answer::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "config_source_unavailable",
+                format!("the fleet's etcd cannot be read: {e}"),
+            ),
+        }
+    }
+
     async fn reload(&self, write: &Write) -> Answer {
         match self.store.reload(write.dry_run, &write.origin).await {
             Ok(applied) if write.dry_run => dry_run_answer(&applied.diff),
@@ -333,7 +359,7 @@ impl AdminApp {
         &self,
         write: &Write,
         ok: StatusCode,
-        edit: impl FnOnce(&mut RawConfig) -> Result<(T, StatusCode), Refused>,
+        edit: impl FnMut(&mut RawConfig) -> Result<(T, StatusCode), Refused>,
     ) -> Answer {
         match self
             .store
@@ -389,7 +415,7 @@ impl AdminApp {
                 )));
             }
             c.upstreams.push(upstream.clone());
-            Ok((upstream, StatusCode::OK))
+            Ok((upstream.clone(), StatusCode::OK))
         })
         .await
     }
@@ -409,7 +435,7 @@ impl AdminApp {
             let status = upsert(&mut c.upstreams, upstream.clone(), |u| {
                 u.name == upstream.name
             });
-            Ok((upstream, status))
+            Ok((upstream.clone(), status))
         })
         .await
     }
@@ -480,7 +506,7 @@ impl AdminApp {
                 )));
             }
             c.services.push(service.clone());
-            Ok((service, StatusCode::OK))
+            Ok((service.clone(), StatusCode::OK))
         })
         .await
     }
@@ -497,6 +523,7 @@ impl AdminApp {
             return name_mismatch("service", name, &service.name);
         }
         self.change(write, StatusCode::OK, move |c| {
+            let mut service = service.clone();
             let old = c
                 .services
                 .iter()
@@ -558,7 +585,7 @@ impl AdminApp {
                     ),
                 )));
             }
-            let mut apis = vec![api];
+            let mut apis = vec![api.clone()];
             stamp_bindings(&mut apis, None);
             s.apis.extend(apis.iter().cloned());
             Ok((apis.remove(0), StatusCode::OK))
@@ -581,7 +608,7 @@ impl AdminApp {
             let Some(s) = c.services.iter_mut().find(|s| s.name == service) else {
                 return Err(not_found("service", service));
             };
-            let mut apis = vec![api];
+            let mut apis = vec![api.clone()];
             stamp_bindings(&mut apis, Some(&s.apis));
             let api = apis.remove(0);
             let status = upsert(&mut s.apis, api.clone(), |a| a.name == api.name);
@@ -695,6 +722,12 @@ fn commit_error(e: CommitError) -> Answer {
             "unreadable_config",
             format!("{m}; the previous configuration keeps serving"),
         ),
+        CommitError::Unavailable(m) => Answer::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "config_source_unavailable",
+            m,
+        )
+        .with_header("retry-after", "5".to_owned()),
     }
 }
 
@@ -768,7 +801,7 @@ fn if_match(session: &ServerSession) -> Option<Vec<String>> {
 /// The methods a known admin path accepts (for 405 and `Allow`); `None` for an unknown path.
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
-        ["openapi.json"] | ["status"] | ["config"] => "GET",
+        ["openapi.json"] | ["status"] | ["config"] | ["fleet"] => "GET",
         ["reload"] => "POST",
         ["upstreams"] | ["services"] | ["services", _, "apis"] => "GET, POST",
         ["upstreams", _] | ["services", _] | ["services", _, "apis", _] => "GET, PUT, DELETE",

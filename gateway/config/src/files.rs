@@ -8,7 +8,8 @@
 
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Largest plugin component read.
@@ -129,6 +130,40 @@ pub fn read_confined(path: &Path, roots: &[PathBuf], cap: u64) -> Result<Vec<u8>
 fn io(e: std::io::Error) -> FileError {
     // The kind only: an OS message never carries file content, but keep it short and uniform.
     FileError::Io(e.kind().to_string())
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // The file holds secrets: owner-only, or stricter if it already was.
+    let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o600);
+    // A stale temporary file (a crash) is removed; if it is a symbolic link, the link itself.
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        // Created exclusively: never through a link, never someone else's file.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]

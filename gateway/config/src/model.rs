@@ -51,6 +51,9 @@ pub mod limits {
     pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
     pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(100);
     pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
+    pub const DEFAULT_ETCD_PREFIX: &str = "/gatehouse";
+    pub const DEFAULT_ETCD_CACHE_DIR: &str = "gatehouse-cache";
+    pub const DEFAULT_ETCD_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_METRICS: &str = "127.0.0.1:9091";
     pub const DEFAULT_ADMIN: &str = "127.0.0.1:9180";
     /// Shorter tokens are too easy to guess.
@@ -160,6 +163,43 @@ pub struct Instance {
     pub drain_timeout: Duration,
     /// The Unix socket through which a new process takes the listening sockets over.
     pub upgrade_socket: PathBuf,
+    /// The etcd cluster holding the shared configuration; `None`: this file holds it.
+    pub etcd: Option<EtcdSource>,
+}
+
+/// The password of an etcd user: given (from the environment), or read from a file when the
+/// gateway connects.
+#[derive(Clone, PartialEq, Eq)]
+pub enum EtcdPassword {
+    Value(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for EtcdPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EtcdPassword::Value(_) => f.write_str("Value(<redacted>)"),
+            EtcdPassword::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// An etcd v3 cluster as a configuration source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSource {
+    /// `http://host:port` or `https://host:port`.
+    pub endpoints: Vec<String>,
+    /// Key prefix, starting with `/`, without a trailing `/`.
+    pub prefix: String,
+    /// User name and password.
+    pub credentials: Option<(String, EtcdPassword)>,
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key, for a cluster that authenticates clients by certificate.
+    pub identity: Option<CertFiles>,
+    /// Absolute folder of the cached last good configuration and the files it names.
+    pub cache_dir: PathBuf,
+    /// Longest one etcd request may take.
+    pub timeout: Duration,
 }
 
 /// TLS listeners and their certificates.

@@ -69,6 +69,47 @@ pub struct RawInstance {
     /// Longest requests in flight may take to finish once the gateway stops, e.g. `30s`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    /// Take the shared configuration (VPCs, connections, upstreams, services) from etcd instead
+    /// of this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<RawEtcd>,
+}
+
+/// Where a fleet's shared configuration lives: an etcd v3 cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    pub endpoints: Vec<String>,
+    /// Key prefix of the configuration, e.g. `/gatehouse`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The password, as `${NAME}` (an environment variable); or `password_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawEtcdTls>,
+    /// Folder of the last good configuration and the files it names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
+    /// Longest one etcd request may take, e.g. `5s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// TLS to etcd: the CA that signed its certificates, and a client certificate if it wants one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcdTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 /// TLS listeners: addresses and the certificates they choose from by SNI.

@@ -44,6 +44,17 @@ pub fn redact_json(value: &mut Value) {
                     *token = Value::String(REDACTED.to_owned());
                 }
             }
+            // `instance.etcd`: its password (a `${NAME}` reference shows as itself)
+            if map.contains_key("endpoints") {
+                if let Some(password) = map.get_mut("password") {
+                    if password
+                        .as_str()
+                        .is_some_and(|p| env_reference(p).is_none())
+                    {
+                        *password = Value::String(REDACTED.to_owned());
+                    }
+                }
+            }
             if let Some(Value::Array(plugins)) = map.get_mut("plugins") {
                 for plugin in plugins.iter_mut() {
                     redact_plugin(plugin);
@@ -248,6 +259,49 @@ pub fn remember_all(raw: &RawConfig) {
                 }
             }
         }
+    }
+}
+
+/// The plugin secrets of `raw` written in clear rather than as `${NAME}` references, one problem
+/// each. A shared configuration (stored in etcd, readable by every instance and whoever reads
+/// etcd) must hold none.
+pub fn clear_secrets(raw: &RawConfig) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (si, service) in raw.services.iter().enumerate() {
+        for (ai, api) in service.apis.iter().enumerate() {
+            for (k, plugin) in api.plugins.iter().enumerate() {
+                let Some(config) = plugin.config.as_ref() else {
+                    continue;
+                };
+                let keys = secret_keys(
+                    plugin.name.as_deref(),
+                    plugin.secret_keys.iter().map(String::as_str),
+                );
+                for key in keys {
+                    if yaml_get(config, key).is_some_and(has_clear_leaf) {
+                        problems.push(Problem::new(
+                            format!("services[{si}].apis[{ai}].plugins[{k}].config.{key}"),
+                            "a secret in clear text in the shared configuration (etcd)",
+                            format!(
+                                "write each value as ${{NAME}} and set NAME in every instance's environment (API {}.{})",
+                                service.name, api.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn has_clear_leaf(value: &serde_yaml::Value) -> bool {
+    match value {
+        serde_yaml::Value::String(s) => env_reference(s).is_none() && s != REDACTED,
+        serde_yaml::Value::Sequence(items) => items.iter().any(has_clear_leaf),
+        serde_yaml::Value::Mapping(map) => map.values().any(has_clear_leaf),
+        serde_yaml::Value::Null => false,
+        _ => true,
     }
 }
 

@@ -29,9 +29,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, hash: String) -> Result<Config
     // The configuration's own folder may be named with `..` (`-c ../config/gatehouse.yaml`):
     // resolve it, so only the paths written inside the configuration are held to the no-`..`
     // rule.
-    let base_dir = &std::fs::canonicalize(base_dir)
-        .or_else(|_| std::path::absolute(base_dir))
-        .unwrap_or_else(|_| base_dir.to_owned());
+    let base_dir = &resolve_base(base_dir);
     let vpcs = v.vpcs(&raw.vpcs);
     v.file_roots = v.file_roots(&raw.instance.file_roots, base_dir);
     let instance = v.instance(&raw.instance, &vpcs, base_dir);
@@ -55,6 +53,34 @@ pub fn validate(raw: &RawConfig, base_dir: &Path, hash: String) -> Result<Config
         }),
         _ => Err(v.problems),
     }
+}
+
+/// Only `instance.etcd` (with `instance.file_roots`, which its files must lie in): what a fleet
+/// instance needs before it can read the rest of its configuration.
+pub fn etcd_source(
+    raw: &RawEtcd,
+    file_roots: &[String],
+    base_dir: &Path,
+) -> Result<EtcdSource, Vec<Problem>> {
+    let mut v = Validator::default();
+    let base_dir = &resolve_base(base_dir);
+    v.file_roots = v.file_roots(file_roots, base_dir);
+    match v.etcd(raw, base_dir) {
+        Some(source) if v.problems.is_empty() => Ok(source),
+        _ => Err(v.problems),
+    }
+}
+
+/// The folder relative paths are read from, absolute: `-c gatehouse.yaml` names the current one.
+fn resolve_base(base_dir: &Path) -> std::path::PathBuf {
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base_dir
+    };
+    std::fs::canonicalize(base_dir)
+        .or_else(|_| std::path::absolute(base_dir))
+        .unwrap_or_else(|_| base_dir.to_owned())
 }
 
 #[derive(Default)]
@@ -404,7 +430,9 @@ impl Validator {
             Some(p) => base_dir.join(p),
             None => std::env::temp_dir().join(format!("gatehouse-{}-upgrade.sock", raw.id)),
         };
+        let etcd = raw.etcd.as_ref().and_then(|e| self.etcd(e, base_dir));
         Some(Instance {
+            etcd,
             upgrade_socket,
             drain_timeout,
             tls,
@@ -425,6 +453,161 @@ impl Validator {
             plugin_limits,
         })
         .filter(|_| ok)
+    }
+
+    /// `instance.etcd`: where a fleet's shared configuration lives.
+    fn etcd(&mut self, raw: &RawEtcd, base_dir: &Path) -> Option<EtcdSource> {
+        let before = self.problems.len();
+        if raw.endpoints.is_empty() {
+            self.problem(
+                "instance.etcd.endpoints",
+                "no endpoint given",
+                "list the etcd cluster's client URLs, e.g. [\"http://10.0.0.5:2379\"]",
+            );
+        }
+        for (i, e) in raw.endpoints.iter().enumerate() {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"));
+            let ok = rest.is_some_and(|r| {
+                !r.is_empty() && !r.contains('/') && !r.contains(char::is_whitespace)
+            });
+            if !ok {
+                self.problem(
+                    format!("instance.etcd.endpoints[{i}]"),
+                    format!("{e:?} is not an etcd client URL"),
+                    "write it as http://host:port or https://host:port",
+                );
+            }
+        }
+        let prefix = raw.prefix.as_deref().unwrap_or(limits::DEFAULT_ETCD_PREFIX);
+        let prefix_ok = prefix.starts_with('/')
+            && !prefix.ends_with('/')
+            && prefix.len() <= 200
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+        if !prefix_ok {
+            self.problem(
+                "instance.etcd.prefix",
+                format!("{prefix:?} is not a key prefix"),
+                "start it with '/', end it without one, and use letters, digits, '/', '-', '_' or '.', e.g. /gatehouse/prod",
+            );
+        }
+        let password = match (&raw.password, &raw.password_file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "instance.etcd.password",
+                    "both password and password_file are given",
+                    "keep one of them",
+                );
+                None
+            }
+            (Some(p), None) => match crate::secrets::env_reference(p) {
+                Some(name) => match std::env::var(name) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        self.problem(
+                            "instance.etcd.password",
+                            format!("the environment variable {name} is not set"),
+                            format!("set {name} in the gateway's environment"),
+                        );
+                        None
+                    }
+                },
+                None => Some(p.clone()),
+            }
+            .map(EtcdPassword::Value),
+            (None, Some(f)) => self
+                .file("instance.etcd.password_file", f, base_dir)
+                .map(EtcdPassword::File),
+            (None, None) => None,
+        };
+        let credentials = match (&raw.username, password) {
+            (Some(u), Some(p)) => Some((u.clone(), p)),
+            (None, None) => None,
+            (Some(_), None) if raw.password.is_none() && raw.password_file.is_none() => {
+                self.problem(
+                    "instance.etcd.username",
+                    "a user name without a password",
+                    "add password: ${ETCD_PASSWORD} (an environment variable) or password_file",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    "instance.etcd.password",
+                    "a password without a user name",
+                    "add username",
+                );
+                None
+            }
+            _ => None,
+        };
+        let (ca_file, identity) = match &raw.tls {
+            None => (None, None),
+            Some(t) => {
+                let ca = t
+                    .ca_file
+                    .as_deref()
+                    .and_then(|f| self.file("instance.etcd.tls.ca_file", f, base_dir));
+                let identity = match (&t.cert_file, &t.key_file) {
+                    (Some(c), Some(k)) => {
+                        let cert = self.file("instance.etcd.tls.cert_file", c, base_dir);
+                        let key = self.file("instance.etcd.tls.key_file", k, base_dir);
+                        cert.zip(key).map(|(cert_file, key_file)| CertFiles {
+                            cert_file,
+                            key_file,
+                        })
+                    }
+                    (None, None) => None,
+                    _ => {
+                        self.problem(
+                            "instance.etcd.tls",
+                            "a client certificate needs both cert_file and key_file",
+                            "give both, or neither",
+                        );
+                        None
+                    }
+                };
+                if !raw.endpoints.iter().all(|e| e.starts_with("https://")) {
+                    self.problem(
+                        "instance.etcd.endpoints",
+                        "instance.etcd.tls is set but not every endpoint is https://",
+                        "write the endpoints as https://host:port",
+                    );
+                }
+                (ca, identity)
+            }
+        };
+        let cache_dir = base_dir.join(
+            raw.cache_dir
+                .as_deref()
+                .unwrap_or(limits::DEFAULT_ETCD_CACHE_DIR),
+        );
+        if crate::files::has_parent_dir(&cache_dir) {
+            self.problem(
+                "instance.etcd.cache_dir",
+                "contains '..'",
+                "name the folder plainly, e.g. /var/cache/gatehouse",
+            );
+        }
+        let timeout = self
+            .duration(
+                "instance.etcd.timeout",
+                raw.timeout.as_deref(),
+                Duration::from_millis(100),
+            )
+            .unwrap_or(limits::DEFAULT_ETCD_TIMEOUT);
+        (self.problems.len() == before).then(|| EtcdSource {
+            endpoints: raw.endpoints.clone(),
+            prefix: prefix.to_owned(),
+            credentials,
+            ca_file,
+            identity,
+            cache_dir,
+            timeout,
+        })
     }
 
     fn access_log(&mut self, raw: &RawAccessLog, base_dir: &Path) -> AccessLog {

@@ -3,6 +3,7 @@
 //! backends on its nodes and shows the gateway at work.
 
 mod demo;
+mod fleet;
 mod logging;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use gatehouse_admin::fleet::Fleet;
 use gatehouse_admin::{AdminApp, ConfigStore, ReloadOnHangup};
 use gatehouse_config::raw::RawConfig;
 use gatehouse_config::{limits, Config, ConfigError};
@@ -68,6 +70,11 @@ enum Command {
         #[arg(long, value_name = "OLD")]
         diff_from: Option<PathBuf>,
     },
+    /// Seed, replace or read the shared configuration of a fleet in etcd.
+    Config {
+        #[command(subcommand)]
+        action: fleet::ConfigAction,
+    },
     /// Serve a configuration with echo backends started on its loopback nodes, and show the
     /// weighted spread, the Host header and a retried dead node.
     Demo {
@@ -88,12 +95,13 @@ fn main() -> ExitCode {
         Command::Run { config, upgrade } => run(&config, None, upgrade),
         Command::Validate { config, diff_from } => validate(&config, diff_from.as_deref()),
         Command::Demo { config, down } => run(&config, Some(down), false),
+        Command::Config { action } => fleet::config(action),
     }
 }
 
 /// Serves `path`; with `demo`, first starts echo backends on its nodes (except the ones listed).
 fn run(path: &Path, demo: Option<Vec<String>>, upgrade: bool) -> ExitCode {
-    let (raw, config) = match load(path) {
+    let (raw, config, fleet) = match load_any(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gatehouse: {e}");
@@ -128,7 +136,13 @@ fn run(path: &Path, demo: Option<Vec<String>>, upgrade: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let store = Arc::new(ConfigStore::new(path.to_owned(), raw, runtime.clone()));
+    let store = Arc::new(match &fleet {
+        Some(f) => ConfigStore::with_fleet(path.to_owned(), raw, runtime.clone(), f.clone()),
+        None => ConfigStore::new(path.to_owned(), raw, runtime.clone()),
+    });
+    if let Some(f) = &fleet {
+        f.start(store.clone());
+    }
     server.add_service(background_service(
         "gatehouse reload on SIGHUP",
         ReloadOnHangup(store.clone()),
@@ -213,6 +227,29 @@ fn notify_service_manager() {
     }
 }
 
+/// Reads a configuration file, and for a fleet instance the shared configuration from etcd (or
+/// its cache): the file's schema (kept for the admin API), the validated model, and the fleet.
+fn load_any(path: &Path) -> Result<(RawConfig, Config, Option<Arc<Fleet>>), String> {
+    let local = read_raw(path).map_err(|e| e.to_string())?;
+    if local.instance.etcd.is_none() {
+        let (raw, config) = load(path).map_err(|e| e.to_string())?;
+        return Ok((raw, config, None));
+    }
+    let fleet = fleet::connect(path, &local)?;
+    let initial = gatehouse_admin::store::initial(&fleet, path, &local)?;
+    fleet.served(initial.revision, initial.from_cache);
+    log::info!(
+        "shared configuration revision {} from {}",
+        initial.revision,
+        if initial.from_cache {
+            "the cache (etcd unreachable)"
+        } else {
+            "etcd"
+        }
+    );
+    Ok((initial.raw, initial.config, Some(fleet)))
+}
+
 /// Reads a configuration file: the file's schema (kept for the admin API) and the validated model.
 fn load(path: &Path) -> Result<(RawConfig, Config), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -262,6 +299,40 @@ fn validate(paths: &[PathBuf], diff_from: Option<&Path>) -> ExitCode {
     };
     let mut failed = false;
     for path in paths {
+        if read_raw(path).is_ok_and(|r| r.instance.etcd.is_some()) {
+            match load_any(path) {
+                Ok((_, config, Some(f))) => {
+                    let mut problems = gatehouse_proxy::upstream::check_files(&config);
+                    problems.extend(gatehouse_proxy::tls::check_files(&config));
+                    problems.extend(gatehouse_proxy::plugins::check(&engine, &config));
+                    let status = f.status();
+                    if problems.is_empty() {
+                        println!(
+                            "{}: valid, with the shared configuration revision {} from {}",
+                            path.display(),
+                            status.revision,
+                            if status.from_cache {
+                                "the cache"
+                            } else {
+                                "etcd"
+                            }
+                        );
+                        continue;
+                    }
+                    failed = true;
+                    eprintln!("{}: invalid configuration", path.display());
+                    for p in problems {
+                        eprintln!("  {p}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failed = true;
+                    eprintln!("{}: {e}", path.display());
+                }
+            }
+            continue;
+        }
         let problems = match gatehouse_config::load(path) {
             Ok(config) => {
                 let mut problems = gatehouse_proxy::upstream::check_files(&config);

@@ -1,0 +1,1383 @@
+//! Fleets, end to end: many `gatehouse` instances serving one shared configuration kept in a real
+//! etcd (v3). Each test starts its own etcd (tests/support/etcd.rs), seeds it with
+//! `gatehouse config push`, and drives the instances through their proxy listeners, admin APIs
+//! and metrics endpoints. Every wait is a bounded poll; no sleep is an assertion.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::etcd::*;
+use support::*;
+
+/// How long a change made through one instance may take to be served by another.
+const FOLLOW: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// The key layout of the shared configuration in etcd, as documented by the fleet contract.
+// Only `write_invalid_revision` (and the plugin check) look at keys directly; if the layout
+// changes, adjust these functions and nothing else.
+//
+//   <prefix>/v1/config/commit                      JSON {"schema":1,"set":"<set id>",...}; its
+//                                                  mod_revision is the configuration revision,
+//                                                  and instances apply a change only when it changes
+//   <prefix>/v1/config/sets/<set>/upstreams/<name> one upstream (admin API JSON)
+//   <prefix>/v1/config/sets/<set>/services/<name>  one service without its apis
+//   <prefix>/v1/config/sets/<set>/apis/<svc>/<api> one API
+//   <prefix>/v1/config/sets/<set>/vpcs/<id>, .../connections
+// ---------------------------------------------------------------------------------------------
+
+const DEFAULT_PREFIX: &str = "/gatehouse";
+
+fn commit_key(prefix: &str) -> String {
+    format!("{prefix}/v1/config/commit")
+}
+
+fn set_upstream_key(prefix: &str, set: &str, upstream: &str) -> String {
+    format!("{prefix}/v1/config/sets/{set}/upstreams/{upstream}")
+}
+
+/// Writes, as another tool would, a revision that fails validation: an upstream `broken` whose
+/// node weighs 150 (out of 0..=100) is put into the current set, and the commit key is
+/// rewritten (same JSON plus `"by": "another-tool"`) in the same transaction. Returns the new
+/// revision (the commit key's mod_revision).
+fn write_invalid_revision(etcd: &Etcd, prefix: &str, node_port: u16) -> u64 {
+    let commit = etcd
+        .get(&commit_key(prefix))
+        .unwrap_or_else(|| panic!("no commit key {} in etcd", commit_key(prefix)));
+    let mut commit: Value = serde_json::from_str(&commit)
+        .unwrap_or_else(|e| panic!("the commit key is not JSON ({e}): {commit}"));
+    let set = commit["set"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no set id in the commit {commit}"))
+        .to_owned();
+    commit["by"] = json!("another-tool");
+    let broken = json!({
+        "name": "broken",
+        "vpc": "vpc-main",
+        "protocol": "http",
+        "nodes": [{ "host": "127.0.0.1", "port": node_port, "weight": 150 }],
+    });
+    etcd.txn_put(&[
+        (
+            &set_upstream_key(prefix, &set, "broken"),
+            &broken.to_string(),
+        ),
+        (&commit_key(prefix), &commit.to_string()),
+    ]);
+    etcd.mod_revision(&commit_key(prefix)).unwrap() as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared configurations and the CLI
+// ---------------------------------------------------------------------------------------------
+
+/// The instance section `config push` validates a shared file against (never served).
+const PUSH_INSTANCE: &str = r#"instance:
+  id: pusher
+  type: dedicated
+  vpc: vpc-main
+  listen: ["127.0.0.1:1"]
+"#;
+
+fn node_lines(nodes: &[&EchoServer], weight: u32) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "      - {{ host: 127.0.0.1, port: {}, weight: {weight} }}\n",
+                n.addr().port()
+            )
+        })
+        .collect()
+}
+
+/// The shared sections: VPC `vpc-main` (127.0.0.0/8), upstream `users` on `users_nodes`
+/// (`more_upstreams` appended to the list), service `shop` with `GET /users/{id}` (`more_apis`
+/// appended to its APIs). Services come last, so more services may be appended.
+fn shared_sections(users_nodes: &[&EchoServer], more_upstreams: &str, more_apis: &str) -> String {
+    format!(
+        r#"vpcs:
+  - id: vpc-main
+    cidrs: ["127.0.0.0/8"]
+upstreams:
+  - name: users
+    vpc: vpc-main
+    protocol: http
+    nodes:
+{nodes}{more_upstreams}services:
+  - name: shop
+    apis:
+      - name: get_user
+        path: /users/{{id}}
+        methods: [GET]
+        backend: {{ upstream: users }}
+{more_apis}"#,
+        nodes = node_lines(users_nodes, 1)
+    )
+}
+
+/// A complete shared file (with its own instance section for validation).
+fn shared_yaml(users_nodes: &[&EchoServer], more_upstreams: &str, more_apis: &str) -> String {
+    format!(
+        "{PUSH_INSTANCE}{}",
+        shared_sections(users_nodes, more_upstreams, more_apis)
+    )
+}
+
+/// One fixed-response API line for `more_apis`.
+fn fixed_api_line(name: &str, path: &str, body: &str) -> String {
+    format!(
+        "      - {{ name: {name}, path: {path}, methods: [GET], backend: {{ response: {{ status: 200, body: {body} }} }} }}\n"
+    )
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn gatehouse(args: &[&str], within: Duration) -> (bool, i32, String) {
+    let (status, out, err) = run_cli_within(args, within);
+    (
+        status.success(),
+        status.code().unwrap_or(-1),
+        format!("{out}{err}"),
+    )
+}
+
+/// `gatehouse config push -c file --etcd e1,e2 [extra...]`; asserts success; its output.
+fn push(file: &Path, endpoints: &[String], extra: &[&str]) -> String {
+    let joined = endpoints.join(",");
+    let mut args = vec![
+        "config",
+        "push",
+        "-c",
+        file.to_str().unwrap(),
+        "--etcd",
+        &joined,
+    ];
+    args.extend_from_slice(extra);
+    let (ok, code, output) = gatehouse(&args, Duration::from_secs(120));
+    assert!(ok, "config push exited {code}:\n{output}");
+    output
+}
+
+/// `gatehouse config pull [args...]` to stdout; asserts success.
+fn pull(args: &[&str]) -> String {
+    let mut all = vec!["config", "pull"];
+    all.extend_from_slice(args);
+    let (status, out, err) = run_cli_within(&all, Duration::from_secs(60));
+    assert!(status.success(), "config pull exited {status}:\n{out}{err}");
+    out
+}
+
+/// A pulled shared file as JSON (parsed with the gateway's own schema; an instance section is
+/// added when the file has none).
+fn parse_pulled(yaml: &str) -> Value {
+    let has_instance = yaml.lines().any(|l| l.starts_with("instance:"));
+    let text = if has_instance {
+        yaml.to_owned()
+    } else {
+        format!("{PUSH_INSTANCE}{yaml}")
+    };
+    let raw = gatehouse_config::parse_raw(&text, "pulled")
+        .unwrap_or_else(|e| panic!("the pulled configuration does not parse ({e}):\n{yaml}"));
+    let mut value = serde_json::to_value(&raw).unwrap();
+    value.as_object_mut().unwrap().remove("instance");
+    value
+}
+
+/// The `name`s of a list, sorted (the shared configuration does not keep list order).
+fn names(list: &Value) -> Vec<String> {
+    let mut names: Vec<String> = list
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn api_names(config: &Value, service: &str) -> Vec<String> {
+    config["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == service))
+        .map(|s| names(&s["apis"]))
+        .unwrap_or_default()
+}
+
+fn upstream_json(name: &str, nodes: &[&EchoServer]) -> Value {
+    json!({
+        "name": name,
+        "vpc": "vpc-main",
+        "protocol": "http",
+        "nodes": nodes.iter().map(|n| json!({ "host": "127.0.0.1", "port": n.addr().port(), "weight": 1 })).collect::<Vec<_>>(),
+    })
+}
+
+fn fixed_api(name: &str, path: &str, body: &str) -> Value {
+    json!({ "name": name, "path": path, "methods": ["GET"],
+        "backend": { "response": { "status": 200, "body": body } } })
+}
+
+/// Waits until `gw` answers `GET path` with `status` (and `body`, when given).
+fn wait_served(gw: &FleetGateway, path: &str, status: u16, body: Option<&str>) {
+    eventually(
+        &format!("{} answers GET {path} with {status} {body:?}", gw.id),
+        FOLLOW,
+        || {
+            let r = gw.get(path);
+            (r.status == status && body.is_none_or(|b| r.body == b)).then_some(())
+        },
+    );
+}
+
+/// Waits until `GET path` through `gw` reaches echo node `node`.
+fn wait_node(gw: &FleetGateway, path: &str, node: &str) {
+    eventually(
+        &format!("{} sends GET {path} to node {node}", gw.id),
+        FOLLOW,
+        || {
+            let r = gw.get(path);
+            (r.status == 200 && r.node() == node).then_some(())
+        },
+    );
+}
+
+/// An admin write retried (bounded) while the instance answers 5xx (reconnecting to etcd, a
+/// cluster electing a leader). Accepts one of `ok`; a 409 after a 5xx counts as done (the
+/// earlier attempt may have been committed before its answer was lost).
+fn write_until_accepted(
+    gw: &FleetGateway,
+    method: &str,
+    path: &str,
+    body: &Value,
+    ok: &[u16],
+    within: Duration,
+) -> Reply {
+    let deadline = Instant::now() + within;
+    let mut seen_5xx = Vec::new();
+    loop {
+        let r = gw.call(method, path, Some(body.clone()));
+        if ok.contains(&r.status) || (r.status == 409 && !seen_5xx.is_empty()) {
+            return r;
+        }
+        assert!(
+            r.status >= 500,
+            "{} {method} {path}: unexpected {}: {}",
+            gw.id,
+            r.status,
+            r.body
+        );
+        seen_5xx.push(format!("{} {}", r.status, r.body));
+        assert!(
+            Instant::now() < deadline,
+            "{} {method} {path} not accepted within {within:?}: {} answers 5xx, the last: {:?}\nlog:\n{}",
+            gw.id,
+            seen_5xx.len(),
+            &seen_5xx[seen_5xx.len().saturating_sub(2)..],
+            tail_lines(&gw.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// One etcd with the standard shared configuration pushed (users on `nodes`).
+fn etcd_with_shared(nodes: &[&EchoServer], more_apis: &str) -> Etcd {
+    let etcd = Etcd::start();
+    let dir = TempDir::new();
+    let file = write_file(&dir, "shared.yaml", &shared_yaml(nodes, "", more_apis));
+    push(&file, &[etcd.endpoint()], &[]);
+    etcd
+}
+
+/// Raises its flag when dropped, so load threads stop even when the test panics.
+struct RaiseOnDrop(Arc<AtomicBool>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------------
+
+/// The support itself: one member (put/get/txn/compaction/stop/restart) and a cluster.
+#[test]
+fn etcd_support() {
+    let mut etcd = Etcd::start();
+    assert!(etcd.endpoint().starts_with("http://127.0.0.1:"));
+    etcd.put("/t/a", "{\"x\": \"y z\"}");
+    assert_eq!(etcd.get("/t/a").as_deref(), Some("{\"x\": \"y z\"}"));
+    assert_eq!(etcd.get("/t/missing"), None);
+    let before = etcd.revision();
+    etcd.txn_put(&[
+        ("/t/b", "{\"q\":\"it's \\\"quoted\\\"\"}"),
+        ("/t/c", "two words"),
+    ]);
+    assert_eq!(etcd.revision(), before + 1, "one transaction, one revision");
+    assert_eq!(
+        etcd.get("/t/b").as_deref(),
+        Some("{\"q\":\"it's \\\"quoted\\\"\"}")
+    );
+    assert_eq!(etcd.mod_revision("/t/c"), Some(before + 1));
+    assert_eq!(etcd.get_prefix("/t/").len(), 3);
+    etcd.compact_to_latest();
+    etcd.stop();
+    assert!(!etcd.etcdctl(&["get", "/t/a"]).status.success(), "stopped");
+    etcd.restart();
+    assert_eq!(etcd.get("/t/c").as_deref(), Some("two words"), "data kept");
+    drop(etcd);
+
+    let mut cluster = EtcdCluster::start(3);
+    assert_eq!(cluster.endpoints().len(), 3);
+    cluster.put("/k", "v1");
+    let leader = eventually("the cluster has a leader", Duration::from_secs(10), || {
+        cluster.leader()
+    });
+    cluster.kill(leader);
+    cluster.wait_quorum();
+    eventually(
+        "a write after losing the leader",
+        Duration::from_secs(20),
+        || {
+            cluster
+                .etcdctl(&["put", "/k", "v2"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    assert_eq!(cluster.get("/k").as_deref(), Some("v2"));
+    let new_leader = eventually("a new leader", Duration::from_secs(10), || cluster.leader());
+    assert_ne!(new_leader, leader);
+}
+
+/// Test 1: three instances serve one pushed configuration; a change through any one is served
+/// by all; they report the same revision, and `/fleet` lists the three.
+#[test]
+fn three_instances_serve_one_shared_configuration_and_follow_changes() {
+    let (a, b) = (echo("a"), echo("b"));
+    let etcd = etcd_with_shared(&[&a], "");
+    let eps = [etcd.endpoint()];
+    let gws = [
+        FleetGateway::start("gw-a", &eps),
+        FleetGateway::start("gw-b", &eps),
+        FleetGateway::start("gw-c", &eps),
+    ];
+    for gw in &gws {
+        let r = gw.get("/users/1");
+        assert_eq!(
+            (r.status, r.node().as_str()),
+            (200, "a"),
+            "{}: {}",
+            gw.id,
+            r.body
+        );
+        let status = gw.status();
+        assert_eq!(status["source"]["kind"], "etcd", "{}: {status}", gw.id);
+        assert_eq!(status["source"]["up"], true, "{}: {status}", gw.id);
+        assert_eq!(
+            gw.metric("gatehouse_config_source_up"),
+            Some(1.0),
+            "{}",
+            gw.id
+        );
+    }
+
+    // a new API through A is served by all three
+    let r = gws[0].call(
+        "POST",
+        "/services/shop/apis",
+        Some(fixed_api("hello", "/hello", "hello from the fleet")),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    for gw in &gws {
+        wait_served(gw, "/hello", 200, Some("hello from the fleet"));
+    }
+
+    // a node change through B is served by A and C
+    let r = gws[1].call(
+        "PUT",
+        "/upstreams/users",
+        Some(upstream_json("users", &[&b])),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = etag_revision(&r);
+    for gw in &gws {
+        wait_node(gw, "/users/1", "b");
+    }
+
+    // the three serve the same revision, at least the one of the last write
+    let rev = eventually("the three instances serve one revision", FOLLOW, || {
+        let revs: Vec<u64> = gws.iter().map(FleetGateway::revision).collect();
+        (revs.iter().all(|&r| r == revs[0] && r >= last)).then_some(revs[0])
+    });
+    for gw in &gws {
+        let r = gw.call("GET", "/status", None);
+        assert_eq!(
+            etag_revision(&r),
+            rev,
+            "{}: the ETag is the revision",
+            gw.id
+        );
+        assert_eq!(
+            gw.metric("gatehouse_config_source_revision"),
+            Some(rev as f64),
+            "{}",
+            gw.id
+        );
+    }
+
+    // /fleet lists every live instance with the revision it serves
+    eventually(
+        "/fleet lists gw-a, gw-b and gw-c at the revision",
+        FOLLOW,
+        || {
+            let r = gws[0].call("GET", "/fleet", None);
+            assert_eq!(r.status, 200, "{}", r.body);
+            let fleet = r.json();
+            let mut listed: Vec<(String, u64)> = fleet["instances"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no instances list: {fleet}"))
+                .iter()
+                .map(|i| {
+                    (
+                        i["id"].as_str().unwrap_or_default().to_owned(),
+                        i["revision"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            listed.sort();
+            let want: Vec<(String, u64)> = ["gw-a", "gw-b", "gw-c"]
+                .iter()
+                .map(|id| (id.to_string(), rev))
+                .collect();
+            (listed == want).then_some(())
+        },
+    );
+
+    // after a compaction of etcd's history, the instances still follow
+    etcd.compact_to_latest();
+    let r = gws[2].call("DELETE", "/services/shop/apis/hello", None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    for gw in &gws {
+        wait_served(gw, "/hello", 404, None);
+    }
+}
+
+/// Test 2: writes racing through two instances: with the same If-Match exactly one wins (the
+/// other gets 412 `stale_generation`); two creations of one name: one 201, one 409.
+#[test]
+fn concurrent_conflicting_writes_through_two_instances_have_one_winner() {
+    let (a, b) = (echo("a"), echo("b"));
+    let etcd = etcd_with_shared(&[&a], "");
+    let eps = [etcd.endpoint()];
+    let gws = [
+        FleetGateway::start("gw-a", &eps),
+        FleetGateway::start("gw-b", &eps),
+    ];
+    let nodes = [&a, &b];
+
+    for round in 0..3 {
+        // writer i moves `users` to node a or b with a weight no earlier round used, so each
+        // body is a real change whoever won before
+        let body = |i: usize| {
+            let mut u = upstream_json("users", &[nodes[i]]);
+            u["nodes"][0]["weight"] = json!(10 + round * 2 + i);
+            u
+        };
+        // both instances serve the revision the writers read
+        let (rev, tag) = eventually("both instances serve the revision read", FOLLOW, || {
+            let read = gws[0].call("GET", "/upstreams/users", None);
+            assert_eq!(read.status, 200, "{}", read.body);
+            let rev = etag_revision(&read);
+            let tag = read.header("etag").unwrap().to_owned();
+            gws.iter()
+                .all(|g| g.revision() == rev)
+                .then_some((rev, tag))
+        });
+        let barrier = Barrier::new(2);
+        let answers: Vec<Reply> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|i| {
+                    let (gw, body, tag, barrier) = (&gws[i], body(i), &tag, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        gw.call_with("PUT", "/upstreams/users", Some(body), &[("if-match", tag)])
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [200, 412],
+            "round {round} (If-Match {rev}): {answers:?}"
+        );
+        let loser = answers.iter().position(|r| r.status == 412).unwrap();
+        assert_eq!(
+            answers[loser].json()["error"],
+            "stale_generation",
+            "{:?}",
+            answers[loser]
+        );
+        // the winner's upstream is what both instances serve
+        let winner = 1 - loser;
+        let weight = json!(10 + round * 2 + winner);
+        for gw in &gws {
+            eventually(
+                &format!("{} serves the winner's upstream", gw.id),
+                FOLLOW,
+                || {
+                    let u = gw.call("GET", "/upstreams/users", None).json();
+                    (u["nodes"][0]["weight"] == weight
+                        && u["nodes"][0]["port"] == nodes[winner].addr().port())
+                    .then_some(())
+                },
+            );
+            wait_node(gw, "/users/1", if winner == 0 { "a" } else { "b" });
+        }
+    }
+
+    for round in 0..3 {
+        let name = format!("racer_{round}");
+        let barrier = Barrier::new(2);
+        let answers: Vec<Reply> = std::thread::scope(|s| {
+            let handles: Vec<_> = gws
+                .iter()
+                .map(|gw| {
+                    let (barrier, body) = (&barrier, upstream_json(&name, &[&a]));
+                    s.spawn(move || {
+                        barrier.wait();
+                        gw.call("POST", "/upstreams", Some(body))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+        statuses.sort();
+        assert_eq!(statuses, [201, 409], "round {round}: {answers:?}");
+        for gw in &gws {
+            eventually(&format!("{} knows {name}", gw.id), FOLLOW, || {
+                (gw.call("GET", &format!("/upstreams/{name}"), None).status == 200).then_some(())
+            });
+        }
+    }
+}
+
+/// Test 3: an upstream bound a moment ago through A cannot be deleted through B.
+#[test]
+fn a_bound_upstream_cannot_be_deleted_through_another_instance() {
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    let eps = [etcd.endpoint()];
+    let (ga, gb) = (
+        FleetGateway::start("gw-a", &eps),
+        FleetGateway::start("gw-b", &eps),
+    );
+    for round in 0..3 {
+        let upstream = format!("victim_{round}");
+        let r = ga.call("POST", "/upstreams", Some(upstream_json(&upstream, &[&a])));
+        assert_eq!(r.status, 201, "{}", r.body);
+        eventually(&format!("gw-b knows {upstream}"), FOLLOW, || {
+            (gb.call("GET", &format!("/upstreams/{upstream}"), None)
+                .status
+                == 200)
+                .then_some(())
+        });
+        let api = json!({ "name": format!("uses_{upstream}"), "path": format!("/victim{round}"),
+            "methods": ["GET"], "backend": { "upstream": upstream } });
+        let r = ga.call("POST", "/services/shop/apis", Some(api));
+        assert_eq!(r.status, 201, "{}", r.body);
+        // at once, through the other instance
+        let r = gb.call("DELETE", &format!("/upstreams/{upstream}"), None);
+        assert_eq!(r.status, 409, "round {round}: {}", r.body);
+        assert_eq!(r.json()["error"], "upstream_in_use", "{}", r.body);
+        // nothing was deleted: the API serves through both instances
+        wait_node(&gb, &format!("/victim{round}"), "a");
+        assert_eq!(ga.get(&format!("/victim{round}")).status, 200);
+        assert_eq!(
+            ga.call("GET", &format!("/upstreams/{upstream}"), None)
+                .status,
+            200
+        );
+    }
+    // an upstream nothing binds is deleted through either
+    let r = ga.call("POST", "/upstreams", Some(upstream_json("unbound", &[&a])));
+    assert_eq!(r.status, 201, "{}", r.body);
+    eventually("gw-b knows unbound", FOLLOW, || {
+        (gb.call("GET", "/upstreams/unbound", None).status == 200).then_some(())
+    });
+    let r = gb.call("DELETE", "/upstreams/unbound", None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    eventually("gw-a forgets unbound", FOLLOW, || {
+        (ga.call("GET", "/upstreams/unbound", None).status == 404).then_some(())
+    });
+}
+
+/// Test 4: etcd stops while clients load A and B: no proxied request fails, writes get 503
+/// `config_source_unavailable`, `source.up` is false and the metric 0; when etcd is back a
+/// write through B succeeds and A catches up.
+#[test]
+fn etcd_down_under_load_keeps_serving_refuses_writes_and_catches_up() {
+    let (a, b) = (echo("a"), echo("b"));
+    let mut etcd = etcd_with_shared(&[&a, &b], "");
+    let eps = [etcd.endpoint()];
+    let (ga, gb) = (
+        FleetGateway::start("gw-a", &eps),
+        FleetGateway::start("gw-b", &eps),
+    );
+    assert_eq!(ga.metric("gatehouse_config_source_up"), Some(1.0));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = RaiseOnDrop(stop.clone());
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let started = Instant::now();
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            let url = if i % 2 == 0 {
+                ga.gw.url("/users/1")
+            } else {
+                gb.gw.url("/users/1")
+            };
+            let (stop, ok, failed, failures) =
+                (stop.clone(), ok.clone(), failed.clone(), failures.clone());
+            std::thread::spawn(move || {
+                // bounded even if the test body panics before raising `stop`
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(90) {
+                    match try_get(&url) {
+                        Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok((status, body)) => {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("{url}: {status} {body}"));
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => {
+                            failures.lock().unwrap().push(format!("{url}: {e}"));
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    eventually("the load is running", Duration::from_secs(10), || {
+        (ok.load(Ordering::Relaxed) >= 50).then_some(())
+    });
+
+    etcd.stop();
+    let served_during_outage_from = ok.load(Ordering::Relaxed);
+    for gw in [&ga, &gb] {
+        eventually(
+            &format!("{} reports etcd down", gw.id),
+            Duration::from_secs(20),
+            || (gw.status()["source"]["up"] == false).then_some(()),
+        );
+    }
+    let status = ga.status();
+    assert!(
+        status["source"]["last_error"].is_string(),
+        "the last error is shown: {status}"
+    );
+    assert_eq!(ga.metric("gatehouse_config_source_up"), Some(0.0));
+    assert_eq!(gb.metric("gatehouse_config_source_up"), Some(0.0));
+    let r = ga.call(
+        "POST",
+        "/upstreams",
+        Some(upstream_json("during_outage", &[&a])),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "config_source_unavailable", "{}", r.body);
+    let r = gb.call(
+        "POST",
+        "/services/shop/apis",
+        Some(fixed_api("during", "/during", "x")),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "config_source_unavailable", "{}", r.body);
+    // still serving, while etcd is down
+    eventually(
+        "requests keep being served while etcd is down",
+        Duration::from_secs(10),
+        || (ok.load(Ordering::Relaxed) >= served_during_outage_from + 50).then_some(()),
+    );
+    assert_eq!(
+        ga.get("/during").status,
+        404,
+        "the refused write was not applied"
+    );
+
+    etcd.restart();
+    let r = write_until_accepted(
+        &gb,
+        "POST",
+        "/services/shop/apis",
+        &fixed_api("after_outage", "/after", "back again"),
+        &[201],
+        Duration::from_secs(30),
+    );
+    assert!(r.status == 201 || r.status == 409, "{}", r.body);
+    wait_served(&ga, "/after", 200, Some("back again"));
+    for gw in [&ga, &gb] {
+        eventually(
+            &format!("{} reports etcd up again", gw.id),
+            Duration::from_secs(20),
+            || {
+                (gw.status()["source"]["up"] == true
+                    && gw.metric("gatehouse_config_source_up") == Some(1.0))
+                .then_some(())
+            },
+        );
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "proxied requests failed: {:?}",
+        failures.lock().unwrap().iter().take(10).collect::<Vec<_>>()
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100);
+}
+
+/// Test 5: an instance restarted while etcd is down serves its cached last good configuration,
+/// kept owner-only.
+#[test]
+fn an_instance_restarted_while_etcd_is_down_serves_from_its_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = echo("a");
+    let mut etcd = etcd_with_shared(&[&a], "");
+    let ga = FleetGateway::start("gw-a", &[etcd.endpoint()]);
+    assert_eq!(ga.get("/users/1").status, 200);
+    // a change made after the start must be in the cache too
+    let r = ga.call(
+        "POST",
+        "/services/shop/apis",
+        Some(fixed_api("cached_api", "/cached", "from the cache")),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_served(&ga, "/cached", 200, Some("from the cache"));
+    let cache = ga.cache_file();
+    eventually("the cache holds the latest change", FOLLOW, || {
+        std::fs::read_to_string(&cache)
+            .ok()
+            .filter(|c| c.contains("cached_api"))
+            .map(|_| ())
+    });
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "cache mode {mode:o}");
+
+    etcd.stop();
+    let ga = ga.restart();
+    let status = ga.status();
+    assert_eq!(status["source"]["from_cache"], true, "{status}");
+    assert_eq!(status["source"]["up"], false, "{status}");
+    let r = ga.get("/users/1");
+    assert_eq!((r.status, r.node().as_str()), (200, "a"), "{}", r.body);
+    let r = ga.get("/cached");
+    assert_eq!((r.status, r.body.as_str()), (200, "from the cache"));
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "cache mode {mode:o} after the restart");
+
+    // etcd back: the instance reconnects
+    etcd.restart();
+    eventually(
+        "the instance reconnects to etcd",
+        Duration::from_secs(20),
+        || (ga.status()["source"]["up"] == true).then_some(()),
+    );
+    assert_eq!(ga.get("/cached").status, 200);
+}
+
+/// Test 6: two instances on a three-member cluster keep accepting and following writes after
+/// the leader is killed.
+#[test]
+fn a_three_member_cluster_survives_losing_its_leader() {
+    let (a, b) = (echo("a"), echo("b"));
+    let mut cluster = EtcdCluster::start(3);
+    let leader = eventually("the cluster has a leader", Duration::from_secs(10), || {
+        cluster.leader()
+    });
+    // the leader's endpoint first: the instances most likely talk to the member that dies
+    let all = cluster.endpoints();
+    let mut eps = vec![all[leader].clone()];
+    eps.extend(all.iter().filter(|e| **e != all[leader]).cloned());
+    let dir = TempDir::new();
+    let file = write_file(&dir, "shared.yaml", &shared_yaml(&[&a], "", ""));
+    push(&file, &eps, &[]);
+    let (ga, gb) = (
+        FleetGateway::start("gw-a", &eps),
+        FleetGateway::start("gw-b", &eps),
+    );
+    assert_eq!(ga.get("/users/1").status, 200);
+    assert_eq!(gb.get("/users/1").status, 200);
+
+    let leader = cluster.leader().unwrap_or(leader);
+    cluster.kill(leader);
+    // the cluster itself recovers (so a failure below is the instances')
+    cluster.wait_quorum();
+    eventually(
+        "the two remaining members accept a write",
+        Duration::from_secs(20),
+        || {
+            cluster
+                .etcdctl(&["put", "/probe/after-kill", "ok"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    let r = write_until_accepted(
+        &ga,
+        "POST",
+        "/services/shop/apis",
+        &fixed_api("after_failover", "/failover", "still here"),
+        &[201],
+        Duration::from_secs(30),
+    );
+    assert!(r.status == 201 || r.status == 409, "{}", r.body);
+    wait_served(&gb, "/failover", 200, Some("still here"));
+    wait_served(&ga, "/failover", 200, Some("still here"));
+    // and the other way round
+    write_until_accepted(
+        &gb,
+        "PUT",
+        "/upstreams/users",
+        &upstream_json("users", &[&b]),
+        &[200],
+        Duration::from_secs(30),
+    );
+    wait_node(&ga, "/users/1", "b");
+    for gw in [&ga, &gb] {
+        assert_eq!(gw.status()["source"]["up"], true, "{}", gw.id);
+    }
+}
+
+/// Test 7: a revision that fails validation, written by another tool, is refused by every
+/// instance (they keep serving, `/status` names it, the counter grows); a valid change through
+/// the admin API repairs it.
+#[test]
+fn an_invalid_revision_from_another_tool_is_refused_then_repaired() {
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    let eps = [etcd.endpoint()];
+    let gws = [
+        FleetGateway::start("gw-a", &eps),
+        FleetGateway::start("gw-b", &eps),
+    ];
+    let good = gws[0].revision();
+    eventually("both serve the same revision", FOLLOW, || {
+        gws.iter().all(|g| g.revision() == good).then_some(())
+    });
+    for gw in &gws {
+        assert!(gw.status()["source"]["refused"].is_null(), "{}", gw.id);
+    }
+    let refused_before: Vec<f64> = gws
+        .iter()
+        .map(|g| {
+            g.metric("gatehouse_config_revisions_refused_total")
+                .unwrap_or(0.0)
+        })
+        .collect();
+
+    let bad = write_invalid_revision(&etcd, DEFAULT_PREFIX, a.addr().port());
+    assert!(bad > good);
+    for (gw, before) in gws.iter().zip(&refused_before) {
+        let status = eventually(&format!("{} refuses revision {bad}", gw.id), FOLLOW, || {
+            let s = gw.status();
+            (s["source"]["refused"]["revision"].as_u64() == Some(bad)).then_some(s)
+        });
+        let problems = &status["source"]["refused"]["problems"];
+        assert!(
+            problems.as_array().is_some_and(|p| !p.is_empty()),
+            "{}: the problems are listed: {status}",
+            gw.id
+        );
+        assert_eq!(
+            status["revision"].as_u64(),
+            Some(good),
+            "{}: {status}",
+            gw.id
+        );
+        assert_eq!(gw.get("/users/1").status, 200, "{} keeps serving", gw.id);
+        assert_eq!(
+            gw.call("GET", "/upstreams/broken", None).status,
+            404,
+            "{}: nothing of the refused revision is served",
+            gw.id
+        );
+        let after = gw.metric("gatehouse_config_revisions_refused_total");
+        assert!(
+            after.is_some_and(|v| v >= before + 1.0),
+            "{}: refused counter {before} -> {after:?}",
+            gw.id
+        );
+    }
+
+    // a valid change through the admin API repairs it (whichever base the write starts from,
+    // a valid `broken` is the result)
+    let r = gws[0].call(
+        "PUT",
+        "/upstreams/broken",
+        Some(upstream_json("broken", &[&a])),
+    );
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    for gw in &gws {
+        eventually(
+            &format!("{} serves the repaired configuration", gw.id),
+            FOLLOW,
+            || {
+                let s = gw.status();
+                let upstream = gw.call("GET", "/upstreams/broken", None);
+                (s["source"]["refused"].is_null()
+                    && s["revision"].as_u64().is_some_and(|r| r > bad)
+                    && upstream.status == 200
+                    && upstream.json()["nodes"][0]["weight"] == 1)
+                    .then_some(())
+            },
+        );
+        assert_eq!(gw.get("/users/1").status, 200);
+    }
+}
+
+/// Test 8: `config push` (dry run, validation, `--local`) and `config pull` round trip.
+#[test]
+fn push_and_pull_round_trip_with_dry_run_and_validation() {
+    let (a, b) = (echo("a"), echo("b"));
+    let etcd = Etcd::start();
+    let eps = [etcd.endpoint()];
+    let prefix = "/pp";
+    let dir = TempDir::new();
+    let first = write_file(
+        &dir,
+        "first.yaml",
+        &shared_yaml(&[&a], "", &fixed_api_line("goodbye", "/goodbye", "bye")),
+    );
+
+    // a dry run on an empty store prints what would be added and writes nothing
+    let out = push(&first, &eps, &["--prefix", prefix, "--dry-run"]);
+    for name in ["users", "get_user", "goodbye"] {
+        assert!(out.contains(name), "the dry run names {name}:\n{out}");
+    }
+    assert!(etcd.get_prefix("/").is_empty(), "a dry run wrote nothing");
+
+    push(&first, &eps, &["--prefix", prefix]);
+    assert!(
+        etcd.get(&commit_key(prefix)).is_some(),
+        "a commit under {prefix}"
+    );
+    assert!(
+        etcd.get_prefix(DEFAULT_PREFIX).is_empty(),
+        "nothing under the default prefix"
+    );
+
+    let gw = FleetGateway::start_with("gw-a", &eps, &format!("    prefix: {prefix}\n"));
+    assert_eq!(gw.get("/users/1").node(), "a");
+    assert_eq!(gw.get("/goodbye").body, "bye");
+
+    // pull, by --etcd/--prefix and by --local, to stdout and to a file
+    let pulled = pull(&["--etcd", &eps[0], "--prefix", prefix]);
+    let pulled_json = parse_pulled(&pulled);
+    assert_eq!(names(&pulled_json["upstreams"]), ["users"], "{pulled}");
+    assert_eq!(names(&pulled_json["services"]), ["shop"], "{pulled}");
+    assert_eq!(
+        api_names(&pulled_json, "shop"),
+        ["get_user", "goodbye"],
+        "{pulled}"
+    );
+    let out_file = dir.join("pulled.yaml");
+    pull(&[
+        "--local",
+        gw.local_file().to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        parse_pulled(&std::fs::read_to_string(&out_file).unwrap()),
+        pulled_json
+    );
+
+    // a second version: shared sections only, validated against the instance's local file
+    let orders = format!(
+        "  - name: orders\n    vpc: vpc-main\n    protocol: http\n    nodes:\n{}",
+        node_lines(&[&b], 1)
+    );
+    let list_orders = "      - { name: list_orders, path: /orders, methods: [GET], backend: { upstream: orders } }\n";
+    let second = write_file(
+        &dir,
+        "second.yaml",
+        &shared_sections(&[&a, &b], &orders, list_orders),
+    );
+    let local = gw.local_file();
+    let local = local.to_str().unwrap();
+    let revision_before = etcd.mod_revision(&commit_key(prefix));
+    let (ok, code, out) = gatehouse(
+        &[
+            "config",
+            "push",
+            "-c",
+            second.to_str().unwrap(),
+            "--local",
+            local,
+            "--dry-run",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "dry run exited {code}:\n{out}");
+    for name in ["orders", "list_orders", "goodbye", "users"] {
+        assert!(out.contains(name), "the dry run names {name}:\n{out}");
+    }
+    assert_eq!(etcd.mod_revision(&commit_key(prefix)), revision_before);
+    assert_eq!(
+        parse_pulled(&pull(&["--local", local])),
+        pulled_json,
+        "nothing written"
+    );
+    assert_eq!(gw.get("/orders").status, 404);
+
+    // an invalid file: exit 1, every problem printed, nothing written
+    let broken = shared_sections(
+        &[&a],
+        &orders.replace("weight: 1", "weight: 150"),
+        list_orders,
+    ) + "      - { name: lost, path: /lost, backend: { upstream: nowhere } }\n";
+    let broken = write_file(&dir, "broken.yaml", &broken);
+    let (ok, code, out) = gatehouse(
+        &[
+            "config",
+            "push",
+            "-c",
+            broken.to_str().unwrap(),
+            "--local",
+            local,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        !ok && code == 1,
+        "an invalid push exits 1, got {code}:\n{out}"
+    );
+    assert!(out.contains("150"), "the weight problem is printed:\n{out}");
+    assert!(
+        out.contains("nowhere"),
+        "the unknown upstream is printed:\n{out}"
+    );
+    assert_eq!(etcd.mod_revision(&commit_key(prefix)), revision_before);
+
+    // the second version for real, through --local
+    let (ok, code, out) = gatehouse(
+        &[
+            "config",
+            "push",
+            "-c",
+            second.to_str().unwrap(),
+            "--local",
+            local,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "push exited {code}:\n{out}");
+    wait_node(&gw, "/orders", "b");
+    wait_served(&gw, "/goodbye", 404, None);
+
+    // round trip: pushing the pulled file changes nothing
+    let pulled = pull(&["--etcd", &eps[0], "--prefix", prefix]);
+    let pulled_json = parse_pulled(&pulled);
+    assert_eq!(
+        names(&pulled_json["upstreams"]),
+        ["orders", "users"],
+        "{pulled}"
+    );
+    assert_eq!(
+        api_names(&pulled_json, "shop"),
+        ["get_user", "list_orders"],
+        "{pulled}"
+    );
+    let again = write_file(&dir, "again.yaml", &pulled);
+    let rev = etcd.mod_revision(&commit_key(prefix)).unwrap() as u64;
+    gw.wait_revision(rev);
+    let served_before = gw.call("GET", "/config?format=json", None).json();
+    let (ok, code, out) = gatehouse(
+        &[
+            "config",
+            "push",
+            "-c",
+            again.to_str().unwrap(),
+            "--local",
+            local,
+            "--dry-run",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "dry run of the pulled file exited {code}:\n{out}");
+    let (ok, code, out) = gatehouse(
+        &[
+            "config",
+            "push",
+            "-c",
+            again.to_str().unwrap(),
+            "--local",
+            local,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "push of the pulled file exited {code}:\n{out}");
+    assert_eq!(parse_pulled(&pull(&["--local", local])), pulled_json);
+    let rev_after = etcd.mod_revision(&commit_key(prefix)).unwrap() as u64;
+    gw.wait_revision(rev_after);
+    assert_eq!(
+        gw.call("GET", "/config?format=json", None).json(),
+        served_before,
+        "the served configuration is unchanged"
+    );
+    assert_eq!(gw.get("/orders").node(), "b");
+}
+
+/// Test 9: 10,000 APIs — far more than one etcd transaction holds — are pushed and applied at
+/// once: an instance only ever serves the old or the new configuration, never a part of it.
+#[test]
+fn ten_thousand_apis_are_pushed_and_applied_atomically() {
+    let started = Instant::now();
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    let gw = FleetGateway::start("gw-a", &[etcd.endpoint()]);
+    let count_apis = |gw: &FleetGateway| -> usize {
+        let r = gw.call("GET", "/services", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["apis"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    let old = count_apis(&gw);
+    assert_eq!(old, 1);
+
+    let mut yaml = shared_yaml(&[&a], "", "");
+    for s in 0..100 {
+        yaml.push_str(&format!("  - name: s{s:02}\n    apis:\n"));
+        for i in 0..100 {
+            yaml.push_str(&fixed_api_line(
+                &format!("a{i:02}"),
+                &format!("/s{s:02}/a{i:02}"),
+                &format!("s{s:02}a{i:02}"),
+            ));
+        }
+    }
+    let new = old + 10_000;
+    let dir = TempDir::new();
+    let file = write_file(&dir, "large.yaml", &yaml);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, pushed_in) = std::thread::scope(|s| {
+        // a panic below stops the poller before the scope waits for it
+        let _stop_on_panic = RaiseOnDrop(stop.clone());
+        let poller = s.spawn(|| {
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(150);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                seen.push(count_apis(&gw));
+            }
+            seen
+        });
+        let t = Instant::now();
+        push(&file, &[etcd.endpoint()], &[]);
+        let pushed_in = t.elapsed();
+        eventually(
+            "the instance serves the 10,001 APIs",
+            Duration::from_secs(60),
+            || (count_apis(&gw) == new).then_some(()),
+        );
+        stop.store(true, Ordering::Relaxed);
+        (poller.join().unwrap(), pushed_in)
+    });
+    drop(dir);
+    let odd: Vec<&usize> = seen.iter().filter(|&&c| c != old && c != new).collect();
+    assert!(
+        odd.is_empty(),
+        "a half-applied configuration was served: counts {odd:?} (old {old}, new {new})"
+    );
+    assert!(!seen.is_empty());
+    for (s, i) in [(0, 0), (57, 42), (99, 99), (13, 7)] {
+        let r = gw.get(&format!("/s{s:02}/a{i:02}"));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, format!("s{s:02}a{i:02}").as_str())
+        );
+    }
+    assert_eq!(gw.get("/users/1").status, 200);
+    eprintln!(
+        "10,000 APIs: push took {pushed_in:?}, {} polls, test {:?}",
+        seen.len(),
+        started.elapsed()
+    );
+}
+
+/// Test 10: a plugin component named by `path` in the pushed file is stored in etcd by hash and
+/// served by an instance whose folder has no such file.
+#[test]
+fn a_plugin_component_pushed_by_path_is_served_by_an_instance_without_the_file() {
+    let a = echo("a");
+    let etcd = Etcd::start();
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/dist/c-example.wasm");
+    let push_dir = TempDir::new();
+    let component = push_dir.join("c-example.wasm");
+    std::fs::copy(&dist, &component).unwrap();
+    let api = r#"      - name: powered
+        path: /powered/{*rest}
+        methods: [GET]
+        backend: { upstream: users }
+        plugins:
+          - path: c-example.wasm
+            config: { powered_by: fleet-plugin }
+"#;
+    let file = write_file(&push_dir, "shared.yaml", &shared_yaml(&[&a], "", api));
+    push(&file, &[etcd.endpoint()], &[]);
+    // the component is gone from the pushing side too: only etcd has it now
+    std::fs::remove_file(&component).unwrap();
+
+    let hash = std::process::Command::new("sha256sum")
+        .arg(&dist)
+        .output()
+        .unwrap();
+    let hash = String::from_utf8_lossy(&hash.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(hash.len(), 64);
+    let reference = format!("sha256:{hash}");
+    // where the component's bytes are kept is the implementation's business; the reference
+    // by hash is documented
+    let stored = etcd.get_prefix(DEFAULT_PREFIX);
+    assert!(
+        stored
+            .iter()
+            .any(|kv| kv.key.contains(&reference) || kv.value_str().contains(&reference)),
+        "etcd references {reference}: keys {:?}",
+        stored.iter().map(|kv| &kv.key).collect::<Vec<_>>()
+    );
+
+    let gw = FleetGateway::start("gw-a", &[etcd.endpoint()]);
+    let local_wasm: Vec<_> = std::fs::read_dir(&gw.gw.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        .collect();
+    assert!(
+        local_wasm.is_empty(),
+        "the instance's folder has no component"
+    );
+    let r = gw.get("/powered/x");
+    assert_eq!(r.status, 200, "{}\n{}", r.body, gw.log());
+    assert_eq!(r.node(), "a");
+    assert_eq!(r.header("x-powered-by"), Some("fleet-plugin"));
+    assert_eq!(
+        gw.get("/powered/admin").status,
+        403,
+        "the plugin blocks /admin"
+    );
+    assert_eq!(gw.get("/users/1").header("x-powered-by"), None);
+}
+
+/// The local file of a fleet instance holds only `instance`: each shared section is refused by
+/// name and the instance does not start.
+#[test]
+fn a_fleet_local_file_must_not_hold_shared_sections() {
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    // the same local file without the section starts and serves
+    let ok = FleetGateway::start("gw-ok", &[etcd.endpoint()]);
+    assert_eq!(ok.get("/users/1").status, 200);
+    drop(ok);
+    let sections = [
+        ("vpcs", "vpcs:\n  - id: vpc-main\n    cidrs: [\"127.0.0.0/8\"]\n".to_owned()),
+        (
+            "connections",
+            "connections:\n  - [vpc-main, vpc-data]\n".to_owned(),
+        ),
+        (
+            "upstreams",
+            format!(
+                "upstreams:\n  - name: local\n    vpc: vpc-main\n    protocol: http\n    nodes:\n{}",
+                node_lines(&[&a], 1)
+            ),
+        ),
+        (
+            "services",
+            format!(
+                "services:\n  - name: local\n    apis:\n{}",
+                fixed_api_line("x", "/x", "x")
+            ),
+        ),
+    ];
+    for (section, yaml) in sections {
+        let (listen, metrics, admin) = (free_port(), free_port(), free_port());
+        let local = format!(
+            "{}{yaml}",
+            fleet_local_yaml("gw-a", listen, metrics, admin, &[etcd.endpoint()], "")
+        );
+        let (status, log) = run_expecting_exit(&local, Duration::from_secs(30));
+        let status =
+            status.unwrap_or_else(|| panic!("started with `{section}` in the local file:\n{log}"));
+        assert!(!status.success(), "{section}: exited {status}\n{log}");
+        assert!(
+            log.contains(section),
+            "the refusal names `{section}`:\n{log}"
+        );
+    }
+}
+
+/// Neither etcd nor a cache: the instance exits non-zero with an error.
+#[test]
+fn without_etcd_and_without_a_cache_an_instance_exits_non_zero() {
+    // the same shape of local file serves when etcd is there
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    let ok = FleetGateway::start("gw-ok", &[etcd.endpoint()]);
+    assert_eq!(ok.get("/users/1").status, 200);
+    drop(ok);
+    drop(etcd);
+    // a fresh folder (no cache) and an etcd nobody listens on
+    let (listen, metrics, admin) = (free_port(), free_port(), free_port());
+    let nowhere = format!("http://{}", dead_addr());
+    let local = fleet_local_yaml("gw-a", listen, metrics, admin, &[nowhere], "")
+        .replace("timeout: 2s", "timeout: 1s");
+    let (status, log) = run_expecting_exit(&local, Duration::from_secs(60));
+    let status = status.unwrap_or_else(|| panic!("still running without etcd or cache:\n{log}"));
+    assert!(!status.success(), "exited {status}\n{log}");
+    assert!(!log.trim().is_empty(), "an error is logged");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", listen)).is_err(),
+        "nothing serves"
+    );
+}
