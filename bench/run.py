@@ -3,6 +3,7 @@
 
 Run through bench/run.sh, which installs the tools and builds the binaries first. Writes
 bench/results/RESULTS-<date>.md (and the raw figures next to it as .json) and prints the report.
+`--tls` adds the HTTPS and HTTP/2 variants; `--tls-only` runs them with their plain peers only.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import random
 import resource
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,18 +26,24 @@ from pathlib import Path
 from harness import configs, load, micro, procs, profile, report
 
 REPO = Path(__file__).resolve().parent.parent
-BINS = REPO / "target" / "release"
+RELEASE = REPO / "target" / "release"
 RESULTS = REPO / "bench" / "results"
 
 PROXY_CORE = 0
 LOAD_CORE = 1
 BODIES = (0, 1024, 16384)
 TOKEN = "bench-admin-token-0123456789"
+# HTTP/2 load: 10 connections of 5 concurrent streams, the 50 requests in flight of `wrk -c50`
+# (more would overflow nginx's 64 idle upstream connections and measure upstream connects).
+H2_CONNECTIONS, H2_STREAMS = 10, 5
+# The plain variants the TLS ones are compared with (--tls-only runs them too).
+TLS_PEERS = ("nginx", "bare-pingora", "gatehouse")
 
 
 @dataclasses.dataclass(frozen=True)
 class Ports:
     proxy: int = 28180
+    tls: int = 28143
     metrics: int = 28191
     admin: int = 28190
     backend_base: int = 28100
@@ -44,7 +52,7 @@ class Ports:
         return self.backend_base + BODIES.index(body)
 
     def all(self):
-        return [self.proxy, self.metrics, self.admin, *(self.backend(b) for b in BODIES)]
+        return [self.proxy, self.tls, self.metrics, self.admin, *(self.backend(b) for b in BODIES)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,19 +65,26 @@ class Variant:
     apis: int = 1
     nodes: int = 2
     plugins: tuple = ()
+    transport: str = "http"  # http | https (HTTP/1.1 over TLS) | h2 (HTTP/2 over TLS)
 
     @property
     def key(self):
         return f"{self.name}@{self.body}"
 
     @property
+    def tls(self):
+        return self.transport != "http"
+
+    @property
     def path(self):
         return configs.api_path(0, self.apis)
 
 
-def variants(long_run):
+def variants(long_run, tls=False, tls_only=False):
     """The variants of a run: the peers and plain Gatehouse at every body size; Gatehouse with
-    plugins, 10,000 APIs and 200 nodes at 0 B (at every size with --long)."""
+    plugins, 10,000 APIs and 200 nodes at 0 B (at every size with --long). With `tls`, the peers
+    and Gatehouse over HTTPS and HTTP/2 at 0 B (every size with --long); `tls_only`: those and
+    the plain peers at the same sizes only."""
     out = []
     for body in BODIES:
         out += [
@@ -85,6 +100,19 @@ def variants(long_run):
             Variant("gatehouse-10k-apis", "gatehouse", body, apis=10_000),
             Variant("gatehouse-200-nodes", "gatehouse", body, nodes=200),
         ]
+    if tls or tls_only:
+        for body in BODIES if long_run else (0,):
+            out += [
+                Variant("nginx-tls", "nginx", body, transport="https"),
+                Variant("bare-pingora-tls", "bare", body, transport="https"),
+                Variant("gatehouse-tls", "gatehouse", body, transport="https"),
+                Variant("nginx-h2", "nginx", body, transport="h2"),
+                Variant("bare-pingora-h2", "bare", body, transport="h2"),
+                Variant("gatehouse-h2", "gatehouse", body, transport="h2"),
+            ]
+    if tls_only:
+        sizes = {v.body for v in out if v.tls}
+        out = [v for v in out if v.tls or (v.name in TLS_PEERS and v.body in sizes)]
     return out
 
 
@@ -104,14 +132,30 @@ def parse_args():
     p.add_argument("--wrk-seconds", type=int, help="wrk run length (default 3, --long 10)")
     p.add_argument("--oha-seconds", type=int, help="oha run length (default 2, --long 10)")
     p.add_argument("--rate", type=int, default=5000, help="oha fixed rate, req/s (default 5000)")
-    p.add_argument("--only", help="comma-separated variant names to run (default: all)")
+    p.add_argument("--handshake-seconds", type=int,
+                   help="new-TLS-connection test length, HTTPS variants (default 2, --long 5)")
+    p.add_argument("--tls", action="store_true", help="add the HTTPS and HTTP/2 variants")
+    p.add_argument("--tls-only", action="store_true",
+                   help="only the HTTPS and HTTP/2 variants and the plain nginx, bare Pingora and "
+                        "Gatehouse at the same body sizes; implies --skip-micro, --skip-profile, "
+                        "--skip-startup")
+    p.add_argument("--only", help="comma-separated variant names (or name@body) to run, from all "
+                                  "variants, the TLS ones included (default: all)")
     p.add_argument("--skip-micro", action="store_true", help="skip the criterion benchmarks")
     p.add_argument("--skip-profile", action="store_true", help="skip the perf profile")
+    p.add_argument("--skip-startup", action="store_true", help="skip the startup and reload times")
     p.add_argument("--seed", type=int, default=1, help="seed of the per-repetition shuffle")
+    p.add_argument("--bin-dir", type=Path, default=RELEASE,
+                   help="folder of gatehouse, bench-backend and bare-pingora (default: the "
+                        "workspace's target/release; another build's figures are not comparable)")
     args = p.parse_args()
     args.reps = args.reps or (5 if args.long else 4)
     args.wrk_seconds = args.wrk_seconds or (10 if args.long else 3)
     args.oha_seconds = args.oha_seconds or (10 if args.long else 2)
+    args.handshake_seconds = args.handshake_seconds or (5 if args.long else 2)
+    args.bin_dir = args.bin_dir.resolve()
+    if args.tls_only:
+        args.skip_micro = args.skip_profile = args.skip_startup = True
     return args
 
 
@@ -120,14 +164,19 @@ def log(message):
 
 
 class Bench:
-    """Holds the backends, the working folder and the configuration files of one run."""
+    """Holds the backends, the working folder, the configuration files and the TLS certificate
+    of one run."""
 
     def __init__(self, args, workdir):
         self.args = args
+        self.bins = args.bin_dir
         self.work = Path(workdir)
         self.ports = Ports()
         self.backends = {}
         self.configs = {}
+        self.tls = None
+        self.certificate_der = None
+        self.oha = load.oha_available()
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -136,21 +185,28 @@ class Bench:
             port = self.ports.backend(body)
             proc = procs.Proc(
                 f"backend-{body}",
-                [str(BINS / "bench-backend"), "--listen", f"0.0.0.0:{port}", "--body", str(body),
+                [str(self.bins / "bench-backend"), "--listen", f"0.0.0.0:{port}", "--body", str(body),
                  "--threads", "1"],
                 LOAD_CORE, self.work / f"backend-{body}.log",
             )
             procs.wait_ok(port, "/", proc, timeout=10)
             self.backends[body] = proc
 
+    def make_certificate(self):
+        """The certificate every TLS listener serves, made for this run in the working folder,
+        where Gatehouse's configurations are (their `file_roots`)."""
+        cert, key = configs.make_certificate(self.work)
+        self.tls = configs.Tls(self.ports.tls, cert, key)
+        self.certificate_der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+
     def config_file(self, variant):
         """Writes (once per shape) the Gatehouse configuration of a variant."""
-        key = (variant.body, variant.apis, variant.nodes, variant.plugins)
+        key = (variant.body, variant.apis, variant.nodes, variant.plugins, variant.tls)
         if key not in self.configs:
             path = self.work / f"gatehouse-{len(self.configs)}.yaml"
             path.write_text(configs.gatehouse_yaml(
                 self.ports, self.ports.backend(variant.body), variant.apis, variant.nodes,
-                variant.plugins,
+                variant.plugins, tls=self.tls if variant.tls else None,
             ))
             self.configs[key] = path
         return self.configs[key]
@@ -159,24 +215,29 @@ class Bench:
         """Starts the proxy of a variant on the proxy core; None for `direct`."""
         backend = self.ports.backend(variant.body)
         logfile = self.work / f"{variant.name}.log"
+        tls = self.tls if variant.tls else None
         if variant.kind == "direct":
             return None
         if variant.kind == "nginx":
             prefix = self.work / "nginx"
             prefix.mkdir(exist_ok=True)
             conf = prefix / "nginx.conf"
-            conf.write_text(configs.nginx_conf(prefix, self.ports.proxy, backend))
+            conf.write_text(configs.nginx_conf(prefix, self.ports.proxy, backend, tls))
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
             return procs.Proc("nginx", [nginx, "-p", str(prefix), "-c", str(conf),
                                         "-e", str(prefix / "error.log")],
                               PROXY_CORE, logfile, stop_signal=signal.SIGTERM)
         if variant.kind == "bare":
-            return procs.Proc("bare-pingora", [
-                str(BINS / "bare-pingora"), "--listen", f"127.0.0.1:{self.ports.proxy}",
+            argv = [
+                str(self.bins / "bare-pingora"), "--listen", f"127.0.0.1:{self.ports.proxy}",
                 "--upstream", f"127.0.0.1:{backend}", "--threads", "1",
-            ], PROXY_CORE, logfile)
+            ]
+            if tls:
+                argv += ["--tls-listen", f"127.0.0.1:{tls.port}", "--cert", str(tls.cert),
+                         "--key", str(tls.key)]
+            return procs.Proc("bare-pingora", argv, PROXY_CORE, logfile)
         return procs.Proc("gatehouse", [
-            str(BINS / "gatehouse"), "run", "-c", str(self.config_file(variant)),
+            str(self.bins / "gatehouse"), "run", "-c", str(self.config_file(variant)),
         ], PROXY_CORE, logfile)
 
     def backend_stats(self, body):
@@ -186,13 +247,39 @@ class Bench:
         return stats["connections"], stats["requests"]
 
     def port_of(self, variant):
-        return self.ports.backend(variant.body) if variant.kind == "direct" else self.ports.proxy
+        if variant.kind == "direct":
+            return self.ports.backend(variant.body)
+        return self.ports.tls if variant.tls else self.ports.proxy
+
+    def url(self, variant):
+        """What the load generators ask for. Over TLS the host is `localhost`, the
+        certificate's name, which clients send as SNI (an IP address is not a valid one)."""
+        if variant.tls:
+            return f"https://localhost:{self.ports.tls}{variant.path}"
+        return f"http://127.0.0.1:{self.port_of(variant)}{variant.path}"
 
     def ready(self, variant, proxy):
-        """Waits for a 200 through the variant and checks the body size."""
-        _, body = procs.wait_ok(self.port_of(variant), variant.path, proxy, timeout=60)
+        """Waits for a 200 through the variant and checks the body size. Over TLS, checks too
+        that the listener serves the run's certificate and picks the variant's protocol by ALPN
+        (h2 for HTTP/2, http/1.1 for HTTPS); returns the TLS session negotiated (version and
+        cipher, as an OpenSSL client with default settings such as wrk gets them), else None."""
+        port = self.port_of(variant)
+        if variant.tls:
+            _, body = procs.wait_ok(port, variant.path, proxy, timeout=60, host="localhost",
+                                    tls=procs.tls_client())
+        else:
+            _, body = procs.wait_ok(port, variant.path, proxy, timeout=60)
         if len(body) != variant.body:
             raise RuntimeError(f"{variant.key}: got a {len(body)} B body, expected {variant.body} B")
+        if not variant.tls:
+            return None
+        alpn = "h2" if variant.transport == "h2" else "http/1.1"
+        session = procs.tls_session(port, [alpn])
+        if session["certificate"] != self.certificate_der:
+            raise RuntimeError(f"{variant.key}: the TLS listener serves another certificate")
+        if session["alpn"] != alpn:
+            raise RuntimeError(f"{variant.key}: ALPN chose {session['alpn']}, not {alpn}")
+        return f"{session['protocol']}, {session['cipher']}"
 
     def load_inputs(self, variant):
         """(wrk script, oha URL file) for a variant spreading requests over many APIs."""
@@ -207,15 +294,47 @@ class Bench:
 
     # -- measurements ------------------------------------------------------------------------
 
+    def closed_loop(self, variant, url, seconds, script=None):
+        """The most the variant answers: wrk -c50 (HTTP/1.1, plain or TLS), or h2load with 10
+        connections of 5 streams (HTTP/2)."""
+        if variant.transport == "h2":
+            return load.h2load(url, seconds, LOAD_CORE, H2_CONNECTIONS, H2_STREAMS)
+        return load.wrk(url, seconds, LOAD_CORE, script=script)
+
+    def open_loop(self, variant, url, urls):
+        """Latency at the fixed rate with oha; None without oha."""
+        if not self.oha:
+            return None
+        if variant.transport == "h2":
+            return load.oha(url, self.args.oha_seconds, self.args.rate, LOAD_CORE,
+                            connections=H2_CONNECTIONS, insecure=True, http2_streams=H2_STREAMS)
+        return load.oha(url, self.args.oha_seconds, self.args.rate, LOAD_CORE, urls_file=urls,
+                        insecure=variant.tls)
+
+    def new_connections(self, variant, proxy):
+        """The proxy's CPU per new TLS connection: `openssl s_time -new`, one connection at a
+        time, each a full handshake (TLS 1.3, X25519, the P-256 certificate), one request and a
+        close."""
+        cpu_before = proxy.cpu_seconds()
+        started = time.monotonic()
+        count = load.s_time("127.0.0.1", self.ports.tls, variant.path, self.args.handshake_seconds,
+                            LOAD_CORE)
+        wall = time.monotonic() - started
+        return {
+            "handshakes_per_s": count / wall,
+            "proxy_cpu_us_per_handshake": (proxy.cpu_seconds() - cpu_before) / count * 1e6,
+        }
+
     def measure(self, variant, rep):
-        """One repetition of one variant: throughput, CPU per request, latency, peak memory."""
+        """One repetition of one variant: throughput, CPU per request, latency, peak memory;
+        over HTTPS also the CPU of a new TLS connection."""
         args = self.args
         proxy = self.start_proxy(variant)
         try:
-            self.ready(variant, proxy)
-            url = f"http://127.0.0.1:{self.port_of(variant)}{variant.path}"
+            session = self.ready(variant, proxy)
+            url = self.url(variant)
             script, urls = self.load_inputs(variant)
-            load.wrk(url, 1, LOAD_CORE, script=script)  # warm-up: connections, pools, caches
+            self.closed_loop(variant, url, 1, script)  # warm-up: connections, pools, caches
             backend = self.backends[variant.body]
             core0_before, steal_before = procs.core_times(PROXY_CORE)
             core1_before, _ = procs.core_times(LOAD_CORE)
@@ -224,7 +343,7 @@ class Bench:
             backend_before = backend.cpu_seconds()
             conns_before, _ = self.backend_stats(variant.body)
             started = time.monotonic()
-            w = load.wrk(url, args.wrk_seconds, LOAD_CORE, script=script)
+            w = self.closed_loop(variant, url, args.wrk_seconds, script)
             wall = time.monotonic() - started
             proxy_cpu = (proxy.cpu_seconds() - proxy_before) if proxy else 0.0
             backend_cpu = backend.cpu_seconds() - backend_before
@@ -232,10 +351,10 @@ class Bench:
             core0_after, steal_after = procs.core_times(PROXY_CORE)
             core1_after, _ = procs.core_times(LOAD_CORE)
             driver_cpu = own_cpu_seconds() - driver_before
-            o = load.oha(url, args.oha_seconds, args.rate, LOAD_CORE, urls_file=urls)
+            o = self.open_loop(variant, url, urls) or {}
             core0_busy = (core0_after - core0_before) / procs.CLK_TCK
             core1_busy = (core1_after - core1_before) / procs.CLK_TCK
-            return {
+            run = {
                 "variant": variant.key, "rep": rep,
                 "rps": w["rps"], "requests": w["requests"], "wrk_errors": w["errors"],
                 "proxy_cpu_us": proxy_cpu / w["requests"] * 1e6 if proxy else None,
@@ -243,12 +362,18 @@ class Bench:
                 # one is the stats request itself
                 "backend_conns_per_1k": (conns_after - conns_before - 1) / w["requests"] * 1000,
                 "peak_rss_mib": proxy.peak_rss_mib() if proxy else None,
-                "oha_rps": o["rps"], "oha_success": o["success"], "oha_non_200": o["non_200"],
-                "p50_us": o["p50_us"], "p99_us": o["p99_us"], "p999_us": o["p999_us"],
+                "oha_rps": o.get("rps"), "oha_success": o.get("success"),
+                "oha_non_200": o.get("non_200", 0),
+                "p50_us": o.get("p50_us"), "p99_us": o.get("p99_us"), "p999_us": o.get("p999_us"),
                 "core0_foreign_pct": max(0.0, core0_busy - proxy_cpu) / wall * 100,
                 "core1_foreign_pct": max(0.0, core1_busy - backend_cpu - driver_cpu) / wall * 100,
                 "steal_pct": (steal_after - steal_before) / procs.CLK_TCK / wall * 100,
             }
+            if variant.tls:
+                run["tls"] = w.get("tls") or session
+            if variant.transport == "https":
+                run |= self.new_connections(variant, proxy)
+            return run
         finally:
             if proxy:
                 proxy.stop()
@@ -260,7 +385,7 @@ class Bench:
         out = []
         for _ in range(reps):
             started = time.monotonic()
-            proc = procs.Proc("gatehouse", [str(BINS / "gatehouse"), "run", "-c", str(config)],
+            proc = procs.Proc("gatehouse", [str(self.bins / "gatehouse"), "run", "-c", str(config)],
                               PROXY_CORE, self.work / f"startup-{apis}.log")
             try:
                 procs.wait_ok(self.ports.proxy, variant.path, proc, timeout=120, interval=0.001)
@@ -274,7 +399,7 @@ class Bench:
         variant = Variant("reload", "gatehouse", 0, apis=apis)
         config = self.work / "reload.yaml"
         config.write_text(configs.gatehouse_yaml(self.ports, self.ports.backend(0), apis))
-        proc = procs.Proc("gatehouse", [str(BINS / "gatehouse"), "run", "-c", str(config)],
+        proc = procs.Proc("gatehouse", [str(self.bins / "gatehouse"), "run", "-c", str(config)],
                           PROXY_CORE, self.work / "reload.log", env={"GATEHOUSE_ADMIN_TOKEN": TOKEN})
         out = []
         try:
@@ -300,7 +425,7 @@ class Bench:
         proxy = self.start_proxy(variant)
         try:
             self.ready(variant, proxy)
-            url = f"http://127.0.0.1:{self.port_of(variant)}{variant.path}"
+            url = self.url(variant)
             script, _ = self.load_inputs(variant)
             load.wrk(url, 1, LOAD_CORE, script=script)
             data = self.work / f"perf-{variant.name}.data"
@@ -353,12 +478,21 @@ def machine():
         "nginx": version(["nginx", "-v"]),
         "wrk": version(["wrk", "-v"]),
         "oha": version(["oha", "--version"]),
+        "h2load": version(["h2load", "--version"]),
+        "openssl": version(["openssl", "version"]),
         "commit": git("rev-parse", "--short", "HEAD") + (" (with local changes)" if git("status", "--porcelain") else ""),
     }
 
 
 def main():
     args = parse_args()
+    if args.only:
+        names = set(args.only.split(","))
+        todo = [v for v in variants(args.long, tls=True) if v.name in names or v.key in names]
+    else:
+        todo = variants(args.long, tls=args.tls, tls_only=args.tls_only)
+    if not todo:
+        sys.exit("no variant to run; see the variants in bench/README.md")
     started = time.monotonic()
     today = datetime.date.today().isoformat()
     work = tempfile.mkdtemp(prefix="gatehouse-bench-")
@@ -366,21 +500,27 @@ def main():
     busy = [p for p in bench.ports.all() if not procs.port_free(p)]
     if busy:
         sys.exit(f"ports in use: {busy}; stop what holds them and run again")
-    todo = variants(args.long)
-    if args.only:
-        names = set(args.only.split(","))
-        todo = [v for v in todo if v.name in names]
-    per_run = 1 + args.wrk_seconds + args.oha_seconds + 1.5
-    log(f"{len(todo)} variants x {args.reps} repetitions, ~{len(todo) * args.reps * per_run / 60:.1f} min "
-        f"of load tests; working folder {work}")
+    if not bench.oha:
+        log("oha is not installed: no latency figures")
+
+    def seconds(v):
+        return (2.5 + args.wrk_seconds + (args.oha_seconds if bench.oha else 0)
+                + (args.handshake_seconds + 0.5 if v.transport == "https" else 0))
+
+    log(f"{len(todo)} variants x {args.reps} repetitions, ~{sum(map(seconds, todo)) * args.reps / 60:.1f} "
+        f"min of load tests; working folder {work}")
     data = {"date": today, "machine": machine(), "settings": {
         "reps": args.reps, "wrk_seconds": args.wrk_seconds, "oha_seconds": args.oha_seconds,
         "rate": args.rate, "connections": 50, "long": args.long, "seed": args.seed,
-        "proxy_core": PROXY_CORE, "load_core": LOAD_CORE,
+        "proxy_core": PROXY_CORE, "load_core": LOAD_CORE, "oha": bench.oha,
+        "h2_connections": H2_CONNECTIONS, "h2_streams": H2_STREAMS,
+        "handshake_seconds": args.handshake_seconds, "bin_dir": os.path.relpath(args.bin_dir, REPO),
     }, "variants": [dataclasses.asdict(v) | {"key": v.key} for v in todo], "runs": [],
         "failures": [], "micro": {}, "startup": {}, "reload": None, "profiles": {}}
     try:
         bench.start_backends()
+        if any(v.tls for v in todo):
+            bench.make_certificate()
         if not args.skip_micro:
             log("criterion micro-benchmarks ...")
             try:
@@ -388,16 +528,17 @@ def main():
                 data["micro"] = micro.run(REPO, PROXY_CORE, warm, measure, Path(work) / "criterion.log")
             except subprocess.CalledProcessError as e:
                 data["failures"].append(f"criterion: exit {e.returncode} (log {work}/criterion.log)")
-        log("startup and reload ...")
-        for apis in (1, 10_000):
+        if not args.skip_startup:
+            log("startup and reload ...")
+            for apis in (1, 10_000):
+                try:
+                    data["startup"][str(apis)] = bench.startup(apis, 3)
+                except Exception as e:  # keep the rest of the run
+                    data["failures"].append(f"startup with {apis} APIs: {e}")
             try:
-                data["startup"][str(apis)] = bench.startup(apis, 3)
-            except Exception as e:  # keep the rest of the run
-                data["failures"].append(f"startup with {apis} APIs: {e}")
-        try:
-            data["reload"] = bench.reload(10_000, 3)
-        except Exception as e:
-            data["failures"].append(f"reload: {e}")
+                data["reload"] = bench.reload(10_000, 3)
+            except Exception as e:
+                data["failures"].append(f"reload: {e}")
         for rep in range(args.reps):
             order = list(todo)
             random.Random(args.seed * 1000 + rep).shuffle(order)
@@ -428,7 +569,7 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = report.render(data)
     # A run of some variants only does not replace the day's full results.
-    name = f"RESULTS-{today}{'-partial' if args.only else ''}"
+    name = f"RESULTS-{today}{'-partial' if args.only else '-tls' if args.tls_only else ''}"
     (RESULTS / f"{name}.md").write_text(text)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
     print(text)

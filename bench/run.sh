@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Gatehouse benchmark, one command: installs the load tools it lacks, builds Gatehouse and the
 # bench binaries in release mode, then runs every variant (bench/run.py) and writes
-# bench/results/RESULTS-<date>.md. Usage: bench/run.sh [--long] [run.py options, see --help]
+# bench/results/RESULTS-<date>.md. Usage: bench/run.sh [--long] [--tls] [run.py options, see --help]
+# `bench/run.sh tls [run.py options]` runs only the HTTPS and HTTP/2 variants and their plain peers
+# (run.py --tls-only, about 5 minutes), writing bench/results/RESULTS-<date>-tls.md.
+# `bench/run.sh fleet [fleet.py options]` measures how fast a change through one instance's admin
+# API serves on two others following the same etcd (bench/fleet.py), writing FLEET-<date>.md.
 # `bench/run.sh health [health.py options]` runs the upstream-health soak and the cost of active
 # checks instead (bench/health.py, about 2 minutes), writing bench/results/HEALTH-<date>.md.
 set -euo pipefail
@@ -13,11 +17,15 @@ as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# Debian packages: wrk and nginx are required; perf is optional (the profile is skipped without it).
+# Debian packages: wrk, nginx, h2load and openssl are required (the last two for the HTTPS and
+# HTTP/2 variants); perf is optional (the profile is skipped without it).
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v taskset >/dev/null || missing+=(util-linux)
+command -v etcd >/dev/null || missing+=(etcd-server)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     as_root apt-get update
@@ -44,9 +52,19 @@ if [ "${1:-}" = health ]; then
     log "running the upstream-health soak (about 2 minutes)"
     exec python3 bench/health.py "$@"
 fi
+if [ "${1:-}" = fleet ]; then
+    shift
+    log "running the fleet propagation benchmark (about 1 minute)"
+    exec python3 bench/fleet.py "$@"
+fi
+if [ "${1:-}" = tls ]; then
+    shift
+    log "running the HTTPS and HTTP/2 variants (about 5 minutes; --long about 55)"
+    exec taskset -c 1 python3 bench/run.py --tls-only "$@"
+fi
 log "building the criterion benchmarks"
 cargo bench -p gatehouse-bench --benches --no-run
 
-log "running (the load tests take about 8 minutes; --long about 45)"
+log "running (the load tests take about 8 minutes, --tls 3.5 more; --long about 45)"
 # The driver itself stays off the proxy core: core 0 is for the proxy under test.
 exec taskset -c 1 python3 bench/run.py "$@"

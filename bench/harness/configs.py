@@ -1,5 +1,9 @@
-"""Configurations of the processes under test: Gatehouse YAML, nginx.conf, and the request mixes
-for many APIs (a wrk Lua script and an oha URL file)."""
+"""Configurations of the processes under test: Gatehouse YAML, nginx.conf, the TLS certificate
+they share, and the request mixes for many APIs (a wrk Lua script and an oha URL file)."""
+
+import dataclasses
+import subprocess
+from pathlib import Path
 
 # The plugin chains measured: one plugin, and three.
 PLUGINS_ONE = [("host-rewrite", '{ host: users.internal }')]
@@ -14,10 +18,34 @@ def api_path(i, apis):
     return "/bench/1" if apis == 1 else f"/svc{i}/items/1"
 
 
-def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description="bench"):
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """A TLS listener: its port and the PEM files of its certificate and key."""
+
+    port: int
+    cert: Path
+    key: Path
+
+
+def make_certificate(folder):
+    """A self-signed P-256 certificate for localhost and 127.0.0.1, made now with openssl, valid
+    90 days (no expiry warning from Gatehouse); returns (certificate, key) paths in `folder`."""
+    cert, key = Path(folder) / "tls-cert.pem", Path(folder) / "tls-key.pem"
+    subprocess.run([
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-days", "90", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout", str(key), "-out", str(cert),
+    ], capture_output=True, check=True)
+    key.chmod(0o600)
+    return cert, key
+
+
+def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description="bench", tls=None):
     """A Gatehouse configuration: one worker thread, one upstream of `nodes` loopback addresses
     (127.0.0.1 .. 127.0.0.N, all reaching the backend bound to 0.0.0.0), `apis` APIs on it, each
-    with the `plugins` chain."""
+    with the `plugins` chain. With `tls`, a TLS listener too, offering HTTP/2 and HTTP/1.1 by
+    ALPN; its certificate must lie in the configuration's folder (`instance.file_roots`)."""
     lines = [
         "instance:",
         "  id: bench",
@@ -27,6 +55,15 @@ def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description
         f'  metrics: "127.0.0.1:{ports.metrics}"',
         f'  admin: "127.0.0.1:{ports.admin}"',
         "  threads: 1",
+    ]
+    if tls:
+        lines += [
+            "  tls:",
+            f'    listen: ["127.0.0.1:{tls.port}"]',
+            f"    certificates: [{{ cert_file: {tls.cert.name}, key_file: {tls.key.name} }}]",
+            "    http2: true",
+        ]
+    lines += [
         "vpcs:",
         '  - { id: vpc-bench, cidrs: ["127.0.0.0/8"] }',
         "upstreams:",
@@ -50,9 +87,18 @@ def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description
     return "\n".join(lines) + "\n"
 
 
-def nginx_conf(prefix, proxy_port, backend_port):
+def nginx_conf(prefix, proxy_port, backend_port, tls=None):
     """nginx as a fair reverse-proxy peer: one worker, kept-alive upstream connections, no access
-    log, no per-connection request cap on either side."""
+    log, no per-connection request cap on either side (HTTP/2 connections included). With `tls`,
+    a TLS listener too, offering HTTP/2 and HTTP/1.1 by ALPN, TLS 1.2 and 1.3 like Gatehouse."""
+    listen_tls = ""
+    if tls:
+        # nginx 1.22 syntax; from 1.25.1 `http2 on;` replaces the listen parameter
+        listen_tls = f"""
+        listen 127.0.0.1:{tls.port} ssl http2;
+        ssl_certificate {tls.cert};
+        ssl_certificate_key {tls.key};
+        ssl_protocols TLSv1.2 TLSv1.3;"""
     return f"""worker_processes 1;
 daemon off;
 pid {prefix}/nginx.pid;
@@ -72,7 +118,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{proxy_port};
+        listen 127.0.0.1:{proxy_port};{listen_tls}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;

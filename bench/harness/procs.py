@@ -1,10 +1,11 @@
-"""Processes under test: started pinned to one core, awaited until they answer, measured from
-/proc (CPU time, peak memory), stopped by their own pid."""
+"""Processes under test: started pinned to one core, awaited until they answer (over plain HTTP or
+TLS), measured from /proc (CPU time, peak memory), stopped by their own pid."""
 
 import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
@@ -107,9 +108,31 @@ class Proc:
         self._log.close()
 
 
-def http_get(port, path="/", method="GET", headers=None, host="127.0.0.1", timeout=2.0):
-    """One request; returns (status, body bytes)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+def tls_client(alpn=None):
+    """A TLS client context that accepts any certificate: the caller checks which one it got."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+def tls_session(port, alpn, host="localhost", timeout=2.0):
+    """One handshake offering the ALPN protocols `alpn`; returns what was negotiated and the
+    server's certificate (DER)."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        with tls_client(alpn).wrap_socket(raw, server_hostname=host) as s:
+            return {"protocol": s.version(), "cipher": s.cipher()[0],
+                    "alpn": s.selected_alpn_protocol(), "certificate": s.getpeercert(binary_form=True)}
+
+
+def http_get(port, path="/", method="GET", headers=None, host="127.0.0.1", timeout=2.0, tls=None):
+    """One request, over TLS when `tls` is a client context; returns (status, body bytes)."""
+    if tls:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, headers=headers or {})
         response = conn.getresponse()
@@ -118,13 +141,13 @@ def http_get(port, path="/", method="GET", headers=None, host="127.0.0.1", timeo
         conn.close()
 
 
-def wait_ok(port, path, proc=None, timeout=60.0, interval=0.002):
+def wait_ok(port, path, proc=None, timeout=60.0, interval=0.002, host="127.0.0.1", tls=None):
     """Polls until GET `path` answers 200; returns (seconds waited, body). Raises when `proc`
     exits or the time runs out."""
     started = time.monotonic()
     while True:
         try:
-            status, body = http_get(port, path, timeout=1.0)
+            status, body = http_get(port, path, host=host, timeout=1.0, tls=tls)
             if status == 200:
                 return time.monotonic() - started, body
         except (OSError, http.client.HTTPException):

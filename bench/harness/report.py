@@ -19,6 +19,12 @@ LABELS = {
     "gatehouse-3-plugins": "Gatehouse, 3 plugins (host-rewrite, headers, request-id)",
     "gatehouse-10k-apis": "Gatehouse, 10,000 APIs",
     "gatehouse-200-nodes": "Gatehouse, 200-node upstream",
+    "nginx-tls": "nginx, HTTPS",
+    "bare-pingora-tls": "bare Pingora, HTTPS",
+    "gatehouse-tls": "Gatehouse, HTTPS",
+    "nginx-h2": "nginx, HTTP/2",
+    "bare-pingora-h2": "bare Pingora, HTTP/2",
+    "gatehouse-h2": "Gatehouse, HTTP/2",
 }
 
 
@@ -44,14 +50,14 @@ class Runs:
         return key in self.by
 
     def field(self, key, name):
-        return spread(r[name] for r in self.by.get(key, {}).values())
+        return spread(r.get(name) for r in self.by.get(key, {}).values())
 
     def paired(self, a, b, name, combine):
         """combine(a's value, b's value) within each repetition both ran, summarized."""
         ra, rb = self.by.get(a, {}), self.by.get(b, {})
         values = []
         for rep in sorted(set(ra) & set(rb)):
-            x, y = ra[rep][name], rb[rep][name]
+            x, y = ra[rep].get(name), rb[rep].get(name)
             if x is not None and y is not None and (combine is not divide or y):
                 values.append(combine(x, y))
         return spread(values)
@@ -102,15 +108,26 @@ def duration(ns):
 
 def progress_line(rep, reps, run):
     cpu = "" if run["proxy_cpu_us"] is None else f", proxy {run['proxy_cpu_us']:.1f} µs CPU/req"
-    return (f"[{rep + 1}/{reps}] {run['variant']}: {run['rps']:,.0f} req/s{cpu}, "
-            f"p99 {run['p99_us']:,.0f} µs at {run['oha_rps']:,.0f} req/s, "
+    p99 = "" if run["p99_us"] is None else f", p99 {run['p99_us']:,.0f} µs at {run['oha_rps']:,.0f} req/s"
+    handshakes = ""
+    if run.get("handshakes_per_s") is not None:
+        handshakes = (f", {run['handshakes_per_s']:,.0f} new TLS conns/s at "
+                      f"{run['proxy_cpu_us_per_handshake']:.0f} µs CPU each")
+    return (f"[{rep + 1}/{reps}] {run['variant']}: {run['rps']:,.0f} req/s{cpu}{p99}{handshakes}, "
             f"core-0 foreign {run['core0_foreign_pct']:.1f} %")
 
 
 # -- sections ----------------------------------------------------------------------------------
 
-def ordered_keys(data):
-    return [v["key"] for v in data["variants"]]
+def ordered_keys(data, tls=None):
+    """The variant keys in the run's order: all of them, the plain ones (`tls` False) or the
+    HTTPS and HTTP/2 ones (`tls` True)."""
+    return [v["key"] for v in data["variants"]
+            if tls is None or (v.get("transport", "http") != "http") == tls]
+
+
+def has_tls(data):
+    return bool(ordered_keys(data, tls=True))
 
 
 def variant_label(key):
@@ -127,10 +144,14 @@ def section_machine(data):
         ("load average (1/5/15 min) at start / end",
          f"{'/'.join(f'{x:.2f}' for x in m['load_start'])} / {'/'.join(f'{x:.2f}' for x in load_end)}"),
         ("Gatehouse commit", m["commit"]),
-        ("tools", f"{m['rustc']}; {m['nginx']}; {m['wrk'].split(' [')[0]}; {m['oha']}"),
+        ("tools", f"{m['rustc']}; {m['nginx']}; {m['wrk'].split(' [')[0]}; {m['oha']}"
+                  + (f"; {m.get('h2load')}; {m.get('openssl')}" if has_tls(data) else "")),
         ("run", f"{'long' if s['long'] else 'default'}: {s['reps']} repetitions, wrk {s['wrk_seconds']} s, "
                 f"oha {s['oha_seconds']} s at {s['rate']:,} req/s; took {data['seconds'] / 60:.1f} min"),
     ]
+    if s.get("bin_dir", "target/release") != "target/release":
+        rows.append(("binaries", f"`{s['bin_dir']}`, not the release build: the figures are not "
+                                 "comparable with release results"))
     settings = f"""
 - All on loopback. The proxy under test runs on core {s['proxy_core']} (`taskset -c {s['proxy_core']}`); the
   backend (`bench-backend`, one thread) and the load generator (one thread) share core {s['load_core']}.
@@ -145,6 +166,14 @@ def section_machine(data):
   divided by the requests wrk completed. Latency: `oha -c{s['connections']} -q {s['rate']} --latency-correction
   -z {s['oha_seconds']}s`, right after. Peak RSS: VmHWM of the proxy after both.
 - Every repetition runs every variant in a shuffled order (seed {s['seed']}), each in a fresh process.
+"""
+    if has_tls(data):
+        settings += f"""- HTTPS and HTTP/2: TLS terminated by the proxy with one P-256 certificate made for the run
+  (nginx: OpenSSL; bare Pingora and Gatehouse: rustls), HTTP/2 and HTTP/1.1 offered by ALPN,
+  TLS 1.2 and 1.3; upstream plain HTTP/1.1 kept alive as above. HTTPS load: `wrk` as above over
+  `https://localhost` (no ALPN: HTTP/1.1). HTTP/2 load, after a 1 s warm-up:
+  `h2load -t1 -c{s['h2_connections']} -m{s['h2_streams']} -D {s['wrk_seconds']}` ({s['h2_connections'] * s['h2_streams']} requests in flight).
+  New TLS connections: `openssl s_time -new -www PATH -time {s['handshake_seconds']}`.
 """
     return "## Machine and settings\n\n" + table(("", ""), rows) + "\n" + settings
 
@@ -186,16 +215,27 @@ def section_ratios(data, runs):
             + table(("ratio", *(BODY_LABEL[b] for b in BODIES)), rows))
 
 
-def section_throughput(data, runs):
+def throughput_rows(data, runs, tls):
     rows = []
-    for key in ordered_keys(data):
+    for key in ordered_keys(data, tls):
         if not runs.has(key):
             continue
         label, body = variant_label(key)
         errors = sum(r["wrk_errors"] for r in runs.by[key].values())
-        rows.append((label, body, cell(runs.field(key, "rps")), cell(runs.field(key, "proxy_cpu_us"), 1),
-                     cell(runs.field(key, "backend_cpu_us"), 1), cell(runs.field(key, "backend_conns_per_1k"), 1),
-                     cell(runs.field(key, "peak_rss_mib"), 1), errors))
+        row = [label, body, cell(runs.field(key, "rps")), cell(runs.field(key, "proxy_cpu_us"), 1),
+               cell(runs.field(key, "backend_cpu_us"), 1), cell(runs.field(key, "backend_conns_per_1k"), 1),
+               cell(runs.field(key, "peak_rss_mib"), 1), errors]
+        if tls:
+            sessions = sorted({r["tls"] for r in runs.by[key].values() if r.get("tls")})
+            row.insert(2, "; ".join(sessions) or "—")
+        rows.append(row)
+    return rows
+
+
+def section_throughput(data, runs):
+    rows = throughput_rows(data, runs, tls=False)
+    if not rows:
+        return ""
     return ("## Throughput, CPU per request, memory\n\n"
             "`wrk -t1 -c50`, the proxy alone on its core. For `direct` there is no proxy: the backend's "
             "CPU per request is the cost of the backend itself (in every row). Backend connections "
@@ -205,11 +245,11 @@ def section_throughput(data, runs):
                      "backend conns / 1k req", "proxy peak RSS MiB", "wrk errors"), rows))
 
 
-def section_latency(data, runs):
+def latency_rows(data, runs, tls):
     rows = []
     rate = data["settings"]["rate"]
-    for key in ordered_keys(data):
-        if not runs.has(key):
+    for key in ordered_keys(data, tls):
+        if not runs.has(key) or runs.field(key, "p50_us") is None:
             continue
         label, body = variant_label(key)
         achieved = runs.field(key, "oha_rps")
@@ -217,14 +257,104 @@ def section_latency(data, runs):
         non_200 = sum(r["oha_non_200"] for r in runs.by[key].values())
         rows.append((label, body, cell(achieved) + flag, cell(runs.field(key, "p50_us")),
                      cell(runs.field(key, "p99_us")), cell(runs.field(key, "p999_us")), non_200))
-    return (f"## Latency at a fixed rate of {rate:,} req/s\n\n"
-            "`oha -q RATE --latency-correction` (open loop: a slow answer delays no later request's "
-            "start, so percentiles include queueing). Microseconds.\n\n"
-            + table(("variant", "body", "achieved req/s", "p50 µs", "p99 µs", "p99.9 µs", "non-200"), rows))
+    return rows
+
+
+LATENCY_HEADER = ("variant", "body", "achieved req/s", "p50 µs", "p99 µs", "p99.9 µs", "non-200")
+
+
+def section_latency(data, runs):
+    rate = data["settings"]["rate"]
+    title = f"## Latency at a fixed rate of {rate:,} req/s\n\n"
+    if not data["settings"].get("oha", True):
+        return title + "Not measured: oha is not installed (`cargo install oha --locked`)."
+    rows = latency_rows(data, runs, tls=False)
+    if not rows:
+        return ""
+    return (title + "`oha -q RATE --latency-correction` (open loop: a slow answer delays no later "
+            "request's start, so percentiles include queueing). Microseconds.\n\n"
+            + table(LATENCY_HEADER, rows))
+
+
+def section_tls(data, runs):
+    """The HTTPS and HTTP/2 variants: their ratios, throughput and CPU, new connections, latency."""
+    if not has_tls(data):
+        return ""
+    s = data["settings"]
+
+    def per_body(label, a, b, name, combine=divide, digits=2, signed=False):
+        cells = [cell(runs.paired(f"{a}@{body}", f"{b}@{body}", name, combine), digits, signed)
+                 for body in BODIES]
+        return (label, *cells)
+
+    cpu, hs = "proxy_cpu_us", "proxy_cpu_us_per_handshake"
+    rows = [
+        per_body("CPU per request, HTTPS: Gatehouse / nginx", "gatehouse-tls", "nginx-tls", cpu),
+        per_body("CPU per request, HTTP/2: Gatehouse / nginx", "gatehouse-h2", "nginx-h2", cpu),
+        per_body("CPU per request, HTTPS: Gatehouse / bare Pingora", "gatehouse-tls", "bare-pingora-tls", cpu),
+        per_body("CPU per request, HTTP/2: Gatehouse / bare Pingora", "gatehouse-h2", "bare-pingora-h2", cpu),
+        per_body("added CPU per request vs nginx, HTTPS, µs", "gatehouse-tls", "nginx-tls", cpu,
+                 subtract, 1, True),
+        per_body("added CPU per request vs nginx, HTTP/2, µs", "gatehouse-h2", "nginx-h2", cpu,
+                 subtract, 1, True),
+        per_body("TLS termination: Gatehouse HTTPS / Gatehouse plain (CPU)", "gatehouse-tls", "gatehouse", cpu),
+        per_body("TLS termination: nginx HTTPS / nginx plain (CPU)", "nginx-tls", "nginx", cpu),
+        per_body("TLS termination: bare Pingora HTTPS / plain (CPU)", "bare-pingora-tls", "bare-pingora", cpu),
+        per_body("CPU added by TLS, Gatehouse, µs per request", "gatehouse-tls", "gatehouse", cpu,
+                 subtract, 1, True),
+        per_body("CPU added by TLS, nginx, µs per request", "nginx-tls", "nginx", cpu, subtract, 1, True),
+        per_body("HTTP/2 / HTTPS, Gatehouse (CPU)", "gatehouse-h2", "gatehouse-tls", cpu),
+        per_body("HTTP/2 / HTTPS, nginx (CPU)", "nginx-h2", "nginx-tls", cpu),
+        per_body("throughput, HTTPS: Gatehouse / nginx", "gatehouse-tls", "nginx-tls", "rps"),
+        per_body("throughput, HTTP/2: Gatehouse / nginx", "gatehouse-h2", "nginx-h2", "rps"),
+        per_body("throughput: Gatehouse HTTPS / Gatehouse plain", "gatehouse-tls", "gatehouse", "rps"),
+        per_body("CPU per new TLS connection: Gatehouse / nginx", "gatehouse-tls", "nginx-tls", hs),
+        per_body("CPU per new TLS connection: Gatehouse / bare Pingora", "gatehouse-tls", "bare-pingora-tls", hs),
+        per_body("added p99 vs nginx, HTTPS, µs", "gatehouse-tls", "nginx-tls", "p99_us", subtract, 0, True),
+        per_body("added p99 vs nginx, HTTP/2, µs", "gatehouse-h2", "nginx-h2", "p99_us", subtract, 0, True),
+    ]
+    rows = [r for r in rows if any(c != "—" for c in r[1:])]
+    out = ["## HTTPS and HTTP/2\n\n"
+           "The proxy terminates TLS (one P-256 certificate for every proxy; nginx with OpenSSL, bare "
+           "Pingora and Gatehouse with rustls) and forwards plain HTTP/1.1 over kept-alive upstream "
+           "connections, as in the plain variants. Clients keep their connections: these figures are "
+           "the cost of a request over an established TLS connection. HTTPS: `wrk -t1 -c50`; HTTP/2: "
+           f"`h2load -t1 -c{s['h2_connections']} -m{s['h2_streams']}` (the same "
+           f"{s['h2_connections'] * s['h2_streams']} requests in flight). Ratios as above: within each "
+           "repetition, median (min–max); \"plain\" is the variant of the same proxy over plain HTTP/1.1 "
+           "in the same repetition.\n\n"
+           + table(("ratio", *(BODY_LABEL[b] for b in BODIES)), rows)]
+    out.append("### Throughput, CPU per request, memory\n\nTLS: the version and cipher negotiated "
+               "(over HTTPS by an OpenSSL client with default settings, as wrk; over HTTP/2 as h2load "
+               "reports it, key exchange included).\n\n"
+               + table(("variant", "body", "TLS", "req/s", "proxy CPU µs/req", "backend CPU µs/req",
+                        "backend conns / 1k req", "proxy peak RSS MiB", "load errors"),
+                       throughput_rows(data, runs, tls=True)))
+    fresh = []
+    for key in ordered_keys(data, tls=True):
+        if runs.has(key) and runs.field(key, hs):
+            label, body = variant_label(key)
+            fresh.append((label, body, cell(runs.field(key, "handshakes_per_s")), cell(runs.field(key, hs))))
+    if fresh:
+        out.append("### New TLS connections\n\n`openssl s_time -new -www PATH` for "
+                   f"{s['handshake_seconds']} s on the load core: one connection after another, each a "
+                   "full handshake (TLS 1.3, X25519, ECDSA P-256; no resumption), one HTTP/1.0 request "
+                   "and a close. The proxy's CPU per connection includes the TCP accept and close and the "
+                   "request; subtract the CPU per request above for the handshake alone. Connections per "
+                   "second are those of one sequential client (round trips included), not a capacity.\n\n"
+                   + table(("variant", "body", "new connections / s", "proxy CPU µs per connection"), fresh))
+    latency = latency_rows(data, runs, tls=True)
+    if latency:
+        out.append(f"### Latency at a fixed rate of {s['rate']:,} req/s\n\n`oha --insecure`; over "
+                   f"HTTP/2 `--http2 -c{s['h2_connections']} -p{s['h2_streams']}`.\n\n"
+                   + table(LATENCY_HEADER, latency))
+    return "\n\n".join(out)
 
 
 def section_plugins(data, runs):
     g1, g3, g0 = "gatehouse-1-plugin@0", "gatehouse-3-plugins@0", "gatehouse@0"
+    if not (runs.has(g1) or runs.has(g3)):
+        return ""
     micro = data.get("micro") or {}
 
     def crit(name):
@@ -262,6 +392,8 @@ def section_startup(data):
         rows.append(("`POST /reload` of a changed file, 10,000 APIs",
                      cell(spread(r["seconds"] * 1000 for r in reload["reloads"])) + " ms",
                      f"{reload['rss_mib']:.1f} (after {len(reload['reloads'])} reloads)"))
+    if not rows:
+        return "## Startup and reload\n\nNot run."
     return ("## Startup and reload\n\nStartup: from spawning `gatehouse run` to the first 200 "
             "through it (polled every 1 ms), 3 times each. Reload: the admin API's `POST /reload` "
             "after the file changed (an upstream's description), until it answers: validated, built "
@@ -377,6 +509,7 @@ def render(data):
         section_flags(data, runs),
         section_throughput(data, runs),
         section_latency(data, runs),
+        section_tls(data, runs),
         section_plugins(data, runs),
         section_startup(data),
         section_micro(data),

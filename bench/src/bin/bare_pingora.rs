@@ -3,12 +3,14 @@
 //!
 //! It runs with the same server settings as Gatehouse (worker threads from a flag, no work
 //! stealing, mimalloc), so the gap between the two is what Gatehouse adds on top of its engine:
-//! routing, node selection, metrics, plugins.
+//! routing, node selection, metrics, plugins. With `--tls-listen` it also terminates TLS
+//! (rustls, HTTP/2 and HTTP/1.1 offered by ALPN) the way Gatehouse's TLS listeners do.
 
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use clap::Parser;
+use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -31,6 +33,15 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Also listen with TLS on this address (HTTP/2 and HTTP/1.1 by ALPN).
+    #[arg(long, requires = "cert", requires = "key")]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener, leaf first.
+    #[arg(long)]
+    cert: Option<String>,
+    /// PEM private key of the TLS listener's certificate.
+    #[arg(long)]
+    key: Option<String>,
 }
 
 /// Forwards to a single plain-HTTP upstream.
@@ -71,6 +82,12 @@ fn main() {
         },
     );
     proxy.add_tcp(&args.listen.to_string());
+    if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.cert, &args.key) {
+        let mut tls = TlsSettings::intermediate(cert, key).expect("TLS settings");
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+        println!("bare-pingora TLS on {addr}");
+    }
     server.add_service(proxy);
     println!(
         "bare-pingora on {} -> {} ({} thread(s))",
