@@ -19,8 +19,8 @@ const FOLLOW: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // The key layout of the shared configuration in etcd, as documented by the fleet contract.
-// Only `write_invalid_revision` (and the plugin check) look at keys directly; if the layout
-// changes, adjust these functions and nothing else.
+// Only `write_revision` and its users (and the plugin check) look at keys directly; if the
+// layout changes, adjust these functions and nothing else.
 //
 //   <prefix>/v1/config/commit                      JSON {"schema":1,"set":"<set id>",...}; its
 //                                                  mod_revision is the configuration revision,
@@ -41,11 +41,20 @@ fn set_upstream_key(prefix: &str, set: &str, upstream: &str) -> String {
     format!("{prefix}/v1/config/sets/{set}/upstreams/{upstream}")
 }
 
-/// Writes, as another tool would, a revision that fails validation: an upstream `broken` whose
-/// node weighs 150 (out of 0..=100) is put into the current set, and the commit key is
-/// rewritten (same JSON plus `"by": "another-tool"`) in the same transaction. Returns the new
-/// revision (the commit key's mod_revision).
-fn write_invalid_revision(etcd: &Etcd, prefix: &str, node_port: u16) -> u64 {
+fn set_api_key(prefix: &str, set: &str, service: &str, api: &str) -> String {
+    format!("{prefix}/v1/config/sets/{set}/apis/{service}/{api}")
+}
+
+/// Writes a revision as another tool would, in one transaction: the pairs `puts` returns (given
+/// the prefix and the current set's id) and the commit key, rewritten as the same JSON with
+/// `"by": "another-tool"` and whatever `edit` changes. Returns the new revision (the commit
+/// key's mod_revision).
+fn write_revision(
+    etcd: &Etcd,
+    prefix: &str,
+    puts: impl FnOnce(&str, &str) -> Vec<(String, String)>,
+    edit: impl FnOnce(&mut Value),
+) -> u64 {
     let commit = etcd
         .get(&commit_key(prefix))
         .unwrap_or_else(|| panic!("no commit key {} in etcd", commit_key(prefix)));
@@ -56,20 +65,33 @@ fn write_invalid_revision(etcd: &Etcd, prefix: &str, node_port: u16) -> u64 {
         .unwrap_or_else(|| panic!("no set id in the commit {commit}"))
         .to_owned();
     commit["by"] = json!("another-tool");
+    edit(&mut commit);
+    let mut pairs = puts(prefix, &set);
+    pairs.push((commit_key(prefix), commit.to_string()));
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    etcd.txn_put(&pairs);
+    etcd.mod_revision(&commit_key(prefix)).unwrap() as u64
+}
+
+/// Writes, as another tool would, a revision that fails validation: an upstream `broken` whose
+/// node weighs 150 (out of 0..=100) is put into the current set, and the commit key is
+/// rewritten in the same transaction (see [`write_revision`]).
+fn write_invalid_revision(etcd: &Etcd, prefix: &str, node_port: u16) -> u64 {
     let broken = json!({
         "name": "broken",
         "vpc": "vpc-main",
         "protocol": "http",
         "nodes": [{ "host": "127.0.0.1", "port": node_port, "weight": 150 }],
     });
-    etcd.txn_put(&[
-        (
-            &set_upstream_key(prefix, &set, "broken"),
-            &broken.to_string(),
-        ),
-        (&commit_key(prefix), &commit.to_string()),
-    ]);
-    etcd.mod_revision(&commit_key(prefix)).unwrap() as u64
+    write_revision(
+        etcd,
+        prefix,
+        |prefix, set| vec![(set_upstream_key(prefix, set, "broken"), broken.to_string())],
+        |_| {},
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -144,6 +166,16 @@ fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 fn gatehouse(args: &[&str], within: Duration) -> (bool, i32, String) {
     let (status, out, err) = run_cli_within(args, within);
+    (
+        status.success(),
+        status.code().unwrap_or(-1),
+        format!("{out}{err}"),
+    )
+}
+
+/// Like [`gatehouse`], with environment variables set (`Some`) or removed (`None`).
+fn gatehouse_env(args: &[&str], env: &[(&str, Option<&str>)]) -> (bool, i32, String) {
+    let (status, out, err) = run_cli_env(args, env, Duration::from_secs(60));
     (
         status.success(),
         status.code().unwrap_or(-1),
@@ -314,6 +346,51 @@ impl Drop for RaiseOnDrop {
         self.0.store(true, Ordering::Relaxed);
     }
 }
+
+/// The `status.source.refused` problems of `status`, joined by new lines.
+fn refused_problems(status: &Value) -> String {
+    status["source"]["refused"]["problems"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .map(|p| p.as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `gw` refuses revision `bad`; its `/status` then.
+fn wait_refused(gw: &FleetGateway, bad: u64) -> Value {
+    eventually(&format!("{} refuses revision {bad}", gw.id), FOLLOW, || {
+        let s = gw.status();
+        (s["source"]["refused"]["revision"].as_u64() == Some(bad)).then_some(s)
+    })
+}
+
+/// Pushes `shared` (shared sections only) through `local`'s `instance.etcd`; asserts success.
+fn push_local(shared: &Path, local: &Path, env: &[(&str, Option<&str>)]) -> String {
+    let (ok, code, out) = gatehouse_env(
+        &[
+            "config",
+            "push",
+            "-c",
+            shared.to_str().unwrap(),
+            "--local",
+            local.to_str().unwrap(),
+        ],
+        env,
+    );
+    assert!(ok, "config push --local exited {code}:\n{out}");
+    out
+}
+
+/// etcd's `root` password in the tests with authentication.
+const ETCD_ROOT_PASSWORD: &str = "root-pw-0d5e8a61c3";
+/// The password of etcd user `gatehouse`, whose role covers `/gatehouse/`.
+const ETCD_PASSWORD: &str = "gh-etcd-pw-7c41e9a2d3";
+/// `instance.etcd` lines that log in as `gatehouse`, the password from `GH_ETCD_PASSWORD`.
+const ETCD_LOGIN_BY_ENV: &str = "    username: gatehouse\n    password: ${GH_ETCD_PASSWORD}\n";
 
 // ---------------------------------------------------------------------------------------------
 // The tests
@@ -1380,4 +1457,625 @@ fn without_etcd_and_without_a_cache_an_instance_exits_non_zero() {
         std::net::TcpStream::connect(("127.0.0.1", listen)).is_err(),
         "nothing serves"
     );
+}
+
+/// etcd over TLS that authenticates clients by certificate: an instance with the CA and a client
+/// certificate serves the configuration pushed through the same settings and follows a change
+/// made through its admin API; the same instance without the client certificate gets nothing,
+/// and with no cache it does not start.
+#[test]
+fn etcd_over_tls_with_a_client_certificate() {
+    let (a, b) = (echo("a"), echo("b"));
+    let pki_dir = TempDir::new();
+    let pki = EtcdPki::generate(&pki_dir);
+    let etcd = Etcd::start_tls(&pki);
+    let eps = [etcd.endpoint()];
+    assert!(eps[0].starts_with("https://127.0.0.1:"), "{eps:?}");
+    // the member really requires a client certificate
+    let out = etcd.etcdctl_anonymous(&["get", "/probe"]);
+    assert!(
+        !out.status.success(),
+        "etcd answered a client without a certificate: {out:?}"
+    );
+
+    let roots = format!("  file_roots: [\"{}\"]\n", pki_dir.display());
+    let with_cert = format!(
+        "    tls: {{ ca_file: \"{}\", cert_file: \"{}\", key_file: \"{}\" }}\n",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let ca_only = format!("    tls: {{ ca_file: \"{}\" }}\n", pki.ca.display());
+    let local_yaml = |id: &str, tls: &str| {
+        let (listen, metrics, admin) = (free_port(), free_port(), free_port());
+        let yaml = fleet_local_yaml(id, listen, metrics, admin, &eps, tls);
+        (with_instance_extra(&yaml, &roots), listen)
+    };
+
+    // pushed with the TLS settings of a local file
+    let push_dir = TempDir::new();
+    let shared = write_file(&push_dir, "shared.yaml", &shared_sections(&[&a], "", ""));
+    let local = write_file(&pki_dir, "local.yaml", &local_yaml("pusher", &with_cert).0);
+    push_local(&shared, &local, &[]);
+    let pushed = etcd
+        .mod_revision(&commit_key(DEFAULT_PREFIX))
+        .expect("the push wrote a commit") as u64;
+
+    let gw = FleetGateway::start_opts(
+        "gw-tls",
+        &eps,
+        FleetOptions {
+            etcd_extra: &with_cert,
+            instance_extra: &roots,
+            ..FleetOptions::default()
+        },
+    );
+    let r = gw.get("/users/1");
+    assert_eq!((r.status, r.node().as_str()), (200, "a"), "{}", r.body);
+    let status = gw.status();
+    assert_eq!(status["source"]["up"], true, "{status}");
+    assert_eq!(status["revision"].as_u64(), Some(pushed), "{status}");
+
+    // a change through the admin API goes to etcd over TLS and is followed
+    let r = gw.call(
+        "PUT",
+        "/upstreams/users",
+        Some(upstream_json("users", &[&b])),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rev = etag_revision(&r);
+    assert!(rev > pushed);
+    assert_eq!(
+        etcd.mod_revision(&commit_key(DEFAULT_PREFIX)),
+        Some(rev as i64),
+        "the write is in etcd"
+    );
+    wait_node(&gw, "/users/1", "b");
+    let r = gw.call(
+        "POST",
+        "/services/shop/apis",
+        Some(fixed_api("over_tls", "/over-tls", "secured")),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_served(&gw, "/over-tls", 200, Some("secured"));
+    // and a change made elsewhere (a push) reaches it through its watch
+    let pulled = pull(&["--local", local.to_str().unwrap()]);
+    assert!(pulled.contains("over_tls"), "pulled over TLS:\n{pulled}");
+    let second = write_file(
+        &push_dir,
+        "second.yaml",
+        &shared_sections(&[&b], "", &fixed_api_line("pushed", "/pushed", "by push")),
+    );
+    push_local(&second, &local, &[]);
+    wait_served(&gw, "/pushed", 200, Some("by push"));
+    wait_served(&gw, "/over-tls", 404, None);
+
+    // the same instance without the client certificate: no configuration, no start
+    let (yaml, listen) = local_yaml("gw-no-cert", &ca_only);
+    let (status, log) = run_expecting_exit(&yaml, Duration::from_secs(60));
+    let status = status.unwrap_or_else(|| panic!("still running without a certificate:\n{log}"));
+    assert!(!status.success(), "exited {status}\n{log}");
+    assert!(!log.trim().is_empty(), "an error is logged");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", listen)).is_err(),
+        "nothing serves"
+    );
+    // and the instance with it still serves
+    assert_eq!(gw.get("/pushed").status, 200);
+}
+
+/// etcd with authentication: instances that log in as a user whose role covers the prefix (the
+/// password from the environment, or from a file) serve the configuration pushed with the same
+/// credentials, follow each other's changes and keep their instance records; the password shows
+/// in no admin API answer and in no log line.
+#[test]
+fn etcd_with_a_user_and_password() {
+    const PASSWORD: &str = ETCD_PASSWORD;
+    let (a, b) = (echo("a"), echo("b"));
+    let mut etcd = Etcd::start();
+    etcd.enable_auth(ETCD_ROOT_PASSWORD, "gatehouse", PASSWORD, "/gatehouse/");
+    let eps = [etcd.endpoint()];
+    let out = etcd.etcdctl_anonymous(&["get", "/gatehouse/probe"]);
+    assert!(
+        !out.status.success(),
+        "etcd answered a client without credentials: {out:?}"
+    );
+
+    let secrets = TempDir::new();
+    let password_file = write_file(&secrets, "etcd-password", &format!("{PASSWORD}\n"));
+    let by_env = ETCD_LOGIN_BY_ENV;
+    let by_file = format!(
+        "    username: gatehouse\n    password_file: \"{}\"\n",
+        password_file.display()
+    );
+
+    // the push logs in with the local file's credentials
+    let push_dir = TempDir::new();
+    let shared = write_file(&push_dir, "shared.yaml", &shared_sections(&[&a], "", ""));
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let local = write_file(
+        &push_dir,
+        "local.yaml",
+        &fleet_local_yaml("pusher", p1, p2, p3, &eps, by_env),
+    );
+    let push_args = [
+        "config",
+        "push",
+        "-c",
+        shared.to_str().unwrap(),
+        "--local",
+        local.to_str().unwrap(),
+    ];
+    let (ok, code, out) = gatehouse_env(&push_args, &[("GH_ETCD_PASSWORD", None)]);
+    assert!(!ok, "a push without the password exited {code}:\n{out}");
+    assert!(
+        out.contains("GH_ETCD_PASSWORD"),
+        "the variable is named:\n{out}"
+    );
+    let (ok, code, out) = gatehouse_env(
+        &push_args,
+        &[("GH_ETCD_PASSWORD", Some("not-the-password"))],
+    );
+    assert!(!ok, "a push with a wrong password exited {code}:\n{out}");
+    assert!(
+        !out.contains("not-the-password"),
+        "the push prints the password:\n{out}"
+    );
+    assert!(etcd.get(&commit_key(DEFAULT_PREFIX)).is_none());
+    let out = push_local(&shared, &local, &[("GH_ETCD_PASSWORD", Some(PASSWORD))]);
+    assert!(
+        !out.contains(PASSWORD),
+        "the push prints the password:\n{out}"
+    );
+    assert!(etcd.get(&commit_key(DEFAULT_PREFIX)).is_some());
+
+    let env = [("GH_ETCD_PASSWORD", PASSWORD)];
+    let roots = file_roots_for(&password_file);
+    let gws = [
+        FleetGateway::start_opts(
+            "gw-env",
+            &eps,
+            FleetOptions {
+                etcd_extra: by_env,
+                env: &env,
+                ..FleetOptions::default()
+            },
+        ),
+        FleetGateway::start_opts(
+            "gw-file",
+            &eps,
+            FleetOptions {
+                etcd_extra: &by_file,
+                instance_extra: &roots,
+                ..FleetOptions::default()
+            },
+        ),
+    ];
+    for gw in &gws {
+        let r = gw.get("/users/1");
+        assert_eq!(
+            (r.status, r.node().as_str()),
+            (200, "a"),
+            "{}: {}",
+            gw.id,
+            r.body
+        );
+        assert_eq!(gw.status()["source"]["up"], true, "{}", gw.id);
+    }
+
+    // each follows a change made through the other
+    let r = gws[0].call(
+        "POST",
+        "/services/shop/apis",
+        Some(fixed_api("hello", "/hello", "hello with a password")),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_served(&gws[1], "/hello", 200, Some("hello with a password"));
+    let r = gws[1].call(
+        "PUT",
+        "/upstreams/users",
+        Some(upstream_json("users", &[&b])),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_node(&gws[0], "/users/1", "b");
+
+    // both instance records are written under the user's role
+    eventually("/fleet lists gw-env and gw-file", FOLLOW, || {
+        let r = gws[1].call("GET", "/fleet", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mut ids: Vec<String> = r.json()["instances"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        (ids == ["gw-env", "gw-file"]).then_some(())
+    });
+
+    // the password shows nowhere
+    for gw in &gws {
+        for path in ["/config", "/config?format=json", "/status", "/fleet"] {
+            let r = gw.call("GET", path, None);
+            assert_eq!(r.status, 200, "{} GET {path}: {}", gw.id, r.body);
+            assert!(
+                !r.body.contains(PASSWORD),
+                "{} GET {path} shows the password:\n{}",
+                gw.id,
+                r.body
+            );
+        }
+        let log = gw.log();
+        assert!(
+            !log.contains(PASSWORD),
+            "{} logs the password:\n{log}",
+            gw.id
+        );
+    }
+    for path in ["/config", "/config?format=json"] {
+        let body = gws[0].call("GET", path, None).body;
+        assert!(
+            body.contains("${GH_ETCD_PASSWORD}"),
+            "GET {path} shows the reference:\n{body}"
+        );
+    }
+}
+
+/// A shared configuration must not hold plugin secrets in clear: `config push` refuses them
+/// (naming the key and the `${NAME}` way), accepts `${NAME}` references (even when the variable
+/// is not set where the push runs), and the instance enforces the key from its own environment.
+/// The admin API refuses a clear key too.
+#[test]
+fn clear_text_secrets_are_refused_in_a_shared_configuration() {
+    const KEY: &str = "gh-key-3b9f27c1d8e4";
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    let eps = [etcd.endpoint()];
+    let gw = FleetGateway::start_opts(
+        "gw-a",
+        &eps,
+        FleetOptions {
+            env: &[("GH_KEY", KEY)],
+            ..FleetOptions::default()
+        },
+    );
+    let keyed = |keys: &str| {
+        format!(
+            "      - name: keyed\n        path: /keyed\n        methods: [GET]\n        backend: {{ upstream: users }}\n        plugins:\n          - name: key-auth\n            config: {{ keys: {keys} }}\n"
+        )
+    };
+    let dir = TempDir::new();
+    let push_file = |name: &str, keys: &str| {
+        let file = write_file(&dir, name, &shared_yaml(&[&a], "", &keyed(keys)));
+        gatehouse_env(
+            &[
+                "config",
+                "push",
+                "-c",
+                file.to_str().unwrap(),
+                "--etcd",
+                &eps[0],
+            ],
+            &[("GH_KEY", None)],
+        )
+    };
+    let before = etcd.mod_revision(&commit_key(DEFAULT_PREFIX));
+
+    // clear keys: refused, naming the key's path and the way to write it
+    let (ok, code, out) = push_file("clear.yaml", "[k-clear-5e1a90, k-clear-77d2c4]");
+    assert!(
+        !ok && code == 1,
+        "a push of clear keys exited {code}:\n{out}"
+    );
+    assert!(
+        out.contains("services[0].apis[1].plugins[0].config.keys"),
+        "the key's path is named:\n{out}"
+    );
+    assert!(out.contains("${NAME}"), "the fix names ${{NAME}}:\n{out}");
+    assert_eq!(
+        etcd.mod_revision(&commit_key(DEFAULT_PREFIX)),
+        before,
+        "nothing was written"
+    );
+    assert_eq!(gw.get("/keyed").status, 404);
+
+    // a reference: accepted, with a note naming the variable the pushing side lacks
+    let (ok, code, out) = push_file("ref.yaml", "[\"${GH_KEY}\"]");
+    assert!(
+        ok,
+        "a push of a ${{GH_KEY}} reference exited {code}:\n{out}"
+    );
+    assert!(
+        out.contains("note") && out.contains("GH_KEY"),
+        "a note names GH_KEY:\n{out}"
+    );
+    // (bounded more loosely than FOLLOW: the instance compiles the key-auth component first)
+    eventually(
+        "gw-a answers GET /keyed without a key with 401",
+        Duration::from_secs(30),
+        || (gw.get("/keyed").status == 401).then_some(()),
+    );
+    let keyed_get = |key: &str| request("GET", &gw.gw.url("/keyed"), &[("x-api-key", key)], None);
+    let r = keyed_get(KEY);
+    assert_eq!((r.status, r.node().as_str()), (200, "a"), "{}", r.body);
+    assert_eq!(keyed_get("k-wrong-0000").status, 401);
+    assert_eq!(
+        keyed_get("${GH_KEY}").status,
+        401,
+        "the reference itself is no key"
+    );
+    let stored = etcd.get_prefix(DEFAULT_PREFIX);
+    assert!(
+        stored.iter().any(|kv| kv.value_str().contains("${GH_KEY}")),
+        "etcd holds the reference"
+    );
+    assert!(
+        !stored.iter().any(|kv| kv.value_str().contains(KEY)),
+        "etcd holds no key value"
+    );
+
+    // through the admin API: a clear key is refused with the problem, nothing changes
+    let rev = gw.revision();
+    let api = json!({ "name": "keyed", "path": "/keyed", "methods": ["GET"],
+        "backend": { "upstream": "users" },
+        "plugins": [{ "name": "key-auth", "config": { "keys": ["k-clear-admin-0042"] } }] });
+    let r = gw.call("PUT", "/services/shop/apis/keyed", Some(api));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["error"], "invalid_config", "{body}");
+    let problems = body["problems"].as_array().cloned().unwrap_or_default();
+    assert!(
+        problems.iter().any(|p| p["path"]
+            .as_str()
+            .is_some_and(|path| path.ends_with("plugins[0].config.keys"))
+            && p["fix"].as_str().is_some_and(|f| f.contains("${NAME}"))),
+        "the clear key is the problem: {body}"
+    );
+    assert_eq!(
+        etcd.mod_revision(&commit_key(DEFAULT_PREFIX)),
+        Some(rev as i64)
+    );
+    assert_eq!(gw.revision(), rev);
+    assert_eq!(keyed_get(KEY).status, 200);
+    assert_eq!(keyed_get("k-clear-admin-0042").status, 401);
+}
+
+/// A revision that names a file (a plugin component by `sha256:`) etcd does not hold is refused
+/// by the instance, naming the digest; the previous revision keeps serving until a valid one
+/// comes.
+#[test]
+fn a_revision_naming_a_file_etcd_does_not_hold_is_refused() {
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    let gw = FleetGateway::start("gw-a", &[etcd.endpoint()]);
+    let good = gw.revision();
+    let missing = "5ca1ab1e".repeat(8);
+    assert_eq!(missing.len(), 64);
+    let ghost = json!({ "name": "ghost", "path": "/ghost", "methods": ["GET"],
+        "backend": { "upstream": "users" },
+        "plugins": [{ "path": format!("sha256:{missing}") }] });
+    let bad = write_revision(
+        &etcd,
+        DEFAULT_PREFIX,
+        |prefix, set| vec![(set_api_key(prefix, set, "shop", "ghost"), ghost.to_string())],
+        |_| {},
+    );
+    assert!(bad > good);
+    let status = wait_refused(&gw, bad);
+    let problems = refused_problems(&status);
+    assert!(
+        problems.contains(&missing) && problems.contains("does not hold"),
+        "the problems name the digest and say etcd does not hold it: {status}"
+    );
+    assert_eq!(status["revision"].as_u64(), Some(good), "{status}");
+    assert_eq!(
+        gw.get("/users/1").status,
+        200,
+        "the previous revision serves"
+    );
+    assert_eq!(gw.get("/ghost").status, 404);
+    assert_eq!(
+        gw.call("GET", "/services/shop/apis/ghost", None).status,
+        404,
+        "nothing of the refused revision is served"
+    );
+
+    // the next valid revision (a push without the API) is served
+    let dir = TempDir::new();
+    let file = write_file(
+        &dir,
+        "shared.yaml",
+        &shared_yaml(&[&a], "", &fixed_api_line("repaired", "/repaired", "ok")),
+    );
+    push(&file, &[etcd.endpoint()], &[]);
+    wait_served(&gw, "/repaired", 200, Some("ok"));
+    let status = gw.status();
+    assert!(status["source"]["refused"].is_null(), "{status}");
+    assert!(status["revision"].as_u64().is_some_and(|r| r > bad));
+}
+
+/// A commit record of another layout schema (written by another version) is refused; the
+/// previous configuration keeps serving until a valid revision comes.
+#[test]
+fn a_commit_record_of_another_schema_is_refused() {
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    let gw = FleetGateway::start("gw-a", &[etcd.endpoint()]);
+    let good = gw.revision();
+    let refused_before = gw
+        .metric("gatehouse_config_revisions_refused_total")
+        .unwrap_or(0.0);
+    let bad = write_revision(
+        &etcd,
+        DEFAULT_PREFIX,
+        |_, _| Vec::new(),
+        |commit| commit["schema"] = json!(2),
+    );
+    assert!(bad > good);
+    let status = wait_refused(&gw, bad);
+    let problems = refused_problems(&status);
+    assert!(
+        problems.contains("written by another version"),
+        "the problem says another version wrote it: {status}"
+    );
+    assert_eq!(status["revision"].as_u64(), Some(good), "{status}");
+    let r = gw.get("/users/1");
+    assert_eq!((r.status, r.node().as_str()), (200, "a"), "{}", r.body);
+    let after = gw.metric("gatehouse_config_revisions_refused_total");
+    assert!(
+        after.is_some_and(|v| v >= refused_before + 1.0),
+        "refused counter {refused_before} -> {after:?}"
+    );
+
+    // a push of schema 1 repairs it
+    let dir = TempDir::new();
+    let file = write_file(
+        &dir,
+        "shared.yaml",
+        &shared_yaml(&[&a], "", &fixed_api_line("repaired", "/repaired", "ok")),
+    );
+    push(&file, &[etcd.endpoint()], &[]);
+    wait_served(&gw, "/repaired", 200, Some("ok"));
+    let status = gw.status();
+    assert!(status["source"]["refused"].is_null(), "{status}");
+    assert!(status["revision"].as_u64().is_some_and(|r| r > bad));
+}
+
+/// SIGHUP on a fleet instance re-reads its local file (its own settings) and keeps the shared
+/// configuration: a new generation at the same revision, which keeps following etcd. A local
+/// file that gains a shared section is refused on SIGHUP and the instance keeps serving.
+#[test]
+fn sighup_rereads_the_local_file_and_keeps_the_shared_configuration() {
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    let gw = FleetGateway::start("gw-a", &[etcd.endpoint()]);
+    let names: Vec<String> = (0..12).map(|i| format!("x-extra-{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let crowded = || request("GET", &gw.gw.url("/users/1"), &headers, None).status;
+    assert_eq!(crowded(), 200, "12 more header lines pass by default");
+    let before = gw.status();
+    let generation = |s: &Value| s["generation"].as_u64().expect("a generation");
+    let (gen0, rev0) = (generation(&before), gw.revision());
+
+    // a local change: at most 8 header lines
+    let local = gw.local_file();
+    let original = std::fs::read_to_string(&local).unwrap();
+    let limited = with_instance_extra(&original, "  http: { max_headers: 8 }\n");
+    std::fs::write(&local, &limited).unwrap();
+    gw.gw.signal("HUP");
+    let status = eventually("SIGHUP applies a new generation", FOLLOW, || {
+        let s = gw.status();
+        (generation(&s) > gen0).then_some(s)
+    });
+    assert_eq!(status["revision"].as_u64(), Some(rev0), "{status}");
+    assert!(status["last_reload_error"].is_null(), "{status}");
+    assert!(status["source"]["refused"].is_null(), "{status}");
+    assert_eq!(crowded(), 431, "the local limit applies");
+    let r = gw.get("/users/1");
+    assert_eq!((r.status, r.node().as_str()), (200, "a"), "{}", r.body);
+    let config = gw.call("GET", "/config?format=json", None).json();
+    assert_eq!(config["instance"]["http"]["max_headers"], 8, "{config}");
+    assert_eq!(api_names(&config, "shop"), ["get_user"], "{config}");
+
+    // it still follows etcd, and a new revision keeps the local setting
+    let r = gw.call(
+        "POST",
+        "/services/shop/apis",
+        Some(fixed_api("after_hup", "/after-hup", "still following")),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let after_write = etag_revision(&r);
+    wait_served(&gw, "/after-hup", 200, Some("still following"));
+    assert_eq!(crowded(), 431, "the new revision keeps the local limit");
+
+    // a local file with a shared section: refused on SIGHUP, nothing changes
+    let gen1 = generation(&gw.status());
+    let with_section = format!(
+        "{limited}upstreams:\n  - name: local\n    vpc: vpc-main\n    protocol: http\n    nodes:\n{}",
+        node_lines(&[&a], 1)
+    );
+    std::fs::write(&local, with_section).unwrap();
+    gw.gw.signal("HUP");
+    let status = eventually("SIGHUP with a shared section is refused", FOLLOW, || {
+        let s = gw.status();
+        s["last_reload_error"].is_string().then_some(s)
+    });
+    let error = status["last_reload_error"].as_str().unwrap();
+    assert!(
+        error.contains("upstreams"),
+        "the refusal names the section: {error}"
+    );
+    assert_eq!(generation(&status), gen1, "{status}");
+    assert_eq!(status["revision"].as_u64(), Some(after_write), "{status}");
+    assert_eq!(gw.get("/users/1").status, 200);
+    assert_eq!(gw.get("/after-hup").status, 200);
+    assert_eq!(gw.call("GET", "/upstreams/local", None).status, 404);
+    assert_eq!(crowded(), 431, "the local settings stay");
+}
+
+/// etcd forgets an instance's auth token (a simple token expires after `--auth-token-ttl`, 300 s
+/// by default, without use; all are dropped when authentication is turned off and on): the
+/// instance logs in again, and its admin writes and `/fleet` keep working.
+#[test]
+fn an_instance_logs_in_again_when_etcd_forgets_its_token() {
+    let a = echo("a");
+    let mut etcd = Etcd::start();
+    etcd.enable_auth(
+        ETCD_ROOT_PASSWORD,
+        "gatehouse",
+        ETCD_PASSWORD,
+        "/gatehouse/",
+    );
+    let eps = [etcd.endpoint()];
+    let dir = TempDir::new();
+    let shared = write_file(&dir, "shared.yaml", &shared_sections(&[&a], "", ""));
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let local = write_file(
+        &dir,
+        "local.yaml",
+        &fleet_local_yaml("pusher", p1, p2, p3, &eps, ETCD_LOGIN_BY_ENV),
+    );
+    let password = [("GH_ETCD_PASSWORD", Some(ETCD_PASSWORD))];
+    push_local(&shared, &local, &password);
+    let gw = FleetGateway::start_opts(
+        "gw-a",
+        &eps,
+        FleetOptions {
+            etcd_extra: ETCD_LOGIN_BY_ENV,
+            env: &[("GH_ETCD_PASSWORD", ETCD_PASSWORD)],
+            ..FleetOptions::default()
+        },
+    );
+    let r = gw.call(
+        "POST",
+        "/services/shop/apis",
+        Some(fixed_api("before", "/before", "written before")),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    etcd.invalidate_auth_tokens();
+    // a change elsewhere is still followed (the watch was authorized when it was made)
+    let second = write_file(
+        &dir,
+        "second.yaml",
+        &shared_sections(&[&a], "", &fixed_api_line("pushed", "/pushed", "by push")),
+    );
+    push_local(&second, &local, &password);
+    wait_served(&gw, "/pushed", 200, Some("by push"));
+    // and writes through the instance work again once it has logged in again
+    let r = write_until_accepted(
+        &gw,
+        "POST",
+        "/services/shop/apis",
+        &fixed_api("after", "/after", "written after"),
+        &[201],
+        FOLLOW,
+    );
+    assert!(r.status == 201 || r.status == 409, "{}", r.body);
+    wait_served(&gw, "/after", 200, Some("written after"));
+    eventually("/fleet answers again", FOLLOW, || {
+        (gw.call("GET", "/fleet", None).status == 200).then_some(())
+    });
 }

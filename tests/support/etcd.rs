@@ -1,7 +1,8 @@
-//! Test support for fleets: a real etcd (v3) — one member or a three-member cluster — on free
-//! loopback ports with its data on tmpfs, `etcdctl` helpers, a Gatehouse instance in fleet mode
-//! (`FleetGateway`), bounded polling and a client that reports transport errors instead of
-//! panicking.
+//! Test support for fleets: a real etcd (v3) — one member or a three-member cluster; a member
+//! may serve TLS and require client certificates (`EtcdPki`, `Etcd::start_tls`) or users
+//! (`Etcd::enable_auth`) — on free loopback ports with its data on tmpfs, `etcdctl` helpers, a
+//! Gatehouse instance in fleet mode (`FleetGateway`), bounded polling and a client that reports
+//! transport errors instead of panicking.
 //!
 //! Every process started here dies with its owner (`Drop`), and every wait is bounded.
 
@@ -49,13 +50,20 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Runs `etcdctl` (API v3) against `endpoints`, with bounded dial and command timeouts.
-fn etcdctl_on(endpoints: &[String], args: &[&str], stdin: Option<&str>) -> Output {
+/// Runs `etcdctl` (API v3) against `endpoints`, with bounded dial and command timeouts; `flags`
+/// are its connection flags (`--cacert`, `--cert`, `--key`, `--user`), if any.
+fn etcdctl_on(
+    endpoints: &[String],
+    flags: &[String],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", endpoints.join(",")))
         .arg("--dial-timeout=2s")
         .arg("--command-timeout=5s")
+        .args(flags)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -116,6 +124,63 @@ fn txn_quote(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
 
+/// A test PKI for an etcd that serves TLS and authenticates clients by certificate: a CA, a
+/// server certificate for `127.0.0.1` and `localhost`, and a client certificate, all signed by
+/// the CA, as PEM files in one folder.
+pub struct EtcdPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdPki {
+    /// Generates the CA and both certificates into `dir` (which must exist).
+    pub fn generate(dir: &Path) -> EtcdPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Gatehouse Test etcd CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf = |names: &[&str], common_name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params =
+                CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                    .unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key_pem) = leaf(&["127.0.0.1", "localhost"], "etcd");
+        let (client_pem, client_key_pem) = leaf(&[], "gatehouse");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        EtcdPki {
+            ca: write("ca.pem", &ca.pem()),
+            server_cert: write("server.pem", &server_pem),
+            server_key: write("server-key.pem", &server_key_pem),
+            client_cert: write("client.pem", &client_pem),
+            client_key: write("client-key.pem", &client_key_pem),
+        }
+    }
+}
+
+/// The TLS files of a member that serves TLS and requires client certificates.
+struct ServerTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
 /// One etcd member: a process, its ports and its data folder.
 pub struct Etcd {
     name: String,
@@ -125,15 +190,42 @@ pub struct Etcd {
     dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Serves `https://` client URLs and requires a client certificate signed by the CA.
+    tls: Option<ServerTls>,
+    /// The connection flags of every `etcdctl` call on this member (certificates, user).
+    ctl_flags: Vec<String>,
 }
 
 impl Etcd {
     /// A single-member etcd on two free loopback ports, healthy when this returns.
     pub fn start() -> Etcd {
+        Self::start_member(None, Vec::new())
+    }
+
+    /// Like [`Etcd::start`], serving `https://` client URLs with `pki`'s server certificate and
+    /// requiring client certificates signed by its CA (`--client-cert-auth`). `etcdctl` calls of
+    /// the support present `pki`'s client certificate.
+    pub fn start_tls(pki: &EtcdPki) -> Etcd {
+        let tls = ServerTls {
+            ca: pki.ca.clone(),
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+        };
+        let flags = vec![
+            format!("--cacert={}", pki.ca.display()),
+            format!("--cert={}", pki.client_cert.display()),
+            format!("--key={}", pki.client_key.display()),
+        ];
+        Self::start_member(Some(tls), flags)
+    }
+
+    fn start_member(tls: Option<ServerTls>, ctl_flags: Vec<String>) -> Etcd {
         let (client_port, peer_port) = (free_port(), free_port());
         let name = format!("etcd{client_port}");
         let initial_cluster = format!("{name}=http://127.0.0.1:{peer_port}");
         let mut etcd = Etcd::new(name, client_port, peer_port, initial_cluster);
+        etcd.tls = tls;
+        etcd.ctl_flags = ctl_flags;
         etcd.spawn();
         etcd.wait_healthy();
         etcd
@@ -150,7 +242,72 @@ impl Etcd {
             dir,
             log,
             child: None,
+            tls: None,
+            ctl_flags: Vec::new(),
         }
+    }
+
+    /// Turns authentication on: creates `root` with `root_password`, and `user` with `password`
+    /// and a role granting read and write on every key that starts with `prefix`. Every later
+    /// `etcdctl` call of the support authenticates as `root`.
+    pub fn enable_auth(&mut self, root_password: &str, user: &str, password: &str, prefix: &str) {
+        let role = format!("{user}-role");
+        let (root, account) = (
+            format!("root:{root_password}"),
+            format!("{user}:{password}"),
+        );
+        let steps: [&[&str]; 6] = [
+            &["user", "add", &root],
+            &["role", "add", &role],
+            &[
+                "role",
+                "grant-permission",
+                "--prefix=true",
+                &role,
+                "readwrite",
+                prefix,
+            ],
+            &["user", "add", &account],
+            &["user", "grant-role", user, &role],
+            &["auth", "enable"],
+        ];
+        for step in &steps {
+            let out = self.etcdctl(step);
+            assert!(
+                out.status.success(),
+                "etcdctl {}: {}",
+                step.join(" "),
+                text(&out)
+            );
+        }
+        self.ctl_flags.push(format!("--user=root:{root_password}"));
+    }
+
+    /// Makes etcd forget every auth token it handed out, as when they expire
+    /// (`--auth-token-ttl`): authentication is turned off and on again (as `root`).
+    pub fn invalidate_auth_tokens(&self) {
+        for step in [&["auth", "disable"], &["auth", "enable"]] {
+            let out = self.etcdctl(step);
+            assert!(
+                out.status.success(),
+                "etcdctl {}: {}",
+                step.join(" "),
+                text(&out)
+            );
+        }
+    }
+
+    /// Runs `etcdctl` on this member without any credentials (no user, no client certificate),
+    /// giving up after a second (a refused TLS handshake is retried until then).
+    pub fn etcdctl_anonymous(&self, args: &[&str]) -> Output {
+        let mut flags: Vec<String> = self
+            .ctl_flags
+            .iter()
+            .filter(|f| f.starts_with("--cacert="))
+            .cloned()
+            .collect();
+        flags.extend(["--dial-timeout=1s".into(), "--command-timeout=1s".into()]);
+        etcdctl_on(&[self.endpoint()], &flags, args, None)
     }
 
     fn spawn(&mut self) {
@@ -160,9 +317,18 @@ impl Etcd {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -205,7 +371,12 @@ impl Etcd {
                     self.log_tail()
                 );
             }
-            let out = etcdctl_on(&[self.endpoint()], &["endpoint", "health"], None);
+            let out = etcdctl_on(
+                &[self.endpoint()],
+                &self.ctl_flags,
+                &["endpoint", "health"],
+                None,
+            );
             if out.status.success() {
                 return;
             }
@@ -220,9 +391,10 @@ impl Etcd {
         }
     }
 
-    /// `http://127.0.0.1:PORT`, the client URL.
+    /// `http://127.0.0.1:PORT` (`https://` for a member started with TLS), the client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The last lines of this member's log.
@@ -272,32 +444,33 @@ impl Etcd {
 
     /// Runs `etcdctl` (API v3) with `--endpoints` of this member.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        etcdctl_on(&[self.endpoint()], args, None)
+        etcdctl_on(&[self.endpoint()], &self.ctl_flags, args, None)
     }
 
     /// Puts `key` = `value`; panics on failure.
     pub fn put(&self, key: &str, value: &str) {
-        put_on(&[self.endpoint()], key, value);
+        put_on(&[self.endpoint()], &self.ctl_flags, key, value);
     }
 
     /// The value of `key`, `None` when absent.
     pub fn get(&self, key: &str) -> Option<String> {
-        get_on(&[self.endpoint()], key).map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        get_on(&[self.endpoint()], &self.ctl_flags, key)
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
     }
 
     /// The `mod_revision` of `key`, `None` when absent.
     pub fn mod_revision(&self, key: &str) -> Option<i64> {
-        get_on(&[self.endpoint()], key).map(|kv| kv.mod_revision)
+        get_on(&[self.endpoint()], &self.ctl_flags, key).map(|kv| kv.mod_revision)
     }
 
     /// Every key under `prefix` with its value, in key order.
     pub fn get_prefix(&self, prefix: &str) -> Vec<Kv> {
-        get_prefix_on(&[self.endpoint()], prefix)
+        get_prefix_on(&[self.endpoint()], &self.ctl_flags, prefix)
     }
 
     /// The store's current revision.
     pub fn revision(&self) -> i64 {
-        revision_on(&[self.endpoint()])
+        revision_on(&[self.endpoint()], &self.ctl_flags)
     }
 
     /// Compacts the history up to the current revision.
@@ -309,7 +482,7 @@ impl Etcd {
 
     /// Puts every pair in one transaction (no comparison); panics unless it succeeded.
     pub fn txn_put(&self, puts: &[(&str, &str)]) {
-        txn_put_on(&[self.endpoint()], puts);
+        txn_put_on(&[self.endpoint()], &self.ctl_flags, puts);
     }
 }
 
@@ -356,30 +529,32 @@ fn json_of(out: &Output, what: &str) -> Value {
         .unwrap_or_else(|e| panic!("etcdctl {what}: not JSON ({e}): {}", text(out)))
 }
 
-fn put_on(endpoints: &[String], key: &str, value: &str) {
-    let out = etcdctl_on(endpoints, &["put", "--", key, value], None);
+fn put_on(endpoints: &[String], flags: &[String], key: &str, value: &str) {
+    let out = etcdctl_on(endpoints, flags, &["put", "--", key, value], None);
     assert!(out.status.success(), "etcdctl put {key}: {}", text(&out));
 }
 
-fn get_on(endpoints: &[String], key: &str) -> Option<Kv> {
-    let out = etcdctl_on(endpoints, &["get", "-w", "json", "--", key], None);
+fn get_on(endpoints: &[String], flags: &[String], key: &str) -> Option<Kv> {
+    let out = etcdctl_on(endpoints, flags, &["get", "-w", "json", "--", key], None);
     kvs(&json_of(&out, &format!("get {key}")))
         .into_iter()
         .next()
 }
 
-fn get_prefix_on(endpoints: &[String], prefix: &str) -> Vec<Kv> {
+fn get_prefix_on(endpoints: &[String], flags: &[String], prefix: &str) -> Vec<Kv> {
     let out = etcdctl_on(
         endpoints,
+        flags,
         &["get", "--prefix", "-w", "json", "--", prefix],
         None,
     );
     kvs(&json_of(&out, &format!("get --prefix {prefix}")))
 }
 
-fn revision_on(endpoints: &[String]) -> i64 {
+fn revision_on(endpoints: &[String], flags: &[String]) -> i64 {
     let out = etcdctl_on(
         endpoints,
+        flags,
         &["get", "-w", "json", "--", "/gatehouse-tests/revision-probe"],
         None,
     );
@@ -388,14 +563,14 @@ fn revision_on(endpoints: &[String]) -> i64 {
         .expect("a revision in the header")
 }
 
-fn txn_put_on(endpoints: &[String], puts: &[(&str, &str)]) {
+fn txn_put_on(endpoints: &[String], flags: &[String], puts: &[(&str, &str)]) {
     // etcdctl txn reads: compares, blank line, success requests, blank line, failure requests
     let mut input = String::from("\n");
     for (k, v) in puts {
         input.push_str(&format!("put {} {}\n", txn_quote(k), txn_quote(v)));
     }
     input.push_str("\n\n");
-    let out = etcdctl_on(endpoints, &["txn"], Some(&input));
+    let out = etcdctl_on(endpoints, flags, &["txn"], Some(&input));
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("SUCCESS"),
         "etcdctl txn: {}",
@@ -462,6 +637,7 @@ impl EtcdCluster {
     pub fn leader(&self) -> Option<usize> {
         let out = etcdctl_on(
             &self.live_endpoints(),
+            &[],
             &["endpoint", "status", "-w", "json"],
             None,
         );
@@ -482,7 +658,7 @@ impl EtcdCluster {
         let quorum = self.members.len() / 2 + 1;
         let deadline = Instant::now() + HEALTHY_WITHIN;
         loop {
-            let out = etcdctl_on(&self.endpoints(), &["endpoint", "health"], None);
+            let out = etcdctl_on(&self.endpoints(), &[], &["endpoint", "health"], None);
             let all = format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -507,15 +683,15 @@ impl EtcdCluster {
 
     /// Runs `etcdctl` against the live members.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        etcdctl_on(&self.live_endpoints(), args, None)
+        etcdctl_on(&self.live_endpoints(), &[], args, None)
     }
 
     pub fn put(&self, key: &str, value: &str) {
-        put_on(&self.live_endpoints(), key, value);
+        put_on(&self.live_endpoints(), &[], key, value);
     }
 
     pub fn get(&self, key: &str) -> Option<String> {
-        get_on(&self.live_endpoints(), key).map(|kv| kv.value_str())
+        get_on(&self.live_endpoints(), &[], key).map(|kv| kv.value_str())
     }
 }
 
@@ -560,6 +736,31 @@ pub fn fleet_local_yaml(
     )
 }
 
+/// `yaml` (a local file from [`fleet_local_yaml`]) with `instance_extra` (keys of `instance`,
+/// indented by two spaces, each line ending in a newline) added to its `instance` section.
+pub fn with_instance_extra(yaml: &str, instance_extra: &str) -> String {
+    assert!(
+        yaml.contains("  threads: 2\n"),
+        "not a fleet local file: {yaml}"
+    );
+    yaml.replacen(
+        "  threads: 2\n",
+        &format!("  threads: 2\n{instance_extra}"),
+        1,
+    )
+}
+
+/// More of a fleet instance's setup than its id and endpoints.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FleetOptions<'a> {
+    /// More keys of `instance.etcd` (see [`fleet_local_yaml`]).
+    pub etcd_extra: &'a str,
+    /// More keys of `instance` (see [`with_instance_extra`]), e.g. `file_roots`.
+    pub instance_extra: &'a str,
+    /// Environment variables of the gateway process.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 /// A Gatehouse instance in fleet mode (`gatehouse run -c <local file>`), killed when dropped.
 pub struct FleetGateway {
     pub gw: Gateway,
@@ -578,9 +779,25 @@ impl FleetGateway {
 
     /// Like [`FleetGateway::start`], with more keys of `instance.etcd` (see [`fleet_local_yaml`]).
     pub fn start_with(id: &str, endpoints: &[String], etcd_extra: &str) -> FleetGateway {
+        Self::start_opts(
+            id,
+            endpoints,
+            FleetOptions {
+                etcd_extra,
+                ..FleetOptions::default()
+            },
+        )
+    }
+
+    /// Like [`FleetGateway::start`], with more keys of `instance` and `instance.etcd` and
+    /// environment variables (see [`FleetOptions`]).
+    pub fn start_opts(id: &str, endpoints: &[String], opts: FleetOptions<'_>) -> FleetGateway {
         let (listen, metrics, admin_port) = (free_port(), free_port(), free_port());
-        let yaml = fleet_local_yaml(id, listen, metrics, admin_port, endpoints, etcd_extra);
-        let gw = Gateway::start_config(&yaml, listen, metrics);
+        let yaml = with_instance_extra(
+            &fleet_local_yaml(id, listen, metrics, admin_port, endpoints, opts.etcd_extra),
+            opts.instance_extra,
+        );
+        let gw = Gateway::start_config_env(&yaml, listen, metrics, "info", opts.env);
         let fleet = FleetGateway {
             gw,
             id: id.to_owned(),
@@ -797,9 +1014,25 @@ impl Drop for TempDir {
 
 /// Runs `gatehouse` with `args`, killed after `within`: exit status, stdout, stderr.
 pub fn run_cli_within(args: &[&str], within: Duration) -> (ExitStatus, String, String) {
+    run_cli_env(args, &[], within)
+}
+
+/// Like [`run_cli_within`], with environment variables set (`Some`) or removed (`None`).
+pub fn run_cli_env(
+    args: &[&str],
+    env: &[(&str, Option<&str>)],
+    within: Duration,
+) -> (ExitStatus, String, String) {
     let dir = scratch_dir();
     let (out, err) = (dir.join("stdout"), dir.join("stderr"));
-    let mut child = Command::new(binary())
+    let mut cmd = Command::new(binary());
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())

@@ -97,6 +97,8 @@ pub struct Gateway {
     pub metrics_url: String,
     pub dir: PathBuf,
     log: PathBuf,
+    /// Environment variables set on the process (kept across [`Gateway::restart`]).
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -127,14 +129,31 @@ impl Gateway {
 
     /// Like [`Gateway::start_config`], logging at `level` (`RUST_LOG`).
     pub fn start_config_logging(yaml: &str, listen: u16, metrics: u16, level: &str) -> Gateway {
+        Self::start_config_env(yaml, listen, metrics, level, &[])
+    }
+
+    /// Like [`Gateway::start_config_logging`], with environment variables `env` set on the
+    /// process.
+    pub fn start_config_env(
+        yaml: &str,
+        listen: u16,
+        metrics: u16,
+        level: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = scratch_dir();
         let config = dir.join("gatehouse.yaml");
         std::fs::write(&config, yaml).unwrap();
         let log = dir.join("gatehouse.log");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let child = Command::new(binary())
             .args(["run", "-c"])
             .arg(&config)
             .env("RUST_LOG", level)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -145,6 +164,7 @@ impl Gateway {
             metrics_url: format!("http://127.0.0.1:{metrics}/metrics"),
             dir,
             log,
+            env,
         };
         gw.wait_ready(listen, metrics);
         gw
@@ -209,6 +229,7 @@ impl Gateway {
             .args(["run", "-c"])
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&self.log).unwrap())
             .spawn()
@@ -219,6 +240,7 @@ impl Gateway {
             metrics_url: self.metrics_url.clone(),
             dir,
             log: self.log.clone(),
+            env: std::mem::take(&mut self.env),
         };
         gw.wait_ready(listen, metrics);
         gw

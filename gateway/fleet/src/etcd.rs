@@ -271,7 +271,9 @@ impl Store {
             .with_keep_alive(Duration::from_secs(2), self.source.timeout)
             .with_keep_alive_while_idle(true)
             // a member cut off from the leader refuses, rather than serving a stale view
-            .with_require_leader(true);
+            .with_require_leader(true)
+            // etcd forgets auth tokens (expiry, `auth disable`/`enable`): log in again
+            .with_auto_token_refresh(true);
         if let Some((user, password)) = &self.source.credentials {
             let password = match password {
                 EtcdPassword::Value(v) => v.clone(),
@@ -318,6 +320,17 @@ impl Store {
         request: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     ) -> Result<T> {
         let result = match tokio::time::timeout(self.source.timeout, request).await {
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if status.code() == tonic::Code::Unauthenticated =>
+            {
+                // a token the client could not renew: the next request connects (and logs in)
+                // afresh
+                self.client.lock().await.take();
+                Err(Error::Refused(format!(
+                    "etcd refused: {}",
+                    status.message()
+                )))
+            }
             Ok(r) => r.map_err(Error::from),
             Err(_) => Err(Error::Unavailable(format!(
                 "no answer within {}",
