@@ -798,3 +798,90 @@ fn unix_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+#[test]
+fn each_plugin_use_has_its_own_memory_and_time_limits() {
+    use gatehouse_plugin_host::testing::component_wat;
+    let a = echo("a");
+    let dir = scratch_dir();
+    // grows its memory to about 4 MiB once, and traps when the limit refuses the growth
+    let hungry = component_file(
+        &dir,
+        "hungry",
+        &component_wat(
+            "(if (i32.lt_u (memory.size) (i32.const 64)) (then \
+               (if (i32.eq (memory.grow (i32.const 64)) (i32.const -1)) (then unreachable))))",
+        ),
+    );
+    // counts 30 million steps down in memory: tens of milliseconds, far from both limits below
+    let slow = component_file(
+        &dir,
+        "slow",
+        &component_wat(
+            "(i32.store (i32.const 1024) (i32.const 30000000)) \
+             (loop $spin \
+               (i32.store (i32.const 1024) (i32.sub (i32.load (i32.const 1024)) (i32.const 1))) \
+               (br_if $spin (i32.load (i32.const 1024))))",
+        ),
+    );
+    let api = |name: &str, plugin: String| {
+        format!(
+            "      - name: {name}\n        path: /{name}\n        backend: {{ upstream: u }}\n        plugins: [{plugin}]\n"
+        )
+    };
+    let (h, s) = (hungry.display(), slow.display());
+    let body = format!(
+        "upstreams:\n  - name: u\n    vpc: vpc-main\n    protocol: http\n    nodes: [{{ host: 127.0.0.1, port: {} }}]\nservices:\n  - name: shop\n    apis:\n{}{}{}{}",
+        a.addr().port(),
+        api("hungry_small", format!("{{ path: {h}, memory_limit: 2MiB }}")),
+        api("hungry_default", format!("{{ path: {h} }}")),
+        api("slow_default", format!("{{ path: {s} }}")),
+        api("slow_patient", format!("{{ path: {s}, time_limit: 1s }}")),
+    );
+    let extra = format!(
+        "{}  plugins: {{ memory_limit: 16MiB, time_limit: 5ms, max_time_limit: 1s }}\n",
+        file_roots_for(&hungry)
+    );
+    let gw = Gateway::start_with(&extra, &body);
+    let small = gw.get("/hungry_small");
+    assert_eq!(small.status, 500, "2 MiB cannot hold 4 MiB: {}", small.body);
+    assert_eq!(small.json()["error"], "plugin_failed");
+    assert_eq!(gw.get("/hungry_default").status, 200, "16 MiB can");
+    let quick = gw.get("/slow_default");
+    assert_eq!(quick.status, 500, "5 ms is too short: {}", quick.body);
+    assert_eq!(gw.get("/slow_patient").status, 200, "1 s is long enough");
+    assert!(gw.metric(r#"gatehouse_plugin_failures_total{plugin="slow",reason="timeout"}"#) >= 1.0);
+}
+
+#[test]
+fn a_plugin_use_cannot_ask_for_more_than_the_instance_allows() {
+    let dir = scratch_dir();
+    let file = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}services:\n  - name: s\n    apis:\n      - name: a\n        path: /a\n        backend: {{ response: {{ body: x }} }}\n        plugins:\n          - {{ name: request-id, memory_limit: 64MiB, time_limit: 100ms }}\n          - {{ name: request-id, memory_limit: lots }}\n",
+            instance_yaml(free_port(), free_port()).replace(
+                "  threads: 2\n",
+                "  threads: 2\n  plugins: { max_memory_limit: 32MiB, max_time_limit: 50ms }\n"
+            )
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for expected in [
+        "services[0].apis[0].plugins[0].memory_limit",
+        "max_memory_limit",
+        "services[0].apis[0].plugins[0].time_limit",
+        "services[0].apis[0].plugins[1].memory_limit",
+        "is not a size",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+}

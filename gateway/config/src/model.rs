@@ -323,6 +323,10 @@ pub struct PluginLimits {
     pub max_added_headers: usize,
     /// Most header bytes (names and values) one hook call may add or set.
     pub max_added_header_bytes: usize,
+    /// Most memory one plugin use may ask for.
+    pub max_memory: u64,
+    /// Longest time limit one plugin use may ask for.
+    pub max_time: Duration,
 }
 
 impl Default for PluginLimits {
@@ -334,6 +338,8 @@ impl Default for PluginLimits {
             total_memory: limits::DEFAULT_PLUGIN_TOTAL_MEMORY,
             max_added_headers: limits::DEFAULT_PLUGIN_ADDED_HEADERS,
             max_added_header_bytes: limits::DEFAULT_PLUGIN_ADDED_HEADER_BYTES,
+            max_memory: limits::MAX_PLUGIN_MEMORY,
+            max_time: limits::MAX_PLUGIN_TIME,
         }
     }
 }
@@ -586,6 +592,10 @@ pub struct PluginRef {
     /// The plugin's configuration as JSON text (`{}` when absent).
     pub config: String,
     pub on_error: OnError,
+    /// Linear memory of one instance of this use.
+    pub memory: u64,
+    /// Longest one hook call of this use may run.
+    pub time: Duration,
 }
 
 impl Api {

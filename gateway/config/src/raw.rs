@@ -216,6 +216,12 @@ pub struct RawPluginLimits {
     /// Most header bytes one hook call may add or set, e.g. `16KiB`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_added_header_bytes: Option<String>,
+    /// Most memory a plugin use may ask for with its own `memory_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_limit: Option<String>,
+    /// Longest time limit a plugin use may ask for with its own `time_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_time_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -386,6 +392,14 @@ pub struct RawPlugin {
     pub secret_keys: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_error: Option<String>,
+    /// Linear memory one instance of this plugin use may have, e.g. `4MiB` (instead of
+    /// `instance.plugins.memory_limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
+    /// Longest one hook call of this plugin use may run, e.g. `50ms` (instead of
+    /// `instance.plugins.time_limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -821,6 +821,36 @@ impl Validator {
         if let Some(reuse) = raw.reuse_instances {
             out.reuse_instances = reuse;
         }
+        if let Some(text) = &raw.max_memory_limit {
+            match parse_size(text) {
+                Some(b) if (out.memory..=limits::MAX_PLUGIN_MEMORY).contains(&b) => {
+                    out.max_memory = b
+                }
+                _ => self.problem(
+                    "instance.plugins.max_memory_limit",
+                    format!("{text:?} is not a size from memory_limit to 1GiB"),
+                    "write a size like 64MiB, at least instance.plugins.memory_limit",
+                ),
+            }
+        }
+        if let Some(t) = self.duration(
+            "instance.plugins.max_time_limit",
+            raw.max_time_limit.as_deref(),
+            Duration::from_millis(1),
+        ) {
+            if t > limits::MAX_PLUGIN_TIME || t < out.time {
+                self.problem(
+                    "instance.plugins.max_time_limit",
+                    format!(
+                        "{} is not from time_limit to 1s",
+                        humantime::format_duration(t)
+                    ),
+                    "write a duration like 100ms, at least instance.plugins.time_limit",
+                );
+            } else {
+                out.max_time = t;
+            }
+        }
         if let Some(text) = &raw.total_memory {
             match parse_size(text) {
                 Some(b) if b >= out.memory => out.total_memory = b,
@@ -859,7 +889,13 @@ impl Validator {
         out
     }
 
-    fn plugins(&mut self, apath: &str, raw: &[RawPlugin], base_dir: &Path) -> Vec<PluginRef> {
+    fn plugins(
+        &mut self,
+        apath: &str,
+        raw: &[RawPlugin],
+        instance: &PluginLimits,
+        base_dir: &Path,
+    ) -> Vec<PluginRef> {
         let mut out = Vec::new();
         for (k, p) in raw.iter().enumerate() {
             let ppath = format!("{apath}.plugins[{k}]");
@@ -945,11 +981,65 @@ impl Validator {
                     None
                 }
             };
-            if let (Some(source), Some(on_error), Some(config)) = (source, on_error, config) {
+            let memory = match &p.memory_limit {
+                None => Some(instance.memory),
+                Some(text) => match parse_size(text) {
+                    Some(b) if (1024 * 1024..=instance.max_memory).contains(&b) => Some(b),
+                    Some(_) => {
+                        self.problem(
+                            format!("{ppath}.memory_limit"),
+                            format!(
+                                "{text:?} is out of range 1MiB..={}",
+                                format_size(instance.max_memory)
+                            ),
+                            "ask for less, or raise instance.plugins.max_memory_limit",
+                        );
+                        None
+                    }
+                    None => {
+                        self.problem(
+                            format!("{ppath}.memory_limit"),
+                            format!("{text:?} is not a size"),
+                            "write a size like 4MiB or 64MiB",
+                        );
+                        None
+                    }
+                },
+            };
+            let time = match &p.time_limit {
+                None => Some(instance.time),
+                Some(_) => self
+                    .duration(
+                        &format!("{ppath}.time_limit"),
+                        p.time_limit.as_deref(),
+                        Duration::from_millis(1),
+                    )
+                    .and_then(|t| {
+                        if t > instance.max_time {
+                            self.problem(
+                                format!("{ppath}.time_limit"),
+                                format!(
+                                    "{} is over instance.plugins.max_time_limit ({})",
+                                    humantime::format_duration(t),
+                                    humantime::format_duration(instance.max_time)
+                                ),
+                                "ask for less, or raise instance.plugins.max_time_limit (at most 1s)",
+                            );
+                            None
+                        } else {
+                            Some(t)
+                        }
+                    }),
+            };
+            if let (Some(source), Some(on_error), Some(config), Some(memory), Some(time)) =
+                (source, on_error, config, memory, time)
+            {
                 out.push(PluginRef {
                     source,
                     config,
                     on_error,
+                    memory,
+                    time,
                 });
             }
         }
@@ -1555,7 +1645,8 @@ impl Validator {
                 }
                 let backend =
                     self.backend(&apath, &a.backend, pattern.as_ref(), upstreams, instance);
-                let plugins = self.plugins(&apath, &a.plugins, base_dir);
+                let plugin_limits = instance.map(|i| i.plugin_limits).unwrap_or_default();
+                let plugins = self.plugins(&apath, &a.plugins, &plugin_limits, base_dir);
                 if let (Some(path), Some(methods), Some(backend)) = (pattern, methods, backend) {
                     apis.push(Api {
                         name: a.name.clone(),
@@ -1966,6 +2057,17 @@ fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(factor)
+}
+
+/// `bytes` the way sizes are written in the configuration (`16MiB`).
+fn format_size(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    match bytes {
+        b if b % (1024 * MIB) == 0 => format!("{}GiB", b / (1024 * MIB)),
+        b if b % MIB == 0 => format!("{}MiB", b / MIB),
+        b if b % 1024 == 0 => format!("{}KiB", b / 1024),
+        b => format!("{b}B"),
+    }
 }
 
 fn is_token_byte(b: u8) -> bool {

@@ -104,7 +104,11 @@ impl ApiPlugins {
                 &service.name,
                 &api.name,
                 plugin.config.clone(),
-                limits,
+                SlotLimits {
+                    memory: plugin.memory,
+                    time: plugin.time,
+                    ..limits
+                },
             ) {
                 Ok(slot) => slots.push((slot, plugin.on_error)),
                 Err(Failure::Error(message)) => problems.push(Problem::new(
