@@ -44,6 +44,17 @@ services:
 """
 
 
+def shared_config(extra_apis):
+    """The shared configuration: the probed API, and `extra_apis` more in services of 100."""
+    text = SHARED
+    for s in range((extra_apis + 99) // 100):
+        text += f"  - name: filler{s}\n    apis:\n"
+        for a in range(s * 100, min(extra_apis, (s + 1) * 100)):
+            text += (f"      - {{ name: a{a}, path: /filler/{a}, "
+                     f"backend: {{ response: {{ status: 200, body: x }} }} }}\n")
+    return text
+
+
 def local_config(name, listen, metrics, admin):
     return f"""instance:
   id: gw-{name}
@@ -94,6 +105,8 @@ def main():
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--bin-dir", default=str(ROOT / "target" / "release"))
     parser.add_argument("--timeout", type=float, default=10.0, help="longest a change may take to show, seconds")
+    parser.add_argument("--apis", type=int, default=0,
+                        help="more APIs in the shared configuration besides the probed one (e.g. 10000)")
     args = parser.parse_args()
     binary = Path(args.bin_dir) / "gatehouse"
     ports = [ETCD_CLIENT, ETCD_PEER] + [p for t in INSTANCES.values() for p in t]
@@ -106,7 +119,7 @@ def main():
     try:
         etcd, data = start_etcd(workdir)
         procs.append(etcd)
-        (workdir / "shared.yaml").write_text(SHARED)
+        (workdir / "shared.yaml").write_text(shared_config(args.apis))
         first = local_config("a", *INSTANCES["a"])
         (workdir / "a").mkdir()
         (workdir / "a" / "gatehouse.yaml").write_text(first)
@@ -166,6 +179,7 @@ def report(results, args, binary):
     lines = [
         f"# Fleet propagation, {date}",
         "",
+        f"Shared configuration of {args.apis + 1} API(s). "
         f"One etcd member (tmpfs), three Gatehouse instances (`threads: 1`, all on core 0; etcd, "
         f"the driver and the polling on core 1). {args.changes} changes of one API's fixed "
         f"response through A's admin API; B and C polled over kept-alive connections until they "
@@ -185,8 +199,9 @@ def report(results, args, binary):
     text = "\n".join(lines) + "\n"
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"FLEET-{date}.md").write_text(text)
-    (out / f"FLEET-{date}.json").write_text(json.dumps({"summary": summary, "raw": results}, indent=1) + "\n")
+    name = f"FLEET-{date}" + (f"-{args.apis + 1}-apis" if args.apis else "")
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps({"summary": summary, "raw": results}, indent=1) + "\n")
     print(text)
 
 
