@@ -1883,17 +1883,7 @@ fn a_revision_naming_a_file_etcd_does_not_hold_is_refused() {
     );
 
     // the next valid revision (a push without the API) is served
-    let dir = TempDir::new();
-    let file = write_file(
-        &dir,
-        "shared.yaml",
-        &shared_yaml(&[&a], "", &fixed_api_line("repaired", "/repaired", "ok")),
-    );
-    push(&file, &[etcd.endpoint()], &[]);
-    wait_served(&gw, "/repaired", 200, Some("ok"));
-    let status = gw.status();
-    assert!(status["source"]["refused"].is_null(), "{status}");
-    assert!(status["revision"].as_u64().is_some_and(|r| r > bad));
+    repair_with_push(&gw, &etcd, &a, bad);
 }
 
 /// A commit record of another layout schema (written by another version) is refused; the
@@ -1930,14 +1920,20 @@ fn a_commit_record_of_another_schema_is_refused() {
     );
 
     // a push of schema 1 repairs it
+    repair_with_push(&gw, &etcd, &a, bad);
+}
+
+/// Pushes a valid configuration (with an API `/repaired`) and checks that it serves past the
+/// refused revision `bad` and clears the refusal.
+fn repair_with_push(gw: &FleetGateway, etcd: &Etcd, node: &EchoServer, bad: u64) {
     let dir = TempDir::new();
     let file = write_file(
         &dir,
         "shared.yaml",
-        &shared_yaml(&[&a], "", &fixed_api_line("repaired", "/repaired", "ok")),
+        &shared_yaml(&[node], "", &fixed_api_line("repaired", "/repaired", "ok")),
     );
     push(&file, &[etcd.endpoint()], &[]);
-    wait_served(&gw, "/repaired", 200, Some("ok"));
+    wait_served(gw, "/repaired", 200, Some("ok"));
     let status = gw.status();
     assert!(status["source"]["refused"].is_null(), "{status}");
     assert!(status["revision"].as_u64().is_some_and(|r| r > bad));

@@ -5,13 +5,13 @@
 //! The admin API answers a dry run with it and logs it for every change it applies;
 //! `gatehouse validate --diff-from OLD -c NEW` prints it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::raw::{RawConfig, RawNode};
+use crate::raw::{RawApi, RawConfig, RawNode, RawService};
 
 /// Changes between two configurations; empty lists are left out when serialized.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -105,29 +105,63 @@ fn json<T: Serialize>(value: &T) -> Value {
 }
 
 /// Compares named items: `key` names each, `modified` describes a pair present on both sides.
+/// Linear in the number of items (a configuration may hold 10,000 APIs); the first of two items
+/// with the same name stands for both.
 fn compare<'a, T: 'a, M>(
     old: impl IntoIterator<Item = &'a T>,
-    new: impl IntoIterator<Item = &'a T> + Clone,
+    new: impl IntoIterator<Item = &'a T>,
     key: impl Fn(&T) -> String,
     modified: impl Fn(&T, &T, String) -> Option<M>,
 ) -> Changes<M> {
     let mut changes = Changes::default();
-    let old: Vec<&T> = old.into_iter().collect();
-    let new: Vec<&T> = new.into_iter().collect();
-    for n in &new {
+    let mut by_name: HashMap<String, &T> = HashMap::new();
+    let mut old_names = Vec::new();
+    for o in old {
+        let name = key(o);
+        if !by_name.contains_key(&name) {
+            by_name.insert(name.clone(), o);
+            old_names.push(name);
+        }
+    }
+    let mut seen: HashSet<String> = HashSet::new();
+    for n in new {
         let name = key(n);
-        match old.iter().find(|o| key(o) == name) {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        match by_name.get(&name) {
             None => changes.added.push(name),
             Some(o) => changes.modified.extend(modified(o, n, name)),
         }
     }
-    for o in &old {
-        let name = key(o);
-        if !new.iter().any(|n| key(n) == name) {
-            changes.removed.push(name);
-        }
-    }
+    changes.removed = old_names
+        .into_iter()
+        .filter(|name| !seen.contains(name))
+        .collect();
     changes
+}
+
+/// Every API of `c`, named `service.api`.
+fn all_apis(c: &RawConfig) -> Vec<(String, &RawApi)> {
+    c.services
+        .iter()
+        .flat_map(|s| {
+            s.apis
+                .iter()
+                .map(move |a| (format!("{}.{}", s.name, a.name), a))
+        })
+        .collect()
+}
+
+/// Whether two services have the same settings, their APIs aside (compared one by one).
+fn same_service_fields(a: &RawService, b: &RawService) -> bool {
+    // every field named: a new one cannot be forgotten here
+    let RawService {
+        name,
+        description,
+        apis: _,
+    } = a;
+    *name == b.name && *description == b.description
 }
 
 fn node_key(n: &RawNode) -> String {
@@ -143,6 +177,9 @@ pub fn diff(old: &RawConfig, new: &RawConfig) -> Diff {
         &new.upstreams,
         |u| u.name.clone(),
         |o, n, name| {
+            if o == n {
+                return None;
+            }
             let fields = changed_keys(&json(o), &json(n), &["nodes"]);
             let nodes = compare(&o.nodes, &n.nodes, node_key, |a, b, name| {
                 let fields = changed_keys(&json(a), &json(b), &[]);
@@ -160,27 +197,23 @@ pub fn diff(old: &RawConfig, new: &RawConfig) -> Diff {
         &new.services,
         |s| s.name.clone(),
         |o, n, name| {
+            if same_service_fields(o, n) {
+                return None;
+            }
             let fields = changed_keys(&json(o), &json(n), &["apis"]);
             (!fields.is_empty()).then_some(Modified { name, fields })
         },
     );
-    let all_apis = |c: &RawConfig| -> Vec<(String, Value)> {
-        c.services
-            .iter()
-            .flat_map(|s| {
-                s.apis
-                    .iter()
-                    .map(move |a| (format!("{}.{}", s.name, a.name), json(a)))
-            })
-            .collect()
-    };
     let (old_apis, new_apis) = (all_apis(old), all_apis(new));
     let apis = compare(
         &old_apis,
         &new_apis,
         |(name, _)| name.clone(),
         |(_, o), (_, n), name| {
-            let fields = changed_keys(o, n, &[]);
+            if o == n {
+                return None;
+            }
+            let fields = changed_keys(&json(o), &json(n), &[]);
             (!fields.is_empty()).then_some(Modified { name, fields })
         },
     );
@@ -285,5 +318,35 @@ services:
             "{text}"
         );
         assert!(diff(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn large_configurations_are_compared_item_by_item() {
+        let mut old = config("", "/a", "token-aaaaaaaaaaaaaaaa");
+        let template = old.services[0].apis[0].clone();
+        old.services[0].apis = (0..10_000)
+            .map(|i| RawApi {
+                name: format!("a{i}"),
+                path: format!("/a/{i}"),
+                ..template.clone()
+            })
+            .collect();
+        let mut new = old.clone();
+        new.services[0].apis[5000].path = "/moved".into();
+        new.services[0].apis.remove(7);
+        new.services[0].apis.push(RawApi {
+            name: "fresh".into(),
+            ..template.clone()
+        });
+        // a name listed twice counts once
+        let twin = new.services[0].apis[0].clone();
+        new.services[0].apis.push(twin);
+        let d = diff(&old, &new);
+        assert_eq!(d.apis.added, ["s.fresh"]);
+        assert_eq!(d.apis.removed, ["s.a7"]);
+        assert_eq!(d.apis.modified.len(), 1);
+        assert_eq!(d.apis.modified[0].name, "s.a5000");
+        assert_eq!(d.apis.modified[0].fields, ["path"]);
+        assert!(d.upstreams.is_empty() && d.services.is_empty());
     }
 }

@@ -131,10 +131,21 @@ pub fn restore(next: &mut RawConfig, current: &RawConfig) -> Vec<Problem> {
             problems.push(marker_problem("instance.admin_token"));
         }
     }
+    // by name: a configuration may hold 10,000 APIs
+    let stored: std::collections::HashMap<(&str, &str), &RawApi> = current
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.apis
+                .iter()
+                .map(move |a| ((s.name.as_str(), a.name.as_str()), a))
+        })
+        .collect();
     for (si, service) in next.services.iter_mut().enumerate() {
-        let old_service = current.services.iter().find(|s| s.name == service.name);
         for (ai, api) in service.apis.iter_mut().enumerate() {
-            let old_api = old_service.and_then(|s| s.apis.iter().find(|a| a.name == api.name));
+            let old_api = stored
+                .get(&(service.name.as_str(), api.name.as_str()))
+                .copied();
             restore_api(
                 api,
                 old_api,
