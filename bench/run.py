@@ -139,6 +139,10 @@ def parse_args():
                    help="only the HTTPS and HTTP/2 variants and the plain nginx, bare Pingora and "
                         "Gatehouse at the same body sizes; implies --skip-micro, --skip-profile, "
                         "--skip-startup")
+    p.add_argument("--quick", action="store_true",
+                   help="regression guard before a commit: bare Pingora and Gatehouse only, 0 B and "
+                        "1 KiB, 5 interleaved repetitions of 2 s; prints Gatehouse / bare Pingora "
+                        "(about 1.5 minutes); implies --skip-micro, --skip-profile, --skip-startup")
     p.add_argument("--only", help="comma-separated variant names (or name@body) to run, from all "
                                   "variants, the TLS ones included (default: all)")
     p.add_argument("--skip-micro", action="store_true", help="skip the criterion benchmarks")
@@ -149,6 +153,10 @@ def parse_args():
                    help="folder of gatehouse, bench-backend and bare-pingora (default: the "
                         "workspace's target/release; another build's figures are not comparable)")
     args = p.parse_args()
+    if args.quick:
+        args.reps = args.reps or 5
+        args.wrk_seconds = args.wrk_seconds or 2
+        args.skip_micro = args.skip_profile = args.skip_startup = True
     args.reps = args.reps or (5 if args.long else 4)
     args.wrk_seconds = args.wrk_seconds or (10 if args.long else 3)
     args.oha_seconds = args.oha_seconds or (10 if args.long else 2)
@@ -486,6 +494,8 @@ def machine():
 
 def main():
     args = parse_args()
+    if args.quick and not args.only:
+        args.only = "bare-pingora@0,gatehouse@0,bare-pingora@1024,gatehouse@1024"
     if args.only:
         names = set(args.only.split(","))
         todo = [v for v in variants(args.long, tls=True) if v.name in names or v.key in names]
@@ -502,6 +512,9 @@ def main():
         sys.exit(f"ports in use: {busy}; stop what holds them and run again")
     if not bench.oha:
         log("oha is not installed: no latency figures")
+
+    if args.quick:
+        bench.oha = None  # throughput and CPU only
 
     def seconds(v):
         return (2.5 + args.wrk_seconds + (args.oha_seconds if bench.oha else 0)
@@ -569,7 +582,8 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = report.render(data)
     # A run of some variants only does not replace the day's full results.
-    name = f"RESULTS-{today}{'-partial' if args.only else '-tls' if args.tls_only else ''}"
+    suffix = "-quick" if args.quick else "-partial" if args.only else "-tls" if args.tls_only else ""
+    name = f"RESULTS-{today}{suffix}"
     (RESULTS / f"{name}.md").write_text(text)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
     print(text)

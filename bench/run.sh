@@ -4,6 +4,8 @@
 # bench/results/RESULTS-<date>.md. Usage: bench/run.sh [--long] [--tls] [run.py options, see --help]
 # `bench/run.sh tls [run.py options]` runs only the HTTPS and HTTP/2 variants and their plain peers
 # (run.py --tls-only, about 5 minutes), writing bench/results/RESULTS-<date>-tls.md.
+# `bench/run.sh quick` is the regression guard to run before a commit: Gatehouse / bare Pingora in
+# CPU per request, 0 B and 1 KiB, 5 interleaved repetitions (about 1.5 minutes after the builds).
 # `bench/run.sh fleet [fleet.py options]` measures how fast a change through one instance's admin
 # API serves on two others following the same etcd (bench/fleet.py), writing FLEET-<date>.md.
 # `bench/run.sh health [health.py options]` runs the upstream-health soak and the cost of active
@@ -37,7 +39,7 @@ if ! command -v perf >/dev/null; then
 fi
 export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
 
-if ! command -v oha >/dev/null; then
+if [ "${1:-}" != quick ] && [ "${1:-}" != fleet ] && ! command -v oha >/dev/null; then
     log "installing oha (cargo install, several minutes the first time)"
     cargo install oha --locked
 fi
@@ -51,6 +53,11 @@ if [ "${1:-}" = health ]; then
     shift
     log "running the upstream-health soak (about 2 minutes)"
     exec python3 bench/health.py "$@"
+fi
+if [ "${1:-}" = quick ]; then
+    shift
+    log "running the regression guard: Gatehouse / bare Pingora (about 1.5 minutes)"
+    exec taskset -c 1 python3 bench/run.py --quick "$@"
 fi
 if [ "${1:-}" = fleet ]; then
     shift
