@@ -1883,7 +1883,7 @@ fn a_revision_naming_a_file_etcd_does_not_hold_is_refused() {
     );
 
     // the next valid revision (a push without the API) is served
-    repair_with_push(&gw, &etcd, &a, bad);
+    repair_with_push(&gw, &etcd, &a, bad, &[]);
 }
 
 /// A commit record of another layout schema (written by another version) is refused; the
@@ -1919,20 +1919,41 @@ fn a_commit_record_of_another_schema_is_refused() {
         "refused counter {refused_before} -> {after:?}"
     );
 
-    // a push of schema 1 repairs it
-    repair_with_push(&gw, &etcd, &a, bad);
+    // a push does not replace what this version cannot read, unless forced; then it repairs it
+    let dir = TempDir::new();
+    let file = write_file(&dir, "shared.yaml", &shared_yaml(&[&a], "", ""));
+    let joined = etcd.endpoint();
+    let args = [
+        "config",
+        "push",
+        "-c",
+        file.to_str().unwrap(),
+        "--etcd",
+        &joined,
+    ];
+    let (ok, code, output) = gatehouse(&args, Duration::from_secs(120));
+    assert!(
+        !ok,
+        "a push over schema 2 is refused, exit {code}:\n{output}"
+    );
+    assert!(output.contains("--force"), "{output}");
+    assert_eq!(
+        etcd.mod_revision(&commit_key(DEFAULT_PREFIX)),
+        Some(bad as i64)
+    );
+    repair_with_push(&gw, &etcd, &a, bad, &["--force"]);
 }
 
 /// Pushes a valid configuration (with an API `/repaired`) and checks that it serves past the
 /// refused revision `bad` and clears the refusal.
-fn repair_with_push(gw: &FleetGateway, etcd: &Etcd, node: &EchoServer, bad: u64) {
+fn repair_with_push(gw: &FleetGateway, etcd: &Etcd, node: &EchoServer, bad: u64, extra: &[&str]) {
     let dir = TempDir::new();
     let file = write_file(
         &dir,
         "shared.yaml",
         &shared_yaml(&[node], "", &fixed_api_line("repaired", "/repaired", "ok")),
     );
-    push(&file, &[etcd.endpoint()], &[]);
+    push(&file, &[etcd.endpoint()], extra);
     wait_served(gw, "/repaired", 200, Some("ok"));
     let status = gw.status();
     assert!(status["source"]["refused"].is_null(), "{status}");

@@ -24,6 +24,10 @@ pub enum ConfigAction {
         /// Show what would change, write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Replace a stored configuration this version cannot read (another layout schema,
+        /// unreadable entries) instead of refusing.
+        #[arg(long)]
+        force: bool,
     },
     /// Write the fleet's shared configuration as YAML.
     Pull {
@@ -147,7 +151,8 @@ pub fn config(action: ConfigAction) -> ExitCode {
             config,
             source,
             dry_run,
-        } => push(&config, &source, dry_run),
+            force,
+        } => push(&config, &source, dry_run, force),
         ConfigAction::Pull { source, output } => pull(&source, output.as_deref()),
     };
     match result {
@@ -201,7 +206,7 @@ fn pull(args: &SourceArgs, output: Option<&Path>) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn push(file: &Path, args: &SourceArgs, dry_run: bool) -> Result<ExitCode, String> {
+fn push(file: &Path, args: &SourceArgs, dry_run: bool, force: bool) -> Result<ExitCode, String> {
     let (source, local) = resolve(args)?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -313,7 +318,24 @@ fn push(file: &Path, args: &SourceArgs, dry_run: bool) -> Result<ExitCode, Strin
         }
         return Ok(ExitCode::FAILURE);
     }
-    let current = snapshot.shared().unwrap_or_default();
+    let current = match snapshot.shared() {
+        Ok(current) => current,
+        Err(problems) if force => {
+            println!(
+                "replacing revision {}, which this version cannot read (--force): {}",
+                snapshot.revision(),
+                problems.join("; ")
+            );
+            Shared::default()
+        }
+        Err(problems) => {
+            return Err(format!(
+                "etcd holds a configuration (revision {}) this version cannot read: {}; nothing was pushed. If it was written by a newer Gatehouse, push with that version; to replace it anyway, add --force",
+                snapshot.revision(),
+                problems.join("; ")
+            ))
+        }
+    };
     let diff = gatehouse_config::diff::diff(
         &current.clone().with_instance(instance.clone()),
         &shared.clone().with_instance(instance),
