@@ -711,6 +711,13 @@ fn a_bound_upstream_cannot_be_deleted_through_another_instance() {
     eventually("gw-a forgets unbound", FOLLOW, || {
         (ga.call("GET", "/upstreams/unbound", None).status == 404).then_some(())
     });
+    // a name no key can hold is a 400 with its problem, and the instance serves on
+    for bad in ["a/b", ""] {
+        let r = ga.call("POST", "/upstreams", Some(upstream_json(bad, &[&a])));
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.body);
+        assert_eq!(r.json()["error"], "invalid_config", "{}", r.body);
+    }
+    assert_eq!(ga.get("/victim0").status, 200);
 }
 
 /// Test 4: etcd stops while clients load A and B: no proxied request fails, writes get 503

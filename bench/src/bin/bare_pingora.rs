@@ -83,7 +83,15 @@ fn main() {
     );
     proxy.add_tcp(&args.listen.to_string());
     if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.cert, &args.key) {
-        let mut tls = TlsSettings::intermediate(cert, key).expect("TLS settings");
+        let mut tls = match TlsSettings::intermediate(cert, key) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!(
+                    "bare-pingora: {cert} and {key} are not a usable certificate and key: {e}"
+                );
+                std::process::exit(2);
+            }
+        };
         tls.enable_h2();
         proxy.add_tls_with_settings(&addr.to_string(), None, tls);
         println!("bare-pingora TLS on {addr}");

@@ -708,7 +708,7 @@ fn commit_error(e: CommitError) -> Answer {
             &json!({
                 "status": 412,
                 "error": "stale_generation",
-                "message": format!("the configuration changed since you read it; it is now generation {current}: read it again and retry"),
+                "message": format!("the configuration changed since you read it; it is now at {current} (its ETag: a generation, or the etcd revision on a fleet instance): read it again and retry"),
                 "generation": current,
             }),
         ),

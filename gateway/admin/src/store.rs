@@ -5,6 +5,10 @@
 //! file (temporary file, fsync, rename, fsync of the folder) → publish the snapshot. A crash at any
 //! point leaves the old or the new file, never a torn one, and a change is acknowledged only once
 //! it is both on disk and serving.
+//!
+//! On a fleet instance (`instance.etcd`) the persist step is one etcd transaction that compares
+//! the revision the change was based on, and [`ConfigStore::apply_snapshot`] applies the
+//! revisions other writers commit, each as a whole, or refuses them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,7 +56,7 @@ impl std::fmt::Display for CommitError {
             }
             CommitError::Stale { current } => write!(
                 f,
-                "the configuration changed meanwhile (now generation {current})"
+                "the configuration changed meanwhile (now at {current}, its ETag)"
             ),
             CommitError::Persist(m) | CommitError::Unreadable(m) | CommitError::Unavailable(m) => {
                 f.write_str(m)
@@ -347,7 +351,8 @@ impl ConfigStore {
         Ok(prepared)
     }
 
-    async fn persist(&self, persist: Persist<'_>) -> Result<(), CommitError> {
+    /// Writes an accepted change; answers the etcd revision it became (0 for the file).
+    async fn persist(&self, persist: Persist<'_>) -> Result<i64, CommitError> {
         match persist {
             Persist::File(next) => {
                 let text = format!(
@@ -360,7 +365,8 @@ impl ConfigStore {
                     .map_err(|e| CommitError::Persist(e.to_string()))?
                     .map_err(|e| {
                         CommitError::Persist(format!("cannot write {}: {e}", self.file.display()))
-                    })
+                    })?;
+                Ok(0)
             }
             Persist::Etcd {
                 fleet,
@@ -368,7 +374,6 @@ impl ConfigStore {
                 next,
                 uploads,
                 origin,
-                revision,
             } => {
                 let (base, next, by, origin) = (
                     base.clone(),
@@ -383,10 +388,7 @@ impl ConfigStore {
                         })
                         .await;
                 match result {
-                    Ok(r) => {
-                        *revision = r;
-                        Ok(())
-                    }
+                    Ok(r) => Ok(r),
                     Err(gatehouse_fleet::Error::Conflict) => Err(CommitError::Stale {
                         current: fleet.latest().revision().max(0) as u64,
                     }),
@@ -416,15 +418,13 @@ impl ConfigStore {
 enum Persist<'a> {
     /// The configuration file.
     File(Box<RawConfig>),
-    /// The fleet's etcd: `next` as one transaction based on `base`; `revision` receives the
-    /// revision it became.
+    /// The fleet's etcd: `next` as one transaction based on `base`.
     Etcd {
         fleet: &'a Fleet,
         base: &'a Arc<Snapshot>,
         next: &'a Shared,
         uploads: Vec<refs::Upload>,
         origin: &'a str,
-        revision: &'a mut i64,
     },
 }
 
@@ -482,7 +482,7 @@ impl ConfigStore {
             let roots = file_roots(&self.file, &next);
             let uploads = refs::externalize(&mut shared, &config_dir(&self.file), &roots)
                 .map_err(CommitError::Invalid)?;
-            let shared = shared.normalized();
+            let shared = shared.normalized().map_err(CommitError::Invalid)?;
             let next = shared.clone().with_instance(raw.instance.clone());
             let diff = gatehouse_config::diff::diff(&current, &next);
             let build = self.localized_with(fleet, &next, &uploads).await?;
@@ -494,7 +494,6 @@ impl ConfigStore {
                     diff,
                 }));
             }
-            let mut revision = 0;
             let persisted = self
                 .persist(Persist::Etcd {
                     fleet,
@@ -502,11 +501,10 @@ impl ConfigStore {
                     next: &shared,
                     uploads,
                     origin,
-                    revision: &mut revision,
                 })
                 .await;
             match persisted {
-                Ok(()) => {
+                Ok(revision) => {
                     let generation = self.publish(prepared);
                     fleet.served(revision, false);
                     audit(origin, generation, &diff);

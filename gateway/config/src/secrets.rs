@@ -255,29 +255,19 @@ pub fn remember_all(raw: &RawConfig) {
     if let Some(token) = &raw.instance.admin_token {
         remember(token);
     }
-    for api in raw.services.iter().flat_map(|s| s.apis.iter()) {
-        for plugin in &api.plugins {
-            let Some(config) = plugin.config.as_ref() else {
-                continue;
-            };
-            let keys = secret_keys(
-                plugin.name.as_deref(),
-                plugin.secret_keys.iter().map(String::as_str),
-            );
-            for key in keys {
-                if let Some(value) = yaml_get(config, key) {
-                    remember_leaves(value);
-                }
-            }
-        }
-    }
+    each_secret(raw, |_, value| remember_leaves(value));
 }
 
-/// The plugin secrets of `raw` written in clear rather than as `${NAME}` references, one problem
-/// each. A shared configuration (stored in etcd, readable by every instance and whoever reads
-/// etcd) must hold none.
-pub fn clear_secrets(raw: &RawConfig) -> Vec<Problem> {
-    let mut problems = Vec::new();
+/// Where a plugin secret stands: the path of its key in the configuration, and its API.
+struct SecretAt<'a> {
+    path: String,
+    service: &'a str,
+    api: &'a str,
+}
+
+/// Calls `f` with every plugin secret of `raw` (the value under each secret key of each plugin
+/// entry) and where it stands.
+fn each_secret<'a>(raw: &'a RawConfig, mut f: impl FnMut(SecretAt<'a>, &'a serde_yaml::Value)) {
     for (si, service) in raw.services.iter().enumerate() {
         for (ai, api) in service.apis.iter().enumerate() {
             for (k, plugin) in api.plugins.iter().enumerate() {
@@ -289,20 +279,37 @@ pub fn clear_secrets(raw: &RawConfig) -> Vec<Problem> {
                     plugin.secret_keys.iter().map(String::as_str),
                 );
                 for key in keys {
-                    if yaml_get(config, key).is_some_and(has_clear_leaf) {
-                        problems.push(Problem::new(
-                            format!("services[{si}].apis[{ai}].plugins[{k}].config.{key}"),
-                            "a secret in clear text in the shared configuration (etcd)",
-                            format!(
-                                "write each value as ${{NAME}} and set NAME in every instance's environment (API {}.{})",
-                                service.name, api.name
-                            ),
-                        ));
+                    if let Some(value) = yaml_get(config, key) {
+                        let at = SecretAt {
+                            path: format!("services[{si}].apis[{ai}].plugins[{k}].config.{key}"),
+                            service: &service.name,
+                            api: &api.name,
+                        };
+                        f(at, value);
                     }
                 }
             }
         }
     }
+}
+
+/// The plugin secrets of `raw` written in clear rather than as `${NAME}` references, one problem
+/// each. A shared configuration (stored in etcd, readable by every instance and whoever reads
+/// etcd) must hold none.
+pub fn clear_secrets(raw: &RawConfig) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    each_secret(raw, |at, value| {
+        if has_clear_leaf(value) {
+            problems.push(Problem::new(
+                at.path,
+                "a secret in clear text in the shared configuration (etcd)",
+                format!(
+                    "write each value as ${{NAME}} and set NAME in every instance's environment (API {}.{})",
+                    at.service, at.api
+                ),
+            ));
+        }
+    });
     problems
 }
 

@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 
 use gatehouse_config::raw::{RawConfig, RawInstance, RawService, RawUpstream, RawVpc};
+use gatehouse_config::Problem;
 use serde::{Deserialize, Serialize};
 
 /// Version of the layout (the `v1` of the keys, `schema` of the commit record).
@@ -168,10 +169,22 @@ impl Shared {
     }
 
     /// The same configuration in the order the layout reads it back (every list by name), so that
-    /// a writer and its readers hold the same value.
-    pub fn normalized(&self) -> Self {
-        decode(encode(self).expect("a shared configuration that encodes"))
-            .expect("an encoded configuration decodes")
+    /// a writer and its readers hold the same value. A configuration the layout cannot hold (a
+    /// name that is empty, holds `/` or appears twice) is refused with a problem per name.
+    pub fn normalized(&self) -> Result<Self, Vec<Problem>> {
+        let entries = encode(self).map_err(|e| {
+            vec![Problem::new(
+                "names",
+                e,
+                "give every VPC, upstream, service and API a unique name of letters, digits and _",
+            )]
+        })?;
+        decode(entries).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| Problem::new("names", p, "give every API's service a unique name"))
+                .collect()
+        })
     }
 }
 
@@ -301,15 +314,16 @@ pub fn batches(entries: &BTreeMap<String, Vec<u8>>) -> Vec<Vec<(&String, &Vec<u8
     let mut bytes = 0;
     for (key, value) in entries {
         let size = key.len() + value.len() + 64;
-        let full = out
-            .last()
-            .is_none_or(|b| b.len() >= MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES);
-        if full {
-            out.push(Vec::new());
-            bytes = 0;
+        match out.last_mut() {
+            Some(batch) if batch.len() < MAX_TXN_OPS && bytes + size <= MAX_TXN_BYTES => {
+                batch.push((key, value));
+                bytes += size;
+            }
+            _ => {
+                out.push(vec![(key, value)]);
+                bytes = size;
+            }
         }
-        bytes += size;
-        out.last_mut().expect("a batch").push((key, value));
     }
     out
 }
@@ -402,12 +416,32 @@ services:
         assert_eq!(back.services.len(), 2);
         let shop = back.services.iter().find(|s| s.name == "shop").unwrap();
         assert_eq!(shop.apis.len(), 3);
-        assert_eq!(back, back.normalized());
+        assert_eq!(back, back.normalized().unwrap());
         let mut sorted = shared.clone();
         sorted.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
         sorted.vpcs.sort_by(|a, b| a.id.cmp(&b.id));
         sorted.services.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(back, sorted);
+    }
+
+    #[test]
+    fn names_the_layout_cannot_hold_are_problems_not_panics() {
+        for bad in ["", "a/b"] {
+            let mut shared = sample(1);
+            shared.upstreams[0].name = bad.to_owned();
+            let problems = shared.normalized().unwrap_err();
+            assert!(
+                problems[0].message.contains("cannot be a key name"),
+                "{problems:?}"
+            );
+        }
+        let mut twice = sample(1);
+        twice.upstreams[1].name = twice.upstreams[0].name.clone();
+        let problems = twice.normalized().unwrap_err();
+        assert!(
+            problems[0].message.contains("appears twice"),
+            "{problems:?}"
+        );
     }
 
     #[test]

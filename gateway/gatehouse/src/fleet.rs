@@ -107,8 +107,8 @@ fn folder(path: &Path) -> PathBuf {
         .to_owned()
 }
 
-/// Where the fleet's etcd is, and the local file if one was named.
-fn resolve(args: &SourceArgs) -> Result<(EtcdSource, Option<RawConfig>), String> {
+/// Where the fleet's etcd is, and the local file (its folder and content) if one was named.
+fn resolve(args: &SourceArgs) -> Result<(EtcdSource, Option<(PathBuf, RawConfig)>), String> {
     match (&args.local, args.etcd.is_empty()) {
         (Some(_), false) => Err("give --local or --etcd, not both".into()),
         (None, true) => {
@@ -119,7 +119,7 @@ fn resolve(args: &SourceArgs) -> Result<(EtcdSource, Option<RawConfig>), String>
                 .map_err(|e| format!("cannot read {}: {e}", local.display()))?;
             let raw = gatehouse_config::parse_raw(&text, &local.display().to_string())
                 .map_err(|e| e.to_string())?;
-            Ok((source_of(local, &raw)?, Some(raw)))
+            Ok((source_of(local, &raw)?, Some((folder(local), raw))))
         }
         (None, false) => {
             let raw = RawEtcd {
@@ -214,10 +214,7 @@ fn push(file: &Path, args: &SourceArgs, dry_run: bool, force: bool) -> Result<Ex
         serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     // validated against the named instance, else the file's own
     let (instance, instance_dir) = match (&local, pushed.instance) {
-        (Some(l), _) => (
-            l.instance.clone(),
-            folder(args.local.as_deref().expect("--local")),
-        ),
+        (Some((dir, l)), _) => (l.instance.clone(), dir.clone()),
         (None, Some(i)) => (i, folder(file)),
         (None, None) => {
             return Err(format!(
@@ -244,7 +241,13 @@ fn push(file: &Path, args: &SourceArgs, dry_run: bool, force: bool) -> Result<Ex
             Vec::new()
         }
     };
-    let shared = shared.normalized();
+    let shared = match shared.normalized() {
+        Ok(s) => s,
+        Err(p) => {
+            problems.extend(p);
+            shared
+        }
+    };
     let store = Store::new(source);
     let rt = runtime()?;
     let snapshot = rt.block_on(store.snapshot()).map_err(|e| e.to_string())?;
@@ -340,7 +343,7 @@ fn push(file: &Path, args: &SourceArgs, dry_run: bool, force: bool) -> Result<Ex
         &current.clone().with_instance(instance.clone()),
         &shared.clone().with_instance(instance),
     );
-    let unchanged = current.normalized() == shared && snapshot.revision() > 0;
+    let unchanged = current.normalized().is_ok_and(|c| c == shared) && snapshot.revision() > 0;
     println!(
         "{}: valid; changes from revision {}:\n{}",
         file.display(),
