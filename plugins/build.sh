@@ -20,8 +20,10 @@ REPO_DIR="$(dirname "$PLUGINS_DIR")"
 DIST_DIR="$PLUGINS_DIR/dist"
 MANIFEST="$DIST_DIR/MANIFEST"
 TARGET=wasm32-unknown-unknown
-RUST_PLUGINS=(host-rewrite headers path-rewrite request-id key-auth ip-restriction cors)
+RUST_PLUGINS=(host-rewrite headers path-rewrite request-id key-auth ip-restriction cors json-validator grant-probe)
 C_PLUGINS=(c-example)
+# The C example stays a contract 0.1.0 component: the gateway loads both versions.
+C_WIT_DIR=wit/0.1.0
 WIT_BINDGEN_VERSION=0.63.0
 # The bindings give borrowed handles back after each export returns (the canonical ABI requires it).
 C_BINDGEN_FLAGS=(--world plugin --autodrop-borrows yes)
@@ -41,13 +43,20 @@ usage() {
 # --- source hashes -------------------------------------------------------------------------------
 
 # The sources of a component, relative to the repository root.
+# Of the contract, only the `.wit` files a build reads count: a documentation edit under wit/
+# leaves every component fresh.
 sources_of() {
   local name=$1
   if [[ " ${C_PLUGINS[*]} " == *" $name "* ]]; then
-    echo "plugins/$name" wit plugins/build.sh
+    echo "plugins/$name" "$(wit_files "$C_WIT_DIR")" plugins/build.sh
   else
-    echo "plugins/$name" plugins/sdk wit plugins/Cargo.toml plugins/Cargo.lock plugins/build.sh
+    echo "plugins/$name" plugins/sdk "$(wit_files wit)" plugins/Cargo.toml plugins/Cargo.lock plugins/build.sh
   fi
+}
+
+# The `.wit` files directly in a contract folder (what wit-bindgen reads of it).
+wit_files() {
+  (cd "$REPO_DIR" && find "$1" -maxdepth 1 -name '*.wit' -type f | LC_ALL=C sort | tr '\n' ' ')
 }
 
 # sha256 over the listed files and folders (without build output): the sorted list of
@@ -214,7 +223,7 @@ build_rust() {
 
 # What the C bindings are generated from; kept beside them in bindings/STAMP.
 bindings_stamp() {
-  echo "wit-bindgen $WIT_BINDGEN_VERSION ${C_BINDGEN_FLAGS[*]}; wit/ sha256 $(tree_hash wit)"
+  echo "wit-bindgen $WIT_BINDGEN_VERSION ${C_BINDGEN_FLAGS[*]}; $C_WIT_DIR/ sha256 $(tree_hash "$C_WIT_DIR")"
 }
 
 c_bindings_fresh() {
@@ -227,12 +236,12 @@ c_bindings_fresh() {
 c_bindings() {
   local dir=$1
   if wit_bindgen_ready; then
-    local args=(c wit "${C_BINDGEN_FLAGS[@]}" --out-dir "plugins/$(basename "$dir")/bindings")
+    local args=(c "$C_WIT_DIR" "${C_BINDGEN_FLAGS[@]}" --out-dir "plugins/$(basename "$dir")/bindings")
     (cd "$REPO_DIR" && wit-bindgen "${args[@]}" >/dev/null 2>&1) ||
       die "wit-bindgen failed; see why with: wit-bindgen ${args[*]}"
     bindings_stamp >"$dir/bindings/STAMP"
   elif ! c_bindings_fresh; then
-    die "plugins/c-example/bindings were generated from another wit/: install wit-bindgen-cli $WIT_BINDGEN_VERSION (plugins/build.sh --install does) and rerun"
+    die "plugins/c-example/bindings were generated from another $C_WIT_DIR/: install wit-bindgen-cli $WIT_BINDGEN_VERSION (plugins/build.sh --install does) and rerun"
   fi
 }
 
@@ -281,8 +290,8 @@ write_manifest() {
   tmp=$(mktemp)
   {
     echo "# Gatehouse plugin components, written by plugins/build.sh; plugins/build.sh --check compares"
-    echo "# the source hashes with the tree. Sources of a Rust plugin: its folder, plugins/sdk, wit/,"
-    echo "# plugins/Cargo.toml, plugins/Cargo.lock, plugins/build.sh; of a C plugin: its folder, wit/,"
+    echo "# the source hashes with the tree. Sources of a Rust plugin: its folder, plugins/sdk, wit/*.wit,"
+    echo "# plugins/Cargo.toml, plugins/Cargo.lock, plugins/build.sh; of a C plugin: its folder, $C_WIT_DIR/*.wit,"
     echo "# plugins/build.sh. The .wasm hashes hold for the toolchain below."
     echo "# toolchain: $(toolchain_line)"
     echo "# name source-sha256 wasm-sha256 bytes"

@@ -885,3 +885,610 @@ fn a_plugin_use_cannot_ask_for_more_than_the_instance_allows() {
         assert!(text.contains(expected), "{expected}: {text}");
     }
 }
+
+/// A `grant-probe` plugin entry (see plugins/grant-probe) with `lines` of YAML under it (keys of
+/// the entry, indented by 12 spaces), for [`with_plugins`].
+fn probe_entry(lines: &str) -> String {
+    format!(
+        "          - path: {}\n{lines}",
+        shipped_plugin("grant-probe").display()
+    )
+}
+
+/// A gateway whose API `/users/{id}` on `backend` has one `grant-probe` entry with `lines`
+/// ([`probe_entry`]).
+fn probe_gateway(backend: &EchoServer, lines: &str) -> Gateway {
+    Gateway::start_with(
+        &file_roots_for(shipped_plugin("grant-probe")),
+        &with_plugins(backend, &probe_entry(lines)),
+    )
+}
+
+/// Sends raw request bytes and reads the whole answer until the gateway closes.
+fn raw_exchange(addr: &str, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A chunked request for `path` carrying `body` in chunks of at most 16 KiB, with
+/// `Connection: close`.
+fn chunked_request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "{method} {path} HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.chunks(16 * 1024) {
+        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// Sends a chunked PUT of `total` bytes in 16 KiB chunks a little apart, ignoring write errors
+/// (the gateway may answer and close before the end), then reads the answer.
+fn chunked_in_steps(addr: &str, path: &str, total: usize) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!("PUT {path} HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let _ = s.write_all(head.as_bytes());
+    let mut sent = 0;
+    while sent < total {
+        let n = (total - sent).min(16 * 1024);
+        let mut chunk = format!("{n:x}\r\n").into_bytes();
+        chunk.extend(std::iter::repeat_n(b'e', n));
+        chunk.extend_from_slice(b"\r\n");
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += n;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON body of a raw HTTP/1.1 answer whose body is one JSON document (chunked or not).
+fn raw_json(answer: &str) -> serde_json::Value {
+    let start = answer
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in {answer:?}"));
+    let end = answer.rfind('}').unwrap();
+    serde_json::from_str(&answer[start..=end]).unwrap()
+}
+
+#[test]
+fn a_body_plugin_reads_the_whole_request_body_and_its_version_goes_upstream() {
+    let a = echo("a");
+    let gw = probe_gateway(
+        &a,
+        "            grants: { request_body: true }
+            config: { needs: { request_body: true }, set_body: replaced body }
+",
+    );
+    let r = request("POST", &gw.url("/users/1"), &[], Some("hello world, long"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = r.json();
+    assert_eq!(seen["body_bytes"], 13, "{seen}");
+    assert_eq!(seen["headers"]["content-length"], "13");
+    // a chunked body is read whole too; the upstream gets the plugin's version with its length
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let answer = raw_exchange(&addr, &chunked_request("POST", "/users/1", b"hello"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = raw_json(&answer);
+    assert_eq!(seen["body_bytes"], 13, "{seen}");
+    assert_eq!(seen["headers"]["content-length"], "13");
+    assert!(seen["headers"].get("transfer-encoding").is_none(), "{seen}");
+    // an API whose plugins read no body streams it as it came
+    let answer = raw_exchange(&addr, &chunked_request("POST", "/plain", b"hello"));
+    let seen = raw_json(&answer);
+    assert_eq!(seen["body_bytes"], 5, "{seen}");
+    assert_eq!(seen["headers"]["transfer-encoding"], "chunked");
+    // a body of any length up to the limit, over what the engine keeps to resend
+    // over the default body_limit (64 KiB), declared: 413 before a byte of it is read
+    let answer = raw_exchange(
+        &addr,
+        b"POST /users/1 HTTP/1.1\r\nHost: edge\r\nContent-Length: 204800\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(
+        a.stats().requests(),
+        3,
+        "refused bodies never reach the backend"
+    );
+}
+
+#[test]
+fn request_bodies_over_the_plugins_limit_are_refused_before_the_upstream() {
+    let a = echo("a");
+    let component = shipped_plugin("grant-probe");
+    let gw = Gateway::start_with(
+        &format!(
+            "{}  plugins: {{ max_body_limit: 1MiB }}\n",
+            file_roots_for(&component)
+        ),
+        &with_plugins(
+            &a,
+            &probe_entry(
+                "            grants: { request_body: true }
+            body_limit: 256KiB
+            config: { needs: { request_body: true } }
+",
+            ),
+        ),
+    );
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    // with a Content-Length: held whole up to the limit, even past the engine's 64 KiB
+    for size in [0, 1, 64 * 1024, 64 * 1024 + 1, 200 * 1024, 256 * 1024] {
+        let body = "c".repeat(size);
+        let r = request("PUT", &gw.url("/users/1"), &[], Some(&body));
+        assert_eq!(r.status, 200, "{size} bytes: {}", r.body);
+        assert_eq!(r.json()["body_bytes"], size, "{size} bytes arrive whole");
+    }
+    let before = a.stats().requests();
+    // declared over the limit: 413 before a byte of the body is read
+    let answer = raw_exchange(
+        &addr,
+        format!(
+            "PUT /users/1 HTTP/1.1\r\nHost: edge\r\nContent-Length: {}\r\n\r\n",
+            256 * 1024 + 1
+        )
+        .as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(raw_json(&answer)["error"], "payload_too_large");
+    // chunked: up to 64 KiB it can be resent; over the limit it is 413, between the two 411
+    let answer = raw_exchange(
+        &addr,
+        &chunked_request("PUT", "/users/1", &[b'd'; 60 * 1024]),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(raw_json(&answer)["body_bytes"], 60 * 1024);
+    let answer = raw_exchange(
+        &addr,
+        &chunked_request("PUT", "/users/1", &[b'd'; 100 * 1024]),
+    );
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+    assert_eq!(raw_json(&answer)["error"], "length_required");
+    // crossing the limit mid-body: the gateway stops reading and answers (the client's last
+    // bytes are refused, so the body is sent in steps as a client would)
+    let answer = chunked_in_steps(&addr, "/users/1", 256 * 1024 + 16);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(
+        a.stats().requests(),
+        before + 1,
+        "only the 60 KiB one got through"
+    );
+    assert!(
+        gw.metric("gatehouse_plugin_failures_total{plugin=\"grant-probe\",reason=\"body_limit\"}")
+            >= 2.0
+    );
+}
+
+#[test]
+fn a_retry_resends_the_body_the_plugins_read() {
+    let a = echo("a");
+    let component = shipped_plugin("grant-probe");
+    let dead = dead_addr();
+    let gw = Gateway::start_with(
+        &file_roots_for(&component),
+        &format!(
+            r#"upstreams:
+  - name: u
+    vpc: vpc-main
+    protocol: http
+    retries: 3
+    nodes:
+      - {{ host: 127.0.0.1, port: {dead}, weight: 100 }}
+      - {{ host: 127.0.0.1, port: {live}, weight: 1 }}
+services:
+  - name: shop
+    apis:
+      - name: put
+        path: /items/{{id}}
+        backend: {{ upstream: u }}
+        plugins:
+{probe}"#,
+            dead = dead.port(),
+            live = a.addr().port(),
+            probe = probe_entry(
+                "            grants: { request_body: true }
+            config: { needs: { request_body: true }, set_body: the plugins version }
+"
+            ),
+        ),
+    );
+    for _ in 0..3 {
+        let r = request("PUT", &gw.url("/items/1"), &[], Some("client body"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["body_bytes"], "the plugins version".len());
+    }
+}
+
+#[test]
+fn a_response_body_plugin_rewrites_the_body_and_its_failures_follow_the_policy() {
+    let a = echo("a");
+    let component = shipped_plugin("grant-probe");
+    let entry = |extra: &str| {
+        probe_entry(&format!(
+            "            grants: {{ response_body: true }}
+            config: {{ needs: {{ response_body: true }}, append_to_response: \"<!-- edge -->\" }}
+{extra}"
+        ))
+    };
+    let gw = Gateway::start_with(
+        &file_roots_for(&component),
+        &format!(
+            "{}      - name: small_closed
+        path: /closed/{{id}}
+        backend: {{ upstream: u }}
+        plugins:
+{}      - name: small_open
+        path: /open/{{id}}
+        backend: {{ upstream: u }}
+        plugins:
+{}      - name: broken
+        path: /broken/{{id}}
+        backend: {{ upstream: u }}
+        plugins:
+{}      - name: fixed
+        path: /fixed
+        backend: {{ response: {{ status: 200, body: static page }} }}
+        plugins:
+{}",
+            with_plugins(&a, &entry("")),
+            entry("            body_limit: 64B\n"),
+            entry("            body_limit: 64B\n            on_error: fail_open\n"),
+            probe_entry(
+                "            grants: { response_body: true }
+            body_limit: 4KiB
+            config: { needs: { response_body: true }, response_body_of: 5000 }
+"
+            ),
+            entry(""),
+        ),
+    );
+    let r = gw.get("/users/1");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.ends_with("<!-- edge -->"), "{}", r.body);
+    assert!(r.header("content-length").is_none());
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    let original = r.body.trim_end_matches("<!-- edge -->");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(original).unwrap()["node"],
+        "a"
+    );
+    // HEAD: no body to hold
+    let head = request("HEAD", &gw.url("/users/1"), &[], None);
+    assert_eq!(head.status, 200);
+    // the echo's answer is over 64 bytes, and says so in its Content-Length
+    let closed = gw.get("/closed/1");
+    assert_eq!(closed.status, 500, "{}", closed.body);
+    assert_eq!(closed.json()["error"], "plugin_failed");
+    assert!(closed.body.contains("body_limit"), "{}", closed.body);
+    let open = gw.get("/open/1");
+    assert_eq!(open.status, 200);
+    assert!(!open.body.contains("edge"), "unchanged: {}", open.body);
+    assert_eq!(open.json()["node"], "a");
+    // a plugin failing once the header is out: the response is cut, never ended as if whole
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let answer = raw_exchange(
+        &addr,
+        b"GET /broken/1 HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n",
+    );
+    if answer.starts_with("HTTP/1.1 500") {
+        // nothing had gone out yet: a clean answer
+        assert!(
+            answer.contains("plugin grant-probe failed (body_limit)"),
+            "{answer}"
+        );
+    } else {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            !answer.ends_with("0\r\n\r\n"),
+            "the chunked body was ended: {answer}"
+        );
+    }
+    // a fixed response's body goes through the plugins too
+    let fixed = gw.get("/fixed");
+    assert_eq!(fixed.body, "static page<!-- edge -->");
+    assert_eq!(
+        fixed.header("content-length"),
+        Some("static page<!-- edge -->".len().to_string().as_str())
+    );
+}
+
+#[test]
+fn a_plugin_needing_more_than_its_grants_is_refused_with_every_missing_grant() {
+    let dir = scratch_dir();
+    let file = dir.join("grants.yaml");
+    let a = echo("a");
+    let component = shipped_plugin("grant-probe");
+    let head = instance_yaml(1, 2).replace(
+        "  threads: 2\n",
+        &format!("  threads: 2\n{}", file_roots_for(&component)),
+    );
+    let body = with_plugins(
+        &a,
+        &probe_entry(
+            "            grants: { request_headers: { read: [\"x-tenant-*\"] } }
+            config:
+              needs:
+                request_headers: { read: [authorization, x-tenant-id] }
+                request_body: true
+",
+        ),
+    );
+    std::fs::write(&file, format!("{head}{body}")).unwrap();
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("services[0].apis[0].plugins[0].grants: plugin grant-probe is refused"),
+        "{err}"
+    );
+    assert!(err.contains("request_headers.read: authorization"), "{err}");
+    assert!(err.contains("request_body"), "{err}");
+    assert!(
+        !err.contains("read: x-tenant-id"),
+        "granted by the prefix: {err}"
+    );
+}
+
+#[test]
+fn headers_a_plugin_may_not_read_are_not_there_for_it() {
+    let a = echo("a");
+    let gw = probe_gateway(
+        &a,
+        "            grants: { request_headers: { read: [\"x-tenant-*\"] } }
+            config: { needs: { request_headers: { read: [\"x-tenant-*\"] } }, show: true }
+",
+    );
+    let r = request(
+        "GET",
+        &gw.url("/users/1"),
+        &[("x-tenant-id", "acme"), ("authorization", "Bearer s3cret")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let names: Vec<String> = r.json()["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["x-tenant-id"], "{}", r.body);
+}
+
+#[test]
+fn a_secret_key_a_plugin_declares_is_never_shown_by_the_admin_api() {
+    let a = echo("a");
+    let component = shipped_plugin("grant-probe");
+    let (listen, metrics, admin) = (free_port(), free_port(), free_port());
+    let token = "t-0123456789abcdef-token";
+    let secret = "CANARY-probe-secret-7731";
+    let yaml = format!(
+        "{}{}",
+        instance_yaml(listen, metrics).replace(
+            "  threads: 2\n",
+            &format!(
+                "  threads: 2\n  admin: \"127.0.0.1:{admin}\"\n  admin_token: {token}\n{}",
+                file_roots_for(&component)
+            ),
+        ),
+        with_plugins(
+            &a,
+            &probe_entry(&format!("            config: {{ secret: {secret} }}\n")),
+        )
+    );
+    let gw = Gateway::start_config(&yaml, listen, metrics);
+    let base = format!("http://127.0.0.1:{admin}");
+    let mut up = false;
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(up, "the admin API did not start");
+    for path in [
+        "/config",
+        "/config?format=json",
+        "/services/shop/apis/get_user",
+    ] {
+        let r = admin_request(&base, token, "GET", path, None, &[]);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(
+            !r.body.contains(secret),
+            "{path} shows the secret: {}",
+            r.body
+        );
+        assert!(r.body.contains("<redacted>"), "{path}: {}", r.body);
+    }
+    assert!(!gw.log().contains(secret));
+}
+
+/// A node that answers every request with a chunked body sent in two parts, `pause` apart, so
+/// the header is out before the body is complete.
+fn slow_chunked_node(first: &'static [u8], second: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let chunk = |b: &[u8]| {
+                    let mut out = format!("{:x}\r\n", b.len()).into_bytes();
+                    out.extend_from_slice(b);
+                    out.extend_from_slice(b"\r\n");
+                    out
+                };
+                let mut head =
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+                head.extend(chunk(first));
+                let _ = s.write_all(&head);
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let mut tail = chunk(second);
+                tail.extend_from_slice(b"0\r\n\r\n");
+                let _ = s.write_all(&tail);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_response_body_growing_past_the_limit_is_cut_or_streamed_by_the_policy() {
+    const FIRST: &[u8] = &[b'a'; 40];
+    const SECOND: &[u8] = &[b'b'; 40];
+    let node = slow_chunked_node(FIRST, SECOND);
+    let component = shipped_plugin("grant-probe");
+    let entry = |policy: &str| {
+        probe_entry(&format!(
+            "            grants: {{ response_body: true }}
+            body_limit: 64B
+            on_error: {policy}
+            config: {{ needs: {{ response_body: true }}, append_to_response: \"!\" }}
+"
+        ))
+    };
+    let gw = Gateway::start_with(
+        &file_roots_for(&component),
+        &format!(
+            r#"upstreams:
+  - name: slow
+    vpc: vpc-main
+    protocol: http
+    nodes:
+      - {{ host: 127.0.0.1, port: {port}, weight: 1 }}
+services:
+  - name: shop
+    apis:
+      - name: closed
+        path: /closed
+        backend: {{ upstream: slow }}
+        plugins:
+{closed}      - name: open
+        path: /open
+        backend: {{ upstream: slow }}
+        plugins:
+{open}"#,
+            port = node.port(),
+            closed = entry("fail_closed"),
+            open = entry("fail_open"),
+        ),
+    );
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let get = |path: &str| {
+        raw_exchange(
+            &addr,
+            format!("GET {path} HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    // the header went out with 40 bytes held; 80 are over the limit: cut, never ended as whole
+    let closed = get("/closed");
+    assert!(closed.starts_with("HTTP/1.1 200"), "{closed}");
+    assert!(
+        !closed.ends_with("0\r\n\r\n"),
+        "ended as if whole: {closed}"
+    );
+    assert!(!closed.contains('!'), "{closed}");
+    // fail_open: the body streams on unchanged, whole
+    let open = get("/open");
+    assert!(open.starts_with("HTTP/1.1 200"), "{open}");
+    assert!(open.ends_with("0\r\n\r\n"), "{open}");
+    let body = &open[open.find("\r\n\r\n").unwrap()..];
+    let text: String = body.chars().filter(|c| *c == 'a' || *c == 'b').collect();
+    assert_eq!(text.len(), 80, "{open}");
+    assert!(!open.contains('!'), "{open}");
+    assert!(
+        gw.metric("gatehouse_plugin_failures_total{plugin=\"grant-probe\",reason=\"body_limit\"}")
+            >= 2.0
+    );
+}
+
+#[test]
+fn json_validator_answers_400_with_the_first_error_and_its_path() {
+    let a = echo("a");
+    let gw = Gateway::start(&with_plugins(
+        &a,
+        "          - name: json-validator
+            config:
+              max_depth: 4
+              schema:
+                type: object
+                required: [items]
+                properties:
+                  items: { type: array, items: { type: object, required: [sku], properties: { sku: { type: string } } } }
+",
+    ));
+    let post = |body: &str| {
+        request(
+            "POST",
+            &gw.url("/users/1"),
+            &[("content-type", "application/json")],
+            Some(body),
+        )
+    };
+    let ok = post(r#"{"items":[{"sku":"a-1"}]}"#);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()["body_bytes"], 25);
+    for (body, path, message) in [
+        (
+            r#"{"items":[{"sku":"a"},{"sku":7}]}"#,
+            "$.items[1].sku",
+            "expected string, found number",
+        ),
+        (
+            r#"{"items":[{}]}"#,
+            "$.items[0]",
+            "missing required field \"sku\"",
+        ),
+        (
+            r#"{"items":[[[[[]]]]]}"#,
+            "$.items[0][0][0]",
+            "nested deeper than 4 levels",
+        ),
+        ("{\"items\": [", "$", "not valid JSON"),
+        ("", "$", "the body is empty"),
+    ] {
+        let r = post(body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        let answer = r.json();
+        assert_eq!(answer["error"], "invalid_body", "{body}");
+        assert_eq!(answer["path"], path, "{body}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains(message),
+            "{body}: {answer}"
+        );
+    }
+    // GET is not checked; a hostile, deep document is refused without the backend
+    assert_eq!(gw.get("/users/1").status, 200);
+    let deep = "[".repeat(60_000);
+    assert_eq!(post(&deep).status, 400);
+    assert_eq!(
+        a.stats().requests(),
+        2,
+        "only the valid POST and the GET went upstream"
+    );
+}

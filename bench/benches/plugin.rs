@@ -22,6 +22,7 @@ fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> Ar
         time: Duration::from_millis(10),
         reuse_instances: reuse,
         edits: Default::default(),
+        body: 64 * 1024,
     };
     PluginSlot::new(
         engine.clone(),
@@ -71,7 +72,7 @@ fn plugin_call(c: &mut Criterion) {
             b.iter(|| {
                 // request-id keeps an id it finds: drop it so every call makes a new one.
                 req.remove_header("x-request-id");
-                black_box(rt.block_on(slot.on_request(&mut req, None)).is_ok())
+                black_box(rt.block_on(slot.on_request(&mut req, None, None)).is_ok())
             })
         });
     }

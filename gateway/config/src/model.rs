@@ -73,6 +73,13 @@ pub mod limits {
     pub const DEFAULT_PLUGIN_ADDED_HEADERS: usize = 64;
     /// Room for a signed token or a cookie or two; the whole request header is bounded too.
     pub const DEFAULT_PLUGIN_ADDED_HEADER_BYTES: usize = 16 * 1024;
+    /// A JSON document or a signed form; larger bodies are content, which plugins should not
+    /// hold in memory per request.
+    pub const DEFAULT_PLUGIN_BODY: u64 = 64 * 1024;
+    /// What a plugin use may ask for unless the instance allows more.
+    pub const DEFAULT_PLUGIN_MAX_BODY: u64 = 1024 * 1024;
+    /// Most any instance allows: every body is held whole, once per request.
+    pub const MAX_PLUGIN_BODY: u64 = 16 * 1024 * 1024;
     /// nginx's `client_header_timeout` (60 s) is generous to slow links; 10 s is ample for any
     /// client that is not dripping bytes on purpose (HAProxy's `timeout http-request` advice).
     pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,7 +101,7 @@ pub mod limits {
     /// Far below the usual 64k file descriptors, far above what 2 cores serve at once.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
     /// The standard plugins embedded in the gateway, usable by `name`.
-    pub const STANDARD_PLUGINS: [&str; 7] = [
+    pub const STANDARD_PLUGINS: [&str; 8] = [
         "host-rewrite",
         "headers",
         "path-rewrite",
@@ -102,6 +109,7 @@ pub mod limits {
         "key-auth",
         "ip-restriction",
         "cors",
+        "json-validator",
     ];
 }
 
@@ -327,6 +335,10 @@ pub struct PluginLimits {
     pub max_memory: u64,
     /// Longest time limit one plugin use may ask for.
     pub max_time: Duration,
+    /// Largest body a plugin use reads, unless it sets its own.
+    pub body: u64,
+    /// Largest body limit one plugin use may ask for.
+    pub max_body: u64,
 }
 
 impl Default for PluginLimits {
@@ -340,6 +352,8 @@ impl Default for PluginLimits {
             max_added_header_bytes: limits::DEFAULT_PLUGIN_ADDED_HEADER_BYTES,
             max_memory: limits::MAX_PLUGIN_MEMORY,
             max_time: limits::MAX_PLUGIN_TIME,
+            body: limits::DEFAULT_PLUGIN_BODY,
+            max_body: limits::DEFAULT_PLUGIN_MAX_BODY,
         }
     }
 }
@@ -596,6 +610,31 @@ pub struct PluginRef {
     pub memory: u64,
     /// Longest one hook call of this use may run.
     pub time: Duration,
+    /// Largest request or response body this use reads.
+    pub body: u64,
+    /// What the operator granted this use; `None`: the default (see [`PluginGrants`]).
+    pub grants: Option<PluginGrants>,
+}
+
+/// What a plugin use may touch. Without grants, a standard plugin may do what it declares, a 0.2
+/// component file only its header hooks on the request line, and a 0.1 component file what 0.1
+/// gave (every header, no body).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PluginGrants {
+    /// Hook names; `None`: every hook but `on-response-body`, which comes with `response_body`.
+    pub hooks: Option<Vec<String>>,
+    pub request_headers: HeaderGrant,
+    pub response_headers: HeaderGrant,
+    pub request_body: bool,
+    pub response_body: bool,
+}
+
+/// Headers of one message a plugin use may read and write: lower-case names, prefixes ending in
+/// `*`, or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderGrant {
+    pub read: Vec<String>,
+    pub write: Vec<String>,
 }
 
 impl Api {

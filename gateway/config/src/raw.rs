@@ -222,6 +222,12 @@ pub struct RawPluginLimits {
     /// Longest time limit a plugin use may ask for with its own `time_limit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_time_limit: Option<String>,
+    /// Largest request or response body a plugin use reads, e.g. `64KiB` (its default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_limit: Option<String>,
+    /// Largest body limit a plugin use may ask for with its own `body_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -400,6 +406,43 @@ pub struct RawPlugin {
     /// `instance.plugins.time_limit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<String>,
+    /// Largest body this plugin use reads, e.g. `256KiB` (instead of
+    /// `instance.plugins.body_limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_limit: Option<String>,
+    /// What this plugin use may touch; see [`RawGrants`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grants: Option<RawGrants>,
+}
+
+/// What a plugin use may touch: hooks, headers by name or prefix, bodies.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrants {
+    /// Hooks the gateway may call (default: on-request, on-upstream-request, on-response, and
+    /// on-response-body with response_body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<RawHeaderGrant>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<RawHeaderGrant>,
+    /// The whole request body, to read and replace (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<bool>,
+    /// The whole response body, to read and replace (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<bool>,
+}
+
+/// Headers of one message: names (`authorization`), prefixes (`x-tenant-*`) or `*`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderGrant {
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub read: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub write: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

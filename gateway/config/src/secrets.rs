@@ -26,10 +26,65 @@ pub fn standard_secret_keys(plugin: &str) -> &'static [&'static str] {
     }
 }
 
-/// The secret keys of one plugin entry: the standard plugin's and the operator's.
-fn secret_keys<'a>(name: Option<&str>, listed: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut keys: Vec<&str> = name.map(standard_secret_keys).unwrap_or_default().to_vec();
-    keys.extend(listed);
+/// Secret keys plugins declared themselves (contract 0.2's `describe`), by
+/// [`declared_key`]: registered by the plugin host when it loads a component.
+static DECLARED: std::sync::RwLock<Option<std::collections::HashMap<String, Vec<String>>>> =
+    std::sync::RwLock::new(None);
+
+/// The registry key of a plugin entry: `name:NAME` for a standard plugin, `file:NAME` with the
+/// file name of a component (the same for a path written relative in the file and the absolute
+/// path it resolves to; two components of one file name share their keys, which can only hide
+/// more).
+pub fn declared_key(name: Option<&str>, path: Option<&str>) -> Option<String> {
+    match (name, path) {
+        (Some(name), _) => Some(format!("name:{name}")),
+        (None, Some(path)) => std::path::Path::new(path)
+            .file_name()
+            .map(|f| format!("file:{}", f.to_string_lossy())),
+        (None, None) => None,
+    }
+}
+
+/// Records the secret keys a loaded plugin declared, so that every view of the configuration
+/// redacts them from now on (keys are only ever added).
+pub fn register_declared(key: String, keys: &[String]) {
+    if keys.is_empty() {
+        return;
+    }
+    let mut declared = DECLARED.write().unwrap_or_else(|p| p.into_inner());
+    let known = declared
+        .get_or_insert_with(Default::default)
+        .entry(key)
+        .or_default();
+    for k in keys {
+        if !known.contains(k) {
+            known.push(k.clone());
+        }
+    }
+}
+
+/// The secret keys of one plugin entry: the standard plugin's, those the plugin declared, and
+/// the operator's.
+fn secret_keys<'a>(
+    name: Option<&str>,
+    path: Option<&str>,
+    listed: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut keys: Vec<String> = name
+        .map(standard_secret_keys)
+        .unwrap_or_default()
+        .iter()
+        .map(|k| (*k).to_owned())
+        .collect();
+    if let Some(key) = declared_key(name, path) {
+        let declared = DECLARED.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = declared.as_ref().and_then(|d| d.get(&key)) {
+            keys.extend(found.iter().cloned());
+        }
+    }
+    keys.extend(listed.map(str::to_owned));
+    keys.sort();
+    keys.dedup();
     keys
 }
 
@@ -74,6 +129,7 @@ pub fn redact_json(value: &mut Value) {
 fn redact_plugin(plugin: &mut Value) {
     let Value::Object(map) = plugin else { return };
     let name = map.get("name").and_then(Value::as_str).map(str::to_owned);
+    let path = map.get("path").and_then(Value::as_str).map(str::to_owned);
     let listed: Vec<String> = map
         .get("secret_keys")
         .and_then(Value::as_array)
@@ -87,8 +143,12 @@ fn redact_plugin(plugin: &mut Value) {
     let Some(config) = map.get_mut("config") else {
         return;
     };
-    for key in secret_keys(name.as_deref(), listed.iter().map(String::as_str)) {
-        if let Some(slot) = json_at(config, key) {
+    for key in secret_keys(
+        name.as_deref(),
+        path.as_deref(),
+        listed.iter().map(String::as_str),
+    ) {
+        if let Some(slot) = json_at(config, &key) {
             *slot = Value::String(REDACTED.to_owned());
         }
     }
@@ -162,13 +222,11 @@ fn restore_api(api: &mut RawApi, old: Option<&RawApi>, path: &str, problems: &mu
         let old_plugin = old
             .and_then(|a| a.plugins.get(k))
             .filter(|o| o.name == plugin.name && o.path == plugin.path);
-        let keys: Vec<String> = secret_keys(
+        let keys = secret_keys(
             plugin.name.as_deref(),
+            plugin.path.as_deref(),
             plugin.secret_keys.iter().map(String::as_str),
-        )
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+        );
         let Some(config) = plugin.config.as_mut() else {
             continue;
         };
@@ -276,10 +334,11 @@ fn each_secret<'a>(raw: &'a RawConfig, mut f: impl FnMut(SecretAt<'a>, &'a serde
                 };
                 let keys = secret_keys(
                     plugin.name.as_deref(),
+                    plugin.path.as_deref(),
                     plugin.secret_keys.iter().map(String::as_str),
                 );
                 for key in keys {
-                    if let Some(value) = yaml_get(config, key) {
+                    if let Some(value) = yaml_get(config, &key) {
                         let at = SecretAt {
                             path: format!("services[{si}].apis[{ai}].plugins[{k}].config.{key}"),
                             service: &service.name,
@@ -320,6 +379,30 @@ fn has_clear_leaf(value: &serde_yaml::Value) -> bool {
         serde_yaml::Value::Mapping(map) => map.values().any(has_clear_leaf),
         serde_yaml::Value::Null => false,
         _ => true,
+    }
+}
+
+/// Records the secret keys a loaded plugin declared for the entry `key` ([`declared_key`]) and
+/// remembers their values in `config` (the entry's resolved configuration, as JSON), so that
+/// views of the configuration redact them and log lines never show them.
+pub fn declare(key: String, keys: &[String], config: &str) {
+    register_declared(key, keys);
+    let Ok(mut config) = serde_json::from_str::<Value>(config) else {
+        return;
+    };
+    for k in keys {
+        if let Some(value) = json_at(&mut config, k) {
+            remember_json(value);
+        }
+    }
+}
+
+fn remember_json(value: &Value) {
+    match value {
+        Value::String(s) => remember(s),
+        Value::Array(items) => items.iter().for_each(remember_json),
+        Value::Object(map) => map.values().for_each(remember_json),
+        _ => {}
     }
 }
 

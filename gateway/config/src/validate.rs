@@ -851,6 +851,31 @@ impl Validator {
                 out.max_time = t;
             }
         }
+        if let Some(text) = &raw.max_body_limit {
+            match parse_size(text) {
+                Some(b) if (1024..=limits::MAX_PLUGIN_BODY).contains(&b) => out.max_body = b,
+                _ => self.problem(
+                    "instance.plugins.max_body_limit",
+                    format!("{text:?} is not a size in 1KiB..=16MiB"),
+                    "write a size like 1MiB",
+                ),
+            }
+        }
+        if let Some(text) = &raw.body_limit {
+            match parse_size(text) {
+                Some(b) if (1..=out.max_body).contains(&b) => out.body = b,
+                _ => self.problem(
+                    "instance.plugins.body_limit",
+                    format!(
+                        "{text:?} is not a size in 1B..={} (max_body_limit)",
+                        format_size(out.max_body)
+                    ),
+                    "write a size like 64KiB, or raise instance.plugins.max_body_limit",
+                ),
+            }
+        } else {
+            out.body = out.body.min(out.max_body);
+        }
         if let Some(text) = &raw.total_memory {
             match parse_size(text) {
                 Some(b) if b >= out.memory => out.total_memory = b,
@@ -1031,8 +1056,35 @@ impl Validator {
                         }
                     }),
             };
-            if let (Some(source), Some(on_error), Some(config), Some(memory), Some(time)) =
-                (source, on_error, config, memory, time)
+            let body = match &p.body_limit {
+                None => Some(instance.body),
+                Some(text) => match parse_size(text) {
+                    Some(b) if (1..=instance.max_body).contains(&b) => Some(b),
+                    _ => {
+                        self.problem(
+                            format!("{ppath}.body_limit"),
+                            format!(
+                                "{text:?} is not a size in 1B..={} (instance.plugins.max_body_limit)",
+                                format_size(instance.max_body)
+                            ),
+                            "ask for less, or raise instance.plugins.max_body_limit",
+                        );
+                        None
+                    }
+                },
+            };
+            let grants = p
+                .grants
+                .as_ref()
+                .map(|g| self.grants(&format!("{ppath}.grants"), g));
+            if let (
+                Some(source),
+                Some(on_error),
+                Some(config),
+                Some(memory),
+                Some(time),
+                Some(body),
+            ) = (source, on_error, config, memory, time, body)
             {
                 out.push(PluginRef {
                     source,
@@ -1040,10 +1092,67 @@ impl Validator {
                     on_error,
                     memory,
                     time,
+                    body,
+                    grants,
                 });
             }
         }
         out
+    }
+
+    /// The grants of a plugin use; bad entries are problems (and left out).
+    fn grants(&mut self, path: &str, raw: &RawGrants) -> PluginGrants {
+        let hooks = raw.hooks.as_ref().map(|hooks| {
+            let mut out = Vec::new();
+            for (i, hook) in hooks.iter().enumerate() {
+                if PLUGIN_HOOKS.contains(&hook.as_str()) {
+                    out.push(hook.clone());
+                } else {
+                    self.problem(
+                        format!("{path}.hooks[{i}]"),
+                        format!("{hook:?} is not a hook"),
+                        format!("use some of {}", PLUGIN_HOOKS.join(", ")),
+                    );
+                }
+            }
+            if out.iter().any(|h| h == "on-response-body") && raw.response_body != Some(true) {
+                self.problem(
+                    format!("{path}.hooks"),
+                    "on-response-body is granted without the response body",
+                    "add response_body: true, or leave on-response-body out",
+                );
+            }
+            out
+        });
+        let mut headers = |what: &str, raw: &Option<RawHeaderGrant>| {
+            let mut out = HeaderGrant::default();
+            let Some(raw) = raw else { return out };
+            for (access, list, into) in [
+                ("read", &raw.read, &mut out.read),
+                ("write", &raw.write, &mut out.write),
+            ] {
+                for (i, entry) in list.iter().enumerate() {
+                    match header_pattern_problem(entry) {
+                        None => into.push(entry.clone()),
+                        Some(problem) => self.problem(
+                            format!("{path}.{what}.{access}[{i}]"),
+                            format!("{entry:?} {problem}"),
+                            "write a lower-case header name (authorization), a prefix ending in * (x-tenant-*), or * for every header",
+                        ),
+                    }
+                }
+            }
+            out
+        };
+        let request_headers = headers("request_headers", &raw.request_headers);
+        let response_headers = headers("response_headers", &raw.response_headers);
+        PluginGrants {
+            hooks,
+            request_headers,
+            response_headers,
+            request_body: raw.request_body.unwrap_or(false),
+            response_body: raw.response_body.unwrap_or(false),
+        }
     }
 
     fn connections(
@@ -2072,4 +2181,36 @@ fn format_size(bytes: u64) -> String {
 
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The hooks of the plugin contract, as grants name them.
+pub const PLUGIN_HOOKS: [&str; 4] = [
+    "on-request",
+    "on-upstream-request",
+    "on-response",
+    "on-response-body",
+];
+
+/// What is wrong with a header entry of grants or of a plugin's declared needs, if anything: a
+/// lower-case header name, a prefix ending in `*`, or `*` alone.
+pub fn header_pattern_problem(entry: &str) -> Option<&'static str> {
+    if entry == "*" {
+        return None;
+    }
+    let name = entry.strip_suffix('*').unwrap_or(entry);
+    if name.is_empty() {
+        return Some("is empty");
+    }
+    if name.contains('*') {
+        return Some("has a * that is not at its end");
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some("is not lower case");
+    }
+    // the token characters of RFC 9110
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'+-.^_`|~".contains(&b);
+    if !name.bytes().all(token) {
+        return Some("is not a header name");
+    }
+    None
 }

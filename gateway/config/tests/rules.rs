@@ -252,6 +252,13 @@ const CASES: &[Case] = &[
     ("plugin config not a map", &[("services[0].apis[0].plugins", "[{ name: cors, config: [1, 2] }]")], "services[0].apis[0].plugins[0].config: must be a map"),
     ("plugin memory limit too big", &[("instance.plugins", "{ memory_limit: 2GiB }")], "instance.plugins.memory_limit: \"2GiB\" is out of range 1MiB..=1GiB"),
     ("plugin time limit not a duration", &[("instance.plugins", "{ time_limit: fast }")], "instance.plugins.time_limit: \"fast\" is not a duration"),
+    ("plugin body limit over the instance maximum", &[("services[0].apis[0].plugins", "[{ name: json-validator, body_limit: 2MiB }]")], "services[0].apis[0].plugins[0].body_limit: \"2MiB\" is not a size in 1B..=1MiB (instance.plugins.max_body_limit)"),
+    ("instance body limit over its maximum", &[("instance.plugins", "{ body_limit: 2MiB, max_body_limit: 1MiB }")], "instance.plugins.body_limit: \"2MiB\" is not a size in 1B..=1MiB"),
+    ("max body limit over the ceiling", &[("instance.plugins", "{ max_body_limit: 64MiB }")], "instance.plugins.max_body_limit: \"64MiB\" is not a size in 1KiB..=16MiB"),
+    ("grant of an unknown hook", &[("services[0].apis[0].plugins", "[{ name: cors, grants: { hooks: [on-body] } }]")], "services[0].apis[0].plugins[0].grants.hooks[0]: \"on-body\" is not a hook"),
+    ("grant of a header in upper case", &[("services[0].apis[0].plugins", "[{ name: cors, grants: { request_headers: { read: [Authorization] } } }]")], "services[0].apis[0].plugins[0].grants.request_headers.read[0]: \"Authorization\" is not lower case"),
+    ("grant with a star inside", &[("services[0].apis[0].plugins", "[{ name: cors, grants: { response_headers: { write: [\"x-*-id\"] } } }]")], "services[0].apis[0].plugins[0].grants.response_headers.write[0]: \"x-*-id\" has a * that is not at its end"),
+    ("body hook granted without the body", &[("services[0].apis[0].plugins", "[{ name: cors, grants: { hooks: [on-response-body] } }]")], "services[0].apis[0].plugins[0].grants.hooks: on-response-body is granted without the response body"),
     ("admin token too short", &[("instance.admin_token", "short")], "instance.admin_token: the token must be at least 16 characters"),
     ("admin on the proxy port", &[("instance.admin", "\"0.0.0.0:8080\"")], "instance.admin: 0.0.0.0:8080 is also a proxy or metrics listener"),
     ("bad bound_at", &[("services[0].apis[0].backend.bound_at", "yesterday")], "services[0].apis[0].backend.bound_at: \"yesterday\" is not an RFC 3339 time"),
@@ -379,6 +386,41 @@ fn plugin_settings_are_validated_and_resolved() {
         ),
         (32 << 20, 5, false)
     );
+    // bodies: 64 KiB per use unless it says otherwise, within 1 MiB; no grants unless given
+    assert_eq!((limits.body, limits.max_body), (64 << 10, 1 << 20));
+    assert_eq!(plugins[0].body, 64 << 10);
+    assert_eq!(plugins[0].grants, None);
+}
+
+#[test]
+fn grants_and_body_limits_are_read_per_plugin_use() {
+    let mut doc = base();
+    set(
+        &mut doc,
+        "services[0].apis[0].plugins",
+        r#"[{ path: plugins/tenant.wasm, body_limit: 256KiB,
+              grants: { hooks: [on-request, on-response-body], response_body: true,
+                        request_headers: { read: [authorization, "x-tenant-*"], write: ["*"] } } }]"#,
+    );
+    set(&mut doc, "instance.plugins", "{ body_limit: 8KiB }");
+    let cfg = parse(
+        &serde_yaml::to_string(&doc).unwrap(),
+        "t",
+        Path::new("/etc/gatehouse"),
+    )
+    .unwrap();
+    let plugin = &cfg.services[0].apis[0].plugins[0];
+    assert_eq!(plugin.body, 256 << 10);
+    let grants = plugin.grants.as_ref().unwrap();
+    assert_eq!(
+        grants.hooks.as_deref(),
+        Some(&["on-request".to_owned(), "on-response-body".to_owned()][..])
+    );
+    assert_eq!(grants.request_headers.read, ["authorization", "x-tenant-*"]);
+    assert_eq!(grants.request_headers.write, ["*"]);
+    assert!(grants.response_headers.read.is_empty());
+    assert!(grants.response_body && !grants.request_body);
+    assert_eq!(cfg.instance.plugin_limits.body, 8 << 10);
 }
 
 #[test]

@@ -17,16 +17,128 @@ use rand::{RngCore, SeedableRng};
 use wasmtime::component::Resource;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
-wasmtime::component::bindgen!({
-    world: "plugin",
-    path: "../../wit",
-    with: {
-        "gatehouse:plugin/http.request": RequestHandle,
-        "gatehouse:plugin/http.response": ResponseHandle,
-    },
-});
+use crate::grants::{DeclaredHeaders, Grants, HeaderSet, HookSet, Needs};
 
-pub use gatehouse::plugin::types::{LogLevel, Reply};
+/// Contract 0.1.0 (`wit/0.1.0/plugin.wit`, frozen).
+pub mod v1 {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../../wit/0.1.0",
+        with: {
+            "gatehouse:plugin/http.request": super::RequestHandle,
+            "gatehouse:plugin/http.response": super::ResponseHandle,
+        },
+    });
+}
+
+/// Contract 0.2.0 (`wit/plugin.wit`).
+pub mod v2 {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../../wit",
+        with: {
+            "gatehouse:plugin/http.request": super::RequestHandle,
+            "gatehouse:plugin/http.response": super::ResponseHandle,
+        },
+    });
+}
+
+/// An answer a plugin gives instead of forwarding the request (any contract version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The node chosen for one upstream attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Name of the upstream.
+    pub upstream: String,
+    /// The node as configured: an IP address or a DNS name.
+    pub host: String,
+    pub port: u16,
+    /// The socket address actually connected to, `ip:port`.
+    pub address: String,
+}
+
+/// What `on-request` decided.
+pub enum Action {
+    Proceed,
+    Respond(Reply),
+}
+
+/// The types every contract version shares, converted to the host's.
+macro_rules! convert_types {
+    ($v:ident) => {
+        impl From<$v::gatehouse::plugin::types::Action> for Action {
+            fn from(action: $v::gatehouse::plugin::types::Action) -> Self {
+                use $v::gatehouse::plugin::types::Action as A;
+                match action {
+                    A::Proceed => Action::Proceed,
+                    A::Respond(r) => Action::Respond(Reply {
+                        status: r.status,
+                        headers: r.headers,
+                        body: r.body,
+                    }),
+                }
+            }
+        }
+
+        impl From<&Node> for $v::gatehouse::plugin::types::Node {
+            fn from(node: &Node) -> Self {
+                Self {
+                    upstream: node.upstream.clone(),
+                    host: node.host.clone(),
+                    port: node.port,
+                    address: node.address.clone(),
+                }
+            }
+        }
+
+        impl From<$v::gatehouse::plugin::types::LogLevel> for log::Level {
+            fn from(level: $v::gatehouse::plugin::types::LogLevel) -> Self {
+                use $v::gatehouse::plugin::types::LogLevel as L;
+                match level {
+                    L::Trace => log::Level::Trace,
+                    L::Debug => log::Level::Debug,
+                    L::Info => log::Level::Info,
+                    L::Warn => log::Level::Warn,
+                    L::Error => log::Level::Error,
+                }
+            }
+        }
+    };
+}
+convert_types!(v1);
+convert_types!(v2);
+
+impl From<v2::gatehouse::plugin::types::Needs> for Needs {
+    fn from(n: v2::gatehouse::plugin::types::Needs) -> Self {
+        let headers = |h: v2::gatehouse::plugin::types::HeaderAccess| DeclaredHeaders {
+            read: h.read,
+            write: h.write,
+        };
+        use v2::gatehouse::plugin::types::Hooks as H;
+        let hooks = [
+            (H::ON_REQUEST, HookSet::ON_REQUEST),
+            (H::ON_UPSTREAM_REQUEST, HookSet::ON_UPSTREAM_REQUEST),
+            (H::ON_RESPONSE, HookSet::ON_RESPONSE),
+            (H::ON_RESPONSE_BODY, HookSet::ON_RESPONSE_BODY),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| n.hooks.contains(*flag))
+        .fold(HookSet::default(), |set, (_, hook)| set.union(hook));
+        Needs {
+            hooks,
+            request_headers: headers(n.request_headers),
+            response_headers: headers(n.response_headers),
+            request_body: n.request_body,
+            response_body: n.response_body,
+        }
+    }
+}
 
 /// Marker for the `request` resource: there is one request per call, held in [`Call`].
 pub struct RequestHandle;
@@ -46,6 +158,8 @@ pub struct HostState {
     pub service: Arc<str>,
     pub api: Arc<str>,
     pub call: Call,
+    /// What this plugin use may touch, enforced by every host function.
+    pub grants: Arc<Grants>,
     rng: SmallRng,
     log_budget: Arc<LogBudget>,
 }
@@ -66,6 +180,7 @@ impl HostState {
             service,
             api,
             call: Call::new(edits),
+            grants: Arc::new(Grants::baseline()),
             rng: SmallRng::from_os_rng(),
             log_budget,
         }
@@ -225,8 +340,14 @@ pub fn is_framing_header(name: &HeaderName) -> bool {
 /// error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {
+    /// A framing header.
     Forbidden(String),
+    /// Too many header edits or bytes.
     Limit(String),
+    /// A header the plugin use was not granted to write.
+    Denied(String),
+    /// A body over the plugin use's body limit.
+    Body(String),
 }
 
 /// Checks the headers of a reply a plugin answers with.
@@ -288,6 +409,12 @@ pub struct Call {
     pub host_changed: bool,
     /// The first rule the plugin broke in this call.
     pub violation: Option<Violation>,
+    /// The request body, in `on-request` of a plugin use granted it.
+    pub body: Option<bytes::Bytes>,
+    /// The body a plugin set in this call, to go upstream instead.
+    pub new_body: Option<Vec<u8>>,
+    /// Largest body the plugin use may set.
+    pub body_limit: usize,
     limits: EditLimits,
     /// Headers and bytes set in this call so far.
     added_headers: usize,
@@ -316,6 +443,9 @@ impl Call {
             query_changed: false,
             host_changed: false,
             violation: None,
+            body: None,
+            new_body: None,
+            body_limit: 0,
             limits,
             added_headers: 0,
             added_bytes: 0,
@@ -331,6 +461,7 @@ impl Call {
         self.query_changed = false;
         self.host_changed = false;
         self.violation = None;
+        self.new_body = None;
         self.added_headers = 0;
         self.added_bytes = 0;
         self.undo.clear();
@@ -358,12 +489,16 @@ impl Call {
         self.path_changed = false;
         self.query_changed = false;
         self.host_changed = false;
+        self.new_body = None;
     }
 
     /// Records a broken rule (the first one is reported) and returns its message for the guest.
     fn violate(&mut self, violation: Violation) -> String {
         let message = match &violation {
-            Violation::Forbidden(m) | Violation::Limit(m) => m.clone(),
+            Violation::Forbidden(m)
+            | Violation::Limit(m)
+            | Violation::Denied(m)
+            | Violation::Body(m) => m.clone(),
         };
         self.violation.get_or_insert(violation);
         message
@@ -442,10 +577,17 @@ impl Call {
     }
 
     /// Sets or appends a request header after checking name and value.
-    fn edit_request_header(&mut self, edit: Edit, name: &str, value: &str) -> Result<(), String> {
+    fn edit_request_header(
+        &mut self,
+        granted: &HeaderSet,
+        edit: Edit,
+        name: &str,
+        value: &str,
+    ) -> Result<(), String> {
         let (n, v) = (header_name(name)?, header_value(value)?);
         let host = n == http::header::HOST;
         self.request_mut()?;
+        self.may_write(granted, &n)?;
         self.admit(&n, Some(&v), self.request.headers.len())?;
         self.save_request(&n);
         let req = &mut self.request;
@@ -459,8 +601,15 @@ impl Call {
     }
 
     /// Sets or appends a response header after checking name and value.
-    fn edit_response_header(&mut self, edit: Edit, name: &str, value: &str) -> Result<(), String> {
+    fn edit_response_header(
+        &mut self,
+        granted: &HeaderSet,
+        edit: Edit,
+        name: &str,
+        value: &str,
+    ) -> Result<(), String> {
         let (n, v) = (header_name(name)?, header_value(value)?);
+        self.may_write(granted, &n)?;
         self.admit(&n, Some(&v), self.response.headers.len())?;
         self.save_response(&n);
         match edit {
@@ -468,6 +617,63 @@ impl Call {
             Edit::Append => self.response.append_header(n, v).map(drop),
         }
         .map_err(|e| e.to_string())
+    }
+
+    /// Checks a header may be written under the plugin use's grants.
+    fn may_write(&mut self, granted: &HeaderSet, name: &HeaderName) -> Result<(), String> {
+        if granted.allows(name) {
+            Ok(())
+        } else {
+            Err(self.violate(Violation::Denied(format!(
+                "changing {name} is not granted to this plugin"
+            ))))
+        }
+    }
+
+    /// Removes a request header after checking it may be.
+    fn remove_request_header(&mut self, granted: &HeaderSet, name: &str) -> Result<(), String> {
+        let n = header_name(name)?;
+        let host = n == http::header::HOST;
+        self.request_mut()?;
+        self.may_write(granted, &n)?;
+        self.admit(&n, None, 0)?;
+        if self.request.headers.contains_key(&n) {
+            self.save_request(&n);
+            self.request.remove_header(&n);
+        }
+        self.host_changed |= host;
+        Ok(())
+    }
+
+    /// Removes a response header after checking it may be.
+    fn remove_response_header(&mut self, granted: &HeaderSet, name: &str) -> Result<(), String> {
+        let n = header_name(name)?;
+        self.may_write(granted, &n)?;
+        self.admit(&n, None, 0)?;
+        if self.response.headers.contains_key(&n) {
+            self.save_response(&n);
+            self.response.remove_header(&n);
+        }
+        Ok(())
+    }
+
+    /// Replaces the request body sent upstream.
+    fn set_body(&mut self, body: Vec<u8>) -> Result<(), String> {
+        if self.body.is_none() || !self.request_writable {
+            return Err(
+                "the body can be set only in on-request, by a plugin granted request_body"
+                    .to_owned(),
+            );
+        }
+        if body.len() > self.body_limit {
+            return Err(self.violate(Violation::Body(format!(
+                "a body of {} bytes is over this plugin's body_limit of {} bytes",
+                body.len(),
+                self.body_limit
+            ))));
+        }
+        self.new_body = Some(body);
+        Ok(())
     }
 
     fn request_mut(&mut self) -> Result<&mut RequestHeader, String> {
@@ -513,56 +719,216 @@ fn uri_of(path: &str, query: Option<&str>) -> Result<Uri, String> {
         .map_err(|e| format!("{joined:?} is not a valid path and query: {e}"))
 }
 
-impl gatehouse::plugin::http::Host for HostState {}
-impl gatehouse::plugin::types::Host for HostState {}
+/// Reads a header under a read grant: one the plugin may not read is not there for it.
+fn readable<'h>(
+    granted: &HeaderSet,
+    map: &'h http::HeaderMap,
+    name: &str,
+) -> Option<http::header::GetAll<'h, HeaderValue>> {
+    let n = HeaderName::from_bytes(name.as_bytes()).ok()?;
+    granted.allows(&n).then(|| map.get_all(n))
+}
 
-impl gatehouse::plugin::http::HostRequest for HostState {
-    fn method(&mut self, _: Resource<RequestHandle>) -> String {
-        self.call.request.method.as_str().to_owned()
+/// The headers of a message the plugin may read.
+pub fn readable_headers(granted: &HeaderSet, map: &http::HeaderMap) -> Vec<(String, String)> {
+    if granted.is_all() {
+        return all_headers(map);
+    }
+    map.iter()
+        .filter(|(n, _)| granted.allows(n))
+        .map(|(n, v)| (n.as_str().to_owned(), text(v)))
+        .collect()
+}
+
+/// The host functions of one contract version; `$extra` are its request functions beyond 0.1's.
+macro_rules! host_functions {
+    ($v:ident { $($extra:item)* }) => {
+        impl $v::gatehouse::plugin::http::Host for HostState {}
+        impl $v::gatehouse::plugin::types::Host for HostState {}
+
+        impl $v::gatehouse::plugin::http::HostRequest for HostState {
+            fn method(&mut self, _: Resource<RequestHandle>) -> String {
+                self.call.request.method.as_str().to_owned()
+            }
+
+            fn path(&mut self, _: Resource<RequestHandle>) -> String {
+                self.call.request.uri.path().to_owned()
+            }
+
+            fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+                self.call.request.uri.query().map(str::to_owned)
+            }
+
+            fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
+                readable(&self.grants.request.read, &self.call.request.headers, &name)?
+                    .iter()
+                    .next()
+                    .map(text)
+            }
+
+            fn header_all(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<String> {
+                readable(&self.grants.request.read, &self.call.request.headers, &name)
+                    .map(|all| all.iter().map(text).collect())
+                    .unwrap_or_default()
+            }
+
+            fn headers(&mut self, _: Resource<RequestHandle>) -> Vec<(String, String)> {
+                readable_headers(&self.grants.request.read, &self.call.request.headers)
+            }
+
+            fn client_addr(&mut self, _: Resource<RequestHandle>) -> String {
+                self.call
+                    .client_ip
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default()
+            }
+
+            fn service(&mut self, _: Resource<RequestHandle>) -> String {
+                self.service.to_string()
+            }
+
+            fn api(&mut self, _: Resource<RequestHandle>) -> String {
+                self.api.to_string()
+            }
+
+            fn set_path(&mut self, _: Resource<RequestHandle>, path: String) -> Result<(), String> {
+                self.set_request_path(path)
+            }
+
+            fn set_query(
+                &mut self,
+                _: Resource<RequestHandle>,
+                query: Option<String>,
+            ) -> Result<(), String> {
+                self.set_request_query(query)
+            }
+
+            fn set_header(
+                &mut self,
+                _: Resource<RequestHandle>,
+                name: String,
+                value: String,
+            ) -> Result<(), String> {
+                self.call
+                    .edit_request_header(&self.grants.request.write, Edit::Set, &name, &value)
+            }
+
+            fn append_header(
+                &mut self,
+                _: Resource<RequestHandle>,
+                name: String,
+                value: String,
+            ) -> Result<(), String> {
+                self.call
+                    .edit_request_header(&self.grants.request.write, Edit::Append, &name, &value)
+            }
+
+            fn remove_header(
+                &mut self,
+                _: Resource<RequestHandle>,
+                name: String,
+            ) -> Result<(), String> {
+                self.call
+                    .remove_request_header(&self.grants.request.write, &name)
+            }
+
+            $($extra)*
+
+            fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl $v::gatehouse::plugin::http::HostResponse for HostState {
+            fn status(&mut self, _: Resource<ResponseHandle>) -> u16 {
+                self.call.response.status.as_u16()
+            }
+
+            fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<String> {
+                readable(&self.grants.response.read, &self.call.response.headers, &name)?
+                    .iter()
+                    .next()
+                    .map(text)
+            }
+
+            fn headers(&mut self, _: Resource<ResponseHandle>) -> Vec<(String, String)> {
+                readable_headers(&self.grants.response.read, &self.call.response.headers)
+            }
+
+            fn set_header(
+                &mut self,
+                _: Resource<ResponseHandle>,
+                name: String,
+                value: String,
+            ) -> Result<(), String> {
+                self.call
+                    .edit_response_header(&self.grants.response.write, Edit::Set, &name, &value)
+            }
+
+            fn append_header(
+                &mut self,
+                _: Resource<ResponseHandle>,
+                name: String,
+                value: String,
+            ) -> Result<(), String> {
+                self.call.edit_response_header(
+                    &self.grants.response.write,
+                    Edit::Append,
+                    &name,
+                    &value,
+                )
+            }
+
+            fn remove_header(
+                &mut self,
+                _: Resource<ResponseHandle>,
+                name: String,
+            ) -> Result<(), String> {
+                self.call
+                    .remove_response_header(&self.grants.response.write, &name)
+            }
+
+            fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl $v::gatehouse::plugin::host::Host for HostState {
+            fn log(&mut self, level: $v::gatehouse::plugin::types::LogLevel, message: String) {
+                self.write_log(level.into(), &message);
+            }
+
+            fn now_millis(&mut self) -> u64 {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            }
+
+            fn random(&mut self) -> u64 {
+                self.rng.next_u64()
+            }
+        }
+    };
+}
+
+host_functions!(v1 {});
+host_functions!(v2 {
+    fn body(&mut self, _: Resource<RequestHandle>) -> Result<Vec<u8>, String> {
+        match (&self.call.new_body, &self.call.body) {
+            // what this call set, else what it was given
+            (Some(set), Some(_)) if self.call.request_writable => Ok(set.clone()),
+            (None, Some(body)) if self.call.request_writable => Ok(body.to_vec()),
+            _ => Err("the body can be read only in on-request, by a plugin granted request_body".to_owned()),
+        }
     }
 
-    fn path(&mut self, _: Resource<RequestHandle>) -> String {
-        self.call.request.uri.path().to_owned()
+    fn set_body(&mut self, _: Resource<RequestHandle>, body: Vec<u8>) -> Result<(), String> {
+        self.call.set_body(body)
     }
+});
 
-    fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
-        self.call.request.uri.query().map(str::to_owned)
-    }
-
-    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
-        self.call.request.headers.get(name.as_str()).map(text)
-    }
-
-    fn header_all(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<String> {
-        self.call
-            .request
-            .headers
-            .get_all(name.as_str())
-            .iter()
-            .map(text)
-            .collect()
-    }
-
-    fn headers(&mut self, _: Resource<RequestHandle>) -> Vec<(String, String)> {
-        all_headers(&self.call.request.headers)
-    }
-
-    fn client_addr(&mut self, _: Resource<RequestHandle>) -> String {
-        self.call
-            .client_ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_default()
-    }
-
-    fn service(&mut self, _: Resource<RequestHandle>) -> String {
-        self.service.to_string()
-    }
-
-    fn api(&mut self, _: Resource<RequestHandle>) -> String {
-        self.api.to_string()
-    }
-
-    fn set_path(&mut self, _: Resource<RequestHandle>, path: String) -> Result<(), String> {
+impl HostState {
+    fn set_request_path(&mut self, path: String) -> Result<(), String> {
         // The backend gets the canonical form, so a plugin cannot send a path that routing
         // would have refused (dot segments, encoded slashes, ...).
         let path = gatehouse_config::canonical::canonicalize(&path, &Default::default())
@@ -575,11 +941,7 @@ impl gatehouse::plugin::http::HostRequest for HostState {
         Ok(())
     }
 
-    fn set_query(
-        &mut self,
-        _: Resource<RequestHandle>,
-        query: Option<String>,
-    ) -> Result<(), String> {
+    fn set_request_query(&mut self, query: Option<String>) -> Result<(), String> {
         let req = self.call.request_mut()?;
         let uri = uri_of(req.uri.path(), query.as_deref().filter(|q| !q.is_empty()))?;
         self.call.save_uri();
@@ -588,81 +950,15 @@ impl gatehouse::plugin::http::HostRequest for HostState {
         Ok(())
     }
 
-    fn set_header(
-        &mut self,
-        _: Resource<RequestHandle>,
-        name: String,
-        value: String,
-    ) -> Result<(), String> {
-        self.call.edit_request_header(Edit::Set, &name, &value)
-    }
-    fn append_header(
-        &mut self,
-        _: Resource<RequestHandle>,
-        name: String,
-        value: String,
-    ) -> Result<(), String> {
-        self.call.edit_request_header(Edit::Append, &name, &value)
-    }
-    fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) -> Result<(), String> {
-        let n = header_name(&name)?;
-        let host = n == http::header::HOST;
-        self.call.request_mut()?;
-        self.call.admit(&n, None, 0)?;
-        if self.call.request.headers.contains_key(&n) {
-            self.call.save_request(&n);
-            self.call.request.remove_header(&n);
+    fn write_log(&mut self, level: log::Level, message: &str) {
+        if !log::log_enabled!(target: "gatehouse::plugin", level) || !self.log_budget.admit() {
+            return;
         }
-        self.call.host_changed |= host;
-        Ok(())
-    }
-
-    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
-        Ok(())
-    }
-}
-
-impl gatehouse::plugin::http::HostResponse for HostState {
-    fn status(&mut self, _: Resource<ResponseHandle>) -> u16 {
-        self.call.response.status.as_u16()
-    }
-
-    fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<String> {
-        self.call.response.headers.get(name.as_str()).map(text)
-    }
-
-    fn headers(&mut self, _: Resource<ResponseHandle>) -> Vec<(String, String)> {
-        all_headers(&self.call.response.headers)
-    }
-
-    fn set_header(
-        &mut self,
-        _: Resource<ResponseHandle>,
-        name: String,
-        value: String,
-    ) -> Result<(), String> {
-        self.call.edit_response_header(Edit::Set, &name, &value)
-    }
-    fn append_header(
-        &mut self,
-        _: Resource<ResponseHandle>,
-        name: String,
-        value: String,
-    ) -> Result<(), String> {
-        self.call.edit_response_header(Edit::Append, &name, &value)
-    }
-    fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) -> Result<(), String> {
-        let n = header_name(&name)?;
-        self.call.admit(&n, None, 0)?;
-        if self.call.response.headers.contains_key(&n) {
-            self.call.save_response(&n);
-            self.call.response.remove_header(&n);
+        let mut end = message.len().min(MAX_LOG_LINE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
         }
-        Ok(())
-    }
-
-    fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
-        Ok(())
+        log::log!(target: "gatehouse::plugin", level, "plugin {}: {}", self.who, &message[..end]);
     }
 }
 
@@ -715,34 +1011,17 @@ impl LogBudget {
     }
 }
 
-impl gatehouse::plugin::host::Host for HostState {
-    fn log(&mut self, level: LogLevel, message: String) {
-        let level = match level {
-            LogLevel::Trace => log::Level::Trace,
-            LogLevel::Debug => log::Level::Debug,
-            LogLevel::Info => log::Level::Info,
-            LogLevel::Warn => log::Level::Warn,
-            LogLevel::Error => log::Level::Error,
-        };
-        if !log::log_enabled!(target: "gatehouse::plugin", level) || !self.log_budget.admit() {
-            return;
-        }
-        let mut end = message.len().min(MAX_LOG_LINE);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        log::log!(target: "gatehouse::plugin", level, "plugin {}: {}", self.who, &message[..end]);
-    }
-
-    fn now_millis(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-
-    fn random(&mut self) -> u64 {
-        self.rng.next_u64()
-    }
+/// The hooks a 0.1 component declared.
+pub fn hooks_of_v1(hooks: v1::gatehouse::plugin::types::Hooks) -> HookSet {
+    use v1::gatehouse::plugin::types::Hooks as H;
+    [
+        (H::ON_REQUEST, HookSet::ON_REQUEST),
+        (H::ON_UPSTREAM_REQUEST, HookSet::ON_UPSTREAM_REQUEST),
+        (H::ON_RESPONSE, HookSet::ON_RESPONSE),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| hooks.contains(*flag))
+    .fold(HookSet::default(), |set, (_, hook)| set.union(hook))
 }
 
 #[cfg(test)]

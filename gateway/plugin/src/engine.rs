@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, Once};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 
-use crate::bindings::{HostState, MemoryBudget, Plugin, PluginPre};
+use crate::bindings::{v1, v2, HostState, MemoryBudget};
 
 /// The budget of linear memory for all plugin instances until a configuration sets one.
 const DEFAULT_TOTAL_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
@@ -43,8 +43,27 @@ pub enum LoadError {
     Read(String, gatehouse_config::files::FileError),
     #[error("{0} is not a usable WebAssembly component: {1}")]
     Compile(String, String),
-    #[error("{0} does not implement the gatehouse:plugin@0.1.0 world: {1}")]
-    Link(String, String),
+    #[error("{0} does not implement the gatehouse:plugin world of its version ({1}): {2}")]
+    Link(String, &'static str, String),
+}
+
+/// The contract versions the host loads.
+pub const CONTRACTS: [&str; 2] = ["0.1.0", "0.2.0"];
+
+/// A compiled component, linked for the contract version it was built for.
+pub enum Component {
+    V1(v1::PluginPre<HostState>),
+    V2(v2::PluginPre<HostState>),
+}
+
+impl Component {
+    /// The contract version the component targets.
+    pub fn contract(&self) -> &'static str {
+        match self {
+            Component::V1(_) => CONTRACTS[0],
+            Component::V2(_) => CONTRACTS[1],
+        }
+    }
 }
 
 /// Compiles and pre-links components once; shared by every slot. Owns the epoch clock that
@@ -55,7 +74,7 @@ pub struct PluginEngine {
     linker: Linker<HostState>,
     /// Compiled and linked components by source: `standard:NAME`, or `file:SHA256` of a
     /// component file's bytes, so a replaced file is compiled afresh.
-    cache: Mutex<HashMap<String, Arc<PluginPre<HostState>>>>,
+    cache: Mutex<HashMap<String, Arc<Component>>>,
     clock: Once,
     budget: Arc<MemoryBudget>,
 }
@@ -76,9 +95,12 @@ impl PluginEngine {
         config.memory_reservation(max_memory.min(1 << 32));
         let engine =
             Engine::new(&config).map_err(|e| format!("cannot create the plugin engine: {e}"))?;
+        // one linker for both versions: their interfaces have distinct (versioned) names
         let mut linker = Linker::new(&engine);
-        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| format!("cannot link the plugin host functions: {e}"))?;
+        v1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| format!("cannot link the plugin host functions (0.1): {e}"))?;
+        v2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| format!("cannot link the plugin host functions (0.2): {e}"))?;
         Ok(Arc::new(Self {
             engine,
             linker,
@@ -123,7 +145,7 @@ impl PluginEngine {
         self: &Arc<Self>,
         key: &str,
         bytes: impl FnOnce() -> Result<Vec<u8>, LoadError>,
-    ) -> Result<Arc<PluginPre<HostState>>, LoadError> {
+    ) -> Result<Arc<Component>, LoadError> {
         self.start_clock();
         if let Some(pre) = self
             .cache
@@ -139,12 +161,7 @@ impl PluginEngine {
 
     /// Compiles and pre-links `bytes`, caching the result under `key`; `name` names the source in
     /// errors.
-    fn compile(
-        &self,
-        key: &str,
-        name: &str,
-        bytes: &[u8],
-    ) -> Result<Arc<PluginPre<HostState>>, LoadError> {
+    fn compile(&self, key: &str, name: &str, bytes: &[u8]) -> Result<Arc<Component>, LoadError> {
         let key_owned = key.to_owned();
         let key = name;
         // Only binary components: a text or other file is refused without quoting it.
@@ -154,13 +171,26 @@ impl PluginEngine {
                 "not a WebAssembly component (a binary component starts with \\0asm)".to_owned(),
             ));
         }
-        let component = Component::new(&self.engine, bytes)
+        let component = wasmtime::component::Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(key.to_owned(), format!("{e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(PluginPre::new)
-            .map_err(|e| LoadError::Link(key.to_owned(), format!("{e:#}")))?;
+        // 0.2 components export `describe`, 0.1 ones do not; a component that is neither gets
+        // 0.1's error, which says what is missing.
+        let imports_v2 = component
+            .component_type()
+            .exports(&self.engine)
+            .any(|(name, _)| name == "describe");
+        let linked = self.linker.instantiate_pre(&component);
+        let pre = if imports_v2 {
+            linked
+                .and_then(v2::PluginPre::new)
+                .map(Component::V2)
+                .map_err(|e| LoadError::Link(key.to_owned(), CONTRACTS[1], format!("{e:#}")))?
+        } else {
+            linked
+                .and_then(v1::PluginPre::new)
+                .map(Component::V1)
+                .map_err(|e| LoadError::Link(key.to_owned(), CONTRACTS[0], format!("{e:#}")))?
+        };
         let pre = Arc::new(pre);
         self.cache
             .lock()
@@ -192,7 +222,7 @@ impl PluginEngine {
         self: &Arc<Self>,
         path: &std::path::Path,
         roots: &[std::path::PathBuf],
-    ) -> Result<Arc<PluginPre<HostState>>, LoadError> {
+    ) -> Result<Arc<Component>, LoadError> {
         self.start_clock();
         let name = path.display().to_string();
         let bytes = gatehouse_config::files::read_confined(

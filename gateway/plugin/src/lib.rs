@@ -13,12 +13,14 @@
 
 pub mod bindings;
 pub mod engine;
+pub mod grants;
 pub mod metrics;
 pub mod slot;
 
 pub use bindings::{EditLimits, MemoryBudget, Node, Reply};
-pub use engine::{set_release_freed_memory, LoadError, PluginEngine, EPOCH_TICK};
-pub use slot::{Failure, Hook, PluginSlot, RequestOutcome, SlotLimits};
+pub use engine::{set_release_freed_memory, Component, LoadError, PluginEngine, EPOCH_TICK};
+pub use grants::{Grants, Needs};
+pub use slot::{Failure, HeldInstance, Hook, PluginSlot, RequestOutcome, SlotLimits};
 pub mod standard;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -71,8 +71,8 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
 
 /// Pre-resolved series of one plugin.
 pub struct PluginMetrics {
-    calls: [Histogram; 4],
-    failures: [IntCounter; 9],
+    calls: [Histogram; Hook::ALL.len()],
+    failures: [IntCounter; Failure::REASONS.len()],
 }
 
 /// The breaker gauge and counter of a plugin.

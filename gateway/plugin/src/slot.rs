@@ -17,35 +17,42 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
 use crate::bindings::{
-    check_reply_headers, Action, EditLimits, Hooks, HostState, LogBudget, Node, Plugin, PluginPre,
-    Reply, Violation, REQUEST, RESPONSE,
+    check_reply_headers, hooks_of_v1, readable_headers, v1, v2, Action, EditLimits, HostState,
+    LogBudget, Node, Reply, Violation, REQUEST, RESPONSE,
 };
-use crate::engine::{PluginEngine, EPOCH_TICK};
+use crate::engine::{Component, PluginEngine, EPOCH_TICK};
+use crate::grants::{Grants, HookSet, Needs};
 use crate::metrics::PluginMetrics;
 
 /// The hooks of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
+    Describe,
     Configure,
     Request,
     UpstreamRequest,
     Response,
+    ResponseBody,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 6] = [
+        Hook::Describe,
         Hook::Configure,
         Hook::Request,
         Hook::UpstreamRequest,
         Hook::Response,
+        Hook::ResponseBody,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Hook::Describe => "describe",
             Hook::Configure => "configure",
             Hook::Request => "on-request",
             Hook::UpstreamRequest => "on-upstream-request",
             Hook::Response => "on-response",
+            Hook::ResponseBody => "on-response-body",
         }
     }
 }
@@ -75,10 +82,16 @@ pub enum Failure {
     HeaderLimit(String),
     /// The plugin failed so often that its breaker is open: the call was not made.
     BreakerOpen,
+    /// The plugin changed a header its use was not granted to write (or, at load, declared
+    /// needs beyond its grants).
+    Denied(String),
+    /// A body over the plugin use's body limit: the request's or response's, or one the plugin
+    /// set.
+    BodyLimit(String),
 }
 
 impl Failure {
-    pub const REASONS: [&'static str; 9] = [
+    pub const REASONS: [&'static str; 11] = [
         "trap",
         "timeout",
         "memory",
@@ -88,6 +101,8 @@ impl Failure {
         "forbidden_header",
         "header_limit",
         "breaker_open",
+        "denied",
+        "body_limit",
     ];
 
     pub fn reason(&self) -> &'static str {
@@ -105,6 +120,8 @@ impl Failure {
             Failure::ForbiddenHeader(_) => 6,
             Failure::HeaderLimit(_) => 7,
             Failure::BreakerOpen => 8,
+            Failure::Denied(_) => 9,
+            Failure::BodyLimit(_) => 10,
         }
     }
 
@@ -125,6 +142,8 @@ impl Failure {
                 | Failure::InvalidOutput(_)
                 | Failure::ForbiddenHeader(_)
                 | Failure::HeaderLimit(_)
+                | Failure::Denied(_)
+                | Failure::BodyLimit(_)
         )
     }
 }
@@ -145,6 +164,8 @@ impl std::fmt::Display for Failure {
             Failure::ForbiddenHeader(m) => write!(f, "broke the message framing: {m}"),
             Failure::HeaderLimit(m) => write!(f, "added too much: {m}"),
             Failure::BreakerOpen => f.write_str("is failing on every call; its breaker is open"),
+            Failure::Denied(m) => write!(f, "was denied: {m}"),
+            Failure::BodyLimit(m) => write!(f, "met its body limit: {m}"),
         }
     }
 }
@@ -157,6 +178,8 @@ pub struct SlotLimits {
     pub reuse_instances: bool,
     /// What one hook call may add to a message's headers.
     pub edits: EditLimits,
+    /// Largest request or response body the plugin use reads or sets.
+    pub body: usize,
 }
 
 /// Largest body of a reply a plugin answers with: error pages and small JSON documents, not
@@ -172,7 +195,20 @@ const POOL_SIZE: usize = 64;
 
 struct Warm {
     store: Store<HostState>,
-    plugin: Plugin,
+    plugin: Guest,
+}
+
+/// An instance of a component of either contract version.
+enum Guest {
+    V1(v1::Plugin),
+    V2(v2::Plugin),
+}
+
+/// What `configure` answered.
+struct Configured {
+    hooks: HookSet,
+    /// What a 0.2 plugin declared; 0.1 plugins declare nothing.
+    needs: Option<Needs>,
 }
 
 /// What a request-phase call decided.
@@ -184,6 +220,8 @@ pub enum RequestOutcome {
         query_changed: bool,
         /// The plugin set or removed the Host header.
         host_changed: bool,
+        /// The plugin replaced the request body.
+        body_changed: bool,
     },
     Respond(Reply),
 }
@@ -195,12 +233,19 @@ pub struct PluginSlot {
     service: Arc<str>,
     api: Arc<str>,
     engine: Arc<PluginEngine>,
-    pre: Arc<PluginPre<HostState>>,
+    pre: Arc<Component>,
     config: String,
     limits: SlotLimits,
     pool: ArrayQueue<Warm>,
-    /// The hooks the plugin declared in `configure`; the others are never called.
-    hooks: Hooks,
+    /// The hooks the plugin declared in `configure` and was granted; the others are never
+    /// called.
+    hooks: HookSet,
+    /// What this use may touch.
+    grants: Arc<Grants>,
+    /// The plugin reads the request body (a 0.2 plugin that declared it, granted).
+    request_body: bool,
+    /// Keys of its configuration the plugin declared secret.
+    secret_keys: Vec<String>,
     metrics: PluginMetrics,
     log_budget: Arc<LogBudget>,
     /// A background thread is making instances.
@@ -211,16 +256,37 @@ pub struct PluginSlot {
 }
 
 impl PluginSlot {
-    /// Creates the slot and one configured instance, so a bad configuration is refused now, with
-    /// the plugin's own message.
+    /// Creates the slot of a trusted plugin (granted what it declares; a 0.1 component what 0.1
+    /// gave) and one configured instance, so a bad configuration is refused now, with the
+    /// plugin's own message.
     pub fn new(
         engine: Arc<PluginEngine>,
-        pre: Arc<PluginPre<HostState>>,
+        pre: Arc<Component>,
         label: &str,
         service: &str,
         api: &str,
         config: String,
         limits: SlotLimits,
+    ) -> Result<Arc<Self>, Failure> {
+        Self::with_grants(engine, pre, label, service, api, config, limits, None, true)
+    }
+
+    /// Creates the slot and one configured instance, so a bad configuration is refused now, with
+    /// the plugin's own message. `grants` are the operator's; without them a `trusted` (standard)
+    /// plugin gets what it declares, a 0.2 component [`Grants::baseline`] and a 0.1 component
+    /// [`Grants::contract_0_1`]. Declared needs beyond the grants fail with
+    /// [`Failure::Denied`], listing what is missing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_grants(
+        engine: Arc<PluginEngine>,
+        pre: Arc<Component>,
+        label: &str,
+        service: &str,
+        api: &str,
+        config: String,
+        limits: SlotLimits,
+        grants: Option<Grants>,
+        trusted: bool,
     ) -> Result<Arc<Self>, Failure> {
         let mut slot = Self {
             who: Arc::from(format!("{label} ({service}.{api})")),
@@ -232,15 +298,50 @@ impl PluginSlot {
             config,
             limits,
             pool: ArrayQueue::new(POOL_SIZE),
-            hooks: Hooks::all(),
+            hooks: HookSet::ALL,
+            grants: Arc::new(Grants::baseline()),
+            request_body: false,
+            secret_keys: Vec::new(),
             log_budget: Arc::new(LogBudget::new(crate::metrics::log_dropped(label))),
             breaker: Breaker::new(label),
             metrics: PluginMetrics::new(label),
             refilling: AtomicBool::new(false),
             ready: Notify::new(),
         };
-        let (warm, hooks) = slot.instantiate()?;
-        slot.hooks = hooks;
+        let mut warm = slot.instance()?;
+        if matches!(warm.plugin, Guest::V2(_)) {
+            let info = slot.call(&mut warm, Hook::Describe, CONFIGURE_TIME, |p, s| match p {
+                Guest::V2(p) => p.call_describe(s).map(|info| Ok(Some(info))),
+                Guest::V1(_) => Ok(Ok(None)),
+            })?;
+            slot.secret_keys = info.map(|i| i.secret_keys).unwrap_or_default();
+        }
+        let configured = slot.configure(&mut warm)?;
+        let grants = match (&configured.needs, grants) {
+            (_, Some(granted)) => granted,
+            (Some(needs), None) if trusted => {
+                Grants::declared(needs).map_err(Failure::InvalidOutput)?
+            }
+            (Some(_), None) => Grants::baseline(),
+            (None, None) => Grants::contract_0_1(),
+        };
+        if let Some(needs) = &configured.needs {
+            needs.check().map_err(Failure::InvalidOutput)?;
+            let missing = grants.missing(needs);
+            if !missing.is_empty() {
+                return Err(Failure::Denied(format!(
+                    "it needs what this use does not grant: {}",
+                    missing.join(", ")
+                )));
+            }
+        }
+        // a 0.1 plugin is held to the operator's hooks too
+        slot.hooks = configured.hooks.intersect(grants.hooks);
+        slot.request_body = configured.needs.as_ref().is_some_and(|n| n.request_body)
+            && grants.request_body
+            && slot.hooks.contains(HookSet::ON_REQUEST);
+        slot.grants = Arc::new(grants);
+        warm.store.data_mut().grants = slot.grants.clone();
         let _ = slot.pool.push(warm);
         Ok(Arc::new(slot))
     }
@@ -250,19 +351,52 @@ impl PluginSlot {
         &self.label
     }
 
-    /// Whether the plugin implements `hook` (`configure` always).
+    /// The contract version of the plugin's component.
+    pub fn contract(&self) -> &'static str {
+        self.pre.contract()
+    }
+
+    /// Keys of its configuration the plugin declared secret (0.2's `describe`).
+    pub fn secret_keys(&self) -> &[String] {
+        &self.secret_keys
+    }
+
+    /// Whether the gateway must read the request body whole for this plugin.
+    pub fn reads_request_body(&self) -> bool {
+        self.request_body
+    }
+
+    /// Whether the gateway must hold the response body whole for this plugin.
+    pub fn reads_response_body(&self) -> bool {
+        self.hooks.contains(HookSet::ON_RESPONSE_BODY)
+    }
+
+    /// Counts and logs a failure of this plugin use that happened outside a call (a body over
+    /// its limit).
+    pub fn count_failure(&self, failure: &Failure) {
+        self.metrics.failure(failure);
+        log::warn!("plugin {}: {failure}", self.who);
+    }
+
+    /// The plugin use's body limit in bytes.
+    pub fn body_limit(&self) -> usize {
+        self.limits.body
+    }
+
+    /// Whether the plugin implements `hook` (`describe` and `configure` always).
     pub fn implements(&self, hook: Hook) -> bool {
         match hook {
-            Hook::Configure => true,
-            Hook::Request => self.hooks.contains(Hooks::ON_REQUEST),
-            Hook::UpstreamRequest => self.hooks.contains(Hooks::ON_UPSTREAM_REQUEST),
-            Hook::Response => self.hooks.contains(Hooks::ON_RESPONSE),
+            Hook::Describe | Hook::Configure => true,
+            Hook::Request => self.hooks.contains(HookSet::ON_REQUEST),
+            Hook::UpstreamRequest => self.hooks.contains(HookSet::ON_UPSTREAM_REQUEST),
+            Hook::Response => self.hooks.contains(HookSet::ON_RESPONSE),
+            Hook::ResponseBody => self.hooks.contains(HookSet::ON_RESPONSE_BODY),
         }
     }
 
-    /// A new configured instance and the hooks its `configure` declared.
-    fn instantiate(&self) -> Result<(Warm, Hooks), Failure> {
-        let state = HostState::new(
+    /// A new instance, not configured yet.
+    fn instance(&self) -> Result<Warm, Failure> {
+        let mut state = HostState::new(
             self.limits.memory as usize,
             self.limits.edits,
             self.engine.memory_budget().clone(),
@@ -271,19 +405,46 @@ impl PluginSlot {
             self.service.clone(),
             self.api.clone(),
         );
+        state.grants = self.grants.clone();
+        state.call.body_limit = self.limits.body;
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks(CONFIGURE_TIME));
-        let plugin = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.trap_failure(&store, e, "instantiate"))?;
-        let mut warm = Warm { store, plugin };
+        let plugin = match &*self.pre {
+            Component::V1(pre) => pre.instantiate(&mut store).map(Guest::V1),
+            Component::V2(pre) => pre.instantiate(&mut store).map(Guest::V2),
+        }
+        .map_err(|e| self.trap_failure(&store, e, "instantiate"))?;
+        Ok(Warm { store, plugin })
+    }
+
+    /// Configures an instance; returns what `configure` declared.
+    fn configure(&self, warm: &mut Warm) -> Result<Configured, Failure> {
         let config = self.config.as_str();
-        let hooks = self.call(&mut warm, Hook::Configure, CONFIGURE_TIME, |p, s| {
-            p.call_configure(s, config)
-        })?;
-        Ok((warm, hooks))
+        self.call(warm, Hook::Configure, CONFIGURE_TIME, |p, s| match p {
+            Guest::V1(p) => p.call_configure(s, config).map(|r| {
+                r.map(|hooks| Configured {
+                    hooks: hooks_of_v1(hooks),
+                    needs: None,
+                })
+            }),
+            Guest::V2(p) => p.call_configure(s, config).map(|r| {
+                r.map(|needs| {
+                    let needs = Needs::from(needs);
+                    Configured {
+                        hooks: needs.hooks,
+                        needs: Some(needs),
+                    }
+                })
+            }),
+        })
+    }
+
+    /// A new configured instance.
+    fn instantiate(&self) -> Result<Warm, Failure> {
+        let mut warm = self.instance()?;
+        self.configure(&mut warm)?;
+        Ok(warm)
     }
 
     /// A warm instance. Instances are made by a background thread, never on the worker thread
@@ -341,7 +502,7 @@ impl PluginSlot {
                 loop {
                     while slot.pool.len() < SPARE {
                         match slot.instantiate() {
-                            Ok((warm, _)) => {
+                            Ok(warm) => {
                                 let _ = slot.pool.push(warm);
                                 slot.ready.notify_waiters();
                             }
@@ -381,7 +542,7 @@ impl PluginSlot {
         let spawned = std::thread::Builder::new()
             .name("gatehouse-plugin-probe".to_owned())
             .spawn(move || match slot.instantiate() {
-                Ok((warm, _)) => {
+                Ok(warm) => {
                     let _ = slot.pool.push(warm);
                     slot.ready.notify_waiters();
                     slot.breaker.probed(true, &slot.who);
@@ -406,7 +567,7 @@ impl PluginSlot {
         warm: &mut Warm,
         hook: Hook,
         time: Duration,
-        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
+        f: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, Failure> {
         warm.store.set_epoch_deadline(ticks(time));
         warm.store.data_mut().limiter.denied = false;
@@ -417,6 +578,8 @@ impl PluginSlot {
         let outcome = match (result, violation) {
             (Ok(_), Some(Violation::Forbidden(m))) => Err(Failure::ForbiddenHeader(m)),
             (Ok(_), Some(Violation::Limit(m))) => Err(Failure::HeaderLimit(m)),
+            (Ok(_), Some(Violation::Denied(m))) => Err(Failure::Denied(m)),
+            (Ok(_), Some(Violation::Body(m))) => Err(Failure::BodyLimit(m)),
             (Ok(Ok(v)), None) => Ok(v),
             (Ok(Err(message)), _) => Err(Failure::Error(message)),
             (Err(e), _) => Err(self.trap_failure(&warm.store, e, hook.as_str())),
@@ -440,18 +603,28 @@ impl PluginSlot {
         }
     }
 
-    /// Runs `on-request` on the client's request.
+    /// Runs `on-request` on the client's request. `body` is the whole request body when the
+    /// gateway read it (an API with a plugin that [reads it](Self::reads_request_body)); a body
+    /// the plugin sets replaces it.
     pub async fn on_request(
         self: &Arc<Self>,
         req: &mut RequestHeader,
         client_ip: Option<IpAddr>,
+        body: Option<&mut bytes::Bytes>,
     ) -> Result<RequestOutcome, Failure> {
         let mut warm = self.acquire().await?;
         let call = &mut warm.store.data_mut().call;
         call.begin(true, client_ip);
+        let body = body.filter(|_| self.request_body);
+        call.body = body.as_ref().map(|b| bytes::Bytes::clone(b));
         std::mem::swap(&mut call.request, req);
-        let result = self.call(&mut warm, Hook::Request, self.limits.time, |p, s| {
-            p.call_on_request(&mut *s, Resource::new_borrow(REQUEST))
+        let result = self.call(&mut warm, Hook::Request, self.limits.time, |p, s| match p {
+            Guest::V1(p) => p
+                .call_on_request(&mut *s, Resource::new_borrow(REQUEST))
+                .map(|r| r.map(Action::from)),
+            Guest::V2(p) => p
+                .call_on_request(&mut *s, Resource::new_borrow(REQUEST))
+                .map(|r| r.map(Action::from)),
         });
         let outcome = result.and_then(|action| match action {
             Action::Proceed => {
@@ -460,6 +633,7 @@ impl PluginSlot {
                     path_changed: call.path_changed,
                     query_changed: call.query_changed,
                     host_changed: call.host_changed,
+                    body_changed: call.new_body.is_some(),
                 })
             }
             Action::Respond(reply) => check_reply(reply, &self.limits.edits)
@@ -472,6 +646,10 @@ impl PluginSlot {
         let call = &mut warm.store.data_mut().call;
         if outcome.is_err() {
             call.roll_back();
+        }
+        call.body = None;
+        if let (Some(body), Some(new)) = (body, call.new_body.take()) {
+            *body = bytes::Bytes::from(new);
         }
         std::mem::swap(&mut call.request, req);
         self.finish(warm, &outcome);
@@ -493,7 +671,14 @@ impl PluginSlot {
             &mut warm,
             Hook::UpstreamRequest,
             self.limits.time,
-            |p, s| p.call_on_upstream_request(&mut *s, Resource::new_borrow(REQUEST), node),
+            |p, s| match p {
+                Guest::V1(p) => {
+                    p.call_on_upstream_request(&mut *s, Resource::new_borrow(REQUEST), &node.into())
+                }
+                Guest::V2(p) => {
+                    p.call_on_upstream_request(&mut *s, Resource::new_borrow(REQUEST), &node.into())
+                }
+            },
         );
         let call = &mut warm.store.data_mut().call;
         if result.is_err() {
@@ -517,11 +702,14 @@ impl PluginSlot {
         std::mem::swap(&mut call.request, req);
         std::mem::swap(&mut call.response, resp);
         let result = self.call(&mut warm, Hook::Response, self.limits.time, |p, s| {
-            p.call_on_response(
-                &mut *s,
+            let (req, resp) = (
                 Resource::new_borrow(REQUEST),
                 Resource::new_borrow(RESPONSE),
-            )
+            );
+            match p {
+                Guest::V1(p) => p.call_on_response(&mut *s, req, resp),
+                Guest::V2(p) => p.call_on_response(&mut *s, req, resp),
+            }
         });
         let call = &mut warm.store.data_mut().call;
         if result.is_err() {
@@ -531,6 +719,17 @@ impl PluginSlot {
         std::mem::swap(&mut call.response, resp);
         self.finish(warm, &result);
         result
+    }
+
+    /// Takes an instance for `on-response-body` while the response header goes out (the body
+    /// phase of the proxy cannot wait), for [`HeldInstance::on_response_body`] once the whole
+    /// body has arrived. Dropped unused, the instance goes back to the pool.
+    pub async fn hold(self: &Arc<Self>) -> Result<HeldInstance, Failure> {
+        let warm = self.acquire().await?;
+        Ok(HeldInstance {
+            slot: Arc::clone(self),
+            warm: Some(warm),
+        })
     }
 
     fn finish<T>(self: &Arc<Self>, warm: Warm, outcome: &Result<T, Failure>) {
@@ -554,6 +753,83 @@ impl PluginSlot {
         if self.pool.is_empty() {
             self.refill();
         }
+    }
+}
+
+/// An instance taken from a slot's pool for a later call.
+pub struct HeldInstance {
+    slot: Arc<PluginSlot>,
+    warm: Option<Warm>,
+}
+
+impl Drop for HeldInstance {
+    fn drop(&mut self) {
+        if let Some(warm) = self.warm.take() {
+            self.slot.release(warm);
+        }
+    }
+}
+
+impl HeldInstance {
+    /// The plugin use this instance belongs to.
+    pub fn slot(&self) -> &Arc<PluginSlot> {
+        &self.slot
+    }
+
+    /// Runs `on-response-body` on the whole response body (0.2 plugins that declared it); the
+    /// status and `headers` have gone to the client. Returns the body to send instead, if the
+    /// plugin replaced it. Synchronous: the instance is already at hand.
+    pub fn on_response_body(
+        mut self,
+        req: &mut RequestHeader,
+        status: u16,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        client_ip: Option<IpAddr>,
+    ) -> Result<Option<bytes::Bytes>, Failure> {
+        let slot = Arc::clone(&self.slot);
+        let Some(mut warm) = self.warm.take() else {
+            return Err(Failure::Instantiate(
+                "the instance was used already".to_owned(),
+            ));
+        };
+        let call = &mut warm.store.data_mut().call;
+        call.begin(false, client_ip);
+        std::mem::swap(&mut call.request, req);
+        let visible = readable_headers(&slot.grants.response.read, headers);
+        let limit = slot.limits.body;
+        let result = slot
+            .call(
+                &mut warm,
+                Hook::ResponseBody,
+                slot.limits.time,
+                |p, s| match p {
+                    Guest::V2(p) => p.call_on_response_body(
+                        &mut *s,
+                        Resource::new_borrow(REQUEST),
+                        status,
+                        &visible,
+                        body,
+                    ),
+                    Guest::V1(_) => Ok(Ok(None)),
+                },
+            )
+            .and_then(|replaced| match replaced {
+                Some(b) if b.len() > limit => {
+                    let f = Failure::BodyLimit(format!(
+                        "a body of {} bytes is over this plugin's body_limit of {limit} bytes",
+                        b.len()
+                    ));
+                    slot.metrics.failure(&f);
+                    log::warn!("plugin {} {}: {f}", slot.who, Hook::ResponseBody.as_str());
+                    Err(f)
+                }
+                other => Ok(other.map(bytes::Bytes::from)),
+            });
+        let call = &mut warm.store.data_mut().call;
+        std::mem::swap(&mut call.request, req);
+        slot.finish(warm, &result);
+        result
     }
 }
 
@@ -729,6 +1005,8 @@ fn check_reply(reply: Reply, limits: &EditLimits) -> Result<Reply, Failure> {
         Ok(()) => Ok(reply),
         Err(Violation::Forbidden(m)) => Err(Failure::ForbiddenHeader(m)),
         Err(Violation::Limit(m)) => Err(Failure::HeaderLimit(m)),
+        Err(Violation::Denied(m)) => Err(Failure::Denied(m)),
+        Err(Violation::Body(m)) => Err(Failure::BodyLimit(m)),
     }
 }
 

@@ -19,6 +19,7 @@ embedded!(
     "key-auth",
     "ip-restriction",
     "cors",
+    "json-validator",
 );
 
 /// The component of a standard plugin, by name.

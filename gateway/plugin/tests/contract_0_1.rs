@@ -16,6 +16,7 @@ const LIMITS: SlotLimits = SlotLimits {
         headers: 64,
         bytes: 16 * 1024,
     },
+    body: 64 * 1024,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -50,7 +51,7 @@ fn on_request(
         .enable_time()
         .build()
         .unwrap()
-        .block_on(slot.on_request(req, client))
+        .block_on(slot.on_request(req, client, None))
         .unwrap_or_else(|e| panic!("on-request failed: {e}"))
 }
 

@@ -16,6 +16,7 @@ const LIMITS: SlotLimits = SlotLimits {
         headers: 64,
         bytes: 16 * 1024,
     },
+    body: 64 * 1024,
 };
 
 /// A slot for `body` (the engine runs its own epoch clock).
@@ -52,7 +53,7 @@ fn block<T>(future: impl std::future::Future<Output = T>) -> T {
 }
 
 fn run(slot: &Arc<PluginSlot>) -> Result<RequestOutcome, Failure> {
-    block(slot.on_request(&mut request(), None))
+    block(slot.on_request(&mut request(), None, None))
 }
 
 /// Loops while a flag in memory is zero (it always is), so only the deadline stops it.
@@ -73,7 +74,8 @@ fn a_well_behaved_component_proceeds() {
         Ok(RequestOutcome::Proceed {
             path_changed: false,
             query_changed: false,
-            host_changed: false
+            host_changed: false,
+            body_changed: false
         })
     ));
 }
@@ -118,7 +120,7 @@ fn failures_leave_the_request_in_place() {
     let slot = slot(TRAP);
     let mut req = request();
     req.insert_header("x-kept", "yes").unwrap();
-    assert!(block(slot.on_request(&mut req, None)).is_err());
+    assert!(block(slot.on_request(&mut req, None, None)).is_err());
     assert_eq!(req.uri.path(), "/users/1");
     assert_eq!(req.headers.get("x-kept").unwrap(), "yes");
 }
@@ -202,7 +204,7 @@ fn framing_headers_fail_the_call_and_roll_back_every_edit() {
         .iter()
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
-    match block(slot.on_request(&mut req, None)) {
+    match block(slot.on_request(&mut req, None, None)) {
         Err(Failure::ForbiddenHeader(m)) => assert!(m.contains("transfer-encoding"), "{m}"),
         other => panic!("expected a forbidden_header failure, got {:?}", other.err()),
     }
@@ -232,20 +234,20 @@ fn framing_headers_fail_the_call_and_roll_back_every_edit() {
 fn a_header_flood_fails_the_call_without_touching_the_request() {
     let slot = editing_slot(strings::FLOOD_REQUEST, "");
     let mut req = request();
-    match block(slot.on_request(&mut req, None)) {
+    match block(slot.on_request(&mut req, None, None)) {
         Err(Failure::HeaderLimit(m)) => assert!(m.contains("64 header edits"), "{m}"),
         other => panic!("expected a header_limit failure, got {:?}", other.err()),
     }
     assert!(req.headers.is_empty(), "{} headers left", req.headers.len());
     // the instance is still usable
-    assert!(block(slot.on_request(&mut request(), None)).is_err());
+    assert!(block(slot.on_request(&mut request(), None, None)).is_err());
 }
 
 #[test]
 fn a_huge_header_value_fails_the_call() {
     let slot = editing_slot(strings::HUGE_VALUE_REQUEST, "");
     let mut req = request();
-    match block(slot.on_request(&mut req, None)) {
+    match block(slot.on_request(&mut req, None, None)) {
         Err(Failure::HeaderLimit(m)) => assert!(m.contains("bytes of headers"), "{m}"),
         other => panic!("expected a header_limit failure, got {:?}", other.err()),
     }

@@ -2,12 +2,13 @@
 //! ([`selection`]), upstreams with their VPC egress guard and node eligibility ([`upstream`]),
 //! node health from passive and active checks ([`health`], [`probe`]), the runtime snapshot
 //! swapped atomically on change ([`runtime`]), the `ProxyHttp` implementation with retries
-//! ([`proxy`]), background DNS ([`resolve`]), metrics ([`metrics`]) and server assembly
+//! ([`proxy`]), whole bodies for the plugins that read them ([`bodies`]), background DNS ([`resolve`]), metrics ([`metrics`]) and server assembly
 //! ([`server`]).
 //!
 //! It takes a validated [`gatehouse_config::Config`]; parsing and validation live in that crate.
 
 pub mod access;
+pub mod bodies;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -4,10 +4,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use gatehouse_config::{Api, Config, OnError, PluginLimits, PluginRef, PluginSource, Problem};
-use gatehouse_plugin_host::bindings::{HostState, PluginPre};
 use gatehouse_plugin_host::{
-    EditLimits, Failure, Hook, LoadError, Node, PluginEngine, PluginSlot, Reply, RequestOutcome,
-    SlotLimits,
+    Component, EditLimits, Failure, Grants, HeldInstance, Hook, LoadError, Node, PluginEngine,
+    PluginSlot, Reply, RequestOutcome, SlotLimits,
 };
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -18,7 +17,12 @@ use pingora_http::{RequestHeader, ResponseHeader};
 pub struct ApiPlugins {
     slots: Vec<(Arc<PluginSlot>, OnError)>,
     /// The compiled component of each slot, to tell whether a file changed since.
-    components: Vec<Arc<PluginPre<HostState>>>,
+    components: Vec<Arc<Component>>,
+    /// Largest request body the chain reads whole (the smallest body limit of its plugins that
+    /// read it); `None`: no plugin reads it, the body streams.
+    request_body: Option<usize>,
+    /// Largest response body the chain holds whole; `None`: it streams.
+    response_body: Option<usize>,
     /// What the chain was built from: (service, API, plugins, limits).
     built_from: Option<(String, String, Vec<PluginRef>, PluginLimits)>,
 }
@@ -35,6 +39,7 @@ pub enum Decision<'a> {
         path_changed: bool,
         query_changed: bool,
         host_changed: bool,
+        body_changed: bool,
     },
     Respond(Reply),
     Stop(Stopped<'a>),
@@ -60,6 +65,7 @@ impl ApiPlugins {
                 headers: limits.max_added_headers,
                 bytes: limits.max_added_header_bytes,
             },
+            body: limits.body as usize,
         };
         let mut problems = Vec::new();
         let mut slots = Vec::new();
@@ -90,14 +96,26 @@ impl ApiPlugins {
                     problems.push(Problem::new(
                         format!("{path}.{key}"),
                         e.to_string(),
-                        "give a component built for the gatehouse:plugin@0.1.0 world (see plugins/README.md)",
+                        "give a component built for the gatehouse:plugin world, version 0.2.0 or 0.1.0 (see plugins/README.md)",
                     ));
                     continue;
                 }
             };
             let label = plugin.source.label();
             components.push(pre.clone());
-            match PluginSlot::new(
+            let grants = match plugin.grants.as_ref().map(Grants::configured).transpose() {
+                Ok(grants) => grants,
+                Err(e) => {
+                    problems.push(Problem::new(
+                        format!("{path}.grants"),
+                        e,
+                        "write header names in lower case, prefixes ending in *",
+                    ));
+                    continue;
+                }
+            };
+            let trusted = matches!(plugin.source, PluginSource::Standard(_));
+            match PluginSlot::with_grants(
                 engine.clone(),
                 pre,
                 &label,
@@ -107,10 +125,23 @@ impl ApiPlugins {
                 SlotLimits {
                     memory: plugin.memory,
                     time: plugin.time,
+                    body: plugin.body as usize,
                     ..limits
                 },
+                grants,
+                trusted,
             ) {
-                Ok(slot) => slots.push((slot, plugin.on_error)),
+                Ok(slot) => {
+                    if let Some(key) = declared_key(&plugin.source) {
+                        gatehouse_config::secrets::declare(key, slot.secret_keys(), &plugin.config);
+                    }
+                    slots.push((slot, plugin.on_error))
+                }
+                Err(Failure::Denied(message)) => problems.push(Problem::new(
+                    format!("{path}.grants"),
+                    format!("plugin {label} is refused: {message}"),
+                    "grant what it needs under grants: (see wit/README.md), or use another plugin",
+                )),
                 Err(Failure::Error(message)) => problems.push(Problem::new(
                     format!("{path}.config"),
                     format!("plugin {label} refused its configuration: {message}"),
@@ -124,7 +155,16 @@ impl ApiPlugins {
             }
         }
         if problems.is_empty() {
+            let smallest = |reads: fn(&PluginSlot) -> bool| {
+                slots
+                    .iter()
+                    .filter(|(s, _)| reads(s))
+                    .map(|(s, _)| s.body_limit())
+                    .min()
+            };
             Ok(Self {
+                request_body: smallest(PluginSlot::reads_request_body),
+                response_body: smallest(PluginSlot::reads_response_body),
                 slots,
                 components,
                 built_from: Some((
@@ -175,6 +215,66 @@ impl ApiPlugins {
         self.slots.is_empty()
     }
 
+    /// Largest request body the chain reads whole before its `on-request` plugins run, if any
+    /// plugin reads it.
+    pub fn request_body_limit(&self) -> Option<usize> {
+        self.request_body
+    }
+
+    /// Largest response body the chain holds whole for its `on-response-body` plugins, if any.
+    pub fn response_body_limit(&self) -> Option<usize> {
+        self.response_body
+    }
+
+    /// Counts a body over the chain's limit as a `body_limit` failure of each plugin that
+    /// reads it; returns the first such `fail_closed` plugin, which stops the request.
+    pub fn body_over_limit(&self, response: bool, length: usize) -> Option<Stopped<'_>> {
+        let mut stopped = None;
+        for (slot, on_error) in &self.slots {
+            let reads = if response {
+                slot.reads_response_body()
+            } else {
+                slot.reads_request_body()
+            };
+            if !reads || length <= slot.body_limit() {
+                continue;
+            }
+            let failure = Failure::BodyLimit(format!(
+                "a {} body of {length} bytes or more is over its body_limit of {} bytes",
+                if response { "response" } else { "request" },
+                slot.body_limit()
+            ));
+            slot.count_failure(&failure);
+            if *on_error == OnError::FailClosed && stopped.is_none() {
+                stopped = Some(Stopped {
+                    plugin: slot.label(),
+                    failure,
+                });
+            }
+        }
+        stopped
+    }
+
+    /// Takes an instance of every `on-response-body` plugin, in order, while the response
+    /// header goes out. A plugin that cannot get one fails now: `fail_closed` stops the
+    /// response; `fail_open` leaves the plugin out.
+    pub async fn hold_response_body(&self) -> Result<Vec<(HeldInstance, OnError)>, Stopped<'_>> {
+        let mut held = Vec::new();
+        for (slot, on_error) in self.slots.iter().filter(|(s, _)| s.reads_response_body()) {
+            match slot.hold().await {
+                Ok(instance) => held.push((instance, *on_error)),
+                Err(failure) if *on_error == OnError::FailClosed => {
+                    return Err(Stopped {
+                        plugin: slot.label(),
+                        failure,
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(held)
+    }
+
     /// The names of the chain's plugins, as their metrics label them.
     pub fn labels(&self) -> impl Iterator<Item = &str> {
         self.slots.iter().map(|(slot, _)| slot.label())
@@ -185,22 +285,25 @@ impl ApiPlugins {
         &self,
         req: &mut RequestHeader,
         client_ip: Option<IpAddr>,
+        mut body: Option<&mut bytes::Bytes>,
     ) -> Decision<'_> {
-        let (mut path, mut query, mut host) = (false, false, false);
+        let (mut path, mut query, mut host, mut body_set) = (false, false, false, false);
         for (slot, on_error) in self
             .slots
             .iter()
             .filter(|(s, _)| s.implements(Hook::Request))
         {
-            match slot.on_request(req, client_ip).await {
+            match slot.on_request(req, client_ip, body.as_deref_mut()).await {
                 Ok(RequestOutcome::Proceed {
                     path_changed,
                     query_changed,
                     host_changed,
+                    body_changed,
                 }) => {
                     path |= path_changed;
                     query |= query_changed;
                     host |= host_changed;
+                    body_set |= body_changed;
                 }
                 Ok(RequestOutcome::Respond(reply)) => return Decision::Respond(reply),
                 Err(failure) => {
@@ -217,6 +320,7 @@ impl ApiPlugins {
             path_changed: path,
             query_changed: query,
             host_changed: host,
+            body_changed: body_set,
         }
     }
 
@@ -266,6 +370,38 @@ impl ApiPlugins {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs the held `on-response-body` plugins in order on the whole response body; each sees the
+/// body the previous one left. `Ok(None)`: the body is unchanged.
+pub fn run_response_body(
+    held: Vec<(HeldInstance, OnError)>,
+    req: &mut RequestHeader,
+    status: u16,
+    headers: &http::HeaderMap,
+    body: bytes::Bytes,
+    client_ip: Option<IpAddr>,
+) -> Result<Option<bytes::Bytes>, (String, Failure)> {
+    let mut current: Option<bytes::Bytes> = None;
+    for (instance, on_error) in held {
+        let label = instance.slot().label().to_owned();
+        let input = current.as_ref().unwrap_or(&body);
+        match instance.on_response_body(req, status, headers, input, client_ip) {
+            Ok(Some(replaced)) => current = Some(replaced),
+            Ok(None) => {}
+            Err(failure) if on_error == OnError::FailClosed => return Err((label, failure)),
+            Err(_) => {}
+        }
+    }
+    Ok(current)
+}
+
+/// The key under which the secret keys a plugin declares are kept for redaction.
+fn declared_key(source: &PluginSource) -> Option<String> {
+    match source {
+        PluginSource::Standard(name) => gatehouse_config::secrets::declared_key(Some(name), None),
+        PluginSource::File(path) => gatehouse_config::secrets::declared_key(None, path.to_str()),
     }
 }
 

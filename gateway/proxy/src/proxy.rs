@@ -6,8 +6,12 @@
 //! - `request_filter`: load the runtime snapshot, route, answer 400/404/405 and fixed responses;
 //! - `upstream_peer`: pick a node this request has not tried (called again for each retry);
 //! - `fail_to_connect` / `error_while_proxy`: record the failed attempt and decide on a retry;
-//! - `upstream_request_filter`: backend path, Host, `X-Forwarded-*`;
+//! - `upstream_request_filter`: backend path, Host, `X-Forwarded-*`, the length of a body plugins
+//!   read;
+//! - `request_body_filter`: the body limit, and the plugins' version of a body they read;
 //! - `upstream_response_filter`: the attempt succeeded;
+//! - `response_filter` / `response_body_filter`: the response plugins, and the body held whole for
+//!   the plugins that read it;
 //! - `fail_to_proxy`: every attempt failed, answer 502/504 as JSON;
 //! - `logging`: request metrics.
 
@@ -29,13 +33,16 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use gatehouse_config::canonical::{self, decode_query_name, PathRules};
 use gatehouse_config::HttpOptions;
 
+use crate::bodies::{HeldResponse, Refused};
 use crate::health::{Evidence, Source};
 use crate::metrics::Outcome;
-use crate::plugins::{ApiPlugins, Decision as PluginDecision, Stopped};
+use crate::plugins::{run_response_body, ApiPlugins, Decision as PluginDecision, Stopped};
 use crate::respond::{self, ErrorBody};
 use crate::route::RouteMatch;
 use crate::runtime::{ApiBackend, ApiRuntime, Runtime, SharedRuntime};
 use crate::selection::TriedSet;
+use gatehouse_config::OnError;
+use gatehouse_plugin_host::HeldInstance;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -111,8 +118,9 @@ pub struct RequestCtx {
     client_host: Option<http::HeaderValue>,
     /// A plugin set the Host header: the upstream's `host_header` does not override it.
     host_set_by_plugin: bool,
-    /// The plugin whose failure stopped the request, for the error answer.
+    /// The plugin whose failure stopped the request, and why, for the error answer.
     failed_plugin: Option<String>,
+    failed_reason: Option<&'static str>,
     /// Largest body this request may stream upstream (checked as it is read).
     body_limit: Option<u64>,
     /// The client sent `Expect: 100-continue` and got its interim answer from the gateway.
@@ -125,6 +133,14 @@ pub struct RequestCtx {
     error: Option<&'static str>,
     /// Path and query as the client sent them, kept when the access log is on.
     target: Option<String>,
+    /// The whole request body, read for the API's plugins (`None`: the body streams).
+    request_body: Option<bytes::Bytes>,
+    /// The client's request had a body (so the upstream's gets a `Content-Length`).
+    request_framed: bool,
+    /// The response body being held for the API's `on-response-body` plugins.
+    held_response: Option<HeldResponse>,
+    /// Their instances, taken in the header phase.
+    held_plugins: Vec<(HeldInstance, OnError)>,
 }
 
 impl RequestCtx {
@@ -222,6 +238,7 @@ impl RequestCtx {
     /// answers with (500, naming the plugin).
     fn stop(&mut self, stopped: Stopped<'_>) -> Box<Error> {
         self.failed_plugin = Some(stopped.plugin.to_owned());
+        self.failed_reason = Some(stopped.failure.reason());
         Error::explain(
             PLUGIN_FAILED,
             format!(
@@ -277,14 +294,20 @@ impl Gateway {
         }
         match api
             .plugins
-            .on_request(session.req_header_mut(), ctx.client_ip)
+            .on_request(
+                session.req_header_mut(),
+                ctx.client_ip,
+                ctx.request_body.as_mut(),
+            )
             .await
         {
             PluginDecision::Proceed {
                 path_changed,
                 query_changed,
                 host_changed,
+                body_changed,
             } => {
+                ctx.request_framed |= body_changed;
                 if path_changed {
                     // the plugin's path replaces the API's backend path mapping
                     ctx.upstream_uri = None;
@@ -314,6 +337,117 @@ impl Gateway {
                 Ok(true)
             }
         }
+    }
+
+    /// Reads the whole request body when the API's plugins read it; `Ok(true)` when the request
+    /// was answered instead (413 over the limit, 411 when it cannot be held).
+    async fn read_plugin_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        runtime: &Runtime,
+        api: usize,
+        keepalive: Option<u64>,
+    ) -> Result<bool> {
+        let api = &runtime.apis[api];
+        let Some(plugin_limit) = api.plugins.request_body_limit() else {
+            return Ok(false);
+        };
+        let limit = (plugin_limit as u64).min(api.max_body_size);
+        let declared = declared_length(session.req_header());
+        if declared.is_none_or(|l| l <= limit) && expects_continue(session.req_header()) {
+            session.write_continue_response().await?;
+            ctx.continued = true;
+        }
+        ctx.request_framed = body_expected(session.req_header());
+        match crate::bodies::read_request(session, declared, limit).await? {
+            Ok(body) => {
+                // the body is read: the connection can serve the next request, whatever the
+                // plugins answer
+                if !session.is_http2() {
+                    session.set_keepalive(keepalive);
+                }
+                ctx.request_body = Some(body);
+                Ok(false)
+            }
+            Err(refused) => {
+                session.set_keepalive(None);
+                let body = match refused {
+                    Refused::TooLarge { limit, length } => {
+                        if let Some(stopped) = api
+                            .plugins
+                            .body_over_limit(false, length.unwrap_or(limit + 1) as usize)
+                        {
+                            ctx.failed_plugin = Some(stopped.plugin.to_owned());
+                        }
+                        let size = length.map_or_else(
+                            || "the request body".to_owned(),
+                            |l| format!("the request body of {l} bytes"),
+                        );
+                        ErrorBody {
+                            service: Some(&api.service),
+                            api: Some(&api.name),
+                            ..ErrorBody::new(
+                                413,
+                                "payload_too_large",
+                                format!("{size} is over the limit of {limit} bytes of this API's plugins, which read it whole"),
+                            )
+                        }
+                    }
+                    Refused::LengthRequired => ErrorBody {
+                        service: Some(&api.service),
+                        api: Some(&api.name),
+                        ..ErrorBody::new(
+                            411,
+                            "length_required",
+                            "this API's plugins read the request body whole: a body over 64 KiB needs a Content-Length",
+                        )
+                    },
+                };
+                answer_error(session, ctx, &body, None).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Runs the `on-response-body` plugins on a fixed response's body.
+    async fn fixed_response_body<'p>(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        plugins: &'p ApiPlugins,
+        resp: &ResponseHeader,
+        body: &mut bytes::Bytes,
+    ) -> std::result::Result<(), Stopped<'p>> {
+        let Some(limit) = plugins.response_body_limit() else {
+            return Ok(());
+        };
+        let status = resp.status.as_u16();
+        if !crate::bodies::response_has_body(&session.req_header().method, status) {
+            return Ok(());
+        }
+        if body.len() > limit {
+            return plugins
+                .body_over_limit(true, body.len())
+                .map_or(Ok(()), Err);
+        }
+        let held = plugins.hold_response_body().await?;
+        match run_response_body(
+            held,
+            session.req_header_mut(),
+            status,
+            &resp.headers,
+            body.clone(),
+            ctx.client_ip,
+        ) {
+            Ok(Some(replaced)) => *body = replaced,
+            Ok(None) => {}
+            Err((plugin, failure)) => {
+                let plugin = plugins.labels().find(|l| *l == plugin).unwrap_or("plugin");
+                return Err(Stopped { plugin, failure });
+            }
+        }
+        Ok(())
     }
 
     /// Runs the API's `on-upstream-request` plugins for the current attempt.
@@ -380,12 +514,17 @@ impl ProxyHttp for Gateway {
             client_host: None,
             host_set_by_plugin: false,
             failed_plugin: None,
+            failed_reason: None,
             body_limit: None,
             continued: false,
             error: None,
             target: None,
             scheme: "http",
             upgraded: false,
+            request_body: None,
+            request_framed: false,
+            held_response: None,
+            held_plugins: Vec::new(),
         }
     }
 
@@ -490,15 +629,18 @@ impl ProxyHttp for Gateway {
                 }
                 ctx.body_limit = Some(limit);
                 if self
-                    .run_request_plugins(session, ctx, &runtime, api)
+                    .read_plugin_body(session, ctx, &runtime, api, keepalive)
                     .await?
+                    || self
+                        .run_request_plugins(session, ctx, &runtime, api)
+                        .await?
                 {
                     return Ok(true);
                 }
                 if body {
                     session.set_keepalive(keepalive);
                 }
-                if expects_continue(session.req_header()) {
+                if !ctx.continued && expects_continue(session.req_header()) {
                     session.write_continue_response().await?;
                     ctx.continued = true;
                 }
@@ -513,8 +655,11 @@ impl ProxyHttp for Gateway {
             Decision::Fixed(api) => {
                 ctx.api = Some(api);
                 if self
-                    .run_request_plugins(session, ctx, &runtime, api)
+                    .read_plugin_body(session, ctx, &runtime, api, keepalive)
                     .await?
+                    || self
+                        .run_request_plugins(session, ctx, &runtime, api)
+                        .await?
                 {
                     return Ok(true);
                 }
@@ -528,17 +673,26 @@ impl ProxyHttp for Gateway {
                 }
                 resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
                 let plugins = &runtime.apis[api].plugins;
+                let mut body = answer.body.clone();
                 if !plugins.is_empty() {
-                    if let Err(stopped) = plugins
+                    let stopped = match plugins
                         .on_response(session.req_header_mut(), &mut resp, ctx.client_ip)
                         .await
                     {
+                        Err(stopped) => Some(stopped),
+                        Ok(()) => self
+                            .fixed_response_body(session, ctx, plugins, &resp, &mut body)
+                            .await
+                            .err(),
+                    };
+                    if let Some(stopped) = stopped {
                         let body = plugin_error(&runtime.apis[api], &stopped);
                         answer_error(session, ctx, &body, None).await?;
                         return Ok(true);
                     }
+                    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
                 }
-                respond::write(session, resp, answer.body.clone()).await?;
+                respond::write(session, resp, body).await?;
                 Ok(true)
             }
             Decision::NotFound => {
@@ -649,16 +803,27 @@ impl ProxyHttp for Gateway {
                 upstream_request.insert_header(HOST, host.clone())?;
             }
         }
+        if let Some(body) = ctx.request_body.as_ref().filter(|_| ctx.request_framed) {
+            // the plugins' version of the body, read whole: its length is known
+            upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        }
         self.run_upstream_plugins(upstream_request, ctx).await
     }
 
     async fn request_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(whole) = &ctx.request_body {
+            // read before the plugins ran: the engine resends what it kept, the upstream gets
+            // the plugins' version (again on every attempt)
+            *body = (end_of_stream && !whole.is_empty()).then(|| whole.clone());
+            return Ok(());
+        }
         if let Some(limit) = ctx.body_limit {
             // counted by the engine, so a retry that replays the buffered body counts it once
             let read = session.body_bytes_read() as u64;
@@ -685,7 +850,111 @@ impl ProxyHttp for Gateway {
         let result = plugins
             .on_response(session.req_header_mut(), upstream_response, ctx.client_ip)
             .await;
-        result.map_err(|stopped| ctx.stop(stopped))
+        result.map_err(|stopped| ctx.stop(stopped))?;
+        let Some(limit) = plugins.response_body_limit() else {
+            return Ok(());
+        };
+        let status = upstream_response.status.as_u16();
+        if ctx.upgraded || !crate::bodies::response_has_body(&session.req_header().method, status) {
+            return Ok(());
+        }
+        let declared = upstream_response
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
+        if let Some(length) = declared.filter(|l| *l > limit) {
+            // known to be too large before anything went out: a fail_closed plugin answers
+            // 500, otherwise the body streams unchanged
+            return match plugins.body_over_limit(true, length) {
+                Some(stopped) => Err(ctx.stop(stopped)),
+                None => Ok(()),
+            };
+        }
+        let held = plugins
+            .hold_response_body()
+            .await
+            .map_err(|stopped| ctx.stop(stopped))?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        // the plugins may change the body's length: it goes out chunked (HTTP/1.1) or framed by
+        // the stream (HTTP/2)
+        upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+        if !session.is_http2() && session.req_header().version == http::Version::HTTP_11 {
+            upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        ctx.held_plugins = held;
+        ctx.held_response = Some(HeldResponse {
+            buffer: bytes::BytesMut::with_capacity(declared.unwrap_or(0)),
+            limit,
+            status,
+            headers: upstream_response.headers.clone(),
+        });
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        let Some(held) = ctx.held_response.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body.take() {
+            if let Err(all) = held.push(chunk) {
+                let length = all.len();
+                ctx.held_response = None;
+                ctx.held_plugins.clear();
+                if let Some(stopped) = ctx.plugins().and_then(|p| {
+                    p.body_over_limit(true, length)
+                        .map(|s| (s.plugin.to_owned(), s.failure))
+                }) {
+                    // the header is out: the response is cut rather than sent unprocessed
+                    ctx.failed_plugin = Some(stopped.0.clone());
+                    ctx.failed_reason = Some(stopped.1.reason());
+                    return Err(Error::explain(
+                        PLUGIN_FAILED,
+                        format!("plugin {} failed ({})", stopped.0, stopped.1.reason()),
+                    ));
+                }
+                *body = Some(all);
+                return Ok(None);
+            }
+        }
+        if !end_of_stream {
+            return Ok(None);
+        }
+        let Some(held) = ctx.held_response.take() else {
+            return Ok(None);
+        };
+        let whole = held.buffer.freeze();
+        let plugins = std::mem::take(&mut ctx.held_plugins);
+        match run_response_body(
+            plugins,
+            session.req_header_mut(),
+            held.status,
+            &held.headers,
+            whole.clone(),
+            ctx.client_ip,
+        ) {
+            Ok(replaced) => {
+                *body = Some(replaced.unwrap_or(whole));
+                Ok(None)
+            }
+            Err((plugin, failure)) => {
+                // the header is out: the response is cut rather than sent unprocessed
+                let e = Error::explain(
+                    PLUGIN_FAILED,
+                    format!("plugin {plugin} failed ({})", failure.reason()),
+                );
+                ctx.failed_plugin = Some(plugin);
+                ctx.failed_reason = Some(failure.reason());
+                Err(e)
+            }
+        }
     }
 
     async fn upstream_response_filter(
@@ -867,7 +1136,10 @@ impl ProxyHttp for Gateway {
                 if ctx.attempts == 1 { "" } else { "s" },
                 describe(e)
             ),
-            _ => describe(e),
+            _ => match (&ctx.failed_plugin, ctx.failed_reason) {
+                (Some(plugin), Some(reason)) => format!("plugin {plugin} failed ({reason})"),
+                _ => describe(e),
+            },
         };
         let plugin = ctx.failed_plugin.as_deref();
         let body = ErrorBody {

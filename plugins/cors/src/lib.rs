@@ -2,7 +2,7 @@
 //! allowed origins.
 
 use gatehouse_plugin_sdk::{
-    export_plugin, parse_config, Action, Hooks, Plugin, Reply, Request, Response,
+    export_plugin, parse_config, Action, Hooks, Needs, Plugin, Reply, Request, Response,
 };
 use serde::Deserialize;
 
@@ -102,6 +102,28 @@ impl Plugin for Cors {
             credentials: config.allow_credentials,
             max_age: config.max_age,
         })
+    }
+
+    /// The CORS request headers, and the response headers it sets (reading `vary` to extend it).
+    fn needs(&self) -> Needs {
+        let needs = [
+            "origin",
+            "access-control-request-method",
+            "access-control-request-headers",
+        ]
+        .into_iter()
+        .fold(Needs::new(Self::HOOKS), Needs::read_request_header);
+        [
+            "access-control-allow-origin",
+            "access-control-allow-credentials",
+            "access-control-expose-headers",
+            "vary",
+        ]
+        .into_iter()
+        .fold(
+            needs.read_response_header("vary"),
+            Needs::write_response_header,
+        )
     }
 
     fn on_request(&self, req: &Request) -> Result<Action, String> {

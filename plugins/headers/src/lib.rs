@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use gatehouse_plugin_sdk::{export_plugin, parse_config, Action, Hooks, Plugin, Request, Response};
+use gatehouse_plugin_sdk::{
+    export_plugin, parse_config, Action, Hooks, Needs, Plugin, Request, Response,
+};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
@@ -91,6 +93,15 @@ impl Changes {
         Ok(())
     }
 
+    /// The headers these changes touch, in lower case.
+    fn names(&self) -> impl Iterator<Item = String> + '_ {
+        self.remove
+            .iter()
+            .chain(self.set.0.iter().map(|(n, _)| n))
+            .chain(self.add.0.iter().map(|(n, _)| n))
+            .map(|n| n.to_ascii_lowercase())
+    }
+
     fn is_empty(&self) -> bool {
         self.set.0.is_empty() && self.add.0.is_empty() && self.remove.is_empty()
     }
@@ -176,6 +187,17 @@ impl Plugin for Headers {
         request.check("request")?;
         response.check("response")?;
         Ok(Headers { request, response })
+    }
+
+    /// Writes exactly the headers it is configured to change; reads none.
+    fn needs(&self) -> Needs {
+        let needs = self
+            .request
+            .names()
+            .fold(Needs::new(Self::HOOKS), Needs::write_request_header);
+        self.response
+            .names()
+            .fold(needs, Needs::write_response_header)
     }
 
     fn on_request(&self, req: &Request) -> Result<Action, String> {

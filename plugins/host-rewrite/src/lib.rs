@@ -1,6 +1,6 @@
 //! `host-rewrite`: sets the `Host` header of the request going upstream.
 
-use gatehouse_plugin_sdk::{export_plugin, parse_config, Action, Hooks, Plugin, Request};
+use gatehouse_plugin_sdk::{export_plugin, parse_config, Action, Hooks, Needs, Plugin, Request};
 use serde::Deserialize;
 
 /// The plugin's configuration.
@@ -24,6 +24,10 @@ impl Plugin for HostRewrite {
         let Config { host } = parse_config(config)?;
         check_host(&host)?;
         Ok(HostRewrite { host })
+    }
+
+    fn needs(&self) -> Needs {
+        Needs::new(Self::HOOKS).write_request_header("host")
     }
 
     fn on_request(&self, req: &Request) -> Result<Action, String> {

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use gatehouse_plugin_sdk::{
-    export_plugin, log, parse_config, Action, Hooks, Plugin, Reply, Request,
+    export_plugin, log, parse_config, Action, Hooks, Needs, Plugin, Reply, Request,
 };
 use serde::Deserialize;
 
@@ -131,6 +131,11 @@ impl IpRestriction {
 
 impl Plugin for IpRestriction {
     const HOOKS: Hooks = Hooks::ON_REQUEST;
+
+    /// The client address only: no header.
+    fn needs(&self) -> Needs {
+        Needs::new(Self::HOOKS)
+    }
 
     fn configure(config: &str) -> Result<Self, String> {
         let Config { allow, deny } = parse_config(config)?;

@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use gatehouse_plugin_sdk::{
-    export_plugin, log, parse_config, Action, Hooks, Plugin, Reply, Request,
+    export_plugin, log, parse_config, Action, Hooks, Needs, Plugin, Reply, Request,
 };
 use serde::Deserialize;
 
@@ -48,6 +48,7 @@ pub struct KeyAuth {
 
 impl Plugin for KeyAuth {
     const HOOKS: Hooks = Hooks::ON_REQUEST;
+    const SECRET_KEYS: &'static [&'static str] = &["keys"];
 
     fn configure(config: &str) -> Result<Self, String> {
         let Config {
@@ -83,6 +84,23 @@ impl Plugin for KeyAuth {
             query,
             hide_credentials,
         })
+    }
+
+    /// The key's header: read, and removed when `hide_credentials`.
+    fn needs(&self) -> Needs {
+        let needs = Needs::new(Self::HOOKS);
+        match &self.header {
+            Some(header) => {
+                let header = header.to_ascii_lowercase();
+                let needs = needs.read_request_header(header.clone());
+                if self.hide_credentials {
+                    needs.write_request_header(header)
+                } else {
+                    needs
+                }
+            }
+            None => needs,
+        }
     }
 
     fn on_request(&self, req: &Request) -> Result<Action, String> {

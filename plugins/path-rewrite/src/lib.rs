@@ -1,7 +1,9 @@
 //! `path-rewrite`: rewrites the path sent upstream, either by replacing a prefix or with a
 //! regular expression. The query is left as it is.
 
-use gatehouse_plugin_sdk::{export_plugin, log, parse_config, Action, Hooks, Plugin, Request};
+use gatehouse_plugin_sdk::{
+    export_plugin, log, parse_config, Action, Hooks, Needs, Plugin, Request,
+};
 use regex_lite::Regex;
 use serde::Deserialize;
 
@@ -183,6 +185,11 @@ pub struct PathRewrite {
 
 impl Plugin for PathRewrite {
     const HOOKS: Hooks = Hooks::ON_REQUEST;
+
+    /// The path and query only: no header.
+    fn needs(&self) -> Needs {
+        Needs::new(Self::HOOKS)
+    }
 
     fn configure(config: &str) -> Result<Self, String> {
         Ok(PathRewrite {

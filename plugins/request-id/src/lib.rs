@@ -2,7 +2,7 @@
 //! the client on the response.
 
 use gatehouse_plugin_sdk::{
-    export_plugin, parse_config, random, Action, Hooks, Plugin, Request, Response,
+    export_plugin, parse_config, random, Action, Hooks, Needs, Plugin, Request, Response,
 };
 use serde::Deserialize;
 
@@ -42,6 +42,15 @@ impl Plugin for RequestId {
             return Err(format!("`header` {header:?} is not a valid header name"));
         }
         Ok(RequestId { header, overwrite })
+    }
+
+    /// Its one header: read and set on the request, set on the response.
+    fn needs(&self) -> Needs {
+        let header = self.header.to_ascii_lowercase();
+        Needs::new(Self::HOOKS)
+            .read_request_header(header.clone())
+            .write_request_header(header.clone())
+            .write_response_header(header)
     }
 
     /// Keeps the client's id unless `overwrite`, otherwise sets a new one; the request (and so

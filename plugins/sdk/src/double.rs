@@ -24,6 +24,7 @@ struct RequestState {
     service: String,
     api: String,
     read_only: bool,
+    body: Option<Vec<u8>>,
 }
 
 /// The response going to the client (test double: build one with [`Response::new`]).
@@ -109,6 +110,7 @@ impl Request {
                 service: "test".to_string(),
                 api: "test".to_string(),
                 read_only: false,
+                body: None,
             }),
         }
     }
@@ -135,6 +137,12 @@ impl Request {
         state.service = service.to_string();
         state.api = api.to_string();
         drop(state);
+        self
+    }
+
+    /// Gives the request a body, as the gateway does for a plugin that needs it (builder).
+    pub fn with_body(self, body: impl Into<Vec<u8>>) -> Self {
+        self.state.borrow_mut().body = Some(body.into());
         self
     }
 
@@ -240,6 +248,33 @@ impl Request {
     /// Removes every value of a header.
     pub fn remove_header(&self, name: &str) -> Result<(), String> {
         self.change(|state| state.headers.remove(name))
+    }
+
+    /// The whole request body (set with [`Request::with_body`]; an error without one, as the
+    /// gateway answers a plugin that did not declare it).
+    pub fn body(&self) -> Result<Vec<u8>, String> {
+        let state = self.state.borrow();
+        match &state.body {
+            Some(body) if !state.read_only => Ok(body.clone()),
+            _ => Err(
+                "the body can be read only in on-request, by a plugin granted request_body"
+                    .to_string(),
+            ),
+        }
+    }
+
+    /// Replaces the request body.
+    pub fn set_body(&self, body: &[u8]) -> Result<(), String> {
+        self.change(|state| match &mut state.body {
+            Some(old) => {
+                *old = body.to_vec();
+                Ok(())
+            }
+            None => Err(
+                "the body can be set only in on-request, by a plugin granted request_body"
+                    .to_string(),
+            ),
+        })
     }
 }
 

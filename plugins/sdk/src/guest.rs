@@ -4,7 +4,7 @@
 use std::cell::UnsafeCell;
 use std::sync::Once;
 
-use crate::{Action, LogLevel, Node, Plugin};
+use crate::{Action, LogLevel, Needs, Node, Plugin};
 
 /// Bindings for `wit/plugin.wit`, the one copy of the contract.
 pub mod bindings {
@@ -21,8 +21,10 @@ use bindings::gatehouse::plugin::{host, http, types as wit};
 
 /// The exported `action` variant, as the bindings spell it.
 pub type ActionRecord = wit::Action;
-/// The exported `hooks` flags, as the bindings spell them.
-pub type HooksRecord = wit::Hooks;
+/// The exported `needs` record, as the bindings spell it.
+pub type NeedsRecord = wit::Needs;
+/// The exported `info` record, as the bindings spell it.
+pub type InfoRecord = wit::Info;
 
 /// A request handed to a hook; see `wit/plugin.wit` for what each hook may change.
 #[repr(transparent)]
@@ -63,9 +65,21 @@ impl Request {
         self.0.header_all(name)
     }
 
-    /// Every header, names in lower case.
+    /// Every header the plugin may read, names in lower case.
     pub fn headers(&self) -> Vec<(String, String)> {
         self.0.headers()
+    }
+
+    /// The whole request body, in `on_request` of a plugin that declared
+    /// [`Needs::request_body`]; an error anywhere else.
+    pub fn body(&self) -> Result<Vec<u8>, String> {
+        self.0.body()
+    }
+
+    /// Replaces the body sent upstream (the gateway sets its length), in `on_request` of a
+    /// plugin that declared [`Needs::request_body`].
+    pub fn set_body(&self, body: &[u8]) -> Result<(), String> {
+        self.0.set_body(body)
     }
 
     /// The client's IP address.
@@ -207,14 +221,21 @@ impl<P: Plugin> Slot<P> {
         unsafe { (*self.0.get()).as_ref() }.ok_or_else(|| "plugin is not configured".to_string())
     }
 
-    pub fn configure(&self, config: String) -> Result<wit::Hooks, String> {
+    pub fn describe(&self) -> wit::Info {
+        wit::Info {
+            secret_keys: P::SECRET_KEYS.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    pub fn configure(&self, config: String) -> Result<wit::Needs, String> {
         install_panic_hook();
         // SAFETY: see the type's documentation.
         let slot = unsafe { &mut *self.0.get() };
         *slot = None;
-        *slot = Some(P::configure(&config)?);
-        // Bits in the WIT's flag order: on-request, on-upstream-request, on-response.
-        Ok(wit::Hooks::from_bits_retain(P::HOOKS.bits()))
+        let plugin = P::configure(&config)?;
+        let needs = plugin.needs();
+        *slot = Some(plugin);
+        Ok(needs_record(needs))
     }
 
     pub fn on_request(&self, req: &http::Request) -> Result<wit::Action, String> {
@@ -237,5 +258,32 @@ impl<P: Plugin> Slot<P> {
     pub fn on_response(&self, req: &http::Request, resp: &http::Response) -> Result<(), String> {
         self.plugin()?
             .on_response(Request::wrap(req), Response::wrap(resp))
+    }
+
+    pub fn on_response_body(
+        &self,
+        req: &http::Request,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        self.plugin()?
+            .on_response_body(Request::wrap(req), status, &headers, &body)
+    }
+}
+
+fn needs_record(needs: Needs) -> wit::Needs {
+    let headers = |h: crate::HeaderNeeds| wit::HeaderAccess {
+        read: h.read,
+        write: h.write,
+    };
+    // Bits in the WIT's flag order: on-request, on-upstream-request, on-response,
+    // on-response-body.
+    wit::Needs {
+        hooks: wit::Hooks::from_bits_retain(needs.hooks.bits()),
+        request_headers: headers(needs.request_headers),
+        response_headers: headers(needs.response_headers),
+        request_body: needs.request_body,
+        response_body: needs.response_body,
     }
 }

@@ -48,18 +48,33 @@ pub use config::parse_config;
 pub use double::{Request, Response};
 #[cfg(target_arch = "wasm32")]
 pub use guest::{Request, Response};
-pub use types::{Action, Hooks, LogLevel, Node, Reply};
+pub use types::{Action, HeaderNeeds, Hooks, LogLevel, Needs, Node, Reply};
 
 /// A Gatehouse plugin. One value is built per plugin instance by [`Plugin::configure`] and then
 /// serves every hook call of that instance.
 pub trait Plugin: Sized + 'static {
     /// The hooks this plugin implements. The gateway calls only these, so a plugin that declares
-    /// just the hooks it overrides costs less per request; the default is every hook.
+    /// just the hooks it overrides costs less per request; the default is the three header hooks
+    /// ([`Needs::response_body`] adds `on-response-body`).
     const HOOKS: Hooks = Hooks::ALL;
+
+    /// Keys of the plugin's configuration that hold secrets (dotted for nested keys:
+    /// `auth.password`): the gateway never shows or logs their values.
+    const SECRET_KEYS: &'static [&'static str] = &[];
 
     /// Builds the plugin from its `config` (JSON text, `{}` when the gateway configuration has
     /// none). An error refuses the configuration; `gatehouse validate` shows its message.
     fn configure(config: &str) -> Result<Self, String>;
+
+    /// What this configured plugin needs: its hooks, the headers it reads and writes, the
+    /// bodies. The operator grants each plugin use what it may touch, and the gateway refuses
+    /// a plugin that needs more, listing what is missing; at run time, headers it was not
+    /// granted to read are not there for it, and changing one it may not write fails the call.
+    /// The default is [`Self::HOOKS`] and every header ([`Needs::every_header`]): declare less
+    /// so that operators can grant less.
+    fn needs(&self) -> Needs {
+        Needs::every_header(Self::HOOKS)
+    }
 
     /// Runs for each request routed to the API, before a node is chosen. Changes made to `req`
     /// go upstream; [`Action::Respond`] answers the client without calling the upstream.
@@ -79,6 +94,21 @@ pub trait Plugin: Sized + 'static {
     fn on_response(&self, req: &Request, resp: &Response) -> Result<(), String> {
         let _ = (req, resp);
         Ok(())
+    }
+
+    /// Runs once the whole response body has arrived, for a plugin that declared
+    /// [`Needs::response_body`]. The status and `headers` (those the plugin may read) have gone
+    /// to the client: only the body can change. Returns the body to send instead, or `None` to
+    /// send it unchanged.
+    fn on_response_body(
+        &self,
+        req: &Request,
+        status: u16,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, String> {
+        let _ = (req, status, headers, body);
+        Ok(None)
     }
 }
 
@@ -115,9 +145,13 @@ macro_rules! export_plugin {
             struct GatehouseExports;
 
             impl $crate::__private::Guest for GatehouseExports {
+                fn describe() -> $crate::__private::InfoRecord {
+                    SLOT.describe()
+                }
+
                 fn configure(
                     config: $crate::__private::String,
-                ) -> $crate::__private::HookResult<$crate::__private::HooksRecord> {
+                ) -> $crate::__private::HookResult<$crate::__private::NeedsRecord> {
                     SLOT.configure(config)
                 }
 
@@ -139,6 +173,20 @@ macro_rules! export_plugin {
                     resp: &$crate::__private::ResponseHandle,
                 ) -> $crate::__private::HookResult<()> {
                     SLOT.on_response(req, resp)
+                }
+
+                fn on_response_body(
+                    req: &$crate::__private::RequestHandle,
+                    status: u16,
+                    headers: $crate::__private::Vec<(
+                        $crate::__private::String,
+                        $crate::__private::String,
+                    )>,
+                    body: $crate::__private::Vec<u8>,
+                ) -> $crate::__private::HookResult<
+                    $crate::__private::Option<$crate::__private::Vec<u8>>,
+                > {
+                    SLOT.on_response_body(req, status, headers, body)
                 }
             }
 
@@ -162,9 +210,11 @@ pub mod __private {
     pub use crate::guest::{
         bindings, bindings::export, bindings::Guest, bindings::Node as NodeRecord,
         bindings::Request as RequestHandle, bindings::Response as ResponseHandle, ActionRecord,
-        HooksRecord, Slot,
+        InfoRecord, NeedsRecord, Slot,
     };
+    pub use std::option::Option;
     pub use std::string::String;
+    pub use std::vec::Vec;
 
     /// What every exported hook returns.
     pub type HookResult<T> = Result<T, String>;

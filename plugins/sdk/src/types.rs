@@ -126,19 +126,116 @@ impl Hooks {
     pub const ON_REQUEST: Hooks = Hooks(1);
     pub const ON_UPSTREAM_REQUEST: Hooks = Hooks(2);
     pub const ON_RESPONSE: Hooks = Hooks(4);
+    /// Called with the whole response body; [`Needs::response_body`] declares it.
+    pub const ON_RESPONSE_BODY: Hooks = Hooks(8);
+    /// The three header hooks (`on-request`, `on-upstream-request`, `on-response`).
     pub const ALL: Hooks = Hooks(7);
+    pub const NONE: Hooks = Hooks(0);
 
     /// Both sets: `Hooks::ON_REQUEST.and(Hooks::ON_RESPONSE)`.
     pub const fn and(self, other: Hooks) -> Hooks {
         Hooks(self.0 | other.0)
     }
 
-    /// The bits, in the WIT's flag order (on-request, on-upstream-request, on-response).
+    /// The bits, in the WIT's flag order (on-request, on-upstream-request, on-response,
+    /// on-response-body).
     pub const fn bits(self) -> u8 {
         self.0
     }
 
     pub const fn contains(self, other: Hooks) -> bool {
         self.0 & other.0 == other.0
+    }
+}
+
+/// Headers of one message a plugin reads or writes: lower-case names, prefixes ending in `*`
+/// (`x-tenant-*`), or `*` for every header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderNeeds {
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+}
+
+/// What a plugin needs ([`crate::Plugin::needs`]): the gateway refuses the configuration, listing
+/// what is missing, when the operator did not grant all of it. Build with [`Needs::new`] and the
+/// builder methods:
+///
+/// ```
+/// use gatehouse_plugin_sdk::{Hooks, Needs};
+/// let needs = Needs::new(Hooks::ON_REQUEST)
+///     .read_request_header("authorization")
+///     .write_request_header("x-user-*");
+/// assert_eq!(needs.request_headers.write, ["x-user-*"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needs {
+    pub hooks: Hooks,
+    pub request_headers: HeaderNeeds,
+    pub response_headers: HeaderNeeds,
+    pub request_body: bool,
+    pub response_body: bool,
+}
+
+impl Needs {
+    /// `hooks`, and nothing else: no header, no body.
+    pub fn new(hooks: Hooks) -> Self {
+        Needs {
+            hooks,
+            request_headers: HeaderNeeds::default(),
+            response_headers: HeaderNeeds::default(),
+            request_body: false,
+            response_body: false,
+        }
+    }
+
+    /// `hooks` and every header of both messages, read and write: what a plugin that does not
+    /// say more needs (an operator must grant it `*`).
+    pub fn every_header(hooks: Hooks) -> Self {
+        let all = || HeaderNeeds {
+            read: vec!["*".to_string()],
+            write: vec!["*".to_string()],
+        };
+        Needs {
+            request_headers: all(),
+            response_headers: all(),
+            ..Needs::new(hooks)
+        }
+    }
+
+    /// Reads a request header (a name in lower case, a prefix ending in `*`, or `*`).
+    pub fn read_request_header(mut self, name: impl Into<String>) -> Self {
+        self.request_headers.read.push(name.into());
+        self
+    }
+
+    /// Writes (sets, appends, removes) a request header.
+    pub fn write_request_header(mut self, name: impl Into<String>) -> Self {
+        self.request_headers.write.push(name.into());
+        self
+    }
+
+    /// Reads a response header.
+    pub fn read_response_header(mut self, name: impl Into<String>) -> Self {
+        self.response_headers.read.push(name.into());
+        self
+    }
+
+    /// Writes a response header.
+    pub fn write_response_header(mut self, name: impl Into<String>) -> Self {
+        self.response_headers.write.push(name.into());
+        self
+    }
+
+    /// Reads (and may replace) the whole request body in `on_request`.
+    pub fn request_body(mut self) -> Self {
+        self.request_body = true;
+        self
+    }
+
+    /// Reads (and may replace) the whole response body in `on_response_body`.
+    pub fn response_body(mut self) -> Self {
+        self.response_body = true;
+        self.hooks = self.hooks.and(Hooks::ON_RESPONSE_BODY);
+        self
     }
 }
