@@ -64,6 +64,11 @@ struct Edge {
 
 /// A gateway with a TLS listener serving `shop.example` (the default) and `*.api.example`.
 fn edge(backend: &EchoServer) -> Edge {
+    edge_with(backend, "")
+}
+
+/// [`edge`] with more keys of `instance` (indented by two spaces, each line ending in a newline).
+fn edge_with(backend: &EchoServer, instance_extra: &str) -> Edge {
     let dir = scratch_dir();
     let ca = ca();
     ca.issue(&dir, "shop", &["shop.example"]);
@@ -71,7 +76,7 @@ fn edge(backend: &EchoServer) -> Edge {
     let tls_port = free_port();
     let gw = Gateway::start_with(
         &format!(
-            "  file_roots: [\"{dir}\"]\n  tls:\n    listen: [\"127.0.0.1:{tls_port}\"]\n    certificates:\n      - {{ cert_file: {dir}/shop.pem, key_file: {dir}/shop.key }}\n      - {{ cert_file: {dir}/api.pem, key_file: {dir}/api.key }}\n",
+            "  file_roots: [\"{dir}\"]\n  tls:\n    listen: [\"127.0.0.1:{tls_port}\"]\n    certificates:\n      - {{ cert_file: {dir}/shop.pem, key_file: {dir}/shop.key }}\n      - {{ cert_file: {dir}/api.pem, key_file: {dir}/api.key }}\n{instance_extra}",
             dir = dir.display()
         ),
         &format!(
@@ -402,4 +407,80 @@ fn a_client_flooding_stream_resets_is_cut_off() {
     );
     // and the gateway serves on
     assert_eq!(gw.get("/ok").status, 200);
+}
+
+/// An `openssl s_client` that negotiates h2 with `e`, writes `bytes` and then stays silent with
+/// its input open; whether the gateway ended the connection within `within`.
+fn h2_tls_client_cut_within(e: &Edge, bytes: &[u8], within: std::time::Duration) -> bool {
+    use std::io::Write;
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-alpn",
+            "h2",
+            "-servername",
+            "shop.example",
+            "-connect",
+        ])
+        .arg(format!("127.0.0.1:{}", e.tls_port))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl runs");
+    let mut input = client.stdin.take().unwrap();
+    input.write_all(bytes).unwrap();
+    input.flush().unwrap();
+    let deadline = std::time::Instant::now() + within;
+    let ended = loop {
+        if client.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = client.kill();
+    let _ = client.wait();
+    drop(input);
+    ended
+}
+
+#[test]
+fn h2_clients_over_tls_are_bounded_like_http1_ones() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    // GET https://shop.example/once: HEADERS on stream 1, END_STREAM | END_HEADERS, literal
+    // HPACK fields (:method GET, :scheme https, :authority, :path)
+    let mut block = vec![0x82, 0x87, 0x01, 12];
+    block.extend_from_slice(b"shop.example");
+    block.extend_from_slice(&[0x04, 5]);
+    block.extend_from_slice(b"/once");
+    let mut request = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+    request.extend_from_slice(&block);
+
+    let a = echo("a");
+    let e = edge_with(&a, "  http: { header_timeout: 1s, idle_timeout: 1s }\n");
+    // far past the 1 s deadlines, so a loaded machine cannot fail this; without the bounds the
+    // connections stay open for good
+    let within = std::time::Duration::from_secs(20);
+    assert!(
+        h2_tls_client_cut_within(&e, b"", within),
+        "TLS done, no preface"
+    );
+    assert!(
+        h2_tls_client_cut_within(&e, &PREFACE[..8], within),
+        "half a preface"
+    );
+    assert!(
+        h2_tls_client_cut_within(&e, &[PREFACE, SETTINGS].concat(), within),
+        "a preface and no request"
+    );
+    assert!(
+        h2_tls_client_cut_within(&e, &[PREFACE, SETTINGS, &request].concat(), within),
+        "one request, then idle"
+    );
+    assert_eq!(a.stats().requests(), 1);
 }

@@ -33,6 +33,9 @@ pub mod limits {
     /// The h2 library's own default: a client resetting more streams than this before the
     /// server has seen them is closed (CVE-2023-44487, "rapid reset").
     pub const DEFAULT_H2_PENDING_RESETS: usize = 20;
+    /// A quarter of the default stream limit: uploads in parallel on one connection are served,
+    /// a connection holding every stream open on a body that never comes is not.
+    pub const DEFAULT_H2_PENDING_BODIES: usize = 32;
     pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
     /// Below the idle timeouts of common backends (Node.js and Apache: 5 s), so the gateway, not
     /// the backend, closes an idle connection, and a request never meets one the backend has just
@@ -285,6 +288,8 @@ pub struct HttpOptions {
     pub h2c: bool,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_resets: usize,
+    /// Streams of one HTTP/2 connection still receiving their request body at once.
+    pub h2_max_pending_bodies: usize,
 }
 
 impl Default for HttpOptions {
@@ -304,6 +309,7 @@ impl Default for HttpOptions {
             h2c: false,
             h2_max_concurrent_streams: limits::DEFAULT_H2_STREAMS,
             h2_max_pending_resets: limits::DEFAULT_H2_PENDING_RESETS,
+            h2_max_pending_bodies: limits::DEFAULT_H2_PENDING_BODIES,
         }
     }
 }

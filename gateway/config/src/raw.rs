@@ -193,6 +193,9 @@ pub struct RawHttp {
     /// (protection against rapid resets).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub h2_max_pending_resets: Option<i64>,
+    /// Streams of one HTTP/2 connection that may be receiving their request body at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_max_pending_bodies: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -759,6 +759,16 @@ impl Validator {
                 ),
             }
         }
+        if let Some(n) = raw.h2_max_pending_bodies {
+            match usize::try_from(n) {
+                Ok(n) if (1..=10_000).contains(&n) => out.h2_max_pending_bodies = n,
+                _ => self.problem(
+                    "instance.http.h2_max_pending_bodies",
+                    format!("{n} is out of range 1..=10000"),
+                    format!("give a count such as {}", limits::DEFAULT_H2_PENDING_BODIES),
+                ),
+            }
+        }
         if let Some(n) = raw.max_connections {
             match usize::try_from(n) {
                 Ok(n) if n >= 1 => out.max_connections = n,

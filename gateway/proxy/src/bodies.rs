@@ -44,8 +44,10 @@ pub async fn read_request(
             session.enable_retry_buffering();
         }
         let Some(chunk) = session.read_request_body().await? else {
+            crate::listener::body_progress(true);
             break;
         };
+        crate::listener::body_progress(false);
         if (body.len() + chunk.len()) as u64 > limit {
             return Ok(Err(Refused::TooLarge {
                 limit,

@@ -538,6 +538,7 @@ impl ProxyHttp for Gateway {
         let runtime = self.runtime.load();
         let http = &runtime.config.instance.http;
         session.set_read_timeout(Some(http.body_timeout));
+        crate::listener::set_body_timeout(http.body_timeout);
         // Several requests in one write are answered one after the other, in order.
         session.set_pipelining_enabled(true);
         Ok(())
@@ -556,9 +557,12 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if session.req_header().version == http::Version::HTTP_2 {
-            from_h2_form(session.req_header_mut())?;
-        }
+        let h2_form = if session.req_header().version == http::Version::HTTP_2 {
+            from_h2_form(session.req_header_mut())
+        } else {
+            Ok(())
+        };
+        ignore_h2c_upgrade(session.req_header_mut());
         ctx.client_host = session.req_header().headers.get(HOST).cloned();
         let http = &runtime.config.instance.http;
         // A request answered here leaves its body unread: close the connection after the
@@ -569,7 +573,11 @@ impl ProxyHttp for Gateway {
         if body {
             session.set_keepalive(None);
         }
-        if let Some((status, message)) = check_framing(session, http) {
+        let refused = match h2_form {
+            Err(message) => Some((400, message)),
+            Ok(()) => check_framing(session, http),
+        };
+        if let Some((status, message)) = refused {
             let error = if status == 431 {
                 "request_header_fields_too_large"
             } else {
@@ -818,6 +826,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        crate::listener::body_progress(end_of_stream);
         if let Some(whole) = &ctx.request_body {
             // read before the plugins ran: the engine resends what it kept, the upstream gets
             // the plugins' version (again on every attempt)
@@ -1226,14 +1235,19 @@ impl ProxyHttp for Gateway {
 /// Gives an HTTP/2 request the shape of an HTTP/1.1 one: its `:authority` becomes the `Host`
 /// header (unless it carries one) and its target the path and query, as routing and the
 /// backends expect.
-fn from_h2_form(req: &mut RequestHeader) -> Result<()> {
+fn from_h2_form(req: &mut RequestHeader) -> std::result::Result<(), String> {
+    const NOT_A_PATH: &str = "the :path must be a path (origin-form, starting with '/')";
+    if req.raw_path().first() != Some(&b'/') {
+        return Err(NOT_A_PATH.to_owned());
+    }
     let uri = &req.uri;
     if uri.authority().is_none() && uri.scheme().is_none() {
         return Ok(());
     }
     if let Some(authority) = uri.authority().map(|a| a.as_str().to_owned()) {
         if !req.headers.contains_key(HOST) {
-            req.insert_header(HOST, authority)?;
+            req.insert_header(HOST, authority)
+                .map_err(|_| "the :authority is not a valid Host".to_owned())?;
         }
     }
     let target = req
@@ -1241,14 +1255,60 @@ fn from_h2_form(req: &mut RequestHeader) -> Result<()> {
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     match http::Uri::try_from(target) {
-        Ok(origin) => {
+        Ok(origin) if origin.path().starts_with('/') => {
             req.set_uri(origin);
             Ok(())
         }
-        Err(_) => Error::e_explain(
-            ErrorType::InvalidHTTPHeader,
-            "the :path is not a valid path",
-        ),
+        _ => Err(NOT_A_PATH.to_owned()),
+    }
+}
+
+/// Drops an HTTP/1.1 request's offer to switch to HTTP/2 (`Upgrade: h2c`): RFC 9113 §3.1 lets a
+/// server answer over HTTP/1.1, and clients (curl `--http2`, Java's HTTP client) offer it by
+/// default. Other protocols offered in the same `Upgrade` stay.
+fn ignore_h2c_upgrade(req: &mut RequestHeader) {
+    let Some(offered) = req.headers.get(http::header::UPGRADE) else {
+        return;
+    };
+    let offered = String::from_utf8_lossy(offered.as_bytes()).into_owned();
+    if !offered
+        .split(',')
+        .any(|p| p.trim().eq_ignore_ascii_case("h2c"))
+    {
+        return;
+    }
+    let rest: Vec<&str> = offered
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c"))
+        .collect();
+    req.remove_header("http2-settings");
+    if rest.is_empty() {
+        req.remove_header(&http::header::UPGRADE);
+    } else {
+        let _ = req.insert_header(http::header::UPGRADE, rest.join(", "));
+    }
+    // the Connection tokens that named what is gone
+    let keep_upgrade = !rest.is_empty();
+    let tokens: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|t| t.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("http2-settings")
+                && (keep_upgrade || !t.eq_ignore_ascii_case("upgrade"))
+        })
+        .collect();
+    req.remove_header(&http::header::CONNECTION);
+    if !tokens.is_empty() {
+        let _ = req.insert_header(http::header::CONNECTION, tokens.join(", "));
     }
 }
 

@@ -15,6 +15,13 @@
 //!
 //! The header is done once the proxy's first hook runs ([`header_received`]); from then on the
 //! request is bounded by the body and backend timeouts instead.
+//!
+//! HTTP/2 connections (ALPN `h2`, or the h2c preface on a plain listener) are driven by
+//! [`h2`], which gives the same deadlines their HTTP/2 meaning.
+
+mod h2;
+
+pub use h2::{body_progress, set_body_timeout};
 
 use std::fmt;
 use std::pin::Pin;
@@ -53,7 +60,8 @@ static METRICS: Lazy<ListenerMetrics> = Lazy::new(|| ListenerMetrics {
     closed: register_int_counter_vec!(
         "gatehouse_downstream_connections_refused_total",
         "Client connections the gateway closed on its own, by reason (max_connections: refused \
-         at accept; header_timeout: the request header took too long).",
+         at accept; header_timeout: the request header, or an HTTP/2 connection's preface and \
+         first request, took too long).",
         &["reason"]
     )
     .expect("metric registers once"),
@@ -139,6 +147,9 @@ pub struct ListenerLimits {
     pub h2c: bool,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_resets: usize,
+    pub h2_max_pending_bodies: usize,
+    /// Longest an HTTP/2 stream may go without a byte of its unfinished request body.
+    pub body_timeout: Duration,
     /// Largest HTTP/2 header list (the same bound as an HTTP/1.1 header).
     pub max_header_size: u32,
 }
@@ -153,6 +164,8 @@ impl From<&HttpOptions> for ListenerLimits {
             h2c: h.h2c,
             h2_max_concurrent_streams: h.h2_max_concurrent_streams,
             h2_max_pending_resets: h.h2_max_pending_resets,
+            h2_max_pending_bodies: h.h2_max_pending_bodies,
+            body_timeout: h.body_timeout,
             max_header_size: u32::try_from(h.max_header_size).unwrap_or(u32::MAX),
         }
     }
@@ -174,7 +187,9 @@ impl<A: HttpServerApp> EdgeHttp<A> {
             0 => None,
             n => Some(u32::try_from(n - 1).unwrap_or(u32::MAX)),
         };
-        options.h2c = limits.h2c;
+        // The connection layer tells HTTP/2 from HTTP/1 itself (under `header_timeout`): the
+        // engine's own h2c detection waits for 24 bytes without a deadline.
+        options.h2c = false;
         let mut h2 = inner.h2_options().unwrap_or_default();
         h2.max_concurrent_streams(limits.h2_max_concurrent_streams)
             .max_header_list_size(limits.max_header_size)
@@ -257,6 +272,7 @@ pub struct EdgeApp<A> {
 impl<A: HttpServerApp> EdgeApp<A> {
     pub fn new(inner: A, limits: ListenerLimits) -> Self {
         init_metrics();
+        h2::init_metrics();
         Self {
             http: Arc::new(EdgeHttp::new(inner, limits)),
             open: Arc::new(AtomicUsize::new(0)),
@@ -305,12 +321,43 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         METRICS.open.inc();
         let _slot = Slot(self.open.clone());
         let clock = Arc::new(ConnectionClock::new());
-        let watched: Stream = Box::new(Watched {
+        let header_deadline = clock.started + self.http.limits.header_timeout;
+        let mut watched = Watched {
             inner: stream,
             clock: clock.clone(),
-        });
+            replay: Vec::new(),
+            replayed: 0,
+        };
+        let http2 = if watched.inner.get_ssl_digest().is_some() {
+            matches!(watched.inner.selected_alpn_proto(), Some(ALPN::H2))
+        } else if self.http.limits.h2c {
+            match tokio::time::timeout_at(header_deadline.into(), watched.read_preface()).await {
+                Ok(Ok(http2)) => http2,
+                Ok(Err(e)) => {
+                    log::debug!("a client connection ended before its first request: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    METRICS.closed.with_label_values(&["header_timeout"]).inc();
+                    log::debug!(
+                        "closing a connection that sent no request within {:?}",
+                        self.http.limits.header_timeout
+                    );
+                    return None;
+                }
+            }
+        } else {
+            false
+        };
+        if http2 {
+            h2::serve(&self.http, Box::new(watched), shutdown, header_deadline).await;
+            return None;
+        }
         CONNECTION
-            .scope(clock, ServerApp::process_new(&self.http, watched, shutdown))
+            .scope(
+                clock,
+                ServerApp::process_new(&self.http, Box::new(watched), shutdown),
+            )
             .await
     }
 
@@ -324,6 +371,34 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
 struct Watched {
     inner: Stream,
     clock: Arc<ConnectionClock>,
+    /// Bytes read to tell HTTP/2 from HTTP/1, given back to the first reads.
+    replay: Vec<u8>,
+    replayed: usize,
+}
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Watched {
+    /// Reads until the bytes received either are the HTTP/2 preface or cannot begin it, and
+    /// keeps them for the protocol's own reads. A short HTTP/1 request (or a client that closes)
+    /// is told apart at its first byte, without waiting for 24 of them.
+    async fn read_preface(&mut self) -> std::io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; H2_PREFACE.len()];
+        let mut got = 0;
+        loop {
+            let n = self.inner.read(&mut buf[got..]).await?;
+            got += n;
+            self.replay.extend_from_slice(&buf[got - n..got]);
+            if n == 0 || !H2_PREFACE.starts_with(&buf[..got]) {
+                return Ok(false);
+            }
+            if got == H2_PREFACE.len() {
+                return Ok(true);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Watched {
@@ -338,6 +413,18 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.replayed < self.replay.len() {
+            let this = &mut *self;
+            let n = buf.remaining().min(this.replay.len() - this.replayed);
+            buf.put_slice(&this.replay[this.replayed..this.replayed + n]);
+            this.replayed += n;
+            if this.replayed == this.replay.len() {
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
+            this.clock.saw_bytes();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -433,6 +520,11 @@ impl GetSocketDigest for Watched {
 #[async_trait]
 impl Peek for Watched {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if self.replay.is_empty() {
+            self.inner.try_peek(buf).await
+        } else {
+            // the bytes read already are not in the inner stream's peek buffer
+            Ok(false)
+        }
     }
 }
