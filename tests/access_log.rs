@@ -191,3 +191,150 @@ fn sigusr1_reopens_the_file_after_rotation() {
     );
     assert_eq!(gw.get("/users/3").status, 200, "the gateway lives on");
 }
+
+/// `text` with each byte, as `choices` say, kept or percent-encoded (upper- or lower-case hex).
+fn encode_some(text: &str, choices: &[u8]) -> String {
+    text.bytes()
+        .enumerate()
+        .map(
+            |(i, b)| match choices.get(i % choices.len().max(1)).copied().unwrap_or(0) % 3 {
+                0 => (b as char).to_string(),
+                1 => format!("%{b:02X}"),
+                _ => format!("%{b:02x}"),
+            },
+        )
+        .collect()
+}
+
+/// A gateway whose `/k` and `/down` (a dead node) check a key-auth key, logging text lines to a
+/// file; its own log at debug, so every line the engine writes about a request is seen.
+fn key_auth_gateway(backend: &EchoServer, key: &str) -> (Gateway, std::path::PathBuf) {
+    let dir = scratch_dir();
+    let file = dir.join("access.log");
+    let (listen, metrics) = (free_port(), free_port());
+    let head = instance_yaml(listen, metrics).replace(
+        "  threads: 2\n",
+        &format!(
+            "  threads: 2\n  access_log: {{ file: {}, format: text }}\n",
+            file.display()
+        ),
+    );
+    let body = format!(
+        r#"upstreams:
+  - {{ name: u, vpc: vpc-main, protocol: http, nodes: [{{ host: 127.0.0.1, port: {port} }}] }}
+  - {{ name: dead, vpc: vpc-main, protocol: http, retries: 1, nodes: [{{ host: 127.0.0.1, port: {dead} }}] }}
+services:
+  - name: shop
+    apis:
+      - {{ name: k, path: /k, backend: {{ upstream: u }}, plugins: [{{ name: key-auth, config: {{ keys: ["{key}"] }} }}] }}
+      - {{ name: down, path: /down, backend: {{ upstream: dead }}, plugins: [{{ name: key-auth, config: {{ keys: ["{key}"] }} }}] }}
+"#,
+        port = backend.addr().port(),
+        dead = dead_addr().port(),
+    );
+    let gw = Gateway::start_config_logging(&format!("{head}{body}"), listen, metrics, "debug");
+    (gw, file)
+}
+
+#[test]
+fn no_spelling_of_a_key_in_the_query_reaches_a_log_line() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+    const KEY: &str = "k-7fa3c9e2b5";
+    let a = echo("a");
+    let (gw, file) = key_auth_gateway(&a, KEY);
+    let sent = std::cell::RefCell::new(Vec::new());
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(
+            &(
+                proptest::collection::vec(any::<u8>(), 1..12),
+                proptest::collection::vec(any::<u8>(), 1..16),
+                any::<bool>(),
+                "[a-z]{1,4}",
+            ),
+            |(name_choices, value_choices, dead, extra)| {
+                let name = encode_some("api_key", &name_choices);
+                let value = encode_some(KEY, &value_choices);
+                let path = if dead { "/down" } else { "/k" };
+                let url = gw.url(&format!("{path}?{extra}=1&{name}={value}"));
+                let r = request("GET", &url, &[], None);
+                // the plugin decoded the key: accepted (and, on the dead node, failed upstream)
+                let expected = if dead { 502 } else { 200 };
+                prop_assert_eq!(r.status, expected, "{} {}", url, r.body);
+                sent.borrow_mut().push(value);
+                Ok(())
+            },
+        )
+        .unwrap();
+    let sent = sent.into_inner();
+    let lines = wait_lines(&file, sent.len());
+    let logs = [lines.join("\n"), gw.log()];
+    for text in &logs {
+        for value in &sent {
+            assert!(!text.contains(value.as_str()), "{value} in:\n{text}");
+        }
+        assert!(!text.contains(KEY), "{text}");
+    }
+    // the lines still show which parameter was redacted
+    assert!(
+        lines.iter().all(|l| l.contains("=[redacted]")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_client_cannot_forge_fields_of_a_text_line() {
+    let a = echo("a");
+    let (gw, file) = start(&a, "{ file: FILE, format: text }", "true");
+    let forged = r#"r1 error=forged "GET /admin/x" 200"#;
+    let r = request(
+        "GET",
+        &gw.url("/users/1"),
+        &[("x-request-id", forged)],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let r = request("GET", &gw.url("/users/2%22%20200%20x"), &[], None);
+    assert_eq!(r.status, 200);
+    let lines = wait_lines(&file, 2);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    // the request id is one quoted field, its quotes escaped
+    assert!(
+        lines[0].ends_with(r#" rid="r1 error=forged \"GET /admin/x\" 200" error=-"#),
+        "{}",
+        lines[0]
+    );
+    // every line splits into the same 13 fields, the last one the gateway's error code
+    for line in &lines {
+        let fields = text_fields(line);
+        assert_eq!(fields.len(), 13, "{line}: {fields:#?}");
+        assert_eq!(fields[12], "error=-", "{line}");
+        assert!(fields[11].starts_with("rid="), "{line}");
+    }
+}
+
+/// The fields of a text line: split at spaces outside double quotes (a backslash escapes the
+/// next character inside them).
+fn text_fields(line: &str) -> Vec<String> {
+    let (mut fields, mut field) = (Vec::new(), String::new());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in line.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                fields.push(std::mem::take(&mut field));
+                continue;
+            }
+            _ => {}
+        }
+        field.push(c);
+    }
+    fields.push(field);
+    fields
+}

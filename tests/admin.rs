@@ -65,12 +65,17 @@ impl Admin {
     }
 
     fn start_logging(nodes: &[&EchoServer], level: &str) -> Admin {
+        Self::start_env(nodes, level, &[])
+    }
+
+    fn start_env(nodes: &[&EchoServer], level: &str, env: &[(&str, &str)]) -> Admin {
         let (listen, metrics, admin_port) = (free_port(), free_port(), free_port());
-        let gw = Gateway::start_config_logging(
+        let gw = Gateway::start_config_env(
             &config(listen, metrics, admin_port, nodes),
             listen,
             metrics,
             level,
+            env,
         );
         wait_for(admin_port);
         Admin {
@@ -975,4 +980,85 @@ fn undeclared_methods_get_405_with_allow_and_etags_are_opaque() {
         &[("if-match", "*")],
     );
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn the_admin_api_cannot_make_the_gateway_read_its_environment() {
+    const CANARY: &str = "canary-value-5d81f0a2c7";
+    const ALLOWED: &str = "allowed-secret-93be07d1";
+    let a = echo("a");
+    let admin = Admin::start_env(
+        &[&a],
+        "debug",
+        &[
+            ("GH_CANARY", CANARY),
+            ("GATEHOUSE_SECRET_TEST_KEY", ALLOWED),
+        ],
+    );
+    let api = |plugin: Value| {
+        json!({ "name": "get_user", "path": "/users/{id}", "methods": ["GET"],
+            "backend": { "upstream": "users" }, "plugins": [plugin] })
+    };
+    let refused = [
+        // a key that is not secret would show the value (a response header to every client)
+        (
+            api(
+                json!({ "name": "headers", "config": { "response": { "set": { "x-leak": "${GH_CANARY}" } } } }),
+            ),
+            "services[0].apis[0].plugins[0].config.response.set.x-leak",
+            "only in a secret key",
+        ),
+        // an operator's secret key, but a variable the instance does not let configurations read
+        (
+            api(json!({ "name": "headers", "secret_keys": ["response.set"],
+                "config": { "response": { "set": { "x-leak": "${GH_CANARY}" } } } })),
+            "services[0].apis[0].plugins[0].config.response.set.x-leak",
+            "GH_CANARY is not one this instance lets",
+        ),
+        // a standard secret key, the same variable
+        (
+            api(json!({ "name": "key-auth", "config": { "keys": ["${GH_CANARY}"] } })),
+            "services[0].apis[0].plugins[0].config.keys[0]",
+            "GH_CANARY is not one this instance lets",
+        ),
+    ];
+    for (body, path, says) in refused {
+        for target in [
+            "/services/shop/apis/get_user?dry_run=true",
+            "/services/shop/apis/get_user",
+        ] {
+            let r = admin.call("PUT", target, Some(body.clone()));
+            assert_eq!(r.status, 400, "{target}: {}", r.body);
+            assert!(!r.body.contains(CANARY), "{target}: {}", r.body);
+            let problems = r.json()["problems"].clone();
+            assert!(
+                problems
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["path"] == path && p["message"].as_str().unwrap().contains(says)),
+                "{target}: {problems:#}"
+            );
+        }
+    }
+    // nothing reached a client either
+    assert!(admin.gw.get("/users/1").header("x-leak").is_none());
+    // an allowed variable in a secret key serves, and never shows
+    let ok =
+        api(json!({ "name": "key-auth", "config": { "keys": ["${GATEHOUSE_SECRET_TEST_KEY}"] } }));
+    let r = admin.call("PUT", "/services/shop/apis/get_user", Some(ok));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let keyed = request(
+        "GET",
+        &admin.gw.url("/users/1"),
+        &[("x-api-key", ALLOWED)],
+        None,
+    );
+    assert_eq!(keyed.status, 200, "{}", keyed.body);
+    let shown = admin.call("GET", "/config", None).body;
+    assert!(!shown.contains(ALLOWED), "{shown}");
+    let log = admin.gw.log();
+    for value in [CANARY, ALLOWED] {
+        assert!(!log.contains(value), "the log shows {value}:\n{log}");
+    }
 }

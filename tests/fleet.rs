@@ -1744,7 +1744,7 @@ fn clear_text_secrets_are_refused_in_a_shared_configuration() {
         "gw-a",
         &eps,
         FleetOptions {
-            env: &[("GH_KEY", KEY)],
+            env: &[("GATEHOUSE_SECRET_GH_KEY", KEY)],
             ..FleetOptions::default()
         },
     );
@@ -1765,7 +1765,7 @@ fn clear_text_secrets_are_refused_in_a_shared_configuration() {
                 "--etcd",
                 &eps[0],
             ],
-            &[("GH_KEY", None)],
+            &[("GATEHOUSE_SECRET_GH_KEY", None)],
         )
     };
     let before = etcd.mod_revision(&commit_key(DEFAULT_PREFIX));
@@ -1789,14 +1789,14 @@ fn clear_text_secrets_are_refused_in_a_shared_configuration() {
     assert_eq!(gw.get("/keyed").status, 404);
 
     // a reference: accepted, with a note naming the variable the pushing side lacks
-    let (ok, code, out) = push_file("ref.yaml", "[\"${GH_KEY}\"]");
+    let (ok, code, out) = push_file("ref.yaml", "[\"${GATEHOUSE_SECRET_GH_KEY}\"]");
     assert!(
         ok,
-        "a push of a ${{GH_KEY}} reference exited {code}:\n{out}"
+        "a push of a ${{GATEHOUSE_SECRET_GH_KEY}} reference exited {code}:\n{out}"
     );
     assert!(
-        out.contains("note") && out.contains("GH_KEY"),
-        "a note names GH_KEY:\n{out}"
+        out.contains("note") && out.contains("GATEHOUSE_SECRET_GH_KEY"),
+        "a note names GATEHOUSE_SECRET_GH_KEY:\n{out}"
     );
     // (bounded more loosely than FOLLOW: the instance compiles the key-auth component first)
     eventually(
@@ -1809,13 +1809,15 @@ fn clear_text_secrets_are_refused_in_a_shared_configuration() {
     assert_eq!((r.status, r.node().as_str()), (200, "a"), "{}", r.body);
     assert_eq!(keyed_get("k-wrong-0000").status, 401);
     assert_eq!(
-        keyed_get("${GH_KEY}").status,
+        keyed_get("${GATEHOUSE_SECRET_GH_KEY}").status,
         401,
         "the reference itself is no key"
     );
     let stored = etcd.get_prefix(DEFAULT_PREFIX);
     assert!(
-        stored.iter().any(|kv| kv.value_str().contains("${GH_KEY}")),
+        stored
+            .iter()
+            .any(|kv| kv.value_str().contains("${GATEHOUSE_SECRET_GH_KEY}")),
         "etcd holds the reference"
     );
     assert!(

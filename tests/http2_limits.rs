@@ -106,7 +106,10 @@ fn h2c_clients_that_never_finish_a_first_request_are_cut_at_header_timeout() {
         .unwrap();
     let mut answer = String::new();
     let _ = short.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+        "{answer}"
+    );
 }
 
 #[test]
@@ -196,9 +199,7 @@ fn a_stream_whose_body_never_comes_is_reset_at_body_timeout() {
         let (response, _body) = client.send_request(post("/upload"), false).unwrap();
         let outcome = tokio::time::timeout(CUT_WITHIN, response).await;
         // a stream on the same connection is still served
-        let (ok, _) = client
-            .send_request(get("/after"), true)
-            .unwrap();
+        let (ok, _) = client.send_request(get("/after"), true).unwrap();
         let ok = tokio::time::timeout(CUT_WITHIN, ok).await;
         (outcome, ok.map(|r| r.map(|r| r.status().as_u16())))
     });
@@ -217,10 +218,7 @@ fn a_stream_whose_body_never_comes_is_reset_at_body_timeout() {
 #[test]
 fn a_connection_cannot_hold_more_streams_waiting_for_a_body_than_its_bound() {
     let a = echo("a");
-    let gw = h2c_gateway(
-        &a,
-        "    body_timeout: 60s\n    h2_max_pending_bodies: 2\n",
-    );
+    let gw = h2c_gateway(&a, "    body_timeout: 60s\n    h2_max_pending_bodies: 2\n");
     let (third, first_two) = with_h2(&gw, |mut client, _driver| async move {
         let mut open = Vec::new();
         for _ in 0..2 {
@@ -236,7 +234,11 @@ fn a_connection_cannot_hold_more_streams_waiting_for_a_body_than_its_bound() {
             body.send_data(bytes::Bytes::from_static(b"payload"), true)
                 .unwrap();
             let r = tokio::time::timeout(CUT_WITHIN, response).await;
-            statuses.push(r.map(|r| r.map(|r| r.status().as_u16()).ok()).ok().flatten());
+            statuses.push(
+                r.map(|r| r.map(|r| r.status().as_u16()).ok())
+                    .ok()
+                    .flatten(),
+            );
         }
         (third, statuses)
     });
@@ -324,7 +326,14 @@ fn an_http11_offer_to_upgrade_to_h2c_is_ignored() {
         );
         // curl --http2 on http:// offers `Upgrade: h2c` with `HTTP2-Settings`
         let out = std::process::Command::new("curl")
-            .args(["-s", "--max-time", "10", "--http2", "-w", "\n%{http_code} %{http_version}"])
+            .args([
+                "-s",
+                "--max-time",
+                "10",
+                "--http2",
+                "-w",
+                "\n%{http_code} %{http_version}",
+            ])
             .arg(gw.url("/offer"))
             .output()
             .expect("curl runs");

@@ -218,8 +218,9 @@ pub fn push_query_value(out: &mut String, value: &str) {
     }
 }
 
-/// Decodes the percent escapes of a query parameter name (and `+` as a space), to compare names
-/// the way backends read them.
+/// Decodes the percent escapes of a query parameter name or value (and `+` as a space), to
+/// compare them the way backends and the standard plugins read them; an invalid escape stays as
+/// it is.
 pub fn decode_query_name(name: &str) -> Cow<'_, str> {
     if !name.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(name);

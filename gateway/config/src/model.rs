@@ -103,6 +103,10 @@ pub mod limits {
     pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
     /// Far below the usual 64k file descriptors, far above what 2 cores serve at once.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+    /// The only environment variables a plugin's secret keys may name by default: the admin API
+    /// can write plugin configurations, and must not make the gateway read its machine's
+    /// environment (`${HOME}`, `${AWS_SECRET_ACCESS_KEY}`).
+    pub const DEFAULT_SECRET_ENV: &str = "GATEHOUSE_SECRET_*";
     /// The standard plugins embedded in the gateway, usable by `name`.
     pub const STANDARD_PLUGINS: [&str; 8] = [
         "host-rewrite",
@@ -154,6 +158,9 @@ pub struct Instance {
     pub threads: Option<usize>,
     pub dns_refresh: Duration,
     pub plugin_limits: PluginLimits,
+    /// The environment variables `${NAME}` references in plugin secrets may read: names, or
+    /// prefixes ending in `*`.
+    pub secret_env: Vec<String>,
     /// Address of the admin API.
     pub admin: SocketAddr,
     /// The admin API's bearer token from the file (the environment may supply one instead).

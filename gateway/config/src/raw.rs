@@ -231,6 +231,10 @@ pub struct RawPluginLimits {
     /// Largest body limit a plugin use may ask for with its own `body_limit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_limit: Option<String>,
+    /// The environment variables `${NAME}` in a plugin's secret keys may read: names, or
+    /// prefixes ending in `*`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

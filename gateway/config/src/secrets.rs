@@ -6,9 +6,11 @@
 //! that plugin's `secret_keys` (dotted for nested keys: `auth.password`). The admin API shows each
 //! as [`REDACTED`]; sending that marker back unchanged keeps the stored value.
 //!
-//! Any string value of a plugin's configuration, and `admin_token`, may be written `${NAME}`: the
-//! value of the environment variable `NAME` at load time. The file, and the admin API, then only
-//! ever show the reference.
+//! A string in a secret key of a plugin's configuration, and `admin_token`, may be written
+//! `${NAME}`: the value of the environment variable `NAME` at load time, for the variables the
+//! instance's `plugins.secret_env` allows (the admin API writes plugin configurations, and must
+//! not reach the rest of the environment). The file, and the admin API, then only ever show the
+//! reference.
 
 use serde_json::Value;
 
@@ -263,27 +265,92 @@ pub fn env_reference(value: &str) -> Option<&str> {
     .then_some(name)
 }
 
-/// Replaces every `${NAME}` string in `value` with the environment variable's value; the names
-/// that are not set are returned with their dotted key path.
-pub fn resolve_env(value: &mut serde_yaml::Value, at: &str, missing: &mut Vec<(String, String)>) {
+/// Why a `${NAME}` reference in a plugin's configuration was not resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvRefused {
+    /// It is not in one of the entry's secret keys.
+    NotSecret,
+    /// The instance's `secret_env` does not name the variable.
+    NotAllowed,
+    /// The variable is not set.
+    NotSet,
+}
+
+/// Whether the instance's `secret_env` (names, or prefixes ending in `*`) lets configurations
+/// read the variable `name`.
+pub fn env_allowed(name: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => !prefix.is_empty() && name.starts_with(prefix),
+        None => a == name,
+    })
+}
+
+/// The secret keys of a plugin entry as the configuration alone knows them: the standard
+/// plugin's, those its component declared when it was loaded before, and the operator's
+/// `secret_keys`.
+pub fn entry_secret_keys(plugin: &RawPlugin) -> Vec<String> {
+    secret_keys(
+        plugin.name.as_deref(),
+        plugin.path.as_deref(),
+        plugin.secret_keys.iter().map(String::as_str),
+    )
+}
+
+/// Replaces every `${NAME}` string in `value` (a plugin's configuration, at the dotted key path
+/// `at`) with the environment variable's value, where that is allowed: in one of `secret_keys`
+/// (or below it), and for a variable `allowed` names. Each refused reference is returned with its
+/// dotted key path, its name and why; no value is ever returned. Resolved values are remembered
+/// as secrets, so no log line shows them.
+pub fn resolve_env(
+    value: &mut serde_yaml::Value,
+    at: &str,
+    secret_keys: &[String],
+    allowed: &[String],
+    refused: &mut Vec<(String, String, EnvRefused)>,
+) {
     match value {
         serde_yaml::Value::String(s) => {
-            if let Some(name) = env_reference(s) {
-                match std::env::var(name) {
-                    Ok(v) => *s = v,
-                    Err(_) => missing.push((at.to_owned(), name.to_owned())),
+            if let Some(name) = env_reference(s).map(str::to_owned) {
+                let name = name.as_str();
+                let secret = secret_keys.iter().any(|k| {
+                    at == k
+                        || at
+                            .strip_prefix(k.as_str())
+                            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+                });
+                let why = if !secret {
+                    Some(EnvRefused::NotSecret)
+                } else if !env_allowed(name, allowed) {
+                    Some(EnvRefused::NotAllowed)
+                } else {
+                    match std::env::var(name) {
+                        Ok(v) => {
+                            remember(&v);
+                            *s = v;
+                            None
+                        }
+                        Err(_) => Some(EnvRefused::NotSet),
+                    }
+                };
+                if let Some(why) = why {
+                    refused.push((at.to_owned(), name.to_owned(), why));
                 }
             }
         }
         serde_yaml::Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
                 let key = k.as_str().unwrap_or("?");
-                resolve_env(v, &format!("{at}.{key}"), missing);
+                let path = if at.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{at}.{key}")
+                };
+                resolve_env(v, &path, secret_keys, allowed, refused);
             }
         }
         serde_yaml::Value::Sequence(items) => {
             for (i, v) in items.iter_mut().enumerate() {
-                resolve_env(v, &format!("{at}[{i}]"), missing);
+                resolve_env(v, &format!("{at}[{i}]"), secret_keys, allowed, refused);
             }
         }
         _ => {}
@@ -439,29 +506,77 @@ pub const CREDENTIAL_NAMES: [&str; 13] = [
     "secret",
 ];
 
-/// `path_and_query` with the values of query parameters whose names are credentials
-/// ([`CREDENTIAL_NAMES`], any case) replaced by `[redacted]`.
+/// `path_and_query` with the values of credential query parameters ([`CREDENTIAL_NAMES`], any
+/// case) and of parameters holding a remembered secret replaced by `[redacted]`. Names and values
+/// are percent-decoded first, the way the standard plugins read them (`api%5Fkey` is `api_key`,
+/// `k%2D1` is `k-1`), so no spelling of a credential gets past.
 pub fn redact_query(path_and_query: &str) -> std::borrow::Cow<'_, str> {
     let Some((path, query)) = path_and_query.split_once('?') else {
         return std::borrow::Cow::Borrowed(path_and_query);
     };
-    let secret = |pair: &str| {
-        let name = pair.split('=').next().unwrap_or_default();
+    let credential = |name: &str| {
+        let name = crate::canonical::decode_query_name(name);
         CREDENTIAL_NAMES
             .iter()
             .any(|c| name.eq_ignore_ascii_case(c))
     };
-    if !query.split('&').any(secret) {
+    // what each pair becomes, when it must change
+    let redacted = |pair: &str| -> Option<String> {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if holds_secret(&crate::canonical::decode_query_name(name)) {
+            return Some("[redacted]".to_owned());
+        }
+        (credential(name) || holds_secret(&crate::canonical::decode_query_name(value)))
+            .then(|| format!("{name}=[redacted]"))
+    };
+    if !query.split('&').any(|pair| redacted(pair).is_some()) {
         return std::borrow::Cow::Borrowed(path_and_query);
     }
     let pairs: Vec<String> = query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if secret(pair) => format!("{name}=[redacted]"),
-            _ => pair.to_owned(),
-        })
+        .map(|pair| redacted(pair).unwrap_or_else(|| pair.to_owned()))
         .collect();
     std::borrow::Cow::Owned(format!("{path}?{}", pairs.join("&")))
+}
+
+/// Whether `text` contains a remembered secret value.
+pub fn holds_secret(text: &str) -> bool {
+    if text.len() < MIN_REMEMBERED {
+        return false;
+    }
+    let known = KNOWN.read().unwrap_or_else(|p| p.into_inner());
+    known.iter().any(|secret| text.contains(secret.as_str()))
+}
+
+/// `target` (a request's path and query) as it may be written to a log: credentials in the
+/// query redacted ([`redact_query`]), and a path that holds a remembered secret, in any
+/// percent-encoded spelling, written decoded with the secret replaced.
+pub fn redact_target(target: &str) -> std::borrow::Cow<'_, str> {
+    let redacted = redact_query(target);
+    let (path, query) = match redacted.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (redacted.as_ref(), None),
+    };
+    let decoded_path = percent_decode_path(path);
+    if !holds_secret(&decoded_path) && !holds_secret(&redacted) {
+        return redacted;
+    }
+    let path = scrub(&decoded_path).into_owned();
+    let out = match query {
+        Some(q) => format!("{path}?{}", scrub(q)),
+        None => path,
+    };
+    std::borrow::Cow::Owned(out)
+}
+
+/// Percent-decodes a path (no `+` rule in paths).
+fn percent_decode_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    // `+` is literal in a path: protect it from the form decoding
+    let protected = path.replace('+', "%2B");
+    std::borrow::Cow::Owned(crate::canonical::decode_query_name(&protected).into_owned())
 }
 
 /// `text` with every remembered secret value replaced by `[redacted]`.

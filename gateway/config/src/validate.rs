@@ -296,6 +296,8 @@ impl Validator {
             .as_ref()
             .map(|p| self.plugin_limits(p))
             .unwrap_or_default();
+        let secret_env =
+            self.secret_env(raw.plugins.as_ref().and_then(|p| p.secret_env.as_deref()));
         let admin_text = raw.admin.as_deref().unwrap_or(limits::DEFAULT_ADMIN);
         let admin = self.socket_addr("instance.admin", admin_text);
         if let Some(a) = admin {
@@ -451,6 +453,7 @@ impl Validator {
             threads,
             dns_refresh,
             plugin_limits,
+            secret_env,
         })
         .filter(|_| ok)
     }
@@ -794,6 +797,25 @@ impl Validator {
         size
     }
 
+    /// `instance.plugins.secret_env`: variable names, or prefixes ending in `*`.
+    fn secret_env(&mut self, raw: Option<&[String]>) -> Vec<String> {
+        let Some(raw) = raw else {
+            return vec![limits::DEFAULT_SECRET_ENV.to_owned()];
+        };
+        for (i, entry) in raw.iter().enumerate() {
+            let name = entry.strip_suffix('*').unwrap_or(entry);
+            let valid = crate::secrets::env_reference(&format!("${{{name}}}")).is_some();
+            if !valid || entry == "*" {
+                self.problem(
+                    format!("instance.plugins.secret_env[{i}]"),
+                    format!("{entry:?} is not a variable name or a prefix of one"),
+                    "write a name such as GATEHOUSE_SECRET_API_KEY, or a prefix such as GATEHOUSE_SECRET_* (never * alone: the whole environment)",
+                );
+            }
+        }
+        raw.to_vec()
+    }
+
     fn plugin_limits(&mut self, raw: &RawPluginLimits) -> PluginLimits {
         let mut out = PluginLimits::default();
         if let Some(text) = &raw.memory_limit {
@@ -929,6 +951,7 @@ impl Validator {
         apath: &str,
         raw: &[RawPlugin],
         instance: &PluginLimits,
+        secret_env: &[String],
         base_dir: &Path,
     ) -> Vec<PluginRef> {
         let mut out = Vec::new();
@@ -984,14 +1007,28 @@ impl Validator {
             }
             let mut resolved = p.config.clone();
             if let Some(v) = resolved.as_mut() {
-                let mut missing = Vec::new();
-                crate::secrets::resolve_env(v, &format!("{ppath}.config"), &mut missing);
-                for (at, name) in missing {
-                    self.problem(
-                        at,
-                        format!("the environment variable {name} is not set"),
-                        format!("set {name} in the gateway's environment, or write the value here"),
-                    );
+                let secret_keys = crate::secrets::entry_secret_keys(p);
+                let mut refused = Vec::new();
+                crate::secrets::resolve_env(v, "", &secret_keys, secret_env, &mut refused);
+                for (at, name, why) in refused {
+                    let at = format!("{ppath}.config.{at}");
+                    match why {
+                        crate::secrets::EnvRefused::NotSecret => self.problem(
+                            at,
+                            format!("${{{name}}} is read from the environment only in a secret key, and this key is not one"),
+                            "write the value here, or list the key in this plugin's secret_keys (its value is then never shown)",
+                        ),
+                        crate::secrets::EnvRefused::NotAllowed => self.problem(
+                            at,
+                            format!("the environment variable {name} is not one this instance lets plugin configurations read"),
+                            format!("name it with the prefix {}, or list it in instance.plugins.secret_env", limits::DEFAULT_SECRET_ENV.trim_end_matches('*')),
+                        ),
+                        crate::secrets::EnvRefused::NotSet => self.problem(
+                            at,
+                            format!("the environment variable {name} is not set"),
+                            format!("set {name} in the gateway's environment, or write the value here"),
+                        ),
+                    }
                 }
             }
             let config = match &resolved {
@@ -1765,7 +1802,10 @@ impl Validator {
                 let backend =
                     self.backend(&apath, &a.backend, pattern.as_ref(), upstreams, instance);
                 let plugin_limits = instance.map(|i| i.plugin_limits).unwrap_or_default();
-                let plugins = self.plugins(&apath, &a.plugins, &plugin_limits, base_dir);
+                let default_env = [limits::DEFAULT_SECRET_ENV.to_owned()];
+                let secret_env = instance.map_or(&default_env[..], |i| &i.secret_env[..]);
+                let plugins =
+                    self.plugins(&apath, &a.plugins, &plugin_limits, secret_env, base_dir);
                 if let (Some(path), Some(methods), Some(backend)) = (pattern, methods, backend) {
                     apis.push(Api {
                         name: a.name.clone(),

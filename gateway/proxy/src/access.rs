@@ -205,14 +205,32 @@ struct JsonLine<'a> {
     error: Option<&'static str>,
 }
 
+/// `text` for a quoted field of the text format: a quote and a backslash escaped with a backslash, control
+/// and non-ASCII bytes as `\xNN`, spaces kept.
+fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    if text.bytes().all(plain) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for b in text.bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b if plain(b) => out.push(b as char),
+            b => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
 /// Formats one line (with its newline) into `out`, credentials and secrets redacted.
 fn format_line(out: &mut Vec<u8>, e: &Entry, format: AccessLogFormat) {
-    let target = gatehouse_config::secrets::redact_query(&e.target);
-    let target = gatehouse_config::secrets::scrub(&target).into_owned();
+    let target = gatehouse_config::secrets::redact_target(&e.target);
     let api = e.api.map(|i| &e.runtime.apis[i]);
     let upstream = api.and_then(|a| match &a.backend {
         ApiBackend::Upstream { upstream, .. } => Some(&e.runtime.upstreams[*upstream]),
@@ -249,12 +267,17 @@ fn format_line(out: &mut Vec<u8>, e: &Entry, format: AccessLogFormat) {
         }
         AccessLogFormat::Text => {
             let dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+            // what a client chose (the target, its request id) is escaped, and the request id
+            // quoted, so that one request is always one line of the same fields
+            let rid = request_id
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |id| format!("\"{}\"", escaped(id)));
             let _ = writeln!(
                 out,
                 "{} {time} \"{} {}\" {} {} {} {duration_ms}ms {}.{} {} {} attempts={} rid={} error={}",
                 e.client.map_or("-".to_owned(), |c| c.to_string()),
-                e.method,
-                target.replace('"', "%22"),
+                escaped(e.method.as_str()),
+                escaped(&target),
                 e.status,
                 e.bytes_in,
                 e.bytes_out,
@@ -263,7 +286,7 @@ fn format_line(out: &mut Vec<u8>, e: &Entry, format: AccessLogFormat) {
                 dash(upstream.map(|u| u.name.as_str())),
                 dash(node),
                 e.attempts,
-                dash(request_id.as_deref()),
+                rid,
                 e.error.unwrap_or("-"),
             );
         }

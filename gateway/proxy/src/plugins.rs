@@ -142,14 +142,19 @@ impl ApiPlugins {
                     format!("plugin {label} is refused: {message}"),
                     "grant what it needs under grants: (see wit/README.md), or use another plugin",
                 )),
+                // a plugin's own words may quote its configuration: never a secret of it
                 Err(Failure::Error(message)) => problems.push(Problem::new(
                     format!("{path}.config"),
-                    format!("plugin {label} refused its configuration: {message}"),
+                    format!(
+                        "plugin {label} refused its configuration: {}",
+                        gatehouse_config::secrets::scrub(&message)
+                    ),
                     format!("fix the config of {label} (see its README)"),
                 )),
                 Err(failure) => problems.push(Problem::new(
                     path,
-                    format!("plugin {label} {failure}"),
+                    gatehouse_config::secrets::scrub(&format!("plugin {label} {failure}"))
+                        .into_owned(),
                     "check the component; it must configure within 1s and the memory limit",
                 )),
             }

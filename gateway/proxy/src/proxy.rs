@@ -528,6 +528,23 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// What the engine's own log lines say of a request: its target with credentials and
+    /// secrets redacted, as in the access log.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        let req = session.req_header();
+        let target = String::from_utf8_lossy(req.raw_path());
+        let host = req
+            .headers
+            .get(HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()));
+        format!(
+            "{} {}, Host: {}",
+            req.method,
+            gatehouse_config::secrets::redact_target(&target),
+            gatehouse_config::secrets::scrub(host.as_deref().unwrap_or("-"))
+        )
+    }
+
     async fn early_request_filter(
         &self,
         session: &mut Session,
