@@ -1062,3 +1062,39 @@ fn the_admin_api_cannot_make_the_gateway_read_its_environment() {
         assert!(!log.contains(value), "the log shows {value}:\n{log}");
     }
 }
+
+#[test]
+fn a_write_that_would_fail_anyway_gets_its_failure_not_412() {
+    let a = echo("a");
+    let admin = Admin::start(&[&a]);
+    let upstream = |name: &str| upstream_json(name, &[&a]);
+    let api = json!({ "name": "x", "path": "/x", "backend": { "upstream": "users" } });
+    let cases: Vec<(&str, &str, Option<Value>)> = vec![
+        ("PUT", "/upstreams/bad!name", Some(upstream("bad!name"))),
+        ("DELETE", "/upstreams/bad!name", None),
+        ("DELETE", "/upstreams/no_such", None),
+        ("GET", "/upstreams/no_such/apis", None),
+        ("PUT", "/services/no_such/apis/x", Some(api.clone())),
+        ("POST", "/services/no_such/apis", Some(api.clone())),
+        ("DELETE", "/services/shop/apis/bad!name", None),
+        ("DELETE", "/services/bad!name", None),
+        ("PUT", "/upstreams/users", Some(json!({ "name": "users" }))),
+    ];
+    for (method, path, body) in cases {
+        // dry runs: nothing changes whatever the answer
+        let target = format!("{path}?dry_run=true");
+        let plain = admin.call(method, &target, body.clone());
+        let stale = admin.call_with(method, &target, body, &[("if-match", "\"999999\"")]);
+        assert!(
+            (400..500).contains(&plain.status) && plain.status != 412,
+            "{method} {path} fails on its own: {} {}",
+            plain.status,
+            plain.body
+        );
+        assert_eq!(
+            stale.status, plain.status,
+            "{method} {path} with a stale If-Match: {}",
+            stale.body
+        );
+    }
+}

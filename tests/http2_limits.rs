@@ -19,14 +19,15 @@ const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 /// A gateway with h2c on and short deadlines (`http` adds or overrides keys of
 /// `instance.http`), proxying everything to `backend`.
 fn h2c_gateway(backend: &EchoServer, http: &str) -> Gateway {
-    let body_timeout = if http.contains("body_timeout") {
-        ""
-    } else {
-        "    body_timeout: 1s\n"
-    };
+    // 1 s deadlines, unless `http` sets its own
+    let defaults: String = ["header_timeout", "idle_timeout", "body_timeout"]
+        .iter()
+        .filter(|key| !http.contains(&format!("{key}:")))
+        .map(|key| format!("    {key}: 1s\n"))
+        .collect();
     Gateway::start_with(
         &format!(
-            "  http:\n    h2c: true\n    header_timeout: 1s\n    idle_timeout: 1s\n{body_timeout}{http}"
+            "  http:\n    h2c: true\n{defaults}{http}"
         ),
         &format!(
             "upstreams:\n  - {{ name: u, vpc: vpc-main, protocol: http, nodes: [{{ host: 127.0.0.1, port: {} }}] }}\nservices:\n  - {{ name: s, apis: [{{ name: any, path: \"/{{*rest}}\", methods: [GET, POST], backend: {{ upstream: u }} }}] }}\n",
@@ -343,5 +344,30 @@ fn an_http11_offer_to_upgrade_to_h2c_is_ignored() {
         let seen = text.to_ascii_lowercase();
         assert!(!seen.contains("http2-settings"), "{text}");
         assert!(!seen.contains("\"upgrade\""), "{text}");
+    }
+}
+
+#[test]
+fn max_requests_per_connection_counts_http2_streams() {
+    let a = echo("a");
+    let gw = h2c_gateway(
+        &a,
+        "    max_requests_per_connection: 3\n    idle_timeout: 60s\n",
+    );
+    let (statuses, ended) = with_h2(&gw, |mut client, driver| async move {
+        let mut statuses = Vec::new();
+        for i in 0..3 {
+            let (response, _) = client.send_request(get(&format!("/{i}")), true).unwrap();
+            statuses.push(response.await.unwrap().status().as_u16());
+        }
+        // the third stream was the last: the gateway said GOAWAY and closes the connection
+        let ended = tokio::time::timeout(CUT_WITHIN, driver).await;
+        (statuses, ended)
+    });
+    assert_eq!(statuses, vec![200, 200, 200]);
+    match ended {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => assert!(e.is_go_away() || e.is_io(), "{e:?}"),
+        other => panic!("the connection stayed open: {other:?}"),
     }
 }

@@ -362,7 +362,9 @@ fn h2load_multiplexes_many_streams_over_few_connections() {
 fn a_client_flooding_stream_resets_is_cut_off() {
     let a = echo("a");
     let gw = Gateway::start_with(
-        "  http: { h2c: true, h2_max_pending_resets: 20 }\n",
+        // no request limit: the stream resets alone must end the flood (otherwise the connection
+        // may end gracefully once its max_requests_per_connection streams are accepted)
+        "  http: { h2c: true, h2_max_pending_resets: 20, max_requests_per_connection: 0 }\n",
         &format!(
             "upstreams:\n  - {{ name: u, vpc: vpc-main, protocol: http, nodes: [{{ host: 127.0.0.1, port: {} }}] }}\nservices:\n  - {{ name: s, apis: [{{ name: any, path: \"/{{*rest}}\", backend: {{ upstream: u }} }}] }}\n",
             a.addr().port()
@@ -483,4 +485,45 @@ fn h2_clients_over_tls_are_bounded_like_http1_ones() {
         "one request, then idle"
     );
     assert_eq!(a.stats().requests(), 1);
+}
+
+#[test]
+fn clients_that_connect_and_leave_are_not_errors() {
+    use std::io::Write;
+    let a = echo("a");
+    let e = edge(&a);
+    let plain = e.gw.base.trim_start_matches("http://").to_owned();
+    let tls = format!("127.0.0.1:{}", e.tls_port);
+    // a TCP health check, a client that leaves mid-header, a port probe on the TLS listener,
+    // a TLS client that gives up on the certificate
+    drop(std::net::TcpStream::connect(&plain).unwrap());
+    let mut partial = std::net::TcpStream::connect(&plain).unwrap();
+    partial.write_all(b"GET /x HTTP/1.1\r\nHo").unwrap();
+    drop(partial);
+    drop(std::net::TcpStream::connect(&tls).unwrap());
+    let mut probe = std::net::TcpStream::connect(&tls).unwrap();
+    probe.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    drop(probe);
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-verify_return_error",
+            "-servername",
+            "shop.example",
+            "-connect",
+        ])
+        .arg(&tls)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    assert!(
+        !out.status.success(),
+        "the test CA is not trusted by openssl"
+    );
+    // the gateway still serves, and logged none of it as an error
+    assert_eq!(e.gw.get("/after").status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = e.gw.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }

@@ -187,7 +187,8 @@ impl ConfigStore {
 
     /// Applies `edit` to the current configuration. `expected` is the generation the client read
     /// (`If-Match`), if it sent one. The edit returns an error of its own (e.g. not found) to
-    /// abort without changing anything. A dry run validates and builds exactly as a change
+    /// abort without changing anything; that error wins over a stale `If-Match` (RFC 9110
+    /// §13.2.1: a request that would fail without its precondition gets that failure, not 412). A dry run validates and builds exactly as a change
     /// would, and applies and persists nothing. `origin` names the change in the audit log.
     pub async fn change<T, E>(
         &self,
@@ -215,6 +216,11 @@ impl ConfigStore {
         let mut raw = self.raw.lock().await;
         let current = self.runtime.load().generation;
         if expected.is_some_and(|tags| !etag_matches(tags, current)) {
+            let mut probe = raw.clone();
+            if let Err(e) = edit(&mut probe) {
+                return Ok(Err(e));
+            }
+            self.check(&probe)?;
             return Err(CommitError::Stale { current });
         }
         let mut next = raw.clone();
@@ -326,6 +332,18 @@ impl ConfigStore {
             self.persist(persist).await?;
         }
         Ok(self.publish(prepared))
+    }
+
+    /// Validates `next` without building it: a change that fails on its own is refused as such
+    /// even when its `If-Match` is stale (RFC 9110 §13.2.1).
+    fn check(&self, next: &RawConfig) -> Result<(), CommitError> {
+        let origin = self.file.display().to_string();
+        let base = self.file.parent().unwrap_or_else(|| Path::new("."));
+        match gatehouse_config::from_raw(next, &origin, base) {
+            Ok(_) => Ok(()),
+            Err(ConfigError::Invalid { problems, .. }) => Err(CommitError::Invalid(problems.0)),
+            Err(other) => Err(CommitError::Unreadable(other.to_string())),
+        }
     }
 
     /// Validates and builds `next` into a runtime snapshot, publishing nothing.
@@ -458,6 +476,12 @@ impl ConfigStore {
                     // the client may have read a revision this instance has not seen yet
                     base = fleet.refresh().await.map_err(source_error)?;
                     if !etag_matches(tags, base.revision().max(0) as u64) {
+                        if let Ok(current) = base.shared() {
+                            let mut probe = current.with_instance(raw.instance.clone());
+                            if let Err(e) = edit(&mut probe) {
+                                return Ok(Err(e));
+                            }
+                        }
                         return Err(CommitError::Stale {
                             current: base.revision().max(0) as u64,
                         });

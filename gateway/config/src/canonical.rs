@@ -12,9 +12,10 @@
 //! - consecutive slashes are merged into one (nginx's `merge_slashes`, on by default);
 //! - refused: an encoded slash `%2F` (unless allowed) or backslash `%5C`, a raw backslash, NUL and
 //!   other control characters raw or encoded, a malformed escape, and `.` or `..` segments in
-//!   any spelling. Dot segments are refused rather than resolved: clients resolve them before
-//!   sending (browsers, curl), so one that arrives is a probe, and refusing it leaves no room for
-//!   a backend to resolve it differently from the gateway.
+//!   any spelling, with `;` parameters too (`/..;/`, which Java servers resolve as `..`). Dot
+//!   segments are refused rather than resolved: clients resolve them before sending (browsers,
+//!   curl), so one that arrives is a probe, and refusing it leaves no room for a backend to
+//!   resolve it differently from the gateway.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -133,7 +134,21 @@ fn already_canonical(path: &[u8]) -> bool {
 /// A segment between two slashes: empty (a doubled slash) or a dot segment are not canonical. The
 /// last segment may be empty (a trailing slash).
 fn segment_ok(segment: &[u8]) -> bool {
-    segment != b"." && segment != b".."
+    !is_dot_segment(segment)
+}
+
+/// `.` or `..`, also with path parameters (`..;x`, `..%3B`): servlet containers drop what
+/// follows a `;` in a segment before resolving dot segments.
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let raw_end = segment.iter().position(|&b| b == b';');
+    let encoded_end = segment
+        .windows(3)
+        .position(|w| w[0] == b'%' && w[1] == b'3' && (w[2] == b'B' || w[2] == b'b'));
+    let end = match (raw_end, encoded_end) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(segment.len()),
+    };
+    matches!(&segment[..end], b"." | b"..")
 }
 
 /// The canonical form of `path`: borrowed when it already is canonical. Consecutive slashes are
@@ -188,7 +203,7 @@ pub fn canonicalize<'a>(path: &'a str, rules: &PathRules) -> Result<Cow<'a, str>
         }
         i += 1;
     }
-    if out.split(|&b| b == b'/').any(|s| s == b"." || s == b"..") {
+    if out.split(|&b| b == b'/').any(is_dot_segment) {
         return Err(PathError::DotSegment);
     }
     // Only ASCII was pushed (every byte ≥ 0x80 was percent-encoded), so this cannot fail; if it
@@ -314,6 +329,12 @@ mod tests {
             ("/a/%2e%2E/b", PathError::DotSegment),
             ("/a/.%2e", PathError::DotSegment),
             ("/..", PathError::DotSegment),
+            ("/pub/..;/admin/x", PathError::DotSegment),
+            ("/pub/..;jsessionid=1/admin", PathError::DotSegment),
+            ("/pub/.;/admin", PathError::DotSegment),
+            ("/pub/%2e%2e;/admin", PathError::DotSegment),
+            ("/pub/..%3b/admin", PathError::DotSegment),
+            ("/pub/..%3Bx/admin", PathError::DotSegment),
             ("/a//../b", PathError::DotSegment),
         ];
         for (spelling, error) in cases {

@@ -297,6 +297,20 @@ pub struct HttpOptions {
     pub h2_max_pending_resets: usize,
     /// Streams of one HTTP/2 connection still receiving their request body at once.
     pub h2_max_pending_bodies: usize,
+    /// What becomes of request header names with an underscore.
+    pub underscores_in_headers: Underscores,
+}
+
+/// Request header names with an underscore (`X_Forwarded_For`): CGI and WSGI backends read them
+/// as the dashed name (`X-Forwarded-For`), so they can pass for headers the gateway controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// Removed before the plugins and the backend see the request (nginx's default).
+    Drop,
+    /// The request gets `400`.
+    Reject,
+    /// Passed on.
+    Allow,
 }
 
 impl Default for HttpOptions {
@@ -317,6 +331,7 @@ impl Default for HttpOptions {
             h2_max_concurrent_streams: limits::DEFAULT_H2_STREAMS,
             h2_max_pending_resets: limits::DEFAULT_H2_PENDING_RESETS,
             h2_max_pending_bodies: limits::DEFAULT_H2_PENDING_BODIES,
+            underscores_in_headers: Underscores::Drop,
         }
     }
 }

@@ -196,6 +196,9 @@ pub struct RawHttp {
     /// Streams of one HTTP/2 connection that may be receiving their request body at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub h2_max_pending_bodies: Option<i64>,
+    /// `drop`, `reject` or `allow` request header names with an underscore.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underscores_in_headers: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -762,6 +762,17 @@ impl Validator {
                 ),
             }
         }
+        match raw.underscores_in_headers.as_deref() {
+            None => {}
+            Some("drop") => out.underscores_in_headers = crate::model::Underscores::Drop,
+            Some("reject") => out.underscores_in_headers = crate::model::Underscores::Reject,
+            Some("allow") => out.underscores_in_headers = crate::model::Underscores::Allow,
+            Some(other) => self.problem(
+                "instance.http.underscores_in_headers",
+                format!("{other:?} is not a choice"),
+                "use drop (the default: such headers are removed), reject (400) or allow",
+            ),
+        }
         if let Some(n) = raw.h2_max_pending_bodies {
             match usize::try_from(n) {
                 Ok(n) if (1..=10_000).contains(&n) => out.h2_max_pending_bodies = n,

@@ -35,13 +35,53 @@ const DEMOTED: [(&str, &str, log::Level); 2] = [
     ),
 ];
 
-/// The level a record is written at: its own, or a lower one from [`DEMOTED`].
+/// Engine messages about clients, logged at ERROR though nothing is wrong with the gateway or a
+/// node, by (target prefix, message start): they are DEBUG here, so that ERROR stays something
+/// an operator acts on.
+///
+/// - "Fail to proxy: Downstream ConnectionClosed" / "... ReadError" / "... ConnectionReset": a
+///   client that connected and closed (a TCP health check, a port scan) or broke off while
+///   sending its request header;
+/// - "Downstream handshake error" / "Downstream handshake timeout": a TLS handshake a client
+///   abandoned or could not complete (a port probe, a client that trusts no certificate here).
+const CLIENT_NOISE: [(&str, &str); 5] = [
+    (
+        "pingora_proxy",
+        "Fail to proxy: Downstream ConnectionClosed",
+    ),
+    ("pingora_proxy", "Fail to proxy: Downstream ReadError"),
+    ("pingora_proxy", "Fail to proxy: Downstream ConnectionReset"),
+    (
+        "pingora_core::services::listening",
+        "Downstream handshake error",
+    ),
+    (
+        "pingora_core::services::listening",
+        "Downstream handshake timeout",
+    ),
+];
+
+/// The level a record is written at: its own, or a lower one from [`DEMOTED`] and
+/// [`CLIENT_NOISE`].
 fn level_of(record: &log::Record<'_>) -> log::Level {
     if let Some(message) = record.args().as_str() {
         for (target, text, level) in DEMOTED {
             if message == text && record.target().starts_with(target) {
                 return level;
             }
+        }
+    }
+    if record.level() <= log::Level::Warn
+        && CLIENT_NOISE
+            .iter()
+            .any(|(target, _)| record.target().starts_with(target))
+    {
+        // formatted only for the few engine targets above
+        let message = record.args().to_string();
+        if CLIENT_NOISE.iter().any(|(target, start)| {
+            record.target().starts_with(target) && message.starts_with(start)
+        }) {
+            return log::Level::Debug;
         }
     }
     record.level()
@@ -59,6 +99,14 @@ impl log::Log for Logger {
         let level = level_of(record);
         if level == record.level() {
             return self.0.log(record);
+        }
+        if !self.0.enabled(
+            &log::Metadata::builder()
+                .level(level)
+                .target(record.target())
+                .build(),
+        ) {
+            return;
         }
         self.0.log(
             &log::Record::builder()
@@ -202,6 +250,42 @@ mod tests {
             .target("pingora_core::connectors")
             .build();
         assert_eq!(level_of(&engine), log::Level::Error);
+    }
+
+    #[test]
+    fn clients_that_leave_are_debug_not_error() {
+        let level = |target: &str, args: std::fmt::Arguments<'_>| {
+            level_of(
+                &log::Record::builder()
+                    .args(args)
+                    .level(log::Level::Error)
+                    .target(target)
+                    .build(),
+            )
+        };
+        let n = 3;
+        assert_eq!(
+            level(
+                "pingora_proxy",
+                format_args!("Fail to proxy: Downstream ConnectionClosed context: while reading request headers, bytes already read: {n}, downstream session type: h1")
+            ),
+            log::Level::Debug
+        );
+        assert_eq!(
+            level(
+                "pingora_core::services::listening",
+                format_args!("Downstream handshake error from 127.0.0.1:{n}: TLSHandshakeFailure")
+            ),
+            log::Level::Debug
+        );
+        // an upstream failure stays an error
+        assert_eq!(
+            level(
+                "pingora_proxy",
+                format_args!("Fail to proxy: Upstream ConnectRefused context: {n}")
+            ),
+            log::Level::Error
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use gatehouse_config::canonical::{self, decode_query_name, PathRules};
-use gatehouse_config::HttpOptions;
+use gatehouse_config::{HttpOptions, Underscores};
 
 use crate::bodies::{HeldResponse, Refused};
 use crate::health::{Evidence, Source};
@@ -1329,6 +1329,58 @@ fn ignore_h2c_upgrade(req: &mut RequestHeader) {
     }
 }
 
+/// Whether `host` is a `Host` value RFC 9112 §3.2 allows: a registered name (RFC 3986's
+/// unreserved characters, sub-delimiters and percent escapes), an IPv4 address or a bracketed IP
+/// literal, then an optional `:port`; empty is allowed (a target without authority).
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = if host.first() == Some(&b'[') {
+        let Some(end) = host.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &host[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match &host[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&[][..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match host.iter().rposition(|&b| b == b':') {
+            Some(i) => (&host[..i], Some(&host[i + 1..])),
+            None => (host, None),
+        }
+    };
+    let name_ok = name.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    name_ok && port_ok
+}
+
 /// Whether the request announces a body (which the gateway has not read when it answers early).
 fn body_expected(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -1401,6 +1453,38 @@ fn check_framing(session: &mut Session, http: &HttpOptions) -> Option<(u16, Stri
             "an HTTP/1.1 request must carry a Host header".to_owned(),
         ));
     }
+    let mut hosts = req.headers.get_all(HOST).iter();
+    if let (Some(host), None) = (hosts.next(), hosts.next()) {
+        if !valid_host(host.as_bytes()) {
+            return Some((
+                400,
+                "the Host header must be a host name or IP address, with an optional :port"
+                    .to_owned(),
+            ));
+        }
+    }
+    if http.underscores_in_headers != Underscores::Allow {
+        let underscored: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|name| name.as_str().contains('_'))
+            .cloned()
+            .collect();
+        if let Some(first) = underscored.first() {
+            if http.underscores_in_headers == Underscores::Reject {
+                return Some((
+                    400,
+                    format!(
+                        "header names with an underscore ({first}) are refused: backends may read them as the dashed name"
+                    ),
+                ));
+            }
+            for name in &underscored {
+                session.req_header_mut().remove_header(name);
+            }
+        }
+    }
+    let req = session.req_header();
     if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
         // The engine drops Content-Length when Transfer-Encoding is present; the raw header
         // still shows it. Both at once is how request smuggling starts: refuse.
