@@ -160,6 +160,8 @@ pub struct HostState {
     pub call: Call,
     /// What this plugin use may touch, enforced by every host function.
     pub grants: Arc<Grants>,
+    /// The time budget of the call running now.
+    pub budget: crate::budget::CallBudget,
     rng: SmallRng,
     log_budget: Arc<LogBudget>,
 }
@@ -181,6 +183,7 @@ impl HostState {
             api,
             call: Call::new(edits),
             grants: Arc::new(Grants::baseline()),
+            budget: Default::default(),
             rng: SmallRng::from_os_rng(),
             log_budget,
         }

@@ -12,6 +12,7 @@
 //! This crate knows HTTP headers (`pingora-http`) but not the proxy.
 
 pub mod bindings;
+pub mod budget;
 pub mod engine;
 pub mod grants;
 pub mod metrics;

@@ -20,7 +20,8 @@ use crate::bindings::{
     check_reply_headers, hooks_of_v1, readable_headers, v1, v2, Action, EditLimits, HostState,
     LogBudget, Node, Reply, Violation, REQUEST, RESPONSE,
 };
-use crate::engine::{Component, PluginEngine, EPOCH_TICK};
+use crate::budget::CallBudget;
+use crate::engine::{Component, PluginEngine};
 use crate::grants::{Grants, HookSet, Needs};
 use crate::metrics::PluginMetrics;
 
@@ -407,9 +408,12 @@ impl PluginSlot {
         );
         state.grants = self.grants.clone();
         state.call.body_limit = self.limits.body;
+        state.budget = CallBudget::start(CONFIGURE_TIME);
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(ticks(CONFIGURE_TIME));
+        // every call is bounded by the CPU time its thread runs (crate::budget)
+        store.epoch_deadline_callback(crate::budget::on_deadline);
+        store.set_epoch_deadline(1);
         let plugin = match &*self.pre {
             Component::V1(pre) => pre.instantiate(&mut store).map(Guest::V1),
             Component::V2(pre) => pre.instantiate(&mut store).map(Guest::V2),
@@ -569,7 +573,8 @@ impl PluginSlot {
         time: Duration,
         f: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, Failure> {
-        warm.store.set_epoch_deadline(ticks(time));
+        warm.store.data_mut().budget = CallBudget::start(time);
+        warm.store.set_epoch_deadline(1);
         warm.store.data_mut().limiter.denied = false;
         let started = Instant::now();
         let result = f(&warm.plugin, &mut warm.store);
@@ -983,11 +988,6 @@ impl Breaker {
             );
         }
     }
-}
-
-/// Epoch ticks for a time limit (at least one full tick).
-fn ticks(time: Duration) -> u64 {
-    (time.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
 }
 
 /// Checks a short-circuit reply before the gateway writes it.

@@ -286,3 +286,93 @@ fn all_instances_share_one_memory_budget() {
     assert!(held < baseline + 1024 * 1024);
     assert!(run(&quiet).is_ok());
 }
+
+/// Counts `n` down in linear memory: about a nanosecond of CPU time per step.
+fn count_down(n: u32) -> String {
+    format!(
+        "(i32.store (i32.const 16) (i32.const {n}))
+         (block $out (loop $again
+           (i32.store (i32.const 16) (i32.sub (i32.load (i32.const 16)) (i32.const 1)))
+           (br_if $out (i32.eqz (i32.load (i32.const 16))))
+           (br $again)))"
+    )
+}
+
+/// A slot for `body` with a time limit of `time`.
+fn timed_slot(body: &str, time: Duration) -> Arc<PluginSlot> {
+    let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
+    let wat = gatehouse_plugin_host::testing::component_wat(body);
+    let pre = engine
+        .load(&format!("timed:{}", body.len()), || {
+            Ok(gatehouse_plugin_host::testing::binary(&wat))
+        })
+        .unwrap();
+    PluginSlot::new(
+        engine,
+        pre,
+        "test-plugin",
+        "shop",
+        "get_user",
+        "{}".into(),
+        SlotLimits { time, ..LIMITS },
+    )
+    .unwrap()
+}
+
+/// Pins the calling thread to `cpu`; false where the machine does not allow it.
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+#[test]
+fn a_plugin_is_charged_the_time_it_ran_not_the_time_it_waited() {
+    // how many steps make about 4 ms of CPU time here (the fastest of a few calibration runs)
+    let calibrate = timed_slot(&count_down(1_000_000), Duration::from_secs(1));
+    let per_million = (0..5)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            run(&calibrate).unwrap();
+            started.elapsed()
+        })
+        .min()
+        .unwrap();
+    let steps = (4_000_000.0 / per_million.as_micros().max(1) as f64 * 1000.0) as u32;
+    let limit = Duration::from_millis(10);
+    let slot = timed_slot(&count_down(steps.max(1)), limit);
+    // three spinning threads share one CPU with the calling thread: each call, 4 ms of work
+    // under a 10 ms limit, takes about 16 ms of wall-clock time
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin_to(0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let outcome = std::thread::spawn(move || {
+        pin_to(0);
+        (0..20).map(|_| run(&slot).err()).collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+    assert!(
+        outcome.iter().all(Option::is_none),
+        "{steps} steps under {limit:?}: {outcome:?}"
+    );
+    // and a plugin that does run past its limit is still stopped
+    let spinning = timed_slot(INFINITE_LOOP, limit);
+    assert_eq!(run(&spinning).err(), Some(Failure::Timeout));
+}
