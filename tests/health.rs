@@ -486,3 +486,84 @@ fn probes_stop_for_a_node_a_configuration_change_removed() {
         "no probe reached the removed node"
     );
 }
+
+/// The attempts of client requests on the node at `addr` that ended `outcome`.
+fn attempts(gw: &Gateway, addr: SocketAddr, outcome: &str) -> f64 {
+    gw.metric(&format!(
+        r#"gatehouse_upstream_attempts_total{{node="{}",outcome="{outcome}",upstream="u"}}"#,
+        node_label(addr)
+    ))
+}
+
+#[test]
+fn with_active_checks_a_hanging_node_stays_out_until_probes_pass() {
+    let a = echo("a");
+    let hung = echo_with("hung", Behavior::Delay(Duration::from_secs(3600)));
+    let (gw, admin) = start(
+        &[a.addr(), hung.addr()],
+        "    unhealthy_timeout: 1s\n    health_check: { timeouts: 1, active: true, interval: 200ms, timeout: 300ms, healthy_threshold: 2 }\n",
+        "300ms",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&gw, 4, stop.clone());
+    wait_until("the hung node taken out", || {
+        state_of(admin, hung.addr()).0 == "UNHEALTHY"
+    });
+    // requests already on their way to it end within the API's 300 ms timeout
+    std::thread::sleep(Duration::from_secs(1));
+    let after_detection = attempts(&gw, hung.addr(), "response_timeout");
+    // five recovery times: a node brought back by the clock would be tried several times
+    let observed = Instant::now();
+    wait_until("five recovery times of traffic", || {
+        observed.elapsed() >= Duration::from_secs(5)
+    });
+    stop.store(true, Ordering::Relaxed);
+    join(clients);
+    assert_eq!(
+        attempts(&gw, hung.addr(), "response_timeout"),
+        after_detection,
+        "a client request waited on the hanging node after it was taken out"
+    );
+    assert_eq!(state_of(admin, hung.addr()).0, "UNHEALTHY");
+}
+
+#[test]
+fn without_active_checks_a_hanging_node_gets_one_trial_request_per_return_and_longer_each_time() {
+    let a = echo("a");
+    let hung = echo_with("hung", Behavior::Delay(Duration::from_secs(3600)));
+    let (gw, admin) = start(
+        &[a.addr(), hung.addr()],
+        "    unhealthy_timeout: 1s\n    health_check: { timeouts: 1 }\n",
+        "300ms",
+    );
+    let probations = |gw: &Gateway| {
+        gw.metric(&format!(
+            r#"gatehouse_upstream_node_probations_total{{node="{}",upstream="u"}}"#,
+            node_label(hung.addr())
+        ))
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&gw, 4, stop.clone());
+    wait_until("the hung node taken out", || {
+        state_of(admin, hung.addr()).0 == "UNHEALTHY"
+    });
+    let at_detection = attempts(&gw, hung.addr(), "response_timeout");
+    let observed = Instant::now();
+    wait_until("seven seconds of traffic", || {
+        observed.elapsed() >= Duration::from_secs(7)
+    });
+    stop.store(true, Ordering::Relaxed);
+    join(clients);
+    let trials = probations(&gw);
+    let waited = attempts(&gw, hung.addr(), "response_timeout") - at_detection;
+    // out 1 s, then 2 s, then 4 s: two or three returns in seven seconds, one request each (and
+    // the up to four requests already on their way when it was taken out)
+    assert!(
+        waited <= 4.0 + trials,
+        "{waited} requests waited on the hanging node after its detection, {trials} probations"
+    );
+    assert!((1.0..=3.0).contains(&trials), "{trials} probations");
+    let log = gw.log();
+    assert!(log.contains("is on probation"), "{log}");
+    assert!(log.contains("its trial request failed"), "{log}");
+}

@@ -72,9 +72,22 @@ pub enum Change {
     None,
     /// The node was taken out.
     Out,
+    /// A node on probation failed its trial request and is out again, for longer.
+    OutAgain,
+    /// The node's recovery time has passed: its next request is a trial.
+    Probation,
     /// The node is back.
     Back,
 }
+
+/// How long a probation trial may go without an outcome before another request is let through
+/// (a client that left before the node answered): longer than the default backend timeout (60 s)
+/// and connect timeout together, so a hanging node is tried by one request at a time.
+pub const TRIAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The longest a node is kept out between two trials, however often it failed (Envoy's
+/// `max_ejection_time`).
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 /// The health of one node.
 pub struct NodeHealth {
@@ -87,6 +100,14 @@ pub struct NodeHealth {
     http_failures: AtomicU32,
     /// Consecutive healthy probes.
     successes: AtomicU32,
+    /// Times the node was taken out since it last served well: each doubles the next recovery
+    /// time, up to [`MAX_EJECTION`].
+    ejections: AtomicU32,
+    /// Upstream-clock milliseconds at which a request was let through as a probation trial
+    /// (0: none yet).
+    trial_at: AtomicU64,
+    /// The recovery time has passed and the node waits for its trial.
+    probation: std::sync::atomic::AtomicBool,
     /// Unix milliseconds of the last state change.
     since: AtomicU64,
     /// Why the node is in its state.
@@ -115,6 +136,9 @@ impl NodeHealth {
             timeouts: AtomicU32::new(0),
             http_failures: AtomicU32::new(0),
             successes: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            trial_at: AtomicU64::new(0),
+            probation: std::sync::atomic::AtomicBool::new(false),
             since: AtomicU64::new(unix_ms()),
             reason: ArcSwap::from_pointee(reason.to_owned()),
             next_probe: AtomicU64::new(0),
@@ -130,6 +154,27 @@ impl NodeHealth {
     #[inline]
     pub fn is_out(&self, now: u64) -> bool {
         self.out_until.load(Ordering::Relaxed) > now
+    }
+
+    /// Whether a request at `now` may use the node: it is in, or it is on probation and this
+    /// request takes the one trial (a trial that never reported is given again after
+    /// `retrial_after`).
+    #[inline]
+    pub fn admit(&self, now: u64, retrial_after: Duration) -> bool {
+        let until = self.out_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if until > now {
+            return false;
+        }
+        let trial = self.trial_at.load(Ordering::Acquire);
+        if trial != 0 && now < trial.saturating_add(retrial_after.as_millis() as u64) {
+            return false;
+        }
+        self.trial_at
+            .compare_exchange(trial, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Whether the node is out for a while that has passed at `now`: it is due back.
@@ -165,25 +210,46 @@ impl NodeHealth {
         true
     }
 
-    /// Takes the node out at `now` for `recovery` (zero: until a probe brings it back).
+    /// Takes the node out at `now` for `recovery` (zero: until a probe brings it back), doubled
+    /// for each time it was taken out since it last served well, up to [`MAX_EJECTION`].
     fn take_out(&self, now: u64, recovery: Duration, reason: String) -> Change {
         let until = if recovery.is_zero() {
             u64::MAX
         } else {
-            now.saturating_add(recovery.as_millis() as u64).max(1)
+            now.saturating_add(self.out_for(recovery).as_millis() as u64)
+                .max(1)
         };
+        self.ejections.fetch_add(1, Ordering::AcqRel);
+        self.trial_at.store(0, Ordering::Release);
+        self.probation.store(false, Ordering::Release);
         self.out_until.store(until, Ordering::Relaxed);
         self.successes.store(0, Ordering::Relaxed);
-        if self.set(State::Unhealthy, reason) {
+        self.reset_failures();
+        if self.set(State::Unhealthy, reason.clone()) {
             Change::Out
         } else {
-            Change::None
+            // out again without a change of state: still said, and counted
+            self.reason.store(Arc::new(reason));
+            self.since.store(unix_ms(), Ordering::Relaxed);
+            Change::OutAgain
         }
+    }
+
+    /// How long the node is out this time: `recovery` doubled for each earlier ejection since it
+    /// last served well, at most [`MAX_EJECTION`] (or `recovery`, if that is longer).
+    pub fn out_for(&self, recovery: Duration) -> Duration {
+        let earlier = self.ejections.load(Ordering::Acquire).min(16);
+        recovery
+            .saturating_mul(1 << earlier)
+            .min(MAX_EJECTION.max(recovery))
     }
 
     /// Brings the node back.
     fn bring_back(&self, reason: String) -> Change {
         self.out_until.store(0, Ordering::Relaxed);
+        self.ejections.store(0, Ordering::Release);
+        self.trial_at.store(0, Ordering::Release);
+        self.probation.store(false, Ordering::Release);
         self.reset_failures();
         if self.set(State::Healthy, reason) {
             Change::Back
@@ -192,24 +258,22 @@ impl NodeHealth {
         }
     }
 
-    /// Brings back a node whose recovery time has passed at `now` (the caller checked
-    /// [`NodeHealth::is_due_back`]); only one caller wins.
-    pub fn expire(&self, now: u64, recovery: Duration) -> Change {
+    /// Puts a node whose recovery time has passed at `now` on probation (the caller checked
+    /// [`NodeHealth::is_due_back`]): its next request is a trial, and only that one; the
+    /// trial's outcome brings it back or takes it out again for twice as long. Only one caller
+    /// wins.
+    pub fn expire(&self, now: u64) -> Change {
         let until = self.out_until.load(Ordering::Relaxed);
         if until == 0 || until > now {
             return Change::None;
         }
-        if self
-            .out_until
-            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
+        if self.probation.swap(true, Ordering::AcqRel) {
             return Change::None;
         }
-        self.bring_back(format!(
-            "back after its recovery time (unhealthy_timeout {})",
-            humantime::format_duration(recovery)
-        ))
+        self.reason.store(Arc::new(
+            "on probation after its recovery time: its next request decides".to_owned(),
+        ));
+        Change::Probation
     }
 
     fn reset_failures(&self) {
@@ -251,6 +315,18 @@ impl NodeHealth {
             Source::Request => "",
             Source::Probe => "probe ",
         };
+        if source == Source::Request && self.is_due_back(now) {
+            // the trial request of a node on probation decides alone
+            return match (failure, evidence) {
+                (Some((_, threshold, why)), _) if threshold > 0 => {
+                    self.take_out(now, recovery, format!("its trial request failed: {why}"))
+                }
+                (None, Evidence::Status(status)) => {
+                    self.bring_back(format!("its trial request was answered {status}"))
+                }
+                _ => Change::None,
+            };
+        }
         match failure {
             Some((counter, threshold, why)) => {
                 if self.successes.load(Ordering::Relaxed) != 0 {
@@ -312,6 +388,17 @@ impl NodeHealth {
         }
     }
 
+    /// A node out until probes bring it back, when no probe runs any more (active checks were
+    /// turned off): it is due back at `now`, so its next request is a trial.
+    pub fn without_probes(&self, now: u64) {
+        let _ = self.out_until.compare_exchange(
+            u64::MAX,
+            now.max(1),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Carries the state of `old` (the same node in the previous configuration) over.
     pub fn inherit(&self, old: &NodeHealth) {
         self.state
@@ -321,7 +408,10 @@ impl NodeHealth {
         self.since
             .store(old.since.load(Ordering::Relaxed), Ordering::Relaxed);
         self.reason.store(old.reason.load_full());
+        self.probation
+            .store(old.probation.load(Ordering::Acquire), Ordering::Release);
         for (new, old) in [
+            (&self.ejections, &old.ejections),
             (&self.tcp_failures, &old.tcp_failures),
             (&self.timeouts, &old.timeouts),
             (&self.http_failures, &old.http_failures),
@@ -329,6 +419,8 @@ impl NodeHealth {
         ] {
             new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+        self.trial_at
+            .store(old.trial_at.load(Ordering::Acquire), Ordering::Release);
     }
 }
 
@@ -377,9 +469,54 @@ mod tests {
         assert!(h.is_out(29_999) && !h.is_out(30_000));
         assert_eq!(h.report().state, "UNHEALTHY");
         assert!(h.report().reason.contains("timed out (3 times in a row)"));
-        assert_eq!(h.expire(30_000, r), Change::Back);
-        assert_eq!(h.expire(30_000, r), Change::None, "once");
+        assert_eq!(h.expire(30_000), Change::Probation);
+        assert_eq!(h.expire(30_000), Change::None, "once");
+        // one trial request, whose answer brings it back
+        assert!(h.admit(30_000, TRIAL_TIMEOUT));
+        assert!(!h.admit(30_001, TRIAL_TIMEOUT), "one trial at a time");
+        assert_eq!(
+            h.record(&c, r, Source::Request, &Evidence::Status(200), 30_010),
+            Change::Back
+        );
         assert_eq!(h.state(), State::Healthy);
+        assert!(h.admit(30_011, TRIAL_TIMEOUT));
+    }
+
+    #[test]
+    fn a_node_failing_its_trials_stays_out_twice_as_long_each_time() {
+        let h = NodeHealth::new(State::NoData, "");
+        let c = HealthCheck {
+            timeouts: 1,
+            ..check()
+        };
+        let r = Duration::from_secs(10);
+        let t = Evidence::TimedOut;
+        assert_eq!(h.record(&c, r, Source::Request, &t, 0), Change::Out);
+        for out_for in [20_000, 40_000, 80_000, 160_000, 300_000, 300_000] {
+            let back = h.back_at().unwrap();
+            assert!(!h.admit(back - 1, TRIAL_TIMEOUT));
+            let now = back;
+            assert_eq!(h.expire(now), Change::Probation);
+            assert!(h.admit(now, TRIAL_TIMEOUT), "the trial");
+            assert!(!h.admit(now, TRIAL_TIMEOUT), "and only it");
+            assert_eq!(h.record(&c, r, Source::Request, &t, now), Change::OutAgain);
+            assert_eq!(h.back_at(), Some(now + out_for), "capped at five minutes");
+            assert!(h.report().reason.contains("trial request failed"));
+        }
+        // a trial that never reports is given again after TRIAL_TIMEOUT
+        let now = h.back_at().unwrap();
+        h.expire(now);
+        assert!(h.admit(now, TRIAL_TIMEOUT));
+        let later = now + TRIAL_TIMEOUT.as_millis() as u64;
+        assert!(!h.admit(later - 1, TRIAL_TIMEOUT));
+        assert!(h.admit(later, TRIAL_TIMEOUT));
+        // a good answer brings it back and forgets the doubling
+        assert_eq!(
+            h.record(&c, r, Source::Request, &Evidence::Status(204), later),
+            Change::Back
+        );
+        assert_eq!(h.record(&c, r, Source::Request, &t, later), Change::Out);
+        assert_eq!(h.back_at(), Some(later + 10_000));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub egress_denied: IntCounterVec,
     pub node_ejections: IntCounterVec,
+    pub node_probations: IntCounterVec,
     pub node_available: IntGaugeVec,
     pub node_healthy: IntGaugeVec,
     pub node_transitions: IntCounterVec,
@@ -82,6 +83,12 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
     node_ejections: register_int_counter_vec!(
         "gatehouse_upstream_node_ejections_total",
         "Times a node was taken out of rotation by health checks (passive or active), by upstream and node.",
+        &["upstream", "node"]
+    )
+    .expect("metric registers once"),
+    node_probations: register_int_counter_vec!(
+        "gatehouse_upstream_node_probations_total",
+        "Times a node's recovery time passed and one trial request was let through to decide whether it is back (passive checks only), by upstream and node.",
         &["upstream", "node"]
     )
     .expect("metric registers once"),
@@ -228,6 +235,7 @@ pub struct NodeMetrics {
     attempts: [IntCounter; 6],
     pub egress_denied: IntCounter,
     pub ejections: IntCounter,
+    pub probations: IntCounter,
     pub available: IntGauge,
     pub healthy: IntGauge,
     /// Entering HEALTHY, entering UNHEALTHY.
@@ -255,6 +263,7 @@ impl NodeMetrics {
             }),
             egress_denied: m.egress_denied.with_label_values(&[upstream, node]),
             ejections: m.node_ejections.with_label_values(&[upstream, node]),
+            probations: m.node_probations.with_label_values(&[upstream, node]),
             available: m.node_available.with_label_values(&[upstream, node]),
             healthy: m.node_healthy.with_label_values(&[upstream, node]),
             became: ["HEALTHY", "UNHEALTHY"].map(|state| {
@@ -294,6 +303,7 @@ pub fn forget_node(upstream: &str, node: &str) {
     }
     let _ = m.egress_denied.remove_label_values(&[upstream, node]);
     let _ = m.node_ejections.remove_label_values(&[upstream, node]);
+    let _ = m.node_probations.remove_label_values(&[upstream, node]);
     let _ = m.node_available.remove_label_values(&[upstream, node]);
     let _ = m.node_healthy.remove_label_values(&[upstream, node]);
     for state in ["HEALTHY", "UNHEALTHY"] {

@@ -75,9 +75,18 @@ impl NodeRuntime {
         self.peer.load().is_some()
     }
 
-    /// Whether a request may use the node at `now`: it has an address and is not out.
+    /// Whether the node is in the schedule at `now`: it has an address and is not out (a node
+    /// on probation is in, and [`NodeRuntime::admits`] lets one request through).
     fn is_eligible(&self, now: u64) -> bool {
         self.weight > 0 && !self.health.is_out(now) && self.is_available()
+    }
+
+    /// Whether a request at `now` may use the node: it is eligible, and, on probation, this
+    /// request takes its one trial.
+    fn admits(&self, now: u64) -> bool {
+        self.weight > 0
+            && self.is_available()
+            && self.health.admit(now, crate::health::TRIAL_TIMEOUT)
     }
 
     fn set_address(&self, addr: Option<SocketAddr>) {
@@ -291,9 +300,9 @@ impl UpstreamRuntime {
             })
         } else {
             // the schedule may lag a node that was just taken out: check each pick
-            current.selector.pick_from(start, |i| {
-                tried.contains(i) || !self.nodes[i].is_eligible(now)
-            })
+            current
+                .selector
+                .pick_from(start, |i| tried.contains(i) || !self.nodes[i].admits(now))
         };
         if current.panic && previous.is_none() && picked.is_some() {
             self.panic_requests.inc();
@@ -305,36 +314,36 @@ impl UpstreamRuntime {
     /// taken out.
     pub fn report(&self, node: usize, source: Source, evidence: &Evidence) {
         let n = &self.nodes[node];
-        let change = n.health.record(
-            &self.config.health,
-            self.config.unhealthy_timeout,
-            source,
-            evidence,
-            now_ms(),
-        );
+        // with active checks, only probes bring a node back
+        let recovery = if self.config.health.active.is_some() {
+            Duration::ZERO
+        } else {
+            self.config.unhealthy_timeout
+        };
+        let change = n
+            .health
+            .record(&self.config.health, recovery, source, evidence, now_ms());
         self.changed(n, change);
     }
 
     /// Logs, counts and applies a node's change of state.
     fn changed(&self, node: &NodeRuntime, change: Change) {
         match change {
-            Change::None => return,
-            Change::Out => {
+            // probation starts in `refresh`, never from a piece of evidence
+            Change::None | Change::Probation => return,
+            Change::Out | Change::OutAgain => {
                 node.metrics.ejections.inc();
-                node.metrics.became[1].inc();
-                let recovery = self.config.unhealthy_timeout;
-                let back = if recovery.is_zero() {
-                    "back when probes find it healthy".to_owned()
-                } else {
-                    format!(
-                        "tried again in {}{}",
-                        humantime::format_duration(recovery),
-                        if self.config.health.active.is_some() {
-                            " or when probes find it healthy"
-                        } else {
-                            ""
-                        }
-                    )
+                if change == Change::Out {
+                    node.metrics.became[1].inc();
+                }
+                let back = match node.health.back_at() {
+                    None => "back when probes find it healthy".to_owned(),
+                    Some(at) => format!(
+                        "one request tries it again in {}",
+                        humantime::format_duration(Duration::from_millis(
+                            at.saturating_sub(now_ms())
+                        ))
+                    ),
                 };
                 log::warn!(
                     "upstream {}: node {} is UNHEALTHY ({}); {back}",
@@ -343,6 +352,7 @@ impl UpstreamRuntime {
                     node.health.report().reason
                 );
             }
+
             Change::Back => {
                 node.metrics.became[0].inc();
                 log::info!(
@@ -368,18 +378,14 @@ impl UpstreamRuntime {
         }
         while self.dirty.swap(false, Ordering::AcqRel) {
             for node in self.nodes.iter() {
-                if node.health.is_due_back(now) {
-                    let change = node.health.expire(now, self.config.unhealthy_timeout);
-                    if change == Change::Back {
-                        node.metrics.became[0].inc();
-                        node.show_health();
-                        log::info!(
-                            "upstream {}: node {} is back in rotation ({})",
-                            self.name,
-                            node.label,
-                            node.health.report().reason
-                        );
-                    }
+                if node.health.is_due_back(now) && node.health.expire(now) == Change::Probation {
+                    node.metrics.probations.inc();
+                    node.show_health();
+                    log::info!(
+                        "upstream {}: node {} is on probation after its recovery time: its next request decides whether it is back",
+                        self.name,
+                        node.label
+                    );
                 }
             }
             let weights: Vec<u32> = self
@@ -441,6 +447,9 @@ impl UpstreamRuntime {
             if let Some(o) = old.nodes.iter().find(|o| o.label == node.label) {
                 if o.health.state() != State::Off {
                     node.health.inherit(&o.health);
+                    if self.config.health.active.is_none() {
+                        node.health.without_probes(now_ms());
+                    }
                     node.show_health();
                 }
             }
