@@ -167,3 +167,115 @@ fn a_service_manager_is_told_the_process_is_ready_and_is_the_main_one() {
     let _ = child.wait();
     assert_eq!(message, format!("READY=1\nMAINPID={}\n", child.id()));
 }
+
+/// A gateway on `backend` whose upgrade socket is in its own folder, with `instance_extra`.
+fn upgradable(backend: &EchoServer, instance_extra: &str) -> Gateway {
+    let (listen, metrics) = (free_port(), free_port());
+    let socket = scratch_dir().join("upgrade.sock");
+    let yaml = format!(
+        "{}upstreams:\n  - name: u\n    vpc: vpc-main\n    protocol: http\n    nodes:\n      - {{ host: 127.0.0.1, port: {}, weight: 1 }}\nservices:\n  - name: s\n    apis:\n      - {{ name: r, path: /r, backend: {{ upstream: u }} }}\n",
+        instance_yaml(listen, metrics).replace(
+            "  threads: 2\n",
+            &format!(
+                "  threads: 2\n  upgrade_socket: {}\n{instance_extra}",
+                socket.display()
+            )
+        ),
+        backend.addr().port()
+    );
+    Gateway::start_config(&yaml, listen, metrics)
+}
+
+/// Starts `gatehouse run --upgrade` on `old`'s configuration, logging to `new.log` in its folder.
+fn start_new(old: &Gateway) -> std::process::Child {
+    std::process::Command::new(binary())
+        .args(["run", "--upgrade", "-c"])
+        .arg(old.dir.join("gatehouse.yaml"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(old.dir.join("new.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_new_process_waits_for_the_old_one_longer_than_a_few_seconds() {
+    let backend = echo("b");
+    let mut old = upgradable(&backend, "");
+    let mut new = start_new(&old);
+    // longer than the engine's own 5 retries of 1 s
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        new.try_wait().unwrap().is_none(),
+        "the new process gave up waiting: {}",
+        std::fs::read_to_string(old.dir.join("new.log")).unwrap_or_default()
+    );
+    old.signal("QUIT");
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.map(|s| s.success()), Some(true), "{}", old.log());
+    let served = request("GET", &old.url("/r"), &[], None);
+    let _ = new.kill();
+    let _ = new.wait();
+    assert_eq!(
+        served.status,
+        200,
+        "the new process serves: {}",
+        std::fs::read_to_string(old.dir.join("new.log")).unwrap_or_default()
+    );
+    assert!(old.log().contains("listener sockets sent"), "{}", old.log());
+}
+
+#[test]
+fn sigquit_with_no_new_process_keeps_the_old_one_serving() {
+    let backend = echo("b");
+    let mut old = upgradable(&backend, "  upgrade_timeout: 2s\n");
+    old.signal("QUIT");
+    // past the upgrade timeout, it still serves, and says why
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        old.wait_exit(Duration::from_millis(100)).is_none(),
+        "{}",
+        old.log()
+    );
+    assert_eq!(request("GET", &old.url("/r"), &[], None).status, 200);
+    assert!(
+        old.log().contains("this process keeps serving"),
+        "{}",
+        old.log()
+    );
+    // and a later upgrade, new process first, still works
+    let mut new = start_new(&old);
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.map(|s| s.success()), Some(true), "{}", old.log());
+    let served = request("GET", &old.url("/r"), &[], None);
+    let _ = new.kill();
+    let _ = new.wait();
+    assert_eq!(served.status, 200);
+}
+
+#[test]
+fn upgrade_now_listens_at_once_as_an_earlier_running_process_expects() {
+    let backend = echo("b");
+    let mut old = upgradable(&backend, "");
+    let mut new = std::process::Command::new(binary())
+        .args(["run", "--upgrade", "--now", "-c"])
+        .arg(old.dir.join("gatehouse.yaml"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(old.dir.join("new.log")).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    let status = old.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.map(|s| s.success()), Some(true), "{}", old.log());
+    let served = request("GET", &old.url("/r"), &[], None);
+    let _ = new.kill();
+    let _ = new.wait();
+    assert_eq!(served.status, 200);
+    // --now needs --upgrade
+    let (status, _, err) = run_cli(&["run", "--now", "-c", "gatehouse.yaml"]);
+    assert!(!status.success(), "{err}");
+}

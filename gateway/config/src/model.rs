@@ -37,6 +37,9 @@ pub mod limits {
     /// a connection holding every stream open on a body that never comes is not.
     pub const DEFAULT_H2_PENDING_BODIES: usize = 32;
     pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Long enough for a new process to load a large configuration and compile its plugins
+    /// before the old one hands its sockets over, in either order.
+    pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(300);
     /// Below the idle timeouts of common backends (Node.js and Apache: 5 s), so the gateway, not
     /// the backend, closes an idle connection, and a request never meets one the backend has just
     /// closed.
@@ -181,6 +184,9 @@ pub struct Instance {
     pub drain_timeout: Duration,
     /// The Unix socket through which a new process takes the listening sockets over.
     pub upgrade_socket: PathBuf,
+    /// Longest a process started with `--upgrade` waits for the running one's sockets, and a
+    /// running process sent `SIGQUIT` waits for a new one to take them.
+    pub upgrade_timeout: Duration,
     /// The etcd cluster holding the shared configuration; `None`: this file holds it.
     pub etcd: Option<EtcdSource>,
 }

@@ -69,6 +69,9 @@ pub struct RawInstance {
     /// Longest requests in flight may take to finish once the gateway stops, e.g. `30s`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    /// Longest the two processes of an upgrade wait for each other, e.g. `5m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_timeout: Option<String>,
     /// Take the shared configuration (VPCs, connections, upstreams, services) from etcd instead
     /// of this file.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -428,6 +428,20 @@ impl Validator {
                 "give requests in flight at most 1h to finish when the gateway stops",
             );
         }
+        let upgrade_timeout = self
+            .duration(
+                "instance.upgrade_timeout",
+                raw.upgrade_timeout.as_deref(),
+                Duration::from_secs(1),
+            )
+            .unwrap_or(limits::DEFAULT_UPGRADE_TIMEOUT);
+        if upgrade_timeout > Duration::from_secs(3600) {
+            self.problem(
+                "instance.upgrade_timeout",
+                "is longer than an hour",
+                "give the processes of an upgrade at most 1h to meet, e.g. 5m",
+            );
+        }
         let upgrade_socket = match raw.upgrade_socket.as_deref() {
             Some(p) => base_dir.join(p),
             None => std::env::temp_dir().join(format!("gatehouse-{}-upgrade.sock", raw.id)),
@@ -436,6 +450,7 @@ impl Validator {
         Some(Instance {
             etcd,
             upgrade_socket,
+            upgrade_timeout,
             drain_timeout,
             tls,
             access_log,

@@ -30,7 +30,7 @@ const DEMOTED: [(&str, &str, log::Level); 2] = [
     ),
     (
         "pingora_core::server::transfer_fd",
-        "No incoming socket transfer, sleep 1s and try again",
+        "No incoming socket transfer",
         log::Level::Info,
     ),
 ];
@@ -62,27 +62,31 @@ const CLIENT_NOISE: [(&str, &str); 5] = [
 ];
 
 /// The level a record is written at: its own, or a lower one from [`DEMOTED`] and
-/// [`CLIENT_NOISE`].
+/// [`CLIENT_NOISE`] (matched by target and the start of the message, which is formatted only for
+/// those few engine targets).
 fn level_of(record: &log::Record<'_>) -> log::Level {
-    if let Some(message) = record.args().as_str() {
-        for (target, text, level) in DEMOTED {
-            if message == text && record.target().starts_with(target) {
-                return level;
-            }
+    let target = record.target();
+    let demoted = DEMOTED.iter().any(|(t, _, _)| target.starts_with(t));
+    let noise = record.level() <= log::Level::Warn
+        && CLIENT_NOISE.iter().any(|(t, _)| target.starts_with(t));
+    if !demoted && !noise {
+        return record.level();
+    }
+    let message = match record.args().as_str() {
+        Some(text) => std::borrow::Cow::Borrowed(text),
+        None => std::borrow::Cow::Owned(record.args().to_string()),
+    };
+    for (t, start, level) in DEMOTED {
+        if target.starts_with(t) && message.starts_with(start) {
+            return level;
         }
     }
-    if record.level() <= log::Level::Warn
+    if noise
         && CLIENT_NOISE
             .iter()
-            .any(|(target, _)| record.target().starts_with(target))
+            .any(|(t, start)| target.starts_with(t) && message.starts_with(start))
     {
-        // formatted only for the few engine targets above
-        let message = record.args().to_string();
-        if CLIENT_NOISE.iter().any(|(target, start)| {
-            record.target().starts_with(target) && message.starts_with(start)
-        }) {
-            return log::Level::Debug;
-        }
+        return log::Level::Debug;
     }
     record.level()
 }

@@ -55,10 +55,15 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Take the listening sockets over from the running gatehouse of this configuration:
-        /// start this, then send the running one SIGQUIT; it hands its sockets over, finishes
-        /// its requests in flight and exits.
+        /// start this, then send the running one SIGQUIT (in either order, within
+        /// instance.upgrade_timeout); it hands its sockets over, finishes its requests in flight
+        /// and exits.
         #[arg(long)]
         upgrade: bool,
+        /// With --upgrade: listen for the sockets at once, for 5 s, as a running gatehouse of a
+        /// version before upgrade_timeout expects (send it SIGQUIT within those 5 s).
+        #[arg(long, requires = "upgrade")]
+        now: bool,
     },
     /// Check configuration files: exit 0 when all are valid, otherwise print every problem.
     Validate {
@@ -92,15 +97,27 @@ fn main() -> ExitCode {
     logging::init(cli.log_level.as_deref());
     gatehouse_plugin_host::set_release_freed_memory(release_freed_memory);
     match cli.command {
-        Command::Run { config, upgrade } => run(&config, None, upgrade),
+        Command::Run {
+            config,
+            upgrade,
+            now,
+        } => {
+            let sockets = match (upgrade, now) {
+                (false, _) => gatehouse_proxy::Sockets::Bind,
+                (true, false) => gatehouse_proxy::Sockets::Upgrade,
+                (true, true) => gatehouse_proxy::Sockets::UpgradeNow,
+            };
+            run(&config, None, sockets)
+        }
         Command::Validate { config, diff_from } => validate(&config, diff_from.as_deref()),
-        Command::Demo { config, down } => run(&config, Some(down), false),
+        Command::Demo { config, down } => run(&config, Some(down), gatehouse_proxy::Sockets::Bind),
         Command::Config { action } => fleet::config(action),
     }
 }
 
 /// Serves `path`; with `demo`, first starts echo backends on its nodes (except the ones listed).
-fn run(path: &Path, demo: Option<Vec<String>>, upgrade: bool) -> ExitCode {
+fn run(path: &Path, demo: Option<Vec<String>>, sockets: gatehouse_proxy::Sockets) -> ExitCode {
+    let upgrade = sockets != gatehouse_proxy::Sockets::Bind;
     let (raw, config, fleet) = match load_any(path) {
         Ok(c) => c,
         Err(e) => {
@@ -112,6 +129,10 @@ fn run(path: &Path, demo: Option<Vec<String>>, upgrade: bool) -> ExitCode {
     let admin = config.instance.admin;
     let admin_tls = config.instance.admin_tls.clone();
     let file_roots = config.instance.file_roots.clone();
+    let signals = gatehouse_proxy::server::Signals {
+        upgrade_socket: config.instance.upgrade_socket.clone(),
+        upgrade_timeout: config.instance.upgrade_timeout,
+    };
     let token = match admin_token(&config) {
         Ok(t) => t,
         Err(e) => {
@@ -129,7 +150,7 @@ fn run(path: &Path, demo: Option<Vec<String>>, upgrade: bool) -> ExitCode {
         },
         None => None,
     };
-    let (mut server, runtime) = match gatehouse_proxy::build(config, upgrade) {
+    let (mut server, runtime) = match gatehouse_proxy::build(config, sockets) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gatehouse: {e}");
@@ -198,7 +219,10 @@ fn run(path: &Path, demo: Option<Vec<String>>, upgrade: bool) -> ExitCode {
     );
     // the sockets are bound (or taken over): tell a service manager this process is the one
     notify_service_manager();
-    server.run_forever()
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    std::process::exit(0)
 }
 
 /// Tells systemd (`Type=notify`, `NOTIFY_SOCKET`) that this process is ready and is the service's

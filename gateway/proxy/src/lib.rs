@@ -25,4 +25,4 @@ pub mod tls;
 pub mod upstream;
 
 pub use runtime::{Runtime, SharedRuntime};
-pub use server::{build, plugin_engine, StartError};
+pub use server::{build, plugin_engine, Sockets, StartError};

@@ -29,6 +29,8 @@ pub enum StartError {
     Plugins(String),
     #[error("TLS listener: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Upgrade(String),
     #[error("{what} {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -50,10 +52,24 @@ fn list(problems: &[Problem]) -> String {
 /// cut: `instance.drain_timeout` has passed).
 const SHUTDOWN_TIMEOUT_SECONDS: u64 = 1;
 
+/// How a new process gets its listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sockets {
+    /// It binds them.
+    Bind,
+    /// It takes them over from the running process once that one is sent `SIGQUIT` (waiting up
+    /// to `instance.upgrade_timeout`).
+    Upgrade,
+    /// It takes them over at once, for 5 s: how a running process of an earlier version, which
+    /// does not say that it was sent `SIGQUIT`, hands them over.
+    UpgradeNow,
+}
+
 /// Builds a ready-to-run server for `config`. Reads CA files and resolves node names once.
-/// With `upgrade`, the listening sockets are taken over from the running process (which is sent
-/// `SIGQUIT` to hand them over) instead of bound.
-pub fn build(config: Config, upgrade: bool) -> Result<(Server, SharedRuntime), StartError> {
+/// With an upgrade, the listening sockets are taken over from the running process (which is
+/// sent `SIGQUIT` to hand them over) instead of bound.
+pub fn build(config: Config, sockets: Sockets) -> Result<(Server, SharedRuntime), StartError> {
+    let upgrade = sockets != Sockets::Bind;
     // Fail early with a clear message when a port is taken, rather than deep inside Pingora.
     if !upgrade {
         for addr in &config.instance.listen {
@@ -90,6 +106,11 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, SharedRuntime), S
         upgrade,
         ..Opt::default()
     };
+    if sockets == Sockets::Upgrade {
+        // the engine listens for the sockets for 5 s only: start listening once the running
+        // process has been told to hand them over
+        wait_for_handover(&instance.upgrade_socket, instance.upgrade_timeout)?;
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
@@ -186,4 +207,135 @@ impl pingora::services::background::BackgroundService for Drain {
         );
         std::process::exit(0);
     }
+}
+
+/// The file a running process sent `SIGQUIT` keeps beside the upgrade socket while it waits for a
+/// new process to take its sockets (it holds that process's id).
+fn handover_marker(socket: &std::path::Path) -> std::path::PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".handover");
+    std::path::PathBuf::from(name)
+}
+
+/// Waits, up to `timeout`, until the running process has been sent `SIGQUIT` and waits for this
+/// one ([`handover_marker`]), saying so now and then.
+fn wait_for_handover(
+    socket: &std::path::Path,
+    timeout: std::time::Duration,
+) -> Result<(), StartError> {
+    let marker = handover_marker(socket);
+    let started = std::time::Instant::now();
+    let mut said = std::time::Duration::ZERO;
+    while !marker.exists() {
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return Err(StartError::Upgrade(format!(
+                "no running process was sent SIGQUIT to hand its sockets over ({} waited; instance.upgrade_timeout is {}); send SIGQUIT to the running gatehouse within that time",
+                humantime::format_duration(std::time::Duration::from_secs(waited.as_secs())),
+                humantime::format_duration(timeout)
+            )));
+        }
+        if waited >= said {
+            log::info!(
+                "waiting up to {} for the running process to be sent SIGQUIT (it then hands its sockets over through {})",
+                humantime::format_duration(timeout),
+                socket.display()
+            );
+            said += std::time::Duration::from_secs(30);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    log::info!("the running process is handing its sockets over");
+    Ok(())
+}
+
+/// The signals that stop or upgrade the gateway: `SIGTERM` drains and exits, `SIGINT` exits at
+/// once, `SIGQUIT` hands the listening sockets to a new process started with `gatehouse run
+/// --upgrade`. A `SIGQUIT` with no new process listening on the upgrade socket waits for one, up
+/// to `instance.upgrade_timeout`; if none comes, this process keeps serving and says why,
+/// rather than stop with nobody to take its sockets.
+pub struct Signals {
+    pub upgrade_socket: std::path::PathBuf,
+    pub upgrade_timeout: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl pingora::server::ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::ShutdownSignal;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot watch the stop and upgrade signals; SIGTERM stops at once");
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = quit.recv() => {
+                    let marker = handover_marker(&self.upgrade_socket);
+                    if let Err(e) = std::fs::write(&marker, std::process::id().to_string()) {
+                        log::warn!("SIGQUIT: cannot write {}: {e}; a new process may not see this one waiting", marker.display());
+                    }
+                    let waits = self.new_process_waits().await;
+                    let _ = std::fs::remove_file(&marker);
+                    if waits {
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
+                    log::error!(
+                        "SIGQUIT: no process started with `gatehouse run --upgrade` listened on {} within {}; this process keeps serving (start the new process, then send SIGQUIT again)",
+                        self.upgrade_socket.display(),
+                        humantime::format_duration(self.upgrade_timeout)
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Signals {
+    /// Whether a new process listens on the upgrade socket, waiting up to the upgrade timeout.
+    async fn new_process_waits(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.upgrade_timeout;
+        let mut said = false;
+        loop {
+            if listening_on(&self.upgrade_socket) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            if !said {
+                log::info!(
+                    "SIGQUIT: waiting up to {} for a process started with `gatehouse run --upgrade` to listen on {}",
+                    humantime::format_duration(self.upgrade_timeout),
+                    self.upgrade_socket.display()
+                );
+                said = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Whether a process listens on the Unix socket at `path`, read from `/proc/net/unix` (its
+/// `Flags` carry `__SO_ACCEPTCON` for a listening socket). Connecting to find out would be taken
+/// for the hand-over itself.
+fn listening_on(path: &std::path::Path) -> bool {
+    const ACCEPTING: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        // no table to read: let the engine try, as it always did
+        return true;
+    };
+    let wanted = path.display().to_string();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 8
+            && fields[7] == wanted
+            && u32::from_str_radix(fields[3], 16).is_ok_and(|flags| flags & ACCEPTING != 0)
+    })
 }
