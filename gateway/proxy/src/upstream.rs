@@ -405,10 +405,14 @@ impl UpstreamRuntime {
             } else {
                 SmoothWeighted::new(&weights)
             };
+            // a node due back already is on probation, in the schedule: only later returns
+            // need another look (a past time here would rebuild the schedule on every request,
+            // and a new schedule starts from its first node each time)
             let recheck_at = self
                 .nodes
                 .iter()
                 .filter_map(|n| n.health.back_at())
+                .filter(|at| *at > now)
                 .min()
                 .unwrap_or(u64::MAX);
             if self.panic.swap(panic, Ordering::AcqRel) != panic {
