@@ -371,3 +371,40 @@ fn max_requests_per_connection_counts_http2_streams() {
         other => panic!("the connection stayed open: {other:?}"),
     }
 }
+
+#[test]
+fn a_stopping_gateway_finishes_an_h2_stream_in_flight_says_goaway_and_exits() {
+    let slow = echo_with(
+        "slow",
+        gatehouse_echo::Behavior::Delay(Duration::from_millis(1500)),
+    );
+    let mut gw = h2c_gateway(&slow, "    idle_timeout: 60s\n");
+    let pid = gw.pid();
+    let (status, ended) = with_h2(&gw, |mut client, driver| async move {
+        let (response, _) = client.send_request(get("/slow"), true).unwrap();
+        // the stream is at the backend when the stop begins
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let response = tokio::time::timeout(CUT_WITHIN, response).await;
+        let status = match response {
+            Ok(Ok(r)) => r.status().as_u16(),
+            other => panic!("the stream in flight was cut: {other:?}"),
+        };
+        // told to go away, the idle connection ends long before `idle_timeout`
+        let ended = tokio::time::timeout(CUT_WITHIN, driver).await;
+        drop(client);
+        (status, ended)
+    });
+    assert_eq!(status, 200);
+    match ended {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => assert!(e.is_go_away() || e.is_io(), "{e:?}"),
+        other => panic!("the connection was not closed: {other:?}"),
+    }
+    let exit = gw.wait_exit(CUT_WITHIN);
+    assert_eq!(exit.map(|s| s.success()), Some(true), "{}", gw.log());
+}

@@ -279,3 +279,194 @@ fn upgrade_now_listens_at_once_as_an_earlier_running_process_expects() {
     let (status, _, err) = run_cli(&["run", "--now", "-c", "gatehouse.yaml"]);
     assert!(!status.success(), "{err}");
 }
+
+/// What keep-alive clients that never resend a request saw.
+#[derive(Debug, Default)]
+struct LoadReport {
+    answered: u64,
+    /// Answers that said `Connection: close` (the client then opened a new connection).
+    closes: u64,
+    /// Requests sent that got no complete answer, or an answer other than 200.
+    failed: Vec<String>,
+    /// Connections refused (nobody listening any more).
+    refused: u64,
+}
+
+/// Clients on raw sockets, each sending GETs and POSTs one after another over one kept-alive
+/// connection. Unlike browsers and curl they never send a request again: a connection the
+/// gateway closes under a request shows as a failure. A client opens a new connection only
+/// after an answer that said `Connection: close`; with `stop_when_refused`, a refused connection
+/// ends it (the gateway stopped listening), otherwise it is a failure too.
+fn keep_alive_load(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    stop_when_refused: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<LoadReport>> {
+    (0..clients)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Read, Write};
+                let mut report = LoadReport::default();
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reader = match conn.as_mut() {
+                        Some(r) => r,
+                        None => match TcpStream::connect(addr) {
+                            Ok(s) => {
+                                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                                conn.insert(BufReader::new(s))
+                            }
+                            Err(e) => {
+                                report.refused += 1;
+                                if stop_when_refused {
+                                    break;
+                                }
+                                report.failed.push(format!("connect: {e}"));
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                        },
+                    };
+                    n += 1;
+                    let request = if n.is_multiple_of(2) {
+                        let body = format!("client {c} request {n}");
+                        format!(
+                            "POST /r HTTP/1.1\r\nhost: gw\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    } else {
+                        "GET /r HTTP/1.1\r\nhost: gw\r\n\r\n".to_owned()
+                    };
+                    let answer = (|| -> std::io::Result<(u16, bool)> {
+                        reader.get_mut().write_all(request.as_bytes())?;
+                        let mut line = String::new();
+                        reader.read_line(&mut line)?;
+                        let status: u16 = line
+                            .split(' ')
+                            .nth(1)
+                            .and_then(|s| s.parse().ok())
+                            .ok_or_else(|| std::io::Error::other(format!("status line {line:?}")))?;
+                        let (mut length, mut close) = (0usize, false);
+                        loop {
+                            line.clear();
+                            reader.read_line(&mut line)?;
+                            let header = line.trim_end().to_ascii_lowercase();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = header.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            if header.starts_with("connection:") && header.contains("close") {
+                                close = true;
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body)?;
+                        Ok((status, close))
+                    })();
+                    match answer {
+                        Ok((200, close)) => {
+                            report.answered += 1;
+                            if close {
+                                report.closes += 1;
+                                conn = None;
+                            }
+                        }
+                        Ok((status, _)) => {
+                            report.failed.push(format!("request {n}: status {status}"));
+                            conn = None;
+                        }
+                        Err(e) => {
+                            report.failed.push(format!("request {n}: {e}"));
+                            conn = None;
+                        }
+                    }
+                }
+                report
+            })
+        })
+        .collect()
+}
+
+/// Sums what the clients of [`keep_alive_load`] saw.
+fn load_report(clients: Vec<std::thread::JoinHandle<LoadReport>>) -> LoadReport {
+    let mut all = LoadReport::default();
+    for c in clients {
+        let r = c.join().unwrap();
+        all.answered += r.answered;
+        all.closes += r.closes;
+        all.refused += r.refused;
+        all.failed.extend(r.failed);
+    }
+    all
+}
+
+#[test]
+fn keep_alive_clients_that_never_resend_lose_nothing_across_an_upgrade() {
+    let backend = echo_with("b", Behavior::Delay(Duration::from_millis(5)));
+    let mut old = upgradable(&backend, "  drain_timeout: 20s\n");
+    let addr = old
+        .base
+        .trim_start_matches("http://")
+        .parse::<std::net::SocketAddr>()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = keep_alive_load(addr, 16, false, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let mut new = start_new(&old);
+    old.signal("QUIT");
+    let status = old.wait_exit(Duration::from_secs(30));
+    // the new process serves alone for a while
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = load_report(clients);
+    let _ = new.kill();
+    let _ = new.wait();
+    let new_log = std::fs::read_to_string(old.dir.join("new.log")).unwrap_or_default();
+    assert_eq!(status.map(|s| s.success()), Some(true), "{}", old.log());
+    assert!(
+        report.failed.is_empty(),
+        "{} of {} requests failed: {:?}\nold: {}\nnew: {new_log}",
+        report.failed.len(),
+        report.answered + report.failed.len() as u64,
+        &report.failed[..report.failed.len().min(20)],
+        old.log()
+    );
+    // the old process told each of its kept-alive clients to reconnect
+    assert!(report.closes >= 16, "{report:?}");
+    assert!(report.answered > 200, "{report:?}");
+}
+
+#[test]
+fn keep_alive_clients_that_never_resend_lose_nothing_across_a_sigterm_drain() {
+    let backend = echo_with("b", Behavior::Delay(Duration::from_millis(5)));
+    let mut gw = upgradable(&backend, "  drain_timeout: 20s\n");
+    let addr = gw
+        .base
+        .trim_start_matches("http://")
+        .parse::<std::net::SocketAddr>()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = keep_alive_load(addr, 16, true, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = load_report(clients);
+    assert_eq!(status.map(|s| s.success()), Some(true), "{}", gw.log());
+    assert!(
+        report.failed.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        report.failed.len(),
+        report.answered + report.failed.len() as u64,
+        &report.failed[..report.failed.len().min(20)],
+        gw.log()
+    );
+    // every client was told to close, then found nobody listening
+    assert!(report.closes >= 16, "{report:?}");
+    assert_eq!(report.refused, 16, "{report:?}");
+}

@@ -870,6 +870,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if crate::listener::draining() {
+            // the process is stopping: this answer closes its connection (HTTP/1.1)
+            session.set_keepalive(None);
+        }
         let Some(plugins) = ctx.plugins() else {
             return Ok(());
         };

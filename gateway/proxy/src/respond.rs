@@ -144,6 +144,9 @@ pub async fn write_error(
 
 /// Writes a complete response.
 pub async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
+    if crate::listener::draining() {
+        session.set_keepalive(None);
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
     if body.is_empty() || head_only {
         session.write_response_header(Box::new(resp), true).await

@@ -177,9 +177,11 @@ fn check_bindable(what: &'static str, addr: std::net::SocketAddr) -> Result<(), 
 }
 
 /// Ends the process as soon as the requests in flight at a graceful stop (SIGTERM, or the hand-off
-/// to a new process) have finished. The engine stops accepting at once, then waits its grace
-/// period (the configured `drain_timeout`) whatever is left, and cuts what is still running after
-/// it; this service makes the wait as short as the requests.
+/// to a new process) have finished and their connections have closed. The engine stops
+/// accepting at once, then waits its grace period (the configured `drain_timeout`) whatever is
+/// left, and cuts what is still running after it; this service makes the wait as short as the
+/// requests. Kept-alive connections close on their own meanwhile: after the answer to their
+/// next request, or idle after a short grace ([`crate::listener::DRAIN_IDLE_GRACE`]).
 pub struct Drain;
 
 /// How often the drain looks at the requests in flight.
@@ -193,16 +195,18 @@ impl pingora::services::background::BackgroundService for Drain {
         }
         let started = std::time::Instant::now();
         log::info!(
-            "stopping: no new connections; waiting for {} requests in flight",
-            crate::metrics::METRICS.in_flight.get()
+            "stopping: no new connections; waiting for {} requests in flight and {} client connections",
+            crate::metrics::METRICS.in_flight.get(),
+            crate::listener::open_connections()
         );
-        while crate::metrics::METRICS.in_flight.get() > 0 {
+        while crate::metrics::METRICS.in_flight.get() > 0 || crate::listener::open_connections() > 0
+        {
             tokio::time::sleep(DRAIN_POLL).await;
         }
         // the access log writer flushes as soon as its queue runs empty
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         log::info!(
-            "stopping: requests in flight finished after {:?}; exiting",
+            "stopping: requests in flight finished and client connections closed after {:?}; exiting",
             started.elapsed()
         );
         std::process::exit(0);
@@ -274,6 +278,8 @@ impl pingora::server::ShutdownSignalWatch for Signals {
         };
         loop {
             tokio::select! {
+                // the drain starts once the listeners are closed (a client told to reconnect
+                // must be refused, not queued on a socket nobody accepts from any more)
                 _ = term.recv() => return ShutdownSignal::GracefulTerminate,
                 _ = int.recv() => return ShutdownSignal::FastShutdown,
                 _ = quit.recv() => {
@@ -284,6 +290,9 @@ impl pingora::server::ShutdownSignalWatch for Signals {
                     let waits = self.new_process_waits().await;
                     let _ = std::fs::remove_file(&marker);
                     if waits {
+                        // the new process accepts from the same sockets: clients told to
+                        // reconnect from now on reach it
+                        crate::listener::start_draining();
                         return ShutdownSignal::GracefulUpgrade;
                     }
                     log::error!(

@@ -16,6 +16,12 @@
 //! The header is done once the proxy's first hook runs ([`header_received`]); from then on the
 //! request is bounded by the body and backend timeouts instead.
 //!
+//! When the process starts to stop or hand its sockets over ([`start_draining`]), every answer
+//! from then on says `Connection: close` (HTTP/2: a GOAWAY), and a kept-alive connection is
+//! closed only between requests: one that sends nothing for [`DRAIN_IDLE_GRACE`] after the
+//! drain started. A client busy on its connection gets its next request answered (and told to
+//! reconnect) instead of finding the connection gone under it.
+//!
 //! HTTP/2 connections (ALPN `h2`, or the h2c preface on a plain listener) are driven by
 //! [`h2`], which gives the same deadlines their HTTP/2 meaning.
 
@@ -32,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use gatehouse_config::HttpOptions;
-use once_cell::sync::Lazy;
+use once_cell::sync::{Lazy, OnceCell};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -70,6 +76,48 @@ static METRICS: Lazy<ListenerMetrics> = Lazy::new(|| ListenerMetrics {
 /// Registers the listener metrics, so they show from the start.
 pub fn init_metrics() {
     Lazy::force(&METRICS);
+}
+
+/// How long a connection kept alive from before the drain may still send its next request.
+/// One sending nothing for that long is closed; its client sees an idle connection closed, which
+/// HTTP/1.1 clients expect (RFC 9112 §9.5), rather than a request cut.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);
+
+static DRAINING: AtomicBool = AtomicBool::new(false);
+static DRAIN_STARTED: OnceCell<Instant> = OnceCell::new();
+/// Flips to `true` when the drain starts; what the engine and the HTTP/2 connections watch.
+static DRAIN: Lazy<tokio::sync::watch::Sender<bool>> =
+    Lazy::new(|| tokio::sync::watch::channel(false).0);
+
+/// Starts the drain: from now on answers close their connection, HTTP/2 connections are told to
+/// go away, and idle kept-alive connections close after [`DRAIN_IDLE_GRACE`]. Called when the
+/// sockets are being handed to a new process, or once a stopping process has closed its
+/// listeners; calling it again does nothing.
+pub fn start_draining() {
+    if DRAINING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let _ = DRAIN_STARTED.set(Instant::now());
+    DRAIN.send_replace(true);
+    log::info!(
+        "draining: answers close their connections; idle kept-alive connections close after {:?}",
+        DRAIN_IDLE_GRACE
+    );
+}
+
+/// Whether the drain has started (one atomic load).
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
+/// Client connections open on the proxy listeners.
+pub fn open_connections() -> i64 {
+    METRICS.open.get()
+}
+
+/// When the drain started (now, if it has not).
+fn drain_started() -> Instant {
+    *DRAIN_STARTED.get_or_init(Instant::now)
 }
 
 tokio::task_local! {
@@ -177,6 +225,9 @@ pub struct EdgeHttp<A> {
     limits: ListenerLimits,
     options: Option<HttpServerOptions>,
     h2: pingora::protocols::http::v2::server::H2Options,
+    /// Given to the engine instead of its own shutdown watch: it flips when the drain starts,
+    /// not when the engine stops accepting (for a hand-over, seconds later).
+    drain: ShutdownWatch,
 }
 
 impl<A: HttpServerApp> EdgeHttp<A> {
@@ -199,6 +250,7 @@ impl<A: HttpServerApp> EdgeHttp<A> {
             limits,
             options: Some(options),
             h2,
+            drain: DRAIN.subscribe(),
         }
     }
 }
@@ -208,7 +260,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeHttp<A> {
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: ServerSession,
-        shutdown: &ShutdownWatch,
+        _shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         if session.get_keepalive().is_some() {
             // Each read of the next request waits at most this long (the engine's own default
@@ -217,12 +269,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeHttp<A> {
         }
         let Ok(clock) = CONNECTION.try_with(Arc::clone) else {
             // HTTP/2 streams: the connection's own limits apply
-            return self.inner.process_new_http(session, shutdown).await;
+            return self.inner.process_new_http(session, &self.drain).await;
         };
         let first_request = !clock.reused.swap(true, Ordering::AcqRel);
         clock.arm();
         let started = Instant::now();
-        let request = self.inner.process_new_http(session, shutdown);
+        let request = self.inner.process_new_http(session, &self.drain);
         tokio::pin!(request);
         let deadline = async {
             // The first request's clock runs from the accept; a kept-alive connection may idle
@@ -233,6 +285,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeHttp<A> {
                 clock.first_byte().await
             };
             tokio::time::sleep_until((from + self.limits.header_timeout).into()).await;
+        };
+        // A kept-alive connection still idle a grace after the drain started is closed; one
+        // whose next request has begun to arrive gets it answered.
+        let idle_in_drain = async {
+            if first_request {
+                return std::future::pending().await;
+            }
+            let mut drain = self.drain.clone();
+            let _ = drain.wait_for(|draining| *draining).await;
+            let grace = DRAIN_IDLE_GRACE.min(self.limits.idle_timeout);
+            tokio::time::sleep_until((drain_started().max(started) + grace).into()).await;
+            if clock.first_byte.load(Ordering::Acquire) > 0 {
+                std::future::pending::<()>().await;
+            }
         };
         tokio::select! {
             biased;
@@ -246,6 +312,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeHttp<A> {
                     None
                 }
             }
+            () = idle_in_drain => {
+                log::debug!("draining: closing a kept-alive connection idle between requests");
+                None
+            }
         }
     }
 
@@ -258,6 +328,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeHttp<A> {
     }
 
     async fn http_cleanup(&self) {
+        // The engine stopped accepting and closed the listeners (on SIGTERM the drain starts
+        // only now, so that clients told to reconnect are refused, never left queued on a
+        // socket nobody accepts from any more). Its own cleanup closes every kept-alive connection at
+        // once, under requests that may be on their way: let the idle ones close themselves
+        // between requests first (`process_new_http`).
+        start_draining();
+        let grace = DRAIN_IDLE_GRACE.min(self.limits.idle_timeout);
+        tokio::time::sleep_until((drain_started() + grace + Duration::from_secs(1)).into()).await;
         self.inner.http_cleanup().await
     }
 }
@@ -305,7 +383,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
-        shutdown: &ShutdownWatch,
+        _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.open.fetch_sub(1, Ordering::AcqRel);
@@ -350,13 +428,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             false
         };
         if http2 {
-            h2::serve(&self.http, Box::new(watched), shutdown, header_deadline).await;
+            h2::serve(
+                &self.http,
+                Box::new(watched),
+                &self.http.drain,
+                header_deadline,
+            )
+            .await;
             return None;
         }
         CONNECTION
             .scope(
                 clock,
-                ServerApp::process_new(&self.http, Box::new(watched), shutdown),
+                ServerApp::process_new(&self.http, Box::new(watched), &self.http.drain),
             )
             .await
     }
