@@ -97,6 +97,8 @@ def variants(long_run, tls=False, tls_only=False):
         out += [
             Variant("gatehouse-1-plugin", "gatehouse", body, plugins=tuple(configs.PLUGINS_ONE)),
             Variant("gatehouse-3-plugins", "gatehouse", body, plugins=tuple(configs.PLUGINS_THREE)),
+            Variant("gatehouse-noop-0.1", "gatehouse", body, plugins=tuple(configs.NOOP_0_1)),
+            Variant("gatehouse-noop-0.2", "gatehouse", body, plugins=tuple(configs.NOOP_0_2)),
             Variant("gatehouse-10k-apis", "gatehouse", body, apis=10_000),
             Variant("gatehouse-200-nodes", "gatehouse", body, nodes=200),
         ]
@@ -179,6 +181,9 @@ class Bench:
         self.args = args
         self.bins = args.bin_dir
         self.work = Path(workdir)
+        # the contract 0.1 build of a no-op plugin (NOOP_0_1), beside the configurations
+        shutil.copy(REPO / "gateway/plugin/tests/fixtures/contract-0.1.0/headers.wasm",
+                    self.work / configs.NOOP_0_1_FILE)
         self.ports = Ports()
         self.backends = {}
         self.configs = {}

@@ -364,6 +364,71 @@ fn validate_shows_a_plugins_complaint_under_its_path() {
     );
 }
 
+#[test]
+fn validate_shows_what_each_plugin_use_needs_and_warns_of_ungranted_0_1_plugins() {
+    let dir = scratch_dir();
+    let probe = dir.join("probe.wasm");
+    std::fs::copy(shipped_plugin("grant-probe"), &probe).unwrap();
+    let legacy = dir.join("legacy.wasm");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../gateway/plugin/tests/fixtures/contract-0.1.0/headers.wasm"),
+        &legacy,
+    )
+    .unwrap();
+    let file = dir.join("uses.yaml");
+    let a = echo("a");
+    let plugins = format!(
+        "          - {{ name: key-auth, config: {{ keys: [k-0123456789] }} }}\n\
+         \x20         - path: {probe}\n\
+         \x20           config: {{ needs: {{ request_headers: {{ read: [x-tenant-*] }}, counters: true }} }}\n\
+         \x20           grants: {{ request_headers: {{ read: [x-tenant-*] }}, counters: true }}\n\
+         \x20         - {{ path: {legacy} }}",
+        probe = probe.display(),
+        legacy = legacy.display()
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "{}{}",
+            instance_yaml(1, 2).replace(
+                "  threads: 2\n",
+                &format!("  threads: 2\n{}", file_roots_for(&probe))
+            ),
+            with_plugins(&a, &plugins)
+        ),
+    )
+    .unwrap();
+    let (status, out, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+    let line = |path: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(path))
+            .unwrap_or_else(|| panic!("no line for {path}: {out}"))
+            .to_owned()
+    };
+    let key_auth = line("services[0].apis[0].plugins[0]");
+    assert!(key_auth.contains("key-auth (0.2"), "{key_auth}");
+    assert!(key_auth.contains("hooks on-request"), "{key_auth}");
+    assert!(key_auth.contains("granted as declared"), "{key_auth}");
+    let probe = line("services[0].apis[0].plugins[1]");
+    assert!(
+        probe.contains("request_headers.read x-tenant-*; counters; granted by its grants:"),
+        "{probe}"
+    );
+    let legacy = line("services[0].apis[0].plugins[2]");
+    assert!(legacy.contains("legacy (0.1"), "{legacy}");
+    assert!(legacy.contains("declares nothing"), "{legacy}");
+    // only the ungranted 0.1 plugin is warned of, on stderr
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("services[0].apis[0].plugins[2]")
+            && warnings[0].contains("runs ungranted"),
+        "{err}"
+    );
+}
+
 fn shipped_plugin(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../../plugins/dist/{name}.wasm"))

@@ -11,6 +11,12 @@ PLUGINS_THREE = PLUGINS_ONE + [
     ("headers", "{ request: { set: { x-env: bench } } }"),
     ("request-id", "{}"),
 ]
+# One plugin that does nothing, built on each contract: `headers` with no header to set (its
+# `on-request` and `on-response` are called and change nothing). The 0.1 build is the frozen
+# fixture, copied next to the configuration as this file; the 0.2 build is the standard plugin.
+NOOP_0_1_FILE = "headers-0.1.wasm"
+NOOP_0_1 = [(NOOP_0_1_FILE, "{}")]
+NOOP_0_2 = [("headers", "{}")]
 
 
 def api_path(i, apis):
@@ -77,7 +83,11 @@ def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description
     lines += ["services:", "  - name: bench", "    apis:"]
     chain = ""
     if plugins:
-        chain = ", plugins: [" + ", ".join(f"{{ name: {n}, config: {c} }}" for n, c in plugins) + "]"
+        # a name ending in .wasm is a component file next to the configuration
+        chain = ", plugins: [" + ", ".join(
+            f"{{ {'path' if n.endswith('.wasm') else 'name'}: {n}, config: {c} }}"
+            for n, c in plugins
+        ) + "]"
     for i in range(apis):
         pattern = "/bench/{id}" if apis == 1 else f"/svc{i}/items/{{id}}"
         lines.append(

@@ -661,6 +661,8 @@ pub struct PluginGrants {
     pub response_headers: HeaderGrant,
     pub request_body: bool,
     pub response_body: bool,
+    pub node_steering: bool,
+    pub counters: bool,
 }
 
 /// Headers of one message a plugin use may read and write: lower-case names, prefixes ending in

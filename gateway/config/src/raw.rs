@@ -446,6 +446,12 @@ pub struct RawGrants {
     /// The whole response body, to read and replace (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_body: Option<bool>,
+    /// Choosing the nodes that may serve a request and its retries (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_steering: Option<bool>,
+    /// Counters shared by the instances of the plugin use (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<bool>,
 }
 
 /// Headers of one message: names (`authorization`), prefixes (`x-tenant-*`) or `*`.

@@ -1225,6 +1225,8 @@ impl Validator {
             response_headers,
             request_body: raw.request_body.unwrap_or(false),
             response_body: raw.response_body.unwrap_or(false),
+            node_steering: raw.node_steering.unwrap_or(false),
+            counters: raw.counters.unwrap_or(false),
         }
     }
 

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use gatehouse_admin::fleet::Fleet;
 use gatehouse_admin::{AdminApp, ConfigStore, ReloadOnHangup};
 use gatehouse_config::raw::RawConfig;
-use gatehouse_config::{limits, Config, ConfigError};
+use gatehouse_config::{limits, Config, ConfigError, Problem};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -326,9 +326,7 @@ fn validate(paths: &[PathBuf], diff_from: Option<&Path>) -> ExitCode {
         if read_raw(path).is_ok_and(|r| r.instance.etcd.is_some()) {
             match load_any(path) {
                 Ok((_, config, Some(f))) => {
-                    let mut problems = gatehouse_proxy::upstream::check_files(&config);
-                    problems.extend(gatehouse_proxy::tls::check_files(&config));
-                    problems.extend(gatehouse_proxy::plugins::check(&engine, &config));
+                    let (problems, uses) = check_all(&engine, &config);
                     let status = f.status();
                     if problems.is_empty() {
                         println!(
@@ -341,6 +339,7 @@ fn validate(paths: &[PathBuf], diff_from: Option<&Path>) -> ExitCode {
                                 "etcd"
                             }
                         );
+                        print_plugin_uses(&uses);
                         continue;
                     }
                     failed = true;
@@ -359,9 +358,7 @@ fn validate(paths: &[PathBuf], diff_from: Option<&Path>) -> ExitCode {
         }
         let problems = match gatehouse_config::load(path) {
             Ok(config) => {
-                let mut problems = gatehouse_proxy::upstream::check_files(&config);
-                problems.extend(gatehouse_proxy::tls::check_files(&config));
-                problems.extend(gatehouse_proxy::plugins::check(&engine, &config));
+                let (problems, uses) = check_all(&engine, &config);
                 if problems.is_empty() {
                     let apis: usize = config.services.iter().map(|s| s.apis.len()).sum();
                     println!(
@@ -374,6 +371,7 @@ fn validate(paths: &[PathBuf], diff_from: Option<&Path>) -> ExitCode {
                         apis,
                         plural(apis)
                     );
+                    print_plugin_uses(&uses);
                     if let (Some(old), Some(from)) = (&old, diff_from) {
                         match read_raw(path) {
                             Ok(new) => print!(
@@ -409,6 +407,36 @@ fn validate(paths: &[PathBuf], diff_from: Option<&Path>) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Checks what the model alone cannot: the files a configuration names and its plugins (loaded and
+/// configured); also describes each plugin use.
+fn check_all(
+    engine: &Arc<gatehouse_plugin_host::PluginEngine>,
+    config: &Config,
+) -> (Vec<Problem>, Vec<gatehouse_proxy::plugins::PluginUse>) {
+    let mut problems = gatehouse_proxy::upstream::check_files(config);
+    problems.extend(gatehouse_proxy::tls::check_files(config));
+    let (plugin_problems, uses) = gatehouse_proxy::plugins::check_uses(engine, config);
+    problems.extend(plugin_problems);
+    (problems, uses)
+}
+
+/// Prints what each plugin use needs and was granted; a warning (on stderr) for each 0.1 plugin
+/// running ungranted.
+fn print_plugin_uses(uses: &[gatehouse_proxy::plugins::PluginUse]) {
+    if uses.is_empty() {
+        return;
+    }
+    println!("plugins:");
+    for u in uses {
+        println!("  {} {}: {}", u.path, u.plugin, u.needs);
+    }
+    for u in uses {
+        if let Some(warning) = &u.warning {
+            eprintln!("warning: {} {}: {warning}", u.path, u.plugin);
+        }
     }
 }
 

@@ -136,6 +136,8 @@ impl From<v2::gatehouse::plugin::types::Needs> for Needs {
             response_headers: headers(n.response_headers),
             request_body: n.request_body,
             response_body: n.response_body,
+            node_steering: n.node_steering,
+            counters: n.counters,
         }
     }
 }

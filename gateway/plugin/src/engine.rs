@@ -45,6 +45,8 @@ pub enum LoadError {
     Compile(String, String),
     #[error("{0} does not implement the gatehouse:plugin world of its version ({1}): {2}")]
     Link(String, &'static str, String),
+    #[error("{0} is built for a plugin contract this gateway does not load (it loads {loads}): it imports {1}; rebuild it against wit/plugin.wit", loads = CONTRACTS.join(" and "))]
+    Contract(String, String),
 }
 
 /// The contract versions the host loads.
@@ -173,6 +175,24 @@ impl PluginEngine {
         }
         let component = wasmtime::component::Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(key.to_owned(), format!("{e:#}")))?;
+        // A component importing the contract's interfaces of another version only.
+        let contract_imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| name.starts_with("gatehouse:plugin/"))
+            .collect();
+        let known = |name: &String| {
+            CONTRACTS
+                .iter()
+                .any(|v| name.strip_suffix(v).is_some_and(|n| n.ends_with('@')))
+        };
+        if !contract_imports.is_empty() && !contract_imports.iter().any(known) {
+            return Err(LoadError::Contract(
+                key.to_owned(),
+                contract_imports.join(", "),
+            ));
+        }
         // 0.2 components export `describe`, 0.1 ones do not; a component that is neither gets
         // 0.1's error, which says what is missing.
         let imports_v2 = component

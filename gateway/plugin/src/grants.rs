@@ -174,6 +174,8 @@ pub struct Needs {
     pub response_headers: DeclaredHeaders,
     pub request_body: bool,
     pub response_body: bool,
+    pub node_steering: bool,
+    pub counters: bool,
 }
 
 impl Needs {
@@ -196,6 +198,34 @@ impl Needs {
         Ok(())
     }
 
+    /// What the plugin declared, in one line of the configuration's words:
+    /// `hooks on-request; request_headers.read authorization, x-tenant-*; request_body`.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![format!(
+            "hooks {}",
+            match self.hooks.names().collect::<Vec<_>>() {
+                hooks if hooks.is_empty() => "none".to_owned(),
+                hooks => hooks.join(", "),
+            }
+        )];
+        for (what, list) in self.header_lists() {
+            if !list.is_empty() {
+                parts.push(format!("{what} {}", list.join(", ")));
+            }
+        }
+        for (needed, what) in [
+            (self.request_body, "request_body"),
+            (self.response_body, "response_body"),
+            (self.node_steering, "node_steering"),
+            (self.counters, "counters"),
+        ] {
+            if needed {
+                parts.push(what.to_owned());
+            }
+        }
+        parts.join("; ")
+    }
+
     fn header_lists(&self) -> [(&'static str, &[String]); 4] {
         [
             ("request_headers.read", &self.request_headers.read),
@@ -214,6 +244,8 @@ pub struct Grants {
     pub response: HeaderAccess,
     pub request_body: bool,
     pub response_body: bool,
+    pub node_steering: bool,
+    pub counters: bool,
 }
 
 impl Grants {
@@ -226,6 +258,8 @@ impl Grants {
             response: HeaderAccess::all(),
             request_body: false,
             response_body: false,
+            node_steering: false,
+            counters: false,
         }
     }
 
@@ -238,6 +272,8 @@ impl Grants {
             response: HeaderAccess::default(),
             request_body: false,
             response_body: false,
+            node_steering: false,
+            counters: false,
         }
     }
 
@@ -256,6 +292,8 @@ impl Grants {
             },
             request_body: needs.request_body,
             response_body: needs.response_body,
+            node_steering: needs.node_steering,
+            counters: needs.counters,
         })
     }
 
@@ -272,6 +310,8 @@ impl Grants {
             response: HeaderAccess::of(&grants.response_headers)?,
             request_body: grants.request_body,
             response_body: grants.response_body,
+            node_steering: grants.node_steering,
+            counters: grants.counters,
         })
     }
 
@@ -305,6 +345,12 @@ impl Grants {
         }
         if needs.response_body && !self.response_body {
             missing.push("response_body".to_owned());
+        }
+        if needs.node_steering && !self.node_steering {
+            missing.push("node_steering".to_owned());
+        }
+        if needs.counters && !self.counters {
+            missing.push("counters".to_owned());
         }
         missing
     }
@@ -346,6 +392,30 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_lists_what_was_declared_in_the_configurations_words() {
+        let needs = Needs {
+            hooks: HookSet::ON_REQUEST.union(HookSet::ON_RESPONSE),
+            request_headers: DeclaredHeaders {
+                read: vec!["authorization".into(), "x-tenant-*".into()],
+                write: vec![],
+            },
+            response_headers: DeclaredHeaders {
+                read: vec![],
+                write: vec!["x-served-by".into()],
+            },
+            request_body: true,
+            counters: true,
+            ..Needs::default()
+        };
+        assert_eq!(
+            needs.summary(),
+            "hooks on-request, on-response; request_headers.read authorization, x-tenant-*; \
+             response_headers.write x-served-by; request_body; counters"
+        );
+        assert_eq!(Needs::default().summary(), "hooks none");
+    }
+
+    #[test]
     fn missing_grants_are_listed_in_the_configurations_words() {
         let needs = Needs {
             hooks: HookSet::ON_REQUEST.union(HookSet::ON_RESPONSE),
@@ -355,7 +425,7 @@ mod tests {
             },
             response_headers: DeclaredHeaders::default(),
             request_body: true,
-            response_body: false,
+            ..Needs::default()
         };
         let grants = Grants {
             hooks: HookSet::ON_REQUEST,

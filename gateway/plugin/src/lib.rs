@@ -21,7 +21,7 @@ pub mod slot;
 pub use bindings::{EditLimits, MemoryBudget, Node, Reply};
 pub use engine::{set_release_freed_memory, Component, LoadError, PluginEngine, EPOCH_TICK};
 pub use grants::{Grants, Needs};
-pub use slot::{Failure, HeldInstance, Hook, PluginSlot, RequestOutcome, SlotLimits};
+pub use slot::{Failure, GrantedBy, HeldInstance, Hook, PluginSlot, RequestOutcome, SlotLimits};
 pub mod standard;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -227,6 +227,19 @@ pub enum RequestOutcome {
     Respond(Reply),
 }
 
+/// Where the grants of a plugin use came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantedBy {
+    /// The operator's `grants:`.
+    Operator,
+    /// A standard plugin's declared needs.
+    Declared,
+    /// A 0.2 component file with no `grants:` ([`Grants::baseline`]).
+    Baseline,
+    /// A 0.1 component file with no `grants:` ([`Grants::contract_0_1`]).
+    Contract0_1,
+}
+
 /// One plugin as used by one API.
 pub struct PluginSlot {
     label: Arc<str>,
@@ -243,6 +256,10 @@ pub struct PluginSlot {
     hooks: HookSet,
     /// What this use may touch.
     grants: Arc<Grants>,
+    /// What the plugin declared in `configure` (0.2), for `gatehouse validate`.
+    declared: Option<Needs>,
+    /// Where the grants came from.
+    granted_by: GrantedBy,
     /// The plugin reads the request body (a 0.2 plugin that declared it, granted).
     request_body: bool,
     /// Keys of its configuration the plugin declared secret.
@@ -301,6 +318,8 @@ impl PluginSlot {
             pool: ArrayQueue::new(POOL_SIZE),
             hooks: HookSet::ALL,
             grants: Arc::new(Grants::baseline()),
+            declared: None,
+            granted_by: GrantedBy::Baseline,
             request_body: false,
             secret_keys: Vec::new(),
             log_budget: Arc::new(LogBudget::new(crate::metrics::log_dropped(label))),
@@ -318,13 +337,14 @@ impl PluginSlot {
             slot.secret_keys = info.map(|i| i.secret_keys).unwrap_or_default();
         }
         let configured = slot.configure(&mut warm)?;
-        let grants = match (&configured.needs, grants) {
-            (_, Some(granted)) => granted,
-            (Some(needs), None) if trusted => {
-                Grants::declared(needs).map_err(Failure::InvalidOutput)?
-            }
-            (Some(_), None) => Grants::baseline(),
-            (None, None) => Grants::contract_0_1(),
+        let (grants, granted_by) = match (&configured.needs, grants) {
+            (_, Some(granted)) => (granted, GrantedBy::Operator),
+            (Some(needs), None) if trusted => (
+                Grants::declared(needs).map_err(Failure::InvalidOutput)?,
+                GrantedBy::Declared,
+            ),
+            (Some(_), None) => (Grants::baseline(), GrantedBy::Baseline),
+            (None, None) => (Grants::contract_0_1(), GrantedBy::Contract0_1),
         };
         if let Some(needs) = &configured.needs {
             needs.check().map_err(Failure::InvalidOutput)?;
@@ -342,6 +362,8 @@ impl PluginSlot {
             && grants.request_body
             && slot.hooks.contains(HookSet::ON_REQUEST);
         slot.grants = Arc::new(grants);
+        slot.granted_by = granted_by;
+        slot.declared = configured.needs;
         warm.store.data_mut().grants = slot.grants.clone();
         let _ = slot.pool.push(warm);
         Ok(Arc::new(slot))
@@ -355,6 +377,16 @@ impl PluginSlot {
     /// The contract version of the plugin's component.
     pub fn contract(&self) -> &'static str {
         self.pre.contract()
+    }
+
+    /// What the plugin declared it needs (0.2; `None` for a 0.1 component).
+    pub fn declared(&self) -> Option<&Needs> {
+        self.declared.as_ref()
+    }
+
+    /// Where this use's grants came from.
+    pub fn granted_by(&self) -> GrantedBy {
+        self.granted_by
     }
 
     /// Keys of its configuration the plugin declared secret (0.2's `describe`).

@@ -148,7 +148,7 @@ fn needs_beyond_the_grants_are_refused_at_load_listing_every_missing_grant() {
     let config = r#"{"needs":{
         "request_headers":{"read":["authorization","x-tenant-*"],"write":["x-user"]},
         "response_headers":{"write":["x-served-by"]},
-        "request_body":true,"response_body":true}}"#;
+        "request_body":true,"response_body":true,"node_steering":true,"counters":true}}"#;
     let grants = PluginGrants {
         request_headers: headers(&["x-tenant-*"], &[]),
         ..PluginGrants::default()
@@ -162,6 +162,8 @@ fn needs_beyond_the_grants_are_refused_at_load_listing_every_missing_grant() {
                 "response_headers.write: x-served-by",
                 "request_body",
                 "response_body",
+                "node_steering",
+                "counters",
             ] {
                 assert!(message.contains(missing), "{missing} not in: {message}");
             }
@@ -195,8 +197,24 @@ fn needs_beyond_the_grants_are_refused_at_load_listing_every_missing_grant() {
         response_headers: headers(&[], &["x-served-by"]),
         request_body: true,
         response_body: true,
+        node_steering: true,
+        counters: true,
     };
-    assert!(probe(&engine, config, Some(grants)).is_ok());
+    assert!(probe(&engine, config, Some(grants.clone())).is_ok());
+    // each grant is checked on its own
+    for (need, missing) in [("node_steering", "node_steering"), ("counters", "counters")] {
+        let mut partial = grants.clone();
+        match need {
+            "node_steering" => partial.node_steering = false,
+            _ => partial.counters = false,
+        }
+        match probe(&engine, config, Some(partial)) {
+            Err(Failure::Denied(message)) => {
+                assert!(message.ends_with(missing), "{need}: {message}")
+            }
+            _ => panic!("{need} was not refused without its grant"),
+        }
+    }
 }
 
 #[test]
@@ -438,4 +456,32 @@ fn response_headers_the_plugin_may_not_read_are_not_there_for_it() {
         resp.headers.contains_key("set-cookie"),
         "still sent to the client"
     );
+}
+
+#[test]
+fn a_component_built_for_neither_contract_is_refused_with_its_name_and_what_it_lacks() {
+    let engine = engine();
+    // a plugin built for a contract this gateway does not know: it imports a host interface of
+    // a later version and exports nothing the gateway calls
+    let later = gatehouse_plugin_host::testing::binary(
+        r#"(component
+            (import "gatehouse:plugin/host@0.9.0" (instance
+                (export "now-millis" (func (result u64)))))
+        )"#,
+    );
+    let error = match engine.load("test:later", || Ok(later)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a component of an unknown contract was loaded"),
+    };
+    assert!(error.starts_with("test:later"), "{error}");
+    assert!(error.contains("gatehouse:plugin/host@0.9.0"), "{error}");
+    assert!(error.contains("it loads 0.1.0 and 0.2.0"), "{error}");
+    // one that imports nothing and exports nothing: told the export it lacks
+    let empty = gatehouse_plugin_host::testing::binary("(component)");
+    let error = match engine.load("test:empty", || Ok(empty)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an empty component was loaded"),
+    };
+    assert!(error.starts_with("test:empty"), "{error}");
+    assert!(error.contains("no export `configure`"), "{error}");
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use gatehouse_config::{Api, Config, OnError, PluginLimits, PluginRef, PluginSource, Problem};
 use gatehouse_plugin_host::{
-    Component, EditLimits, Failure, Grants, HeldInstance, Hook, LoadError, Node, PluginEngine,
-    PluginSlot, Reply, RequestOutcome, SlotLimits,
+    Component, EditLimits, Failure, GrantedBy, Grants, HeldInstance, Hook, LoadError, Node,
+    PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits,
 };
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -414,18 +414,80 @@ fn declared_key(source: &PluginSource) -> Option<String> {
 /// every chain stays alive until all are built, as they do when the configuration serves, so the
 /// memory budget is judged the same way.
 pub fn check(engine: &Arc<PluginEngine>, config: &Config) -> Vec<Problem> {
+    check_uses(engine, config).0
+}
+
+/// One plugin use as `gatehouse validate` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginUse {
+    /// `services[0].apis[1].plugins[0]`.
+    pub path: String,
+    /// The plugin's name and contract: `key-auth (0.2)`.
+    pub plugin: String,
+    /// What it needs and who granted it, in the configuration's words.
+    pub needs: String,
+    /// Set for a 0.1 component running without `grants:` (every header, as 0.1 gave).
+    pub warning: Option<String>,
+}
+
+/// Like [`check`], and on success describes every plugin use: what it declared it needs and
+/// where its grants come from.
+pub fn check_uses(engine: &Arc<PluginEngine>, config: &Config) -> (Vec<Problem>, Vec<PluginUse>) {
     engine
         .memory_budget()
         .set_limit(config.instance.plugin_limits.total_memory);
     let mut problems = Vec::new();
+    let mut uses = Vec::new();
+    // the chains stay alive until every one is built, as in a runtime snapshot
     let mut chains = Vec::new();
     for (si, service) in config.services.iter().enumerate() {
         for ai in 0..service.apis.len() {
             match ApiPlugins::build(engine, config, si, ai) {
-                Ok(chain) => chains.push(chain),
+                Ok(chain) => {
+                    for (k, (slot, _)) in chain.slots.iter().enumerate() {
+                        uses.push(describe(
+                            format!("services[{si}].apis[{ai}].plugins[{k}]"),
+                            slot,
+                        ));
+                    }
+                    chains.push(chain);
+                }
                 Err(mut p) => problems.append(&mut p),
             }
         }
     }
-    problems
+    (problems, uses)
+}
+
+fn describe(path: String, slot: &PluginSlot) -> PluginUse {
+    let plugin = format!("{} ({})", slot.label(), slot.contract());
+    let granted = match slot.granted_by() {
+        GrantedBy::Operator => "granted by its grants:",
+        GrantedBy::Declared => "granted as declared (standard plugin)",
+        GrantedBy::Baseline => "no grants: (needs nothing beyond its hooks)",
+        GrantedBy::Contract0_1 => "no grants:",
+    };
+    match slot.declared() {
+        Some(needs) => PluginUse {
+            path,
+            plugin,
+            needs: format!("{}; {granted}", needs.summary()),
+            warning: None,
+        },
+        None => {
+            let ungranted = slot.granted_by() == GrantedBy::Contract0_1;
+            PluginUse {
+                path,
+                plugin,
+                needs: if ungranted {
+                    "declares nothing (contract 0.1): every header of the request and response, its header hooks, no body".to_owned()
+                } else {
+                    "declares nothing (contract 0.1); held to its grants:".to_owned()
+                },
+                warning: ungranted.then(|| {
+                    "a 0.1 plugin runs ungranted: it reads and writes every header; add grants: to hold it to what it needs, or rebuild it on contract 0.2".to_owned()
+                }),
+            }
+        }
+    }
 }

@@ -30,6 +30,10 @@ struct Declared {
     request_body: bool,
     #[serde(default)]
     response_body: bool,
+    #[serde(default)]
+    node_steering: bool,
+    #[serde(default)]
+    counters: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +116,12 @@ impl Plugin for GrantProbe {
         }
         if declared.response_body {
             needs = needs.response_body();
+        }
+        if declared.node_steering {
+            needs = needs.node_steering();
+        }
+        if declared.counters {
+            needs = needs.counters();
         }
         needs
     }

@@ -285,5 +285,7 @@ fn needs_record(needs: Needs) -> wit::Needs {
         response_headers: headers(needs.response_headers),
         request_body: needs.request_body,
         response_body: needs.response_body,
+        node_steering: needs.node_steering,
+        counters: needs.counters,
     }
 }

@@ -174,6 +174,12 @@ pub struct Needs {
     pub response_headers: HeaderNeeds,
     pub request_body: bool,
     pub response_body: bool,
+    /// Choosing the nodes that may serve a request and its retries (the functions come with a
+    /// later revision of contract 0.2; declaring it now asks the operator for the grant).
+    pub node_steering: bool,
+    /// Counters shared by the instances of the plugin use (functions to come, like
+    /// `node_steering`).
+    pub counters: bool,
 }
 
 impl Needs {
@@ -185,6 +191,8 @@ impl Needs {
             response_headers: HeaderNeeds::default(),
             request_body: false,
             response_body: false,
+            node_steering: false,
+            counters: false,
         }
     }
 
@@ -236,6 +244,18 @@ impl Needs {
     pub fn response_body(mut self) -> Self {
         self.response_body = true;
         self.hooks = self.hooks.and(Hooks::ON_RESPONSE_BODY);
+        self
+    }
+
+    /// Chooses the nodes that may serve a request, and its retries.
+    pub fn node_steering(mut self) -> Self {
+        self.node_steering = true;
+        self
+    }
+
+    /// Uses counters shared by the instances of the plugin use.
+    pub fn counters(mut self) -> Self {
+        self.counters = true;
         self
     }
 }
