@@ -2105,3 +2105,194 @@ fn an_instance_logs_in_again_when_etcd_forgets_its_token() {
         (gw.call("GET", "/fleet", None).status == 200).then_some(())
     });
 }
+
+/// The endpoints of `cluster` with member `first` first, then the others.
+fn endpoints_from(cluster: &EtcdCluster, first: usize) -> Vec<String> {
+    let all = cluster.endpoints();
+    let mut eps = vec![all[first].clone()];
+    eps.extend(all.iter().filter(|e| **e != all[first]).cloned());
+    eps
+}
+
+/// Waits until the cluster (without its dead members) has a leader and accepts a write.
+fn wait_new_leader(cluster: &EtcdCluster) -> Instant {
+    cluster.wait_quorum();
+    eventually(
+        "the remaining members accept a write",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .etcdctl(&["put", "/probe/leader", "ok"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    Instant::now()
+}
+
+/// An instance whose endpoint is a follower that survives the leader: a write during the
+/// election fails, and writes are accepted again as soon as the cluster has a new leader (not
+/// refused for good on a flag that only a new watch would clear).
+#[test]
+fn an_instance_on_a_surviving_follower_accepts_writes_again_after_an_election() {
+    let a = echo("a");
+    let mut cluster = EtcdCluster::start(3);
+    let leader = eventually("the cluster has a leader", Duration::from_secs(10), || {
+        cluster.leader()
+    });
+    let follower = (leader + 1) % 3;
+    let eps = endpoints_from(&cluster, follower);
+    let dir = TempDir::new();
+    let file = write_file(&dir, "shared.yaml", &shared_yaml(&[&a], "", ""));
+    push(&file, &eps, &[]);
+    let gw = FleetGateway::start("gw-f", &eps);
+    assert_eq!(gw.get("/users/1").status, 200);
+
+    let leader = cluster.leader().unwrap_or(leader);
+    assert_ne!(
+        leader, follower,
+        "the leader moved before the test killed it"
+    );
+    cluster.kill(leader);
+    // a write at once: the election is under way
+    let during = gw.call(
+        "POST",
+        "/services/shop/apis",
+        Some(fixed_api("during", "/during", "x")),
+    );
+    assert!(
+        [201, 503, 504].contains(&during.status),
+        "{} {}",
+        during.status,
+        during.body
+    );
+    let elected = wait_new_leader(&cluster);
+    // accepted within a few seconds of the new leader, by the same instance
+    let r = write_until_accepted(
+        &gw,
+        "POST",
+        "/services/shop/apis",
+        &fixed_api("after", "/after", "after the election"),
+        &[201],
+        Duration::from_secs(20),
+    );
+    assert!(r.status == 201 || r.status == 409, "{}", r.body);
+    let refused_for = elected.elapsed();
+    wait_served(&gw, "/after", 200, Some("after the election"));
+    assert_eq!(gw.status()["source"]["up"], true, "{}", gw.status());
+    assert_eq!(gw.metric("gatehouse_config_source_up"), Some(1.0));
+    eprintln!("writes refused for {refused_for:?} after the new leader accepted a write");
+}
+
+/// The instance connected to the member that dies reconnects once and then stays: its gRPC
+/// keep-alive is one etcd's defaults accept (etcd closes connections that ping more often than
+/// every 5 s, or while no stream is open).
+#[test]
+fn an_instance_that_lost_its_member_reconnects_once_and_stays_connected() {
+    let a = echo("a");
+    let mut cluster = EtcdCluster::start(3);
+    let leader = eventually("the cluster has a leader", Duration::from_secs(10), || {
+        cluster.leader()
+    });
+    let eps = endpoints_from(&cluster, leader);
+    let dir = TempDir::new();
+    let file = write_file(&dir, "shared.yaml", &shared_yaml(&[&a], "", ""));
+    push(&file, &eps, &[]);
+    let gw = FleetGateway::start("gw-l", &eps);
+    assert_eq!(gw.get("/users/1").status, 200);
+    let resyncs = || {
+        gw.metric("gatehouse_config_source_resyncs_total")
+            .unwrap_or(0.0)
+    };
+    let before = resyncs();
+
+    cluster.kill(leader);
+    wait_new_leader(&cluster);
+    eventually(
+        "the instance follows the remaining members",
+        Duration::from_secs(30),
+        || (gw.status()["source"]["up"] == true && resyncs() > before).then_some(()),
+    );
+    // a change made meanwhile reaches it through its new watch
+    write_until_accepted(
+        &gw,
+        "POST",
+        "/services/shop/apis",
+        &fixed_api("after", "/after", "after the election"),
+        &[201],
+        Duration::from_secs(20),
+    );
+    // it stays connected: no more re-reads while nothing goes wrong (the loop this guards
+    // against re-read every 8 s or so)
+    std::thread::sleep(Duration::from_secs(40));
+    let rereads = resyncs() - before;
+    assert_eq!(
+        rereads,
+        1.0,
+        "{rereads} whole-state re-reads after one lost member\n{}",
+        tail_lines(&gw.log(), 30)
+    );
+    assert_eq!(gw.status()["source"]["up"], true);
+}
+
+/// A write whose transaction etcd received but did not answer (the member froze) is answered
+/// `504 outcome_unknown` with the revision it was based on, never "nothing changed"; a retry
+/// with that revision as `If-Match` is applied only if the first was not, so the API exists
+/// once whatever happened.
+#[test]
+fn a_write_without_an_answer_from_etcd_says_its_outcome_is_unknown_and_never_applies_twice() {
+    let a = echo("a");
+    let etcd = etcd_with_shared(&[&a], "");
+    let gw = FleetGateway::start("gw-u", &[etcd.endpoint()]);
+    assert_eq!(gw.get("/users/1").status, 200);
+    let base = gw.status()["source"]["revision"].as_u64().unwrap();
+    let if_match = format!("\"{base}\"");
+    let api = fixed_api("maybe", "/maybe", "committed once");
+
+    etcd.pause();
+    let r = gw.call_with(
+        "POST",
+        "/services/shop/apis",
+        Some(api.clone()),
+        &[("if-match", &if_match)],
+    );
+    etcd.resume();
+    assert_eq!(r.status, 504, "{}", r.body);
+    let answer = r.json();
+    assert_eq!(answer["error"], "outcome_unknown", "{}", r.body);
+    assert_eq!(answer["revision"], base, "{}", r.body);
+    assert!(!r.body.contains("nothing changed"), "{}", r.body);
+
+    // the same write again, conditional on the same revision
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let retry = loop {
+        let r = gw.call_with(
+            "POST",
+            "/services/shop/apis",
+            Some(api.clone()),
+            &[("if-match", &if_match)],
+        );
+        if r.status < 500 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // 201: the first was not committed; 412: it was, and is not applied again
+    assert!(
+        retry.status == 201 || retry.status == 412,
+        "{} {}",
+        retry.status,
+        retry.body
+    );
+    wait_served(&gw, "/maybe", 200, Some("committed once"));
+    let shop = gw.call("GET", "/services/shop/apis", None);
+    assert_eq!(shop.status, 200, "{}", shop.body);
+    let count = shop.body.matches("\"maybe\"").count();
+    assert_eq!(count, 1, "{}", shop.body);
+    eprintln!(
+        "retry answered {} (the first write was {}committed)",
+        retry.status,
+        if retry.status == 412 { "" } else { "not " }
+    );
+}

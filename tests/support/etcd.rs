@@ -427,6 +427,25 @@ impl Etcd {
         let _ = child.wait();
     }
 
+    /// Freezes the member (SIGSTOP): its connections stay open and nothing is answered.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen member go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: sending a signal to our own child.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+
     /// Kills the member at once (SIGKILL) and waits for it; keeps the data folder.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -728,6 +728,15 @@ fn commit_error(e: CommitError) -> Answer {
             m,
         )
         .with_header("retry-after", "5".to_owned()),
+        CommitError::Unknown { base, reason } => Answer::json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &json!({
+                "status": 504,
+                "error": "outcome_unknown",
+                "message": format!("the change was sent to etcd, which did not answer ({reason}): it may or may not have been committed. Read the configuration again (GET it: revision {base} or later) to see; a retry with If-Match: \"{base}\" is applied only if nothing was committed meanwhile"),
+                "revision": base,
+            }),
+        ),
     }
 }
 

@@ -60,6 +60,10 @@ pub struct Fleet {
     /// The newest whole state seen (what writes are based on).
     latest: Mutex<Arc<Snapshot>>,
     lease: AtomicI64,
+    /// Signalled when the instance record should be written again.
+    record_due: tokio::sync::Notify,
+    /// A write's outcome was unknown: the next write reads the whole state first.
+    reread: std::sync::atomic::AtomicBool,
 }
 
 impl Fleet {
@@ -97,6 +101,8 @@ impl Fleet {
             status: Mutex::new(status),
             latest,
             lease: AtomicI64::new(0),
+            record_due: tokio::sync::Notify::new(),
+            reread: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -231,26 +237,47 @@ impl Fleet {
         }
     }
 
-    /// Reads the whole state now and keeps it as the newest.
+    /// Reads the whole state now and keeps it as the newest. Whether etcd answered is what the
+    /// status says from now on.
     pub async fn refresh(&self) -> Result<Arc<Snapshot>, Error> {
-        let snapshot = Arc::new(self.run(|s| async move { s.snapshot().await }).await?);
+        let read = self.run(|s| async move { s.snapshot().await }).await;
+        let snapshot = match read {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                self.answered(Err(&e));
+                return Err(e);
+            }
+        };
+        self.answered(Ok(()));
+        self.reread.store(false, Ordering::Release);
         self.set_latest(snapshot.clone());
         Ok(self.latest())
     }
 
-    /// Tells the fleet which revision this instance serves.
-    pub async fn announce(&self) {
-        let lease = self.lease.load(Ordering::Relaxed);
-        if lease == 0 {
-            return;
+    /// Makes the next write read the whole state first (after a write of unknown outcome).
+    pub fn reread_before_writing(&self) {
+        self.reread.store(true, Ordering::Release);
+    }
+
+    /// Whether the next write must read the whole state first.
+    pub fn must_reread(&self) -> bool {
+        self.reread.load(Ordering::Acquire)
+    }
+
+    /// Records what etcd said to a call just now: an answer means it is up, whatever an earlier
+    /// failure said; no answer means it is down until one comes.
+    pub fn answered(&self, outcome: Result<(), &Error>) {
+        match outcome {
+            Ok(()) if !self.is_up() => self.set_up(true, None),
+            Err(e @ Error::Unavailable(_)) => self.set_up(false, Some(e)),
+            _ => {}
         }
-        let record = self.record();
-        let result = self
-            .run(move |s| async move { s.register(&record, lease).await })
-            .await;
-        if let Err(e) = result {
-            log::debug!("instance record not written: {e}");
-        }
+    }
+
+    /// Tells the fleet which revision this instance serves. Returns at once: the record keeper
+    /// writes the record (as it is when written), so a slow etcd never holds the caller.
+    pub fn announce(&self) {
+        self.record_due.notify_one();
     }
 
     fn record(&self) -> InstanceRecord {
@@ -311,10 +338,11 @@ impl Fleet {
                 let message = watch.message().await;
                 match gatehouse_fleet::etcd::follow(&mut state, message) {
                     Watched::Changed => {
+                        self.answered(Ok(()));
                         self.set_latest(Arc::new(state.clone()));
                         config.apply_snapshot(&self.latest()).await;
                     }
-                    Watched::Quiet => {}
+                    Watched::Quiet => self.answered(Ok(())),
                     Watched::Lost(e) => {
                         self.set_up(false, Some(&e));
                         self.store.failed().await;
@@ -333,12 +361,23 @@ impl Fleet {
                 Ok(lease) => {
                     self.lease.store(lease, Ordering::Relaxed);
                     self.announce_here(lease).await;
-                    let e = self
-                        .store
-                        .keep_alive(lease, Duration::from_secs(RECORD_TTL as u64 / 3))
-                        .await;
+                    let updates = async {
+                        loop {
+                            self.record_due.notified().await;
+                            self.announce_here(lease).await;
+                        }
+                    };
+                    let e = tokio::select! {
+                        e = self.store.keep_alive(
+                            lease,
+                            Duration::from_secs(RECORD_TTL as u64 / 3),
+                            || self.answered(Ok(())),
+                        ) => e,
+                        () = updates => unreachable!("the record updates never end"),
+                    };
                     log::debug!("instance record lease lost: {e}");
                     if matches!(e, Error::Unavailable(_)) {
+                        self.answered(Err(&e));
                         self.store.failed().await;
                     }
                     self.lease.store(0, Ordering::Relaxed);

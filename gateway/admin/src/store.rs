@@ -37,6 +37,9 @@ pub enum CommitError {
     Unreadable(String),
     /// The shared configuration's store (etcd) cannot be reached; nothing changed.
     Unavailable(String),
+    /// The change was sent to etcd and no answer came: it may have been committed or not. The
+    /// configuration was at revision `base` before it.
+    Unknown { base: u64, reason: String },
 }
 
 impl std::fmt::Display for CommitError {
@@ -61,6 +64,10 @@ impl std::fmt::Display for CommitError {
             CommitError::Persist(m) | CommitError::Unreadable(m) | CommitError::Unavailable(m) => {
                 f.write_str(m)
             }
+            CommitError::Unknown { base, reason } => write!(
+                f,
+                "whether the change was committed is unknown (etcd did not answer: {reason}); the configuration was at revision {base} before it"
+            ),
         }
     }
 }
@@ -393,6 +400,7 @@ impl ConfigStore {
                 uploads,
                 origin,
             } => {
+                let base_revision = base.revision().max(0) as u64;
                 let (base, next, by, origin) = (
                     base.clone(),
                     next.clone(),
@@ -406,15 +414,27 @@ impl ConfigStore {
                         })
                         .await;
                 match result {
-                    Ok(r) => Ok(r),
+                    Ok(r) => {
+                        fleet.answered(Ok(()));
+                        Ok(r)
+                    }
                     Err(gatehouse_fleet::Error::Conflict) => Err(CommitError::Stale {
                         current: fleet.latest().revision().max(0) as u64,
                     }),
                     Err(gatehouse_fleet::Error::Unavailable(m)) => {
-                        fleet.set_up(false, Some(&gatehouse_fleet::Error::Unavailable(m.clone())));
+                        fleet.answered(Err(&gatehouse_fleet::Error::Unavailable(m.clone())));
                         Err(CommitError::Unavailable(unavailable(&m)))
                     }
                     Err(gatehouse_fleet::Error::Refused(m)) => Err(CommitError::Persist(m)),
+                    Err(gatehouse_fleet::Error::Unknown(m)) => {
+                        fleet.answered(Err(&gatehouse_fleet::Error::Unavailable(m.clone())));
+                        // the next write starts from a fresh read, never from this base
+                        fleet.reread_before_writing();
+                        Err(CommitError::Unknown {
+                            base: base_revision,
+                            reason: m,
+                        })
+                    }
                 }
             }
         }
@@ -464,12 +484,13 @@ impl ConfigStore {
         mut edit: impl FnMut(&mut RawConfig) -> Result<T, E>,
     ) -> Result<Result<Applied<T>, E>, CommitError> {
         let mut raw = self.raw.lock().await;
-        if !fleet.is_up() && !dry_run {
-            return Err(CommitError::Unavailable(unavailable(
-                &fleet.status().last_error.unwrap_or_default(),
-            )));
-        }
-        let mut base = fleet.latest();
+        let mut base = if dry_run || (fleet.is_up() && !fleet.must_reread()) {
+            fleet.latest()
+        } else {
+            // the last call failed: ask etcd now (it may have a new leader since) rather than
+            // refuse on what an earlier failure said
+            fleet.refresh().await.map_err(source_error)?
+        };
         for attempt in 1..=WRITE_ATTEMPTS {
             if let Some(tags) = expected {
                 if !etag_matches(tags, base.revision().max(0) as u64) {
@@ -537,7 +558,7 @@ impl ConfigStore {
                     if let Err(e) = fleet.refresh().await {
                         log::debug!("no fresh read after a write: {e}");
                     }
-                    fleet.announce().await;
+                    fleet.announce();
                     return Ok(Ok(Applied {
                         value,
                         generation,
@@ -597,7 +618,7 @@ impl ConfigStore {
         audit(&format!("etcd revision {revision}"), generation, &diff);
         log::info!("configuration revision {revision} from etcd serving: generation {generation}");
         self.keep(fleet, &mut raw, next, revision);
-        fleet.announce().await;
+        fleet.announce();
     }
 
     /// Records `next` (revision `revision`) as the configuration served, and caches it.
@@ -825,7 +846,9 @@ fn unavailable(reason: &str) -> String {
 
 fn source_error(e: gatehouse_fleet::Error) -> CommitError {
     match e {
-        gatehouse_fleet::Error::Unavailable(m) => CommitError::Unavailable(unavailable(&m)),
+        gatehouse_fleet::Error::Unavailable(m) | gatehouse_fleet::Error::Unknown(m) => {
+            CommitError::Unavailable(unavailable(&m))
+        }
         other => CommitError::Persist(other.to_string()),
     }
 }

@@ -22,6 +22,10 @@ const PAGE: i64 = 500;
 /// Largest message accepted from etcd (a page of large upstreams, a file chunk).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// How often an open stream's connection is pinged, so that a cut is noticed (within this plus
+/// `instance.etcd.timeout`). Twice etcd's default `--grpc-keepalive-min-time`.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(10);
+
 /// A set abandoned by a writer that stopped half-way is removed once it is this old.
 const ABANDONED_SET_AGE: Duration = Duration::from_secs(3600);
 
@@ -34,6 +38,8 @@ pub enum Error {
     Conflict,
     /// etcd answered, and said no (permissions, limits), or the data is unusable.
     Refused(String),
+    /// A transaction was sent and no answer came: it may or may not have been committed.
+    Unknown(String),
 }
 
 impl std::fmt::Display for Error {
@@ -42,6 +48,10 @@ impl std::fmt::Display for Error {
             Error::Unavailable(m) => write!(f, "etcd is unavailable: {m}"),
             Error::Conflict => f.write_str("the configuration changed meanwhile"),
             Error::Refused(m) => f.write_str(m),
+            Error::Unknown(m) => write!(
+                f,
+                "etcd did not answer whether the change was committed: {m}"
+            ),
         }
     }
 }
@@ -67,6 +77,15 @@ impl From<etcd_client::Error> for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The error of a commit transaction that was sent: without an answer its outcome is unknown,
+/// unless the member said it has no leader (it refuses such a request before proposing it).
+fn outcome_unknown(e: Error) -> Error {
+    match e {
+        Error::Unavailable(m) if !m.contains("no leader") => Error::Unknown(m),
+        other => other,
+    }
+}
 
 /// One key's value and the revision that last changed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,8 +287,11 @@ impl Store {
     fn options(&self) -> Result<ConnectOptions> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.source.timeout)
-            .with_keep_alive(Duration::from_secs(2), self.source.timeout)
-            .with_keep_alive_while_idle(true)
+            // etcd closes a connection that pings more often than `--grpc-keepalive-min-time`
+            // (default 5 s) or while no stream is open: ping what its defaults accept, and only
+            // under a watch or a lease keep-alive (what must notice a cut)
+            .with_keep_alive(KEEP_ALIVE_EVERY, self.source.timeout)
+            .with_keep_alive_while_idle(false)
             // a member cut off from the leader refuses, rather than serving a stale view
             .with_require_leader(true)
             // etcd forgets auth tokens (expiry, `auth disable`/`enable`): log in again
@@ -437,7 +459,7 @@ impl Store {
                     .collect();
                 txn_ops.push(TxnOp::put(self.keys.commit(), record(set), None));
                 let txn = Txn::new().when(compares).and_then(txn_ops);
-                let response = self.timed(client.txn(txn)).await?;
+                let response = self.timed(client.txn(txn)).await.map_err(outcome_unknown)?;
                 return if response.succeeded() {
                     Ok(response.header().map_or(0, |h| h.revision()))
                 } else {
@@ -490,7 +512,7 @@ impl Store {
             }
             Err(e) => {
                 // whether it committed is unknown: the set stays, and is removed once abandoned
-                Err(e)
+                Err(outcome_unknown(e))
             }
         }
     }
@@ -601,7 +623,7 @@ impl Store {
     }
 
     /// Keeps `lease` alive until it is lost (returns why).
-    pub async fn keep_alive(&self, lease: i64, every: Duration) -> Error {
+    pub async fn keep_alive(&self, lease: i64, every: Duration, answered: impl Fn()) -> Error {
         let mut client = match self.client().await {
             Ok(c) => c,
             Err(e) => return e,
@@ -615,7 +637,7 @@ impl Store {
                 return e.into();
             }
             match tokio::time::timeout(self.source.timeout, stream.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(r))) if r.ttl() > 0 => answered(),
                 Ok(Ok(Some(_))) => return Error::Refused("the lease expired".into()),
                 Ok(Ok(None)) => return Error::Unavailable("the lease stream ended".into()),
                 Ok(Err(e)) => return e.into(),
