@@ -2296,3 +2296,220 @@ fn a_write_without_an_answer_from_etcd_says_its_outcome_is_unknown_and_never_app
         if retry.status == 412 { "" } else { "not " }
     );
 }
+
+/// What the clients of a fleet saw through an etcd fault.
+#[derive(Default)]
+struct FaultReport {
+    gets: u64,
+    failed_gets: Vec<String>,
+    /// Every admin write: (instance, API name, status, when answered).
+    writes: Vec<(usize, String, u16, Instant)>,
+}
+
+/// Three instances (each listing the members in another order) under GET traffic and an admin
+/// write every 100 ms through the instances in turn; `fault` is done to the cluster after 3 s
+/// and answers when the cluster is whole enough to commit again, `recover` 4 s later. Checks
+/// that no GET failed, that every write answered 201 is in the final configuration of every
+/// instance and no write answered 503 ("nothing changed") is, that every instance accepted
+/// writes again after the cluster was back, and that all serve one revision at the end.
+fn three_instances_through(
+    what: &str,
+    fault: impl FnOnce(&mut EtcdCluster) -> Instant,
+    recover: impl FnOnce(&mut EtcdCluster),
+) {
+    let a = echo("a");
+    let mut cluster = EtcdCluster::start(3);
+    eventually("the cluster has a leader", Duration::from_secs(10), || {
+        cluster.leader()
+    });
+    let all = cluster.endpoints();
+    let orders = [[0, 1, 2], [1, 2, 0], [2, 0, 1]];
+    let dir = TempDir::new();
+    let file = write_file(&dir, "shared.yaml", &shared_yaml(&[&a], "", ""));
+    push(&file, &all, &[]);
+    let gws: Vec<FleetGateway> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, order)| {
+            let eps: Vec<String> = order.iter().map(|&m| all[m].clone()).collect();
+            FleetGateway::start(&format!("gw-{i}"), &eps)
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    let mut back = Instant::now();
+    let report = std::thread::scope(|s| {
+        let loads: Vec<_> = gws
+            .iter()
+            .map(|gw| {
+                let (url, stop) = (gw.gw.url("/users/1"), &stop);
+                s.spawn(move || {
+                    let (mut ok, mut failed) = (0u64, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match try_get(&url) {
+                            Ok((200, _)) => ok += 1,
+                            Ok((status, body)) => failed.push(format!("{url}: {status} {body}")),
+                            Err(e) => failed.push(format!("{url}: {e}")),
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        let writer = s.spawn(|| {
+            let mut writes = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let i = n % gws.len();
+                let name = format!("w{n}");
+                let r = gws[i].call(
+                    "POST",
+                    "/services/shop/apis",
+                    Some(fixed_api(&name, &format!("/w/{n}"), "written")),
+                );
+                writes.push((i, name, r.status, Instant::now()));
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            writes
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        back = fault(&mut cluster);
+        std::thread::sleep(Duration::from_secs(4));
+        recover(&mut cluster);
+        std::thread::sleep(Duration::from_secs(6));
+        stop.store(true, Ordering::Relaxed);
+        let mut report = FaultReport {
+            writes: writer.join().unwrap(),
+            ..FaultReport::default()
+        };
+        for l in loads {
+            let (ok, failed) = l.join().unwrap();
+            report.gets += ok;
+            report.failed_gets.extend(failed);
+        }
+        report
+    });
+    assert!(
+        report.failed_gets.is_empty(),
+        "{what}: {} of {} GETs failed: {:?}",
+        report.failed_gets.len(),
+        report.gets,
+        &report.failed_gets[..report.failed_gets.len().min(10)]
+    );
+    let unexpected: Vec<_> = report
+        .writes
+        .iter()
+        .filter(|w| ![201, 503, 504].contains(&w.2))
+        .collect();
+    assert!(unexpected.is_empty(), "{what}: {unexpected:?}");
+    // one revision everywhere at the end
+    let revision = eventually(
+        &format!("{what}: the instances serve one revision"),
+        Duration::from_secs(30),
+        || {
+            let revisions: Vec<u64> = gws.iter().map(FleetGateway::revision).collect();
+            revisions
+                .iter()
+                .all(|r| *r == revisions[0])
+                .then_some(revisions[0])
+        },
+    );
+    for gw in &gws {
+        let r = gw.call("GET", "/services/shop/apis", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let names: std::collections::BTreeSet<String> = r
+            .json()
+            .as_array()
+            .map(|apis| {
+                apis.iter()
+                    .filter_map(|a| a["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (i, name, status, _) in &report.writes {
+            match status {
+                201 => assert!(
+                    names.contains(name),
+                    "{what}: {name} was answered 201 by gw-{i} and is lost on {}",
+                    gw.id
+                ),
+                503 => assert!(
+                    !names.contains(name),
+                    "{what}: {name} was answered 503 (nothing changed) by gw-{i} but is on {}",
+                    gw.id
+                ),
+                _ => {}
+            }
+        }
+    }
+    let mut windows = Vec::new();
+    for (i, gw) in gws.iter().enumerate() {
+        let first = report
+            .writes
+            .iter()
+            .find(|w| w.0 == i && w.2 == 201 && w.3 > back);
+        let Some(first) = first else {
+            panic!(
+                "{what}: gw-{i} accepted no write after the cluster was back: {:?}\n{}",
+                report
+                    .writes
+                    .iter()
+                    .filter(|w| w.0 == i && w.3 > back)
+                    .map(|w| w.2)
+                    .collect::<Vec<_>>(),
+                tail_lines(&gw.gw.log(), 20)
+            );
+        };
+        windows.push(first.3 - back);
+    }
+    let count = |s: u16| report.writes.iter().filter(|w| w.2 == s).count();
+    eprintln!(
+        "{what}: {} GETs, 0 failed; writes: {} accepted, {} refused (503), {} unknown (504); \
+         first accepted write per instance after the cluster was back: {windows:?}; final revision {revision}",
+        report.gets,
+        count(201),
+        count(503),
+        count(504)
+    );
+}
+
+#[test]
+fn a_fleet_rides_out_its_etcd_leader_killed_and_restarted() {
+    let killed = std::cell::Cell::new(0);
+    three_instances_through(
+        "leader killed",
+        |cluster| {
+            killed.set(cluster.leader().expect("a leader"));
+            cluster.kill(killed.get());
+            wait_new_leader(cluster)
+        },
+        |cluster| cluster.restart(killed.get()),
+    );
+}
+
+#[test]
+fn a_fleet_rides_out_its_etcd_leader_frozen_then_resumed() {
+    let frozen = std::cell::Cell::new(0);
+    three_instances_through(
+        "leader frozen",
+        |cluster| {
+            frozen.set(cluster.leader().expect("a leader"));
+            cluster.members[frozen.get()].pause();
+            wait_new_leader(cluster)
+        },
+        |cluster| cluster.members[frozen.get()].resume(),
+    );
+}
+
+#[test]
+fn a_fleet_rides_out_a_whole_cluster_restart() {
+    three_instances_through(
+        "whole cluster restarted",
+        |cluster| {
+            cluster.restart_all();
+            wait_new_leader(cluster)
+        },
+        |_| {},
+    );
+}

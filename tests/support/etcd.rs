@@ -652,6 +652,20 @@ impl EtcdCluster {
         self.members[i].restart();
     }
 
+    /// Stops every member (their data kept), then starts them all again and waits until each
+    /// is healthy: a whole-cluster restart.
+    pub fn restart_all(&mut self) {
+        for m in &mut self.members {
+            m.stop();
+        }
+        for m in &mut self.members {
+            m.spawn();
+        }
+        for m in &mut self.members {
+            m.wait_healthy();
+        }
+    }
+
     /// The index of the member that is the leader now, if the live members agree on one.
     pub fn leader(&self) -> Option<usize> {
         let out = etcdctl_on(
