@@ -177,3 +177,36 @@ fn a_node_speaking_http2_over_tls_is_reached_by_alpn() {
         serde_json::json!(["part0:hi", "part1:hi", "part2:hi"])
     );
 }
+
+#[test]
+fn a_grpc_call_on_an_api_whose_plugins_read_bodies_is_refused_before_the_node() {
+    // no node listens: a call that got past the plugins would be UNAVAILABLE
+    let port = free_port();
+    let gw = Gateway::start_with(
+        "  http: { h2c: true }\n",
+        &format!(
+            r#"upstreams:
+  - {{ name: grpc, vpc: vpc-main, protocol: http, http2: true, nodes: [{{ host: 127.0.0.1, port: {port} }}] }}
+services:
+  - name: demo
+    apis:
+      - name: echo
+        path: "/demo.Echo/{{method}}"
+        methods: [POST]
+        backend: {{ upstream: grpc }}
+        plugins:
+          - {{ name: json-validator }}
+"#
+        ),
+    );
+    let target = gw.base.trim_start_matches("http://").to_owned();
+    let refused = run(&["status", &target, "/demo.Echo/Unary"]);
+    assert_eq!(refused["code"], "UNIMPLEMENTED", "{refused}");
+    assert!(
+        refused["details"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported_media_type"),
+        "{refused}"
+    );
+}

@@ -429,6 +429,73 @@ fn validate_shows_what_each_plugin_use_needs_and_warns_of_ungranted_0_1_plugins(
     );
 }
 
+#[test]
+fn a_body_plugin_on_a_websocket_api_is_refused_at_load() {
+    let dir = scratch_dir();
+    let file = dir.join("ws-body.yaml");
+    let a = echo("a");
+    std::fs::write(
+        &file,
+        format!(
+            "{}upstreams:\n  - {{ name: u, vpc: vpc-main, protocol: http, nodes: [{{ host: 127.0.0.1, port: {} }}] }}\nservices:\n  - name: s\n    apis:\n      - name: live\n        path: /live\n        websocket: true\n        backend: {{ upstream: u }}\n        plugins:\n          - {{ name: json-validator, config: {{ methods: [GET] }} }}\n",
+            instance_yaml(1, 2),
+            a.addr().port()
+        ),
+    )
+    .unwrap();
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("services[0].apis[0].plugins[0]: plugin json-validator reads whole bodies")
+            && err.contains("WebSocket"),
+        "{err}"
+    );
+}
+
+/// A body plugin works for HTTP/2 clients as for HTTP/1.1 ones: the body is read whole from
+/// the stream's DATA frames, checked, and the valid one goes upstream.
+#[test]
+fn a_body_plugin_serves_http2_clients() {
+    let a = echo("a");
+    let gw = Gateway::start_with(
+        "  http: { h2c: true }\n",
+        &with_plugins(
+            &a,
+            r#"          - { name: json-validator, config: { schema: { type: object, required: [id] } } }"#,
+        ),
+    );
+    let url = gw.url("/users/7");
+    let curl = |body: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+            ])
+            .args([
+                "--data-binary",
+                body,
+                "-w",
+                "\n%{http_code} %{http_version}",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let bad = curl(r#"{"name":"x"}"#);
+    assert!(bad.ends_with("400 2"), "{bad}");
+    assert!(bad.contains("invalid_body"), "{bad}");
+    let good = curl(r#"{"id":7}"#);
+    assert!(good.ends_with("200 2"), "{good}");
+    // the node got the whole body it was sent
+    assert!(good.contains(r#""body_bytes":8"#), "{good}");
+    assert_eq!(a.stats().requests(), 1);
+}
+
 fn shipped_plugin(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../../plugins/dist/{name}.wasm"))

@@ -131,6 +131,13 @@ impl ApiPlugins {
                 grants,
                 trusted,
             ) {
+                Ok(slot) if api.websocket && (slot.reads_request_body() || slot.reads_response_body()) => {
+                    problems.push(Problem::new(
+                        path,
+                        format!("plugin {label} reads whole bodies, which the upgraded connections of a WebSocket API (websocket: true) do not have"),
+                        "use the plugin on an API without websocket: true",
+                    ))
+                }
                 Ok(slot) => {
                     if let Some(key) = declared_key(&plugin.source) {
                         gatehouse_config::secrets::declare(key, slot.secret_keys(), &plugin.config);
@@ -224,6 +231,11 @@ impl ApiPlugins {
     /// plugin reads it.
     pub fn request_body_limit(&self) -> Option<usize> {
         self.request_body
+    }
+
+    /// Whether a plugin of the chain reads a whole body (request or response).
+    pub fn reads_a_body(&self) -> bool {
+        self.request_body.is_some() || self.response_body.is_some()
     }
 
     /// Largest response body the chain holds whole for its `on-response-body` plugins, if any.

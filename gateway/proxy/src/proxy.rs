@@ -350,6 +350,21 @@ impl Gateway {
         keepalive: Option<u64>,
     ) -> Result<bool> {
         let api = &runtime.apis[api];
+        if api.plugins.reads_a_body() && respond::is_grpc(session) {
+            // a gRPC call streams its messages: there is no whole body to hand a plugin
+            session.set_keepalive(None);
+            let body = ErrorBody {
+                service: Some(&api.service),
+                api: Some(&api.name),
+                ..ErrorBody::new(
+                    415,
+                    "unsupported_media_type",
+                    "this API's plugins read whole bodies, which a gRPC call does not have (its messages stream): publish gRPC methods on an API whose plugins read no body",
+                )
+            };
+            answer_error(session, ctx, &body, None).await?;
+            return Ok(true);
+        }
         let Some(plugin_limit) = api.plugins.request_body_limit() else {
             return Ok(false);
         };

@@ -77,7 +77,7 @@ fn grpc_code(status: u16) -> u8 {
         400 | 405 | 431 => 3, // INVALID_ARGUMENT
         401 => 16,            // UNAUTHENTICATED
         403 => 7,             // PERMISSION_DENIED
-        404 => 12,            // UNIMPLEMENTED: no such service or method
+        404 | 415 => 12,      // UNIMPLEMENTED: no such method, or not for gRPC here
         408 | 504 => 4,       // DEADLINE_EXCEEDED
         413 | 429 => 8,       // RESOURCE_EXHAUSTED
         502 | 503 => 14,      // UNAVAILABLE
