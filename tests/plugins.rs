@@ -1567,11 +1567,12 @@ fn json_validator_answers_400_with_the_first_error_and_its_path() {
         "          - name: json-validator
             config:
               max_depth: 4
+              max_bytes: 61000
               schema:
                 type: object
                 required: [items]
                 properties:
-                  items: { type: array, items: { type: object, required: [sku], properties: { sku: { type: string } } } }
+                  items: { type: array, items: { type: object, required: [sku], properties: { sku: { type: string, maxLength: 8 }, qty: { type: integer, minimum: 1, maximum: 100 } } } }
 ",
     ));
     let post = |body: &str| {
@@ -1601,6 +1602,16 @@ fn json_validator_answers_400_with_the_first_error_and_its_path() {
             "$.items[0][0][0]",
             "nested deeper than 4 levels",
         ),
+        (
+            r#"{"items":[{"sku":"a-123456789"}]}"#,
+            "$.items[0].sku",
+            "expected at most 8 characters, found 11",
+        ),
+        (
+            r#"{"items":[{"sku":"a","qty":0}]}"#,
+            "$.items[0].qty",
+            "expected at least 1, found 0",
+        ),
         ("{\"items\": [", "$", "not valid JSON"),
         ("", "$", "the body is empty"),
     ] {
@@ -1614,6 +1625,11 @@ fn json_validator_answers_400_with_the_first_error_and_its_path() {
             "{body}: {answer}"
         );
     }
+    // a body over max_bytes is 413, unread
+    let large = format!(r#"{{"items":[],"pad":"{}"}}"#, "x".repeat(62_000));
+    let r = post(&large);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.json()["error"], "payload_too_large");
     // GET is not checked; a hostile, deep document is refused without the backend
     assert_eq!(gw.get("/users/1").status, 200);
     let deep = "[".repeat(60_000);

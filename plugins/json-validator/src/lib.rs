@@ -48,15 +48,20 @@ impl Plugin for JsonValidator {
         match self.0.check(&body) {
             Ok(()) => Ok(Action::Proceed),
             Err(invalid) => {
+                let (status, error) = if invalid.too_large {
+                    (413, "payload_too_large")
+                } else {
+                    (400, "invalid_body")
+                };
                 let refusal = Refusal {
-                    status: 400,
-                    error: "invalid_body",
+                    status,
+                    error,
                     message: invalid.to_string(),
                     path: &invalid.path,
                 };
                 let body = serde_json::to_vec(&refusal)
                     .expect("serializing strings and a number cannot fail");
-                Ok(Reply::json(400, body).into())
+                Ok(Reply::json(status, body).into())
             }
         }
     }

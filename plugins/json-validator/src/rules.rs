@@ -3,7 +3,8 @@
 //!
 //! A body is checked in three steps; the first one that fails gives the answer:
 //!
-//! 1. **Presence**: an empty body (or one of JSON whitespace only) is refused.
+//! 1. **Presence and size**: an empty body (or one of JSON whitespace only) is refused, and so
+//!    is one over `max_bytes`.
 //! 2. **Depth**: one pass over the raw bytes, before any parsing, finds the first container (object
 //!    or array) nested deeper than `max_depth`. It follows the structure only (brackets, commas,
 //!    colons, where strings begin and end); when that structure is broken it stops and leaves the
@@ -27,7 +28,16 @@ pub const DEFAULT_MAX_DEPTH: usize = 32;
 pub const MAX_DEPTH_LIMIT: usize = 64;
 
 /// The keywords of a schema.
-const KEYWORDS: [&str; 4] = ["type", "required", "properties", "items"];
+const KEYWORDS: [&str; 8] = [
+    "type",
+    "required",
+    "properties",
+    "items",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+];
 
 /// Why a body was refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +48,8 @@ pub struct Invalid {
     pub path: String,
     /// What, as a short sentence without the path: `expected string, found number`.
     pub message: String,
+    /// The body is over `max_bytes` (answered `413`, not `400`).
+    pub too_large: bool,
 }
 
 impl Invalid {
@@ -45,6 +57,7 @@ impl Invalid {
         Invalid {
             path: path.into(),
             message: message.into(),
+            too_large: false,
         }
     }
 }
@@ -62,6 +75,8 @@ impl std::error::Error for Invalid {}
 #[derive(Debug, Clone)]
 pub struct Rules {
     max_depth: usize,
+    /// Largest body checked; a larger one is refused unread.
+    max_bytes: Option<usize>,
     /// `None` when there is no schema or the schema checks nothing (`{}`).
     schema: Option<Schema>,
     /// Upper-case methods whose requests are checked.
@@ -77,6 +92,7 @@ impl Default for Rules {
     fn default() -> Self {
         Rules {
             max_depth: DEFAULT_MAX_DEPTH,
+            max_bytes: None,
             schema: None,
             methods: DEFAULT_METHODS.map(String::from).to_vec(),
         }
@@ -90,15 +106,20 @@ impl Rules {
     ///   requests with other methods pass unchecked.
     /// - `max_depth`: an integer in `1..=64`, default 32. Each object or array level counts
     ///   one: `{}` is 1 deep, `{"a":[1]}` 2, a lone scalar 0.
+    /// - `max_bytes`: the largest body, a positive integer (default: the plugin use's
+    ///   `body_limit`, which the gateway enforces before the plugin runs); a larger one is
+    ///   answered `413`.
     /// - `schema`: a subset of JSON Schema with the keywords `type` (one of `object`, `array`,
     ///   `string`, `number`, `integer`, `boolean`, `null`, or a list of them), `required` (field
-    ///   names; they need not be listed in `properties`), `properties` (field name to schema) and
-    ///   `items` (the schema of every element of an array). As in JSON Schema, `required` and
-    ///   `properties` apply only to objects and `items` only to arrays.
+    ///   names; they need not be listed in `properties`), `properties` (field name to schema),
+    ///   `items` (the schema of every element of an array), `minLength` and `maxLength` (of a
+    ///   string, in Unicode characters), `minimum` and `maximum` (of a number, inclusive). As in
+    ///   JSON Schema, `required` and `properties` apply only to objects, `items` only to
+    ///   arrays, the lengths only to strings and the bounds only to numbers.
     ///
     /// Any other key or keyword is refused. The error is the first problem found, with its place:
-    /// `schema.properties.items.items: unsupported keyword "minLength" (supported: type,
-    /// required, properties, items)`.
+    /// `schema.properties.items.items: unsupported keyword "pattern" (supported: type,
+    /// required, properties, items, minLength, maxLength, minimum, maximum)`.
     pub fn from_config(config: &Value) -> Result<Rules, String> {
         let map = match config {
             Value::Null => return Ok(Rules::default()),
@@ -112,10 +133,10 @@ impl Rules {
         };
         if let Some(key) = map
             .keys()
-            .find(|k| !["max_depth", "schema", "methods"].contains(&k.as_str()))
+            .find(|k| !["max_depth", "max_bytes", "schema", "methods"].contains(&k.as_str()))
         {
             return Err(format!(
-                "unknown key {} (supported: max_depth, schema, methods)",
+                "unknown key {} (supported: max_depth, max_bytes, schema, methods)",
                 quoted(key)
             ));
         }
@@ -157,12 +178,25 @@ impl Rules {
                 }
             },
         };
+        let max_bytes = match map.get("max_bytes") {
+            None => None,
+            Some(value) => match value.as_u64() {
+                Some(n) if n > 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                _ => {
+                    return Err(format!(
+                        "max_bytes: must be a positive integer, found {}",
+                        described(value)
+                    ))
+                }
+            },
+        };
         let schema = match map.get("schema") {
             None => None,
             Some(value) => Schema::from_config(value, "schema", 0)?,
         };
         Ok(Rules {
             max_depth,
+            max_bytes,
             schema,
             methods,
         })
@@ -188,8 +222,23 @@ impl Rules {
     /// - `expected <types>, found <type>`, e.g. `expected string or null, found number`, and
     ///   for a number where an integer was expected, the number when short:
     ///   `expected integer, found number 1.5`. String values are never repeated;
-    /// - `missing required field "sku"` (path of the object).
+    /// - `missing required field "sku"` (path of the object);
+    /// - `expected at most 8 characters, found 12`, `expected at least 1, found -3` (lengths and
+    ///   bounds; string values are never repeated);
+    /// - `the body is 2048 bytes, over the limit of 1024 bytes` (path `$`, `too_large`).
     pub fn check(&self, body: &[u8]) -> Result<(), Invalid> {
+        if let Some(limit) = self.max_bytes.filter(|limit| body.len() > *limit) {
+            return Err(Invalid {
+                too_large: true,
+                ..Invalid::new(
+                    "$",
+                    format!(
+                        "the body is {} bytes, over the limit of {limit} bytes",
+                        body.len()
+                    ),
+                )
+            });
+        }
         if body.iter().all(|&b| is_whitespace(b)) {
             return Err(Invalid::new(
                 "$",
@@ -280,6 +329,12 @@ struct Schema {
     required: Vec<String>,
     /// `items`, unless absent or checking nothing.
     items: Option<Box<Schema>>,
+    /// `minLength` and `maxLength` of a string, in characters.
+    min_length: Option<u64>,
+    max_length: Option<u64>,
+    /// `minimum` and `maximum` of a number, inclusive.
+    minimum: Option<f64>,
+    maximum: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -292,6 +347,14 @@ struct Field {
 }
 
 impl Schema {
+    /// Whether the schema bounds a string's length or a number.
+    fn has_bounds(&self) -> bool {
+        self.min_length.is_some()
+            || self.max_length.is_some()
+            || self.minimum.is_some()
+            || self.maximum.is_some()
+    }
+
     /// Reads the schema at `path` (`schema`, `schema.properties.name`, ...), `level` schemas
     /// below the root one. `None` for a schema that checks nothing.
     fn from_config(value: &Value, path: &str, level: usize) -> Result<Option<Schema>, String> {
@@ -340,7 +403,56 @@ impl Schema {
             Some(value) => Schema::from_config(value, &format!("{path}.items"), level + 1)?,
         };
 
+        let length = |key: &str| -> Result<Option<u64>, String> {
+            match map.get(key) {
+                None => Ok(None),
+                Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+                    format!(
+                        "{path}.{key}: must be a non-negative integer, found {}",
+                        described(value)
+                    )
+                }),
+            }
+        };
+        let (min_length, max_length) = (length("minLength")?, length("maxLength")?);
+        let bound = |key: &str| -> Result<Option<f64>, String> {
+            match map.get(key) {
+                None => Ok(None),
+                Some(value) => value.as_f64().map(Some).ok_or_else(|| {
+                    format!("{path}.{key}: must be a number, found {}", kind_of(value))
+                }),
+            }
+        };
+        let (minimum, maximum) = (bound("minimum")?, bound("maximum")?);
+        if let (Some(min), Some(max)) = (min_length, max_length) {
+            if min > max {
+                return Err(format!(
+                    "{path}: minLength {min} is over maxLength {max}: no string has such a length"
+                ));
+            }
+        }
+        if let (Some(min), Some(max)) = (minimum, maximum) {
+            if min > max {
+                return Err(format!(
+                    "{path}: minimum {min} is over maximum {max}: no number is in that range"
+                ));
+            }
+        }
+
         if !types.any() {
+            if (min_length.is_some() || max_length.is_some()) && !types.has(Types::STRING) {
+                return Err(format!(
+                    "{path}: keywords \"minLength\" and \"maxLength\" apply to strings only, but type does not allow string"
+                ));
+            }
+            if (minimum.is_some() || maximum.is_some())
+                && !types.has(Types::NUMBER)
+                && !types.has(Types::INTEGER)
+            {
+                return Err(format!(
+                    "{path}: keywords \"minimum\" and \"maximum\" apply to numbers only, but type allows neither number nor integer"
+                ));
+            }
             let object_keyword = if map.contains_key("required") {
                 Some("required")
             } else if map.contains_key("properties") {
@@ -379,12 +491,17 @@ impl Schema {
             fields,
             required,
             items: items.map(Box::new),
+            min_length,
+            max_length,
+            minimum,
+            maximum,
         };
         // A field without a schema is there only to be required.
         let checks_nothing = schema.types.any()
             && schema.required.is_empty()
             && schema.items.is_none()
-            && schema.fields.iter().all(|f| f.schema.is_none());
+            && schema.fields.iter().all(|f| f.schema.is_none())
+            && !schema.has_bounds();
         Ok(if checks_nothing { None } else { Some(schema) })
     }
 }
@@ -762,6 +879,14 @@ impl Num {
         }
     }
 
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::I(n) => n as f64,
+            Num::U(n) => n as f64,
+            Num::F(f) => f,
+        }
+    }
+
     /// The number as `serde_json` writes it (`1.5`, `1e300`), if at most 24 characters.
     fn short_text(self) -> Option<String> {
         let text = match self {
@@ -796,13 +921,63 @@ impl ValueSeed<'_> {
     fn number<E: de::Error>(self, n: Num) -> Result<(), E> {
         let types = self.schema.types;
         if types.allows(Types::NUMBER) || (types.has(Types::INTEGER) && n.is_integer()) {
-            return Ok(());
+            return self.in_range(n);
         }
         match n.short_text().filter(|_| types.has(Types::INTEGER)) {
             Some(text) => self.mismatch(&format!("number {text}")),
             None => self.mismatch("number"),
         }
     }
+}
+
+impl ValueSeed<'_> {
+    /// Checks `minimum` and `maximum` (compared as 64-bit floating point).
+    fn in_range<E: de::Error>(self, n: Num) -> Result<(), E> {
+        let value = n.as_f64();
+        let found = || n.short_text().unwrap_or_else(|| "a number".to_owned());
+        if let Some(min) = self.schema.minimum.filter(|min| value < *min) {
+            let message = format!("expected at least {}, found {}", bound_text(min), found());
+            return self.fail(message);
+        }
+        if let Some(max) = self.schema.maximum.filter(|max| value > *max) {
+            let message = format!("expected at most {}, found {}", bound_text(max), found());
+            return self.fail(message);
+        }
+        Ok(())
+    }
+
+    /// Checks `minLength` and `maxLength`, counting Unicode characters.
+    fn length<E: de::Error>(self, s: &str) -> Result<(), E> {
+        let (min, max) = (self.schema.min_length, self.schema.max_length);
+        if min.is_none() && max.is_none() {
+            return Ok(());
+        }
+        let chars = s.chars().count() as u64;
+        let plural = |n: u64| if n == 1 { "" } else { "s" };
+        if let Some(min) = min.filter(|min| chars < *min) {
+            let message = format!(
+                "expected at least {min} character{}, found {chars}",
+                plural(min)
+            );
+            return self.fail(message);
+        }
+        if let Some(max) = max.filter(|max| chars > *max) {
+            let message = format!(
+                "expected at most {max} character{}, found {chars}",
+                plural(max)
+            );
+            return self.fail(message);
+        }
+        Ok(())
+    }
+}
+
+/// A bound as the configuration wrote it, near enough: `0`, `2.5`, `100000`.
+fn bound_text(bound: f64) -> String {
+    if bound.fract() == 0.0 && bound.abs() < 1e15 {
+        return (bound as i64).to_string();
+    }
+    serde_json::Number::from_f64(bound).map_or_else(|| bound.to_string(), |n| n.to_string())
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
@@ -836,8 +1011,11 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         self.number(Num::F(n))
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        self.scalar(Types::STRING, "string")
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        if !self.schema.types.allows(Types::STRING) {
+            return self.mismatch("string");
+        }
+        self.length(s)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
@@ -1081,7 +1259,7 @@ mod tests {
     fn invalid(rules: &Rules, body: &str) -> (String, String) {
         match rules.check(body.as_bytes()) {
             Ok(()) => panic!("body accepted: {body}"),
-            Err(Invalid { path, message }) => (path, message),
+            Err(Invalid { path, message, .. }) => (path, message),
         }
     }
 
@@ -1126,6 +1304,75 @@ mod tests {
     }
 
     #[test]
+    fn string_lengths_count_characters() {
+        let r = schema(json!({ "type": "object", "properties": {
+            "code": { "type": "string", "minLength": 2, "maxLength": 4 } } }));
+        assert!(r.check(br#"{"code":"ab"}"#).is_ok());
+        // four characters, eight bytes
+        assert!(r
+            .check("{\"code\":\"\u{e9}\u{e9}\u{e9}\u{e9}\"}".as_bytes())
+            .is_ok());
+        assert_eq!(
+            invalid(&r, r#"{"code":"a"}"#),
+            (
+                "$.code".into(),
+                "expected at least 2 characters, found 1".into()
+            )
+        );
+        assert_eq!(
+            invalid(&r, r#"{"code":"abcde"}"#),
+            (
+                "$.code".into(),
+                "expected at most 4 characters, found 5".into()
+            )
+        );
+    }
+
+    #[test]
+    fn number_ranges_are_inclusive() {
+        let r = schema(json!({ "type": "array", "items": {
+            "type": "number", "minimum": 0, "maximum": 2.5 } }));
+        assert!(r.check(b"[0, 1, 2.5, 0.0]").is_ok());
+        assert_eq!(
+            invalid(&r, "[1, -3]"),
+            ("$[1]".into(), "expected at least 0, found -3".into())
+        );
+        assert_eq!(
+            invalid(&r, "[2.51]"),
+            ("$[0]".into(), "expected at most 2.5, found 2.51".into())
+        );
+        // a bound needs a type that can have it
+        assert_eq!(
+            config_error(json!({ "schema": { "type": "string", "minimum": 1 } })),
+            r#"schema: keywords "minimum" and "maximum" apply to numbers only, but type allows neither number nor integer"#
+        );
+        assert_eq!(
+            config_error(json!({ "schema": { "minLength": 3, "maxLength": 2 } })),
+            "schema: minLength 3 is over maxLength 2: no string has such a length"
+        );
+        assert_eq!(
+            config_error(json!({ "schema": { "maxLength": -1 } })),
+            "schema.maxLength: must be a non-negative integer, found -1"
+        );
+    }
+
+    #[test]
+    fn a_body_over_max_bytes_is_refused_unread() {
+        let r = rules(json!({ "max_bytes": 8 }));
+        assert!(r.check(br#"{"a":1}"#).is_ok());
+        let e = r.check(br#"{"a":12345}"#).unwrap_err();
+        assert!(e.too_large);
+        assert_eq!(
+            e.to_string(),
+            "$: the body is 11 bytes, over the limit of 8 bytes"
+        );
+        assert_eq!(
+            config_error(json!({ "max_bytes": 0 })),
+            "max_bytes: must be a positive integer, found 0"
+        );
+    }
+
+    #[test]
     fn config_top_level_errors() {
         assert_eq!(
             config_error(json!([])),
@@ -1133,7 +1380,7 @@ mod tests {
         );
         assert_eq!(
             config_error(json!({ "max_depht": 3 })),
-            r#"unknown key "max_depht" (supported: max_depth, schema, methods)"#
+            r#"unknown key "max_depht" (supported: max_depth, max_bytes, schema, methods)"#
         );
         for (value, found) in [
             (json!(0), "0"),
@@ -1158,21 +1405,21 @@ mod tests {
     fn config_unsupported_keyword_names_it_and_its_place() {
         let config = json!({ "schema": {
             "type": "object",
-            "properties": { "items": { "type": "array", "items": { "type": "string", "minLength": 1 } } }
+            "properties": { "items": { "type": "array", "items": { "type": "string", "pattern": "^a" } } }
         }});
         assert_eq!(
             config_error(config),
-            r#"schema.properties.items.items: unsupported keyword "minLength" (supported: type, required, properties, items)"#
+            r#"schema.properties.items.items: unsupported keyword "pattern" (supported: type, required, properties, items, minLength, maxLength, minimum, maximum)"#
         );
         assert_eq!(
             config_error(json!({ "schema": { "$ref": "#/a" } })),
-            r##"schema: unsupported keyword "$ref" (supported: type, required, properties, items)"##
+            r##"schema: unsupported keyword "$ref" (supported: type, required, properties, items, minLength, maxLength, minimum, maximum)"##
         );
         assert_eq!(
             config_error(
                 json!({ "schema": { "properties": { "a b": { "additionalProperties": false } } } })
             ),
-            r#"schema.properties["a b"]: unsupported keyword "additionalProperties" (supported: type, required, properties, items)"#
+            r#"schema.properties["a b"]: unsupported keyword "additionalProperties" (supported: type, required, properties, items, minLength, maxLength, minimum, maximum)"#
         );
     }
 
@@ -2067,6 +2314,49 @@ mod tests {
                     assert!(!e.message.is_empty());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn lengths_and_bounds_agree_with_an_oracle_on_generated_documents() {
+        let r = schema(json!({ "type": "array", "items": {
+            "minLength": 1, "maxLength": 5, "minimum": -10, "maximum": 10 } }));
+        let pieces = ["a", "\\u00e9", "\u{1F600}", "\\n", "z"];
+        let mut rng = Rng(0x0123_4567_89AB_CDEF);
+        for _ in 0..3000 {
+            let mut text = String::from("[");
+            let mut expected_ok = true;
+            for i in 0..rng.below(6) {
+                if i > 0 {
+                    text.push(',');
+                }
+                match rng.below(4) {
+                    0 => {
+                        // a string of 0 to 7 characters, some escaped, some outside the BMP
+                        let n = rng.below(8);
+                        text.push('"');
+                        for _ in 0..n {
+                            text.push_str(pieces[rng.below(pieces.len())]);
+                        }
+                        text.push('"');
+                        expected_ok &= (1..=5).contains(&n);
+                    }
+                    1 => {
+                        let n = rng.below(41) as i64 - 20;
+                        text.push_str(&n.to_string());
+                        expected_ok &= (-10..=10).contains(&n);
+                    }
+                    2 => {
+                        let f = (rng.below(4001) as f64 - 2000.0) / 100.0;
+                        text.push_str(&format!("{f:?}"));
+                        expected_ok &= (-10.0..=10.0).contains(&f);
+                    }
+                    _ => text.push_str(["true", "null", "{}", "[]"][rng.below(4)]),
+                }
+            }
+            text.push(']');
+            let verdict = r.check(text.as_bytes());
+            assert_eq!(verdict.is_ok(), expected_ok, "{text}: {verdict:?}");
         }
     }
 }
