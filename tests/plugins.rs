@@ -496,6 +496,59 @@ fn a_body_plugin_serves_http2_clients() {
     assert_eq!(a.stats().requests(), 1);
 }
 
+/// The guide's response-body example, end to end: a granted component file hides a field of
+/// the node's JSON answer; refused without the grant.
+#[test]
+fn the_json_redact_example_hides_a_field_of_json_responses() {
+    let a = echo("a");
+    let redact = shipped_plugin("json-redact");
+    let plugin = |grants: &str| {
+        format!(
+            "          - path: {}\n            config: {{ fields: [x-secret] }}\n{grants}",
+            redact.display()
+        )
+    };
+    let gw = Gateway::start_with(
+        &file_roots_for(&redact),
+        &with_plugins(
+            &a,
+            &plugin(
+                "            grants: { response_body: true, response_headers: { read: [content-type] } }\n",
+            ),
+        ),
+    );
+    // the echo node answers with the request's headers as JSON
+    let r = request("GET", &gw.url("/users/1"), &[("x-secret", "hunter2")], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("hunter2"), "{}", r.body);
+    assert_eq!(r.json()["headers"]["x-secret"], "[redacted]", "{}", r.body);
+    // the new body is framed for its own length
+    if let Some(length) = r.header("content-length") {
+        assert_eq!(length.parse::<usize>().unwrap(), r.body.len());
+    }
+    // without the grant it is refused at load, naming what is missing
+    let dir = scratch_dir();
+    let file = dir.join("ungranted.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}{}",
+            instance_yaml(1, 2).replace(
+                "  threads: 2\n",
+                &format!("  threads: 2\n{}", file_roots_for(&redact))
+            ),
+            with_plugins(&a, &plugin(""))
+        ),
+    )
+    .unwrap();
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("response_body") && err.contains("response_headers.read: content-type"),
+        "{err}"
+    );
+}
+
 fn shipped_plugin(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../../plugins/dist/{name}.wasm"))
