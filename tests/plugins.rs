@@ -549,6 +549,38 @@ fn the_json_redact_example_hides_a_field_of_json_responses() {
     );
 }
 
+/// A body a plugin reads that stalls is bounded by `body_timeout` like any other: 408, and the
+/// node never sees the request.
+#[test]
+fn a_stalled_body_a_plugin_reads_is_answered_408_at_body_timeout() {
+    let a = echo("a");
+    let component = shipped_plugin("grant-probe");
+    let gw = Gateway::start_with(
+        &format!(
+            "{}  http: {{ body_timeout: 1s }}\n",
+            file_roots_for(&component)
+        ),
+        &with_plugins(
+            &a,
+            &probe_entry(
+                "            grants: { request_body: true }\n            config: { needs: { request_body: true } }\n",
+            ),
+        ),
+    );
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    // 3 bytes of a declared 100, then nothing (the client keeps its side open)
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"POST /users/1 HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(a.stats().requests(), 0, "the node saw nothing");
+}
+
 fn shipped_plugin(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../../plugins/dist/{name}.wasm"))

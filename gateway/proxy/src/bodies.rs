@@ -43,7 +43,12 @@ pub async fn read_request(
         if body.len() as u64 >= resend_from {
             session.enable_retry_buffering();
         }
-        let Some(chunk) = session.read_request_body().await? else {
+        // a failure here is the client's (a stalled body times out at `body_timeout`: 408)
+        let read = session.read_request_body().await.map_err(|mut e| {
+            e.as_down();
+            e
+        });
+        let Some(chunk) = read? else {
             crate::listener::body_progress(true);
             break;
         };
