@@ -32,6 +32,8 @@ RESULTS = REPO / "bench" / "results"
 PROXY_CORE = 0
 LOAD_CORE = 1
 BODIES = (0, 1024, 16384)
+# The request bodies POSTed by the request-body variants, with their names' suffixes.
+REQUEST_BODIES = ((1024, "1k"), (16384, "16k"))
 TOKEN = "bench-admin-token-0123456789"
 # HTTP/2 load: 10 connections of 5 concurrent streams, the 50 requests in flight of `wrk -c50`
 # (more would overflow nginx's 64 idle upstream connections and measure upstream connects).
@@ -66,6 +68,8 @@ class Variant:
     nodes: int = 2
     plugins: tuple = ()
     transport: str = "http"  # http | https (HTTP/1.1 over TLS) | h2 (HTTP/2 over TLS)
+    # bytes of the JSON document POSTed with each request (0: GET)
+    request_body: int = 0
 
     @property
     def key(self):
@@ -101,6 +105,15 @@ def variants(long_run, tls=False, tls_only=False):
             Variant("gatehouse-noop-0.2", "gatehouse", body, plugins=tuple(configs.NOOP_0_2)),
             Variant("gatehouse-10k-apis", "gatehouse", body, apis=10_000),
             Variant("gatehouse-200-nodes", "gatehouse", body, nodes=200),
+        ]
+    # request bodies (0 B answers): streamed through an API without plugins, and read whole by
+    # json-validator
+    for size, label in REQUEST_BODIES:
+        out += [
+            Variant(f"bare-pingora-post-{label}", "bare", 0, request_body=size),
+            Variant(f"gatehouse-post-{label}", "gatehouse", 0, request_body=size),
+            Variant(f"gatehouse-json-{label}", "gatehouse", 0, request_body=size,
+                    plugins=tuple(configs.JSON_VALIDATOR)),
         ]
     if tls or tls_only:
         for body in BODIES if long_run else (0,):
@@ -214,12 +227,14 @@ class Bench:
 
     def config_file(self, variant):
         """Writes (once per shape) the Gatehouse configuration of a variant."""
-        key = (variant.body, variant.apis, variant.nodes, variant.plugins, variant.tls)
+        post = variant.request_body > 0
+        key = (variant.body, variant.apis, variant.nodes, variant.plugins, variant.tls, post)
         if key not in self.configs:
             path = self.work / f"gatehouse-{len(self.configs)}.yaml"
             path.write_text(configs.gatehouse_yaml(
                 self.ports, self.ports.backend(variant.body), variant.apis, variant.nodes,
                 variant.plugins, tls=self.tls if variant.tls else None,
+                methods=("GET", "POST") if post else ("GET",),
             ))
             self.configs[key] = path
         return self.configs[key]
@@ -295,7 +310,14 @@ class Bench:
         return f"{session['protocol']}, {session['cipher']}"
 
     def load_inputs(self, variant):
-        """(wrk script, oha URL file) for a variant spreading requests over many APIs."""
+        """(wrk script, oha URL file) for a variant spreading requests over many APIs, or
+        POSTing a body (no oha file: the open loop is not run for those)."""
+        if variant.request_body:
+            lua = self.work / f"post-{variant.request_body}.lua"
+            if not lua.exists():
+                body = configs.json_order(variant.request_body)
+                lua.write_text(configs.wrk_post_lua(variant.path, body))
+            return str(lua), None
         if variant.apis == 1:
             return None, None
         lua = self.work / f"apis-{variant.apis}.lua"
@@ -315,8 +337,8 @@ class Bench:
         return load.wrk(url, seconds, LOAD_CORE, script=script)
 
     def open_loop(self, variant, url, urls):
-        """Latency at the fixed rate with oha; None without oha."""
-        if not self.oha:
+        """Latency at the fixed rate with oha; None without oha, and for POST variants."""
+        if not self.oha or variant.request_body:
             return None
         if variant.transport == "h2":
             return load.oha(url, self.args.oha_seconds, self.args.rate, LOAD_CORE,

@@ -17,6 +17,40 @@ PLUGINS_THREE = PLUGINS_ONE + [
 NOOP_0_1_FILE = "headers-0.1.wasm"
 NOOP_0_1 = [(NOOP_0_1_FILE, "{}")]
 NOOP_0_2 = [("headers", "{}")]
+# The JSON request validator with a small schema, for the request-body variants (their bodies are
+# `json_order(n)` documents, which it accepts).
+JSON_VALIDATOR = [(
+    "json-validator",
+    "{ schema: { type: object, required: [items], properties: { items: { type: array, items: "
+    "{ type: object, required: [sku], properties: { sku: { type: string, maxLength: 16 }, "
+    "qty: { type: integer, minimum: 1 } } } } } } }",
+)]
+
+
+def json_order(size):
+    """A JSON document of about `size` bytes (at least 64) that `JSON_VALIDATOR` accepts."""
+    items, n = [], 0
+    while True:
+        item = f'{{"sku":"sku-{n:06d}","qty":{n % 9 + 1}}}'
+        if len('{"items":[]}') + sum(len(i) + 1 for i in items) + len(item) > size:
+            break
+        items.append(item)
+        n += 1
+    return '{"items":[' + ",".join(items) + "]}"
+
+
+def wrk_post_lua(path, body):
+    """A wrk script POSTing `body` (JSON) to `path`; the request is formatted once."""
+    return f"""-- POSTs one JSON document of {len(body)} bytes.
+local body = [[{body}]]
+local req
+function init(args)
+  req = wrk.format("POST", "{path}", {{ ["Content-Type"] = "application/json" }}, body)
+end
+function request()
+  return req
+end
+"""
 
 
 def api_path(i, apis):
@@ -47,7 +81,8 @@ def make_certificate(folder):
     return cert, key
 
 
-def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description="bench", tls=None):
+def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description="bench", tls=None,
+                   methods=("GET",)):
     """A Gatehouse configuration: one worker thread, one upstream of `nodes` loopback addresses
     (127.0.0.1 .. 127.0.0.N, all reaching the backend bound to 0.0.0.0), `apis` APIs on it, each
     with the `plugins` chain. With `tls`, a TLS listener too, offering HTTP/2 and HTTP/1.1 by
@@ -91,7 +126,7 @@ def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description
     for i in range(apis):
         pattern = "/bench/{id}" if apis == 1 else f"/svc{i}/items/{{id}}"
         lines.append(
-            f'      - {{ name: a{i}, path: "{pattern}", methods: [GET], '
+            f'      - {{ name: a{i}, path: "{pattern}", methods: [{", ".join(methods)}], '
             f"backend: {{ upstream: backend }}{chain} }}"
         )
     return "\n".join(lines) + "\n"

@@ -19,6 +19,12 @@ LABELS = {
     "gatehouse-3-plugins": "Gatehouse, 3 plugins (host-rewrite, headers, request-id)",
     "gatehouse-noop-0.1": "Gatehouse, 1 no-op plugin on contract 0.1 (headers, nothing to set)",
     "gatehouse-noop-0.2": "Gatehouse, 1 no-op plugin on contract 0.2 (the same, with grants)",
+    "bare-pingora-post-1k": "bare Pingora, POST of 1 KiB",
+    "bare-pingora-post-16k": "bare Pingora, POST of 16 KiB",
+    "gatehouse-post-1k": "Gatehouse, POST of 1 KiB, no plugin (streamed)",
+    "gatehouse-post-16k": "Gatehouse, POST of 16 KiB, no plugin (streamed)",
+    "gatehouse-json-1k": "Gatehouse, POST of 1 KiB, json-validator (read whole)",
+    "gatehouse-json-16k": "Gatehouse, POST of 16 KiB, json-validator (read whole)",
     "gatehouse-10k-apis": "Gatehouse, 10,000 APIs",
     "gatehouse-200-nodes": "Gatehouse, 200-node upstream",
     "nginx-tls": "nginx, HTTPS",
@@ -372,6 +378,32 @@ def section_contract(runs):
             + table(("comparison", "CPU µs per request, or ratio"), rows))
 
 
+def section_request_bodies(runs):
+    rows = []
+    for label, size in (("1k", "1 KiB"), ("16k", "16 KiB")):
+        bare, post, json_ = (f"bare-pingora-post-{label}@0", f"gatehouse-post-{label}@0",
+                             f"gatehouse-json-{label}@0")
+        if not (runs.has(post) and runs.has(json_)):
+            continue
+        rows += [
+            (f"{size}: Gatehouse / bare Pingora, no plugin (CPU)",
+             cell(runs.paired(post, bare, "proxy_cpu_us", divide), 2)),
+            (f"{size}: json-validator − no plugin (CPU µs per request)",
+             cell(runs.paired(json_, post, "proxy_cpu_us", subtract), 2, True)),
+            (f"{size}: json-validator / no plugin (throughput)",
+             cell(runs.paired(json_, post, "rps", divide), 3)),
+        ]
+    if not rows:
+        return ""
+    rows.append(("GET, 0 B: Gatehouse / bare Pingora (CPU), for comparison",
+                 cell(runs.paired("gatehouse@0", "bare-pingora@0", "proxy_cpu_us", divide), 2)))
+    return ("## Request bodies\n\nPOSTs of a JSON document (`wrk -c50`, 0 B answers): through "
+            "an API without plugins, whose body streams to the node, and through one whose "
+            "`json-validator` reads it whole and checks it against a small schema. An API "
+            "without body plugins should cost against bare Pingora what a GET does.\n\n"
+            + table(("comparison", "median (min–max)"), rows))
+
+
 def section_plugins(data, runs):
     g1, g3, g0 = "gatehouse-1-plugin@0", "gatehouse-3-plugins@0", "gatehouse@0"
     if not (runs.has(g1) or runs.has(g3)):
@@ -533,6 +565,7 @@ def render(data):
         section_tls(data, runs),
         section_plugins(data, runs),
         section_contract(runs),
+        section_request_bodies(runs),
         section_startup(data),
         section_micro(data),
         section_profiles(data),
