@@ -509,7 +509,7 @@ fn the_json_redact_example_hides_a_field_of_json_responses() {
         )
     };
     let gw = Gateway::start_with(
-        &file_roots_for(&redact),
+        &format!("{}  http: {{ h2c: true }}\n", file_roots_for(&redact)),
         &with_plugins(
             &a,
             &plugin(
@@ -526,6 +526,18 @@ fn the_json_redact_example_hides_a_field_of_json_responses() {
     if let Some(length) = r.header("content-length") {
         assert_eq!(length.parse::<usize>().unwrap(), r.body.len());
     }
+    // the same for an HTTP/2 client
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-H", "x-secret: hunter2"])
+        .args(["-w", "\n%{http_code} %{http_version}", &gw.url("/users/1")])
+        .output()
+        .unwrap();
+    let h2 = String::from_utf8_lossy(&out.stdout);
+    assert!(h2.ends_with("200 2"), "{h2}");
+    assert!(
+        h2.contains(r#""x-secret":"[redacted]""#) && !h2.contains("hunter2"),
+        "{h2}"
+    );
     // without the grant it is refused at load, naming what is missing
     let dir = scratch_dir();
     let file = dir.join("ungranted.yaml");
