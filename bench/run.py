@@ -155,9 +155,10 @@ def parse_args():
                         "Gatehouse at the same body sizes; implies --skip-micro, --skip-profile, "
                         "--skip-startup")
     p.add_argument("--quick", action="store_true",
-                   help="regression guard before a commit: bare Pingora and Gatehouse only, 0 B and "
-                        "1 KiB, 5 interleaved repetitions of 2 s; prints Gatehouse / bare Pingora "
-                        "(about 1.5 minutes); implies --skip-micro, --skip-profile, --skip-startup")
+                   help="regression guard before a commit: bare Pingora and Gatehouse, 0 B and "
+                        "1 KiB, and Gatehouse with one plugin at 0 B, 5 interleaved repetitions of "
+                        "2 s; prints Gatehouse / bare Pingora and one plugin / none (about 2 "
+                        "minutes); implies --skip-micro, --skip-profile, --skip-startup")
     p.add_argument("--only", help="comma-separated variant names (or name@body) to run, from all "
                                   "variants, the TLS ones included (default: all)")
     p.add_argument("--skip-micro", action="store_true", help="skip the criterion benchmarks")
@@ -522,7 +523,8 @@ def machine():
 def main():
     args = parse_args()
     if args.quick and not args.only:
-        args.only = "bare-pingora@0,gatehouse@0,bare-pingora@1024,gatehouse@1024"
+        args.only = ("bare-pingora@0,gatehouse@0,bare-pingora@1024,gatehouse@1024,"
+                     "gatehouse-1-plugin@0")
     if args.only:
         names = set(args.only.split(","))
         todo = [v for v in variants(args.long, tls=True) if v.name in names or v.key in names]

@@ -209,6 +209,8 @@ def section_ratios(data, runs):
         per_body("throughput: 3 plugins / no plugins", "gatehouse-3-plugins@{}", g, "rps"),
         per_body("CPU per request: 1 plugin / no plugins", "gatehouse-1-plugin@{}", g, "proxy_cpu_us"),
         per_body("CPU per request: 3 plugins / no plugins", "gatehouse-3-plugins@{}", g, "proxy_cpu_us"),
+        per_body("added CPU per request: 1 plugin − no plugins, µs", "gatehouse-1-plugin@{}", g,
+                 "proxy_cpu_us", subtract, 1, True),
         per_body("throughput: 10,000 APIs / 1 API", "gatehouse-10k-apis@{}", g, "rps"),
         per_body("CPU per request: 10,000 APIs / 1 API", "gatehouse-10k-apis@{}", g, "proxy_cpu_us"),
         per_body("throughput: 200 nodes / 2 nodes", "gatehouse-200-nodes@{}", g, "rps"),
