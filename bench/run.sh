@@ -5,7 +5,7 @@
 # `bench/run.sh tls [run.py options]` runs only the HTTPS and HTTP/2 variants and their plain peers
 # (run.py --tls-only, about 5 minutes), writing bench/results/RESULTS-<date>-tls.md.
 # `bench/run.sh quick` is the regression guard to run before a commit: Gatehouse / bare Pingora in
-# CPU per request, 0 B and 1 KiB, 5 interleaved repetitions (about 1.5 minutes after the builds).
+# CPU per request, 0 B and 1 KiB, and one plugin against none, 5 interleaved repetitions (about 2 minutes after the builds).
 # `bench/run.sh fleet [fleet.py options]` measures how fast a change through one instance's admin
 # API serves on two others following the same etcd (bench/fleet.py), writing FLEET-<date>.md.
 # `bench/run.sh health [health.py options]` runs the upstream-health soak and the cost of active
@@ -56,7 +56,7 @@ if [ "${1:-}" = health ]; then
 fi
 if [ "${1:-}" = quick ]; then
     shift
-    log "running the regression guard: Gatehouse / bare Pingora (about 1.5 minutes)"
+    log "running the regression guard: Gatehouse / bare Pingora, one plugin / none (about 2 minutes)"
     exec taskset -c 1 python3 bench/run.py --quick "$@"
 fi
 if [ "${1:-}" = fleet ]; then
