@@ -248,6 +248,11 @@ impl Drop for Limiter {
 }
 
 impl Limiter {
+    /// Bytes of linear memory this instance holds.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
     fn new(memory: usize, budget: Arc<MemoryBudget>) -> Self {
         Self {
             budget,

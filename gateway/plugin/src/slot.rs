@@ -194,9 +194,22 @@ const CONFIGURE_TIME: Duration = Duration::from_secs(1);
 /// when the pool is full.
 const POOL_SIZE: usize = 64;
 
+/// An instance whose linear memory grew more than this past its size once configured (a large
+/// body copied in, say) is "grown": wasm memory never shrinks, so it holds that memory for as
+/// long as it lives.
+const GROWN_BY: u64 = 1 << 20;
+
+/// Grown instances kept warm per slot; the others are dropped after their call, which gives
+/// their memory back to the operating system (the next call may wait for a fresh instance).
+const GROWN_KEPT: usize = 4;
+
 struct Warm {
     store: Store<HostState>,
     plugin: Guest,
+    /// Linear memory held once configured.
+    baseline: u64,
+    /// Counted in [`PluginSlot::grown_pooled`] while pooled.
+    grown: bool,
 }
 
 /// An instance of a component of either contract version.
@@ -268,6 +281,8 @@ pub struct PluginSlot {
     log_budget: Arc<LogBudget>,
     /// A background thread is making instances.
     refilling: AtomicBool,
+    /// Grown instances in the pool (at most [`GROWN_KEPT`]).
+    grown_pooled: std::sync::atomic::AtomicUsize,
     /// Signalled when the background thread adds an instance.
     ready: Notify,
     breaker: Breaker,
@@ -326,6 +341,7 @@ impl PluginSlot {
             breaker: Breaker::new(label),
             metrics: PluginMetrics::new(label),
             refilling: AtomicBool::new(false),
+            grown_pooled: std::sync::atomic::AtomicUsize::new(0),
             ready: Notify::new(),
         };
         let mut warm = slot.instance()?;
@@ -365,6 +381,7 @@ impl PluginSlot {
         slot.granted_by = granted_by;
         slot.declared = configured.needs;
         warm.store.data_mut().grants = slot.grants.clone();
+        warm.baseline = warm.store.data().limiter.held();
         let _ = slot.pool.push(warm);
         Ok(Arc::new(slot))
     }
@@ -451,7 +468,12 @@ impl PluginSlot {
             Component::V2(pre) => pre.instantiate(&mut store).map(Guest::V2),
         }
         .map_err(|e| self.trap_failure(&store, e, "instantiate"))?;
-        Ok(Warm { store, plugin })
+        Ok(Warm {
+            store,
+            plugin,
+            baseline: 0,
+            grown: false,
+        })
     }
 
     /// Configures an instance; returns what `configure` declared.
@@ -480,7 +502,17 @@ impl PluginSlot {
     fn instantiate(&self) -> Result<Warm, Failure> {
         let mut warm = self.instance()?;
         self.configure(&mut warm)?;
+        warm.baseline = warm.store.data().limiter.held();
         Ok(warm)
+    }
+
+    /// A pooled instance, if any.
+    fn pop(&self) -> Option<Warm> {
+        let mut warm = self.pool.pop()?;
+        if std::mem::take(&mut warm.grown) {
+            self.grown_pooled.fetch_sub(1, Ordering::AcqRel);
+        }
+        Some(warm)
     }
 
     /// A warm instance. Instances are made by a background thread, never on the worker thread
@@ -499,7 +531,7 @@ impl PluginSlot {
                 return Err(f);
             }
         }
-        if let Some(warm) = self.pool.pop() {
+        if let Some(warm) = self.pop() {
             if self.pool.is_empty() {
                 self.refill();
             }
@@ -511,7 +543,7 @@ impl PluginSlot {
             let notified = self.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(warm) = self.pool.pop() {
+            if let Some(warm) = self.pop() {
                 return Ok(warm);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -591,9 +623,23 @@ impl PluginSlot {
         }
     }
 
-    fn release(&self, warm: Warm) {
-        if self.limits.reuse_instances {
-            let _ = self.pool.push(warm);
+    fn release(&self, mut warm: Warm) {
+        if !self.limits.reuse_instances {
+            return;
+        }
+        let grown = warm.store.data().limiter.held() > warm.baseline + GROWN_BY;
+        if grown {
+            if self.grown_pooled.fetch_add(1, Ordering::AcqRel) >= GROWN_KEPT {
+                // dropping it unmaps its memory
+                self.grown_pooled.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+            warm.grown = true;
+        }
+        if let Err(rejected) = self.pool.push(warm) {
+            if rejected.grown {
+                self.grown_pooled.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 

@@ -485,3 +485,64 @@ fn a_component_built_for_neither_contract_is_refused_with_its_name_and_what_it_l
     assert!(error.starts_with("test:empty"), "{error}");
     assert!(error.contains("no export `configure`"), "{error}");
 }
+
+#[test]
+fn instances_grown_by_large_bodies_are_not_all_kept_warm() {
+    let engine = engine();
+    let grants = PluginGrants {
+        response_body: true,
+        ..PluginGrants::default()
+    };
+    // each call copies a 3 MiB body into the instance and appends to it
+    let limits = SlotLimits {
+        memory: 64 << 20,
+        body: 4 << 20,
+        ..LIMITS
+    };
+    let pre = engine
+        .load("test:grant-probe", || Ok(probe_bytes()))
+        .unwrap();
+    let slot = PluginSlot::with_grants(
+        engine.clone(),
+        pre,
+        "grant-probe",
+        "shop",
+        "orders",
+        r#"{"needs":{"response_body":true},"append_to_response":"!"}"#.to_owned(),
+        limits,
+        Some(Grants::configured(&grants).unwrap()),
+        false,
+    )
+    .unwrap();
+    let used = || engine.memory_budget().used();
+    let body = vec![b'x'; 3 << 20];
+    let respond = |h: gatehouse_plugin_host::HeldInstance| {
+        let out = h
+            .on_response_body(&mut request(), 200, &http::HeaderMap::new(), &body, None)
+            .unwrap();
+        assert_eq!(out.map(|b| b.len()), Some(body.len() + 1));
+    };
+    // what one instance grows by with such a body (it stays warm: the first grown one)
+    let idle = used();
+    respond(block(slot.hold()).unwrap());
+    let one = used() - idle;
+    // twelve responses at once, each holding its own instance
+    let held: Vec<_> = (0..12).map(|_| block(slot.hold()).unwrap()).collect();
+    for h in held {
+        respond(h);
+    }
+    let after = used();
+    eprintln!("linear memory: idle {idle}, one instance grew by {one}, after 12 at once {after}");
+    // four grown instances stay warm (and a few fresh spares); keeping all twelve would hold
+    // twelve times `one`
+    assert!(
+        after - idle <= 6 * one,
+        "instances kept {} bytes of linear memory; one grows by {one}",
+        after - idle
+    );
+    // and the slot keeps serving
+    let h = block(slot.hold()).unwrap();
+    assert!(h
+        .on_response_body(&mut request(), 200, &http::HeaderMap::new(), b"ok", None)
+        .is_ok());
+}
