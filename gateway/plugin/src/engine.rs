@@ -29,8 +29,9 @@ pub fn set_release_freed_memory(release: fn()) {
     let _ = RELEASE_FREED_MEMORY.set(release);
 }
 
-/// Gives freed memory back to the operating system, if the binary said how.
-pub(crate) fn release_freed_memory() {
+/// Gives freed memory back to the operating system, if the binary said how (after freeing a
+/// large buffer: the host's hostile replies, the proxy's whole bodies).
+pub fn release_freed_memory() {
     if let Some(release) = RELEASE_FREED_MEMORY.get() {
         release();
     }

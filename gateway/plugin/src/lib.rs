@@ -19,7 +19,9 @@ pub mod metrics;
 pub mod slot;
 
 pub use bindings::{EditLimits, MemoryBudget, Node, Reply};
-pub use engine::{set_release_freed_memory, Component, LoadError, PluginEngine, EPOCH_TICK};
+pub use engine::{
+    release_freed_memory, set_release_freed_memory, Component, LoadError, PluginEngine, EPOCH_TICK,
+};
 pub use grants::{Grants, Needs};
 pub use slot::{Failure, GrantedBy, HeldInstance, Hook, PluginSlot, RequestOutcome, SlotLimits};
 pub mod standard;

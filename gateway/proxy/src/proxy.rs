@@ -141,7 +141,13 @@ pub struct RequestCtx {
     held_response: Option<HeldResponse>,
     /// Their instances, taken in the header phase.
     held_plugins: Vec<(HeldInstance, OnError)>,
+    /// A body of at least [`LARGE_BODY`] was held whole for plugins.
+    large_body: bool,
 }
+
+/// A body held whole that is at least this large is given back to the operating system when
+/// its request ends (an allocator would keep it resident for reuse).
+const LARGE_BODY: usize = 256 * 1024;
 
 impl RequestCtx {
     fn upstream<'r>(&self, runtime: &'r Runtime) -> Option<&'r crate::upstream::UpstreamRuntime> {
@@ -539,6 +545,7 @@ impl ProxyHttp for Gateway {
             request_body: None,
             request_framed: false,
             held_response: None,
+            large_body: false,
             held_plugins: Vec::new(),
         }
     }
@@ -975,6 +982,7 @@ impl ProxyHttp for Gateway {
         let Some(held) = ctx.held_response.take() else {
             return Ok(None);
         };
+        ctx.large_body |= held.buffer.len() >= LARGE_BODY;
         let whole = held.buffer.freeze();
         let plugins = std::mem::take(&mut ctx.held_plugins);
         match run_response_body(
@@ -1223,6 +1231,15 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         if ctx.upgraded {
             crate::metrics::METRICS.websocket_open.dec();
+        }
+        if ctx.large_body
+            || ctx
+                .request_body
+                .take()
+                .is_some_and(|body| body.len() >= LARGE_BODY)
+        {
+            // the whole body is freed now: give it back rather than keep it resident
+            gatehouse_plugin_host::release_freed_memory();
         }
         let Some(runtime) = &ctx.runtime else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
