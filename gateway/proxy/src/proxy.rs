@@ -267,13 +267,26 @@ async fn answer_error(
     respond::write_error(session, body, extra).await
 }
 
-/// The answer to a request a `fail_closed` plugin stopped.
-fn plugin_error<'a>(api: &'a ApiRuntime, stopped: &'a Stopped<'a>) -> ErrorBody<'a> {
+/// An answer the gateway makes itself about an API: the error, with its service and API named.
+fn api_error<'a>(
+    api: &'a ApiRuntime,
+    status: u16,
+    error: &'static str,
+    message: impl Into<String>,
+) -> ErrorBody<'a> {
     ErrorBody {
         service: Some(&api.service),
         api: Some(&api.name),
+        ..ErrorBody::new(status, error, message)
+    }
+}
+
+/// The answer to a request a `fail_closed` plugin stopped.
+fn plugin_error<'a>(api: &'a ApiRuntime, stopped: &'a Stopped<'a>) -> ErrorBody<'a> {
+    ErrorBody {
         plugin: Some(stopped.plugin),
-        ..ErrorBody::new(
+        ..api_error(
+            api,
             500,
             "plugin_failed",
             format!(
@@ -359,15 +372,12 @@ impl Gateway {
         if api.plugins.reads_a_body() && respond::is_grpc(session) {
             // a gRPC call streams its messages: there is no whole body to hand a plugin
             session.set_keepalive(None);
-            let body = ErrorBody {
-                service: Some(&api.service),
-                api: Some(&api.name),
-                ..ErrorBody::new(
-                    415,
-                    "unsupported_media_type",
-                    "this API's plugins read whole bodies, which a gRPC call does not have (its messages stream): publish gRPC methods on an API whose plugins read no body",
-                )
-            };
+            let body = api_error(
+                api,
+                415,
+                "unsupported_media_type",
+                "this API's plugins read whole bodies, which a gRPC call does not have (its messages stream): publish gRPC methods on an API whose plugins read no body",
+            );
             answer_error(session, ctx, &body, None).await?;
             return Ok(true);
         }
@@ -405,25 +415,19 @@ impl Gateway {
                             || "the request body".to_owned(),
                             |l| format!("the request body of {l} bytes"),
                         );
-                        ErrorBody {
-                            service: Some(&api.service),
-                            api: Some(&api.name),
-                            ..ErrorBody::new(
-                                413,
-                                "payload_too_large",
-                                format!("{size} is over the limit of {limit} bytes of this API's plugins, which read it whole"),
-                            )
-                        }
-                    }
-                    Refused::LengthRequired => ErrorBody {
-                        service: Some(&api.service),
-                        api: Some(&api.name),
-                        ..ErrorBody::new(
-                            411,
-                            "length_required",
-                            "this API's plugins read the request body whole: a body over 64 KiB needs a Content-Length",
+                        api_error(
+                            api,
+                            413,
+                            "payload_too_large",
+                            format!("{size} is over the limit of {limit} bytes of this API's plugins, which read it whole"),
                         )
-                    },
+                    }
+                    Refused::LengthRequired => api_error(
+                        api,
+                        411,
+                        "length_required",
+                        "this API's plugins read the request body whole: a body over 64 KiB needs a Content-Length",
+                    ),
                 };
                 answer_error(session, ctx, &body, None).await?;
                 Ok(true)
@@ -661,15 +665,12 @@ impl ProxyHttp for Gateway {
                 if let Some(length) = declared_length(session.req_header()) {
                     if length > limit {
                         let api = &runtime.apis[api];
-                        let body = ErrorBody {
-                            service: Some(&api.service),
-                            api: Some(&api.name),
-                            ..ErrorBody::new(
-                                413,
-                                "payload_too_large",
-                                format!("the request body of {length} bytes is over this API's limit of {limit} bytes"),
-                            )
-                        };
+                        let body = api_error(
+                            api,
+                            413,
+                            "payload_too_large",
+                            format!("the request body of {length} bytes is over this API's limit of {limit} bytes"),
+                        );
                         answer_error(session, ctx, &body, None).await?;
                         return Ok(true);
                     }
