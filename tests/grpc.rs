@@ -91,7 +91,7 @@ fn gateway_to(node_port: u16, protocol: &str, tls: &str, instance_extra: &str) -
 services:
   - name: demo
     apis:
-      - {{ name: echo, path: "/demo.Echo/{{method}}", methods: [POST], backend: {{ upstream: grpc }} }}
+      - {{ name: echo, path: "/demo.Echo/{{method}}", methods: [POST], grpc: true, backend: {{ upstream: grpc }} }}
 "#
         ),
     )
@@ -180,6 +180,7 @@ fn a_node_speaking_http2_over_tls_is_reached_by_alpn() {
 
 #[test]
 fn a_grpc_call_on_an_api_whose_plugins_read_bodies_is_refused_before_the_node() {
+    // an API not marked grpc: true (which would refuse the plugin at load) meets a gRPC call;
     // no node listens: a call that got past the plugins would be UNAVAILABLE
     let port = free_port();
     let gw = Gateway::start_with(

@@ -452,6 +452,30 @@ fn a_body_plugin_on_a_websocket_api_is_refused_at_load() {
     );
 }
 
+#[test]
+fn a_body_plugin_on_a_grpc_api_is_refused_at_load() {
+    let dir = scratch_dir();
+    let file = dir.join("grpc-body.yaml");
+    let yaml = |plugin: &str| {
+        format!(
+            "{}upstreams:\n  - {{ name: u, vpc: vpc-main, protocol: http, http2: true, nodes: [{{ host: 127.0.0.1, port: 50051 }}] }}\nservices:\n  - name: s\n    apis:\n      - name: echo\n        path: \"/demo.Echo/{{method}}\"\n        methods: [POST]\n        grpc: true\n        backend: {{ upstream: u }}\n        plugins:\n          - {plugin}\n",
+            instance_yaml(1, 2),
+        )
+    };
+    std::fs::write(&file, yaml("{ name: json-validator }")).unwrap();
+    let (status, _, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("services[0].apis[0].plugins[0]: plugin json-validator reads whole bodies")
+            && err.contains("gRPC API (grpc: true)"),
+        "{err}"
+    );
+    // a plugin that reads headers only is welcome there
+    std::fs::write(&file, yaml("{ name: request-id }")).unwrap();
+    let (status, out, err) = run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+}
+
 /// A body plugin works for HTTP/2 clients as for HTTP/1.1 ones: the body is read whole from
 /// the stream's DATA frames, checked, and the valid one goes upstream.
 #[test]

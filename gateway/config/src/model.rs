@@ -601,6 +601,8 @@ pub struct Api {
     pub access_log: Option<f64>,
     /// WebSocket upgrades pass through to the node.
     pub websocket: bool,
+    /// The API carries gRPC calls (its upstream speaks HTTP/2, its plugins read no body).
+    pub grpc: bool,
 }
 
 /// Where a plugin's component comes from.

@@ -393,6 +393,9 @@ pub struct RawApi {
     /// Passes WebSocket upgrades through to the node (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket: Option<bool>,
+    /// Carries gRPC calls (default false): checked at load for what gRPC needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<bool>,
 }
 
 /// A plugin on an API: a standard plugin by `name`, or a component file by `path`.

@@ -1834,6 +1834,10 @@ impl Validator {
                 let secret_env = instance.map_or(&default_env[..], |i| &i.secret_env[..]);
                 let plugins =
                     self.plugins(&apath, &a.plugins, &plugin_limits, secret_env, base_dir);
+                let grpc = a.grpc.unwrap_or(false);
+                if grpc {
+                    self.grpc_api(&apath, a, methods.as_deref(), upstreams);
+                }
                 if let (Some(path), Some(methods), Some(backend)) = (pattern, methods, backend) {
                     apis.push(Api {
                         name: a.name.clone(),
@@ -1844,6 +1848,7 @@ impl Validator {
                         backend,
                         plugins,
                         websocket: a.websocket.unwrap_or(false),
+                        grpc,
                         access_log: match a.access_log {
                             None => None,
                             Some(RawLogChoice::Switch(on)) => Some(if on { 1.0 } else { 0.0 }),
@@ -1981,6 +1986,51 @@ impl Validator {
             }
         }
         existing.push((methods.to_vec(), apath.to_owned()));
+    }
+
+    /// What an API marked `grpc: true` needs: POST among its methods, an upstream that speaks
+    /// HTTP/2, and no WebSocket upgrades (its plugins are checked when they are loaded).
+    fn grpc_api(
+        &mut self,
+        apath: &str,
+        a: &RawApi,
+        methods: Option<&[String]>,
+        upstreams: &[RawUpstream],
+    ) {
+        let gpath = format!("{apath}.grpc");
+        if a.websocket == Some(true) {
+            self.problem(
+                gpath.clone(),
+                "an API carries gRPC calls or WebSocket upgrades, not both",
+                "publish them as two APIs, or remove websocket: true",
+            );
+        }
+        if methods.is_some_and(|m| !m.is_empty() && !m.iter().any(|m| m == "POST")) {
+            self.problem(
+                format!("{apath}.methods"),
+                "gRPC calls are POST requests, and this API does not accept POST",
+                "add POST to methods, or omit methods",
+            );
+        }
+        match (&a.backend.upstream, &a.backend.response) {
+            (Some(name), None) => {
+                if let Some(u) = upstreams.iter().find(|u| &u.name == name) {
+                    if u.http2 != Some(true) {
+                        self.problem(
+                            gpath,
+                            format!("gRPC calls need HTTP/2 to the nodes, and upstream {name:?} speaks HTTP/1.1"),
+                            format!("set http2: true on upstream {name:?}"),
+                        );
+                    }
+                }
+            }
+            (None, Some(_)) => self.problem(
+                gpath,
+                "a fixed response is not a gRPC answer",
+                "give a gRPC API an upstream backend",
+            ),
+            _ => {}
+        }
     }
 
     fn backend(

@@ -430,3 +430,55 @@ fn a_written_back_config_reads_the_same() {
     let again = gatehouse_config::parse_raw(&gatehouse_config::to_yaml(&raw), "t").unwrap();
     assert_eq!(raw, again);
 }
+
+#[test]
+fn a_grpc_api_needs_http2_to_its_nodes_post_and_no_websocket() {
+    // the valid form: an HTTP/2 upstream, POST accepted
+    let mut doc = base();
+    set(&mut doc, "upstreams[0].http2", "true");
+    set(&mut doc, "services[0].apis[1].grpc", "true");
+    set(&mut doc, "services[0].apis[1].methods", "[POST]");
+    assert_eq!(problems_of(&doc), Vec::<String>::new());
+    let cfg = parse(&serde_yaml::to_string(&doc).unwrap(), "t", Path::new("/")).unwrap();
+    assert!(cfg.services[0].apis[1].grpc && !cfg.services[0].apis[0].grpc);
+
+    // every mistake at once, each at its path
+    let mut doc = base();
+    set(&mut doc, "services[0].apis[1].grpc", "true");
+    set(&mut doc, "services[0].apis[1].websocket", "true");
+    set(&mut doc, "services[0].apis[2].grpc", "true");
+    let problems = problems_of(&doc);
+    let has = |path: &str, words: &str| {
+        problems
+            .iter()
+            .any(|p| p.contains(&format!("{path}: ")) && p.contains(words))
+    };
+    assert!(
+        has(
+            "services[0].apis[1].grpc",
+            "upstream \"user_service\" speaks HTTP/1.1"
+        ) && problems
+            .iter()
+            .any(|p| p.contains("set http2: true on upstream \"user_service\"")),
+        "{problems:#?}"
+    );
+    assert!(
+        has("services[0].apis[1].methods", "does not accept POST"),
+        "{problems:#?}"
+    );
+    assert!(
+        has(
+            "services[0].apis[1].grpc",
+            "gRPC calls or WebSocket upgrades, not both"
+        ),
+        "{problems:#?}"
+    );
+    assert!(
+        has(
+            "services[0].apis[2].grpc",
+            "a fixed response is not a gRPC answer"
+        ),
+        "{problems:#?}"
+    );
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+}

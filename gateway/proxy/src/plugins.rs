@@ -138,6 +138,13 @@ impl ApiPlugins {
                         "use the plugin on an API without websocket: true",
                     ))
                 }
+                Ok(slot) if api.grpc && (slot.reads_request_body() || slot.reads_response_body()) => {
+                    problems.push(Problem::new(
+                        path,
+                        format!("plugin {label} reads whole bodies, which the streamed messages of a gRPC API (grpc: true) are not"),
+                        "use the plugin on an API without grpc: true, or a plugin that reads headers only",
+                    ))
+                }
                 Ok(slot) => {
                     if let Some(key) = declared_key(&plugin.source) {
                         gatehouse_config::secrets::declare(key, slot.secret_keys(), &plugin.config);

@@ -376,7 +376,7 @@ impl Gateway {
                 api,
                 415,
                 "unsupported_media_type",
-                "this API's plugins read whole bodies, which a gRPC call does not have (its messages stream): publish gRPC methods on an API whose plugins read no body",
+                "this API's plugins read whole bodies, which a gRPC call does not have (its messages stream): publish gRPC methods on an API marked grpc: true, whose plugins read no body",
             );
             answer_error(session, ctx, &body, None).await?;
             return Ok(true);
