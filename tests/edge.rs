@@ -434,6 +434,37 @@ fn a_client_dripping_its_header_is_cut_off() {
 }
 
 #[test]
+fn a_kept_alive_connections_header_deadline_runs_from_its_first_byte() {
+    let a = echo("a");
+    let gw = with_limits(&a, "    header_timeout: 1s\n    idle_timeout: 10s\n");
+    let mut s = connect(&gw);
+    let request = b"GET /x HTTP/1.1\r\nHost: edge.test\r\n\r\n";
+    s.write_all(request).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    // idle for longer than header_timeout (within idle_timeout), then a prompt request: served
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(request).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    // idle again, then a header that starts and drips: cut header_timeout after its first byte
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"GET /x HTTP/1.1\r\n").unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    for i in 0..32 {
+        std::thread::sleep(Duration::from_millis(250));
+        if s.write_all(format!("X-Drip-{i}: y\r\n").as_bytes())
+            .is_err()
+            || closed_within(&mut s, Duration::from_millis(1))
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "still open after {:?} of dripping", started.elapsed());
+    assert_eq!(a.stats().requests(), 2);
+}
+
+#[test]
 fn idle_kept_alive_connections_are_closed_and_requests_per_connection_bounded() {
     let a = echo("a");
     let gw = with_limits(

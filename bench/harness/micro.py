@@ -11,6 +11,8 @@ KNOWN = {
     "route_lookup/10000": "route lookup, 10,000 APIs",
     "select_pick/2": "node pick, 2 nodes",
     "select_pick/200": "node pick, 200 nodes",
+    "forwarding_headers/first_request": "forwarding headers, a connection's first request",
+    "forwarding_headers/kept_alive": "forwarding headers, a kept-alive request",
     "plugin_call/host-rewrite/warm": "host-rewrite on-request, warm instance",
     "plugin_call/host-rewrite/fresh": "host-rewrite on-request, fresh instance per call",
     "plugin_call/headers/warm": "headers on-request, warm instance",

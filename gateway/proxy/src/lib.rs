@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod bodies;
+pub mod forwarding;
 pub mod health;
 pub mod listener;
 pub mod metrics;

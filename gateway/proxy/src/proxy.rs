@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use http::header::{HOST, RETRY_AFTER};
-use http::{HeaderName, Method};
+use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -43,12 +43,6 @@ use crate::runtime::{ApiBackend, ApiRuntime, Runtime, SharedRuntime};
 use crate::selection::TriedSet;
 use gatehouse_config::OnError;
 use gatehouse_plugin_host::HeldInstance;
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Error raised when an upstream has no node left to try.
 const NO_NODE: ErrorType = ErrorType::Custom("NoNodeAvailable");
@@ -776,9 +770,10 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        // (the request's own snapshot, borrowed: the context's other fields change below)
         let runtime = ctx
             .runtime
-            .clone()
+            .as_deref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request was not routed"))?;
         let api = &runtime.apis[ctx.api.unwrap_or_default()];
         let ApiBackend::Upstream {
@@ -797,14 +792,15 @@ impl ProxyHttp for Gateway {
                 None,
             ));
         };
-        let Some(template) = upstream.nodes[node].peer() else {
+        let template = upstream.nodes[node].peer_template();
+        let Some(template) = template.as_deref() else {
             return Error::e_explain(NO_NODE, "node lost its address");
         };
         ctx.tried.insert(node);
         ctx.node = Some(node);
         ctx.position = Some(position);
         ctx.attempts += 1;
-        let mut peer = Box::new(HttpPeer::clone(&template));
+        let mut peer = Box::new(HttpPeer::clone(template));
         // an attempt never outlives the request's retry budget
         let timeout = match upstream.config.retry_budget {
             Some(budget) => (*timeout)
@@ -834,13 +830,16 @@ impl ProxyHttp for Gateway {
             upstream_request.remove_header(&http::header::EXPECT);
         }
         if let Some(runtime) = &ctx.runtime {
-            forwarding_headers(
-                upstream_request,
-                &runtime.config.instance.http,
-                ctx.client_ip,
-                ctx.client_host.as_ref(),
-                ctx.scheme,
-            )?;
+            crate::listener::with_forwarding_memo(|memo| {
+                crate::forwarding::apply(
+                    upstream_request,
+                    &runtime.config.instance.http,
+                    ctx.client_ip,
+                    ctx.client_host.as_ref(),
+                    ctx.scheme,
+                    memo,
+                )
+            })?;
         }
         if let Some(upstream) = ctx.runtime.as_ref().and_then(|r| ctx.upstream(r)) {
             if let Some(host) = upstream
@@ -1671,125 +1670,6 @@ fn compose(
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and `Forwarded`. From a peer in
 /// `trusted_proxies` the incoming values are kept and extended; from any other peer they are
 /// replaced by what the gateway saw, so a client cannot forge its address or scheme.
-fn forwarding_headers(
-    req: &mut RequestHeader,
-    http: &HttpOptions,
-    peer: Option<IpAddr>,
-    client_host: Option<&http::HeaderValue>,
-    scheme: &'static str,
-) -> Result<()> {
-    let trusted = peer.is_some_and(|ip| http.trusts(ip));
-    let peer_text = peer.map(|ip| ip.to_string());
-    if trusted {
-        let peer_text = peer_text.as_deref().unwrap_or_default();
-        // several X-Forwarded-For lines are one list
-        let mut chain = String::new();
-        for line in req.headers.get_all(X_FORWARDED_FOR) {
-            if let Ok(line) = line.to_str() {
-                for hop in line.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-                    if !chain.is_empty() {
-                        chain.push_str(", ");
-                    }
-                    chain.push_str(hop);
-                }
-            }
-        }
-        let client = settle_client(&chain, peer, http);
-        if !chain.is_empty() {
-            chain.push_str(", ");
-        }
-        chain.push_str(peer_text);
-        req.insert_header(X_FORWARDED_FOR, chain)?;
-        if let Some(client) = client {
-            req.insert_header(X_REAL_IP, client.to_string())?;
-        }
-        if !req.headers.contains_key(X_FORWARDED_PROTO) {
-            req.insert_header(X_FORWARDED_PROTO, scheme)?;
-        }
-        if !req.headers.contains_key(X_FORWARDED_HOST) {
-            if let Some(host) = client_host {
-                req.insert_header(X_FORWARDED_HOST, host.clone())?;
-            }
-        }
-        let mut forwarded = String::new();
-        for line in req.headers.get_all(FORWARDED) {
-            if let Ok(line) = line.to_str() {
-                forwarded.push_str(line);
-                forwarded.push_str(", ");
-            }
-        }
-        forwarded_element(&mut forwarded, peer, client_host, scheme);
-        req.insert_header(FORWARDED, forwarded)?;
-    } else {
-        match &peer_text {
-            Some(ip) => {
-                req.insert_header(X_FORWARDED_FOR, ip.as_str())?;
-                req.insert_header(X_REAL_IP, ip.as_str())?;
-            }
-            None => {
-                req.remove_header(&X_FORWARDED_FOR);
-                req.remove_header(&X_REAL_IP);
-            }
-        }
-        req.insert_header(X_FORWARDED_PROTO, scheme)?;
-        match client_host {
-            Some(host) => req.insert_header(X_FORWARDED_HOST, host.clone())?,
-            None => drop(req.remove_header(&X_FORWARDED_HOST)),
-        }
-        let mut forwarded = String::new();
-        forwarded_element(&mut forwarded, peer, client_host, scheme);
-        req.insert_header(FORWARDED, forwarded)?;
-    }
-    Ok(())
-}
-
-/// The client address behind a chain of trusted proxies: the right-most address of
-/// `X-Forwarded-For` + peer that is not a trusted proxy (or the left-most one when all are).
-fn settle_client(chain: &str, peer: Option<IpAddr>, http: &HttpOptions) -> Option<IpAddr> {
-    let mut client = peer?;
-    for hop in chain.rsplit(',').map(str::trim) {
-        if !http.trusts(client) {
-            break;
-        }
-        match hop.parse::<IpAddr>() {
-            Ok(ip) => client = ip,
-            Err(_) => break,
-        }
-    }
-    Some(client)
-}
-
-/// Appends the RFC 7239 element for this hop: `for=...;host=...;proto=http`.
-fn forwarded_element(
-    out: &mut String,
-    peer: Option<IpAddr>,
-    host: Option<&http::HeaderValue>,
-    scheme: &str,
-) {
-    match peer {
-        Some(IpAddr::V6(ip)) => {
-            out.push_str("for=\"[");
-            out.push_str(&ip.to_string());
-            out.push_str("]\"");
-        }
-        Some(ip) => {
-            out.push_str("for=");
-            out.push_str(&ip.to_string());
-        }
-        None => out.push_str("for=unknown"),
-    }
-    if let Some(host) = host.and_then(|h| h.to_str().ok()).filter(|h| {
-        h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
-    }) {
-        out.push_str(";host=\"");
-        out.push_str(host);
-        out.push('"');
-    }
-    out.push_str(";proto=");
-    out.push_str(scheme);
-}
-
 /// A short description of a proxy error for the client.
 fn describe(e: &Error) -> String {
     match e.etype() {
@@ -1811,13 +1691,6 @@ fn describe(e: &Error) -> String {
 mod tests {
     use super::*;
 
-    fn trusting(cidrs: &[&str]) -> HttpOptions {
-        HttpOptions {
-            trusted_proxies: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
-            ..HttpOptions::default()
-        }
-    }
-
     #[test]
     fn client_query_cannot_override_the_mapping() {
         let uri = compose("/v2/orders/9?user=7", Some("x=1&us%65r=8"), Conflict::Drop).unwrap();
@@ -1826,54 +1699,5 @@ mod tests {
         let uri = compose("/v1/users/7", Some("a=1&b"), Conflict::Refuse).unwrap();
         assert_eq!(uri, "/v1/users/7?a=1&b");
         assert_eq!(compose("/v1", Some(""), Conflict::Refuse).unwrap(), "/v1");
-    }
-
-    #[test]
-    fn forwarding_headers_from_untrusted_peers_are_replaced() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.append_header("x-forwarded-for", "6.6.6.6").unwrap();
-        req.append_header("x-real-ip", "6.6.6.6").unwrap();
-        req.append_header("x-forwarded-proto", "https").unwrap();
-        req.append_header("forwarded", "for=6.6.6.6").unwrap();
-        let host = http::HeaderValue::from_static("shop.example");
-        let peer = "203.0.113.9".parse().ok();
-        forwarding_headers(&mut req, &trusting(&[]), peer, Some(&host), "http").unwrap();
-        let h = |n: &str| req.headers.get(n).unwrap().to_str().unwrap().to_owned();
-        assert_eq!(h("x-forwarded-for"), "203.0.113.9");
-        assert_eq!(h("x-real-ip"), "203.0.113.9");
-        assert_eq!(h("x-forwarded-proto"), "http");
-        assert_eq!(h("x-forwarded-host"), "shop.example");
-        assert_eq!(
-            h("forwarded"),
-            "for=203.0.113.9;host=\"shop.example\";proto=http"
-        );
-    }
-
-    #[test]
-    fn forwarding_headers_from_trusted_peers_are_extended() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.append_header("x-forwarded-for", "198.51.100.1, 10.0.0.7")
-            .unwrap();
-        req.append_header("x-forwarded-for", "10.0.0.8").unwrap();
-        req.append_header("x-forwarded-proto", "https").unwrap();
-        req.append_header("forwarded", "for=198.51.100.1").unwrap();
-        let peer = "10.0.0.9".parse().ok();
-        forwarding_headers(&mut req, &trusting(&["10.0.0.0/8"]), peer, None, "http").unwrap();
-        let h = |n: &str| req.headers.get(n).unwrap().to_str().unwrap().to_owned();
-        assert_eq!(
-            h("x-forwarded-for"),
-            "198.51.100.1, 10.0.0.7, 10.0.0.8, 10.0.0.9"
-        );
-        assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h("x-real-ip"), "198.51.100.1");
-        assert_eq!(h("x-forwarded-proto"), "https");
-        assert_eq!(h("forwarded"), "for=198.51.100.1, for=10.0.0.9;proto=http");
-    }
-
-    #[test]
-    fn ipv6_peers_are_quoted_in_forwarded() {
-        let mut out = String::new();
-        forwarded_element(&mut out, "2001:db8::1".parse().ok(), None, "http");
-        assert_eq!(out, "for=\"[2001:db8::1]\";proto=http");
     }
 }

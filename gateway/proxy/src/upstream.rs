@@ -71,6 +71,11 @@ impl NodeRuntime {
         self.peer.load_full()
     }
 
+    /// The node's peer, borrowed for the time of one attempt's copy (no reference count).
+    pub fn peer_template(&self) -> arc_swap::Guard<Option<Arc<HttpPeer>>> {
+        self.peer.load()
+    }
+
     pub fn is_available(&self) -> bool {
         self.peer.load().is_some()
     }

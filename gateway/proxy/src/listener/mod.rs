@@ -126,6 +126,16 @@ tokio::task_local! {
     static CONNECTION: Arc<ConnectionClock>;
 }
 
+/// Runs `f` with the forwarding values the requests of the current HTTP/1 connection share
+/// (`None` on an HTTP/2 stream).
+pub fn with_forwarding_memo<R>(f: impl FnOnce(Option<&crate::forwarding::Memo>) -> R) -> R {
+    let mut f = Some(f);
+    match CONNECTION.try_with(|c| (f.take().expect("called once"))(Some(&c.forwarding))) {
+        Ok(r) => r,
+        Err(_) => (f.take().expect("called once"))(None),
+    }
+}
+
 /// Marks the current request's header as fully received (called by the proxy's first hook).
 pub fn header_received() {
     let _ = CONNECTION.try_with(|c| c.header_done.store(true, Ordering::Release));
@@ -142,6 +152,8 @@ struct ConnectionClock {
     header_done: AtomicBool,
     /// A request has been started on this connection already.
     reused: AtomicBool,
+    /// The forwarding headers' values its requests share.
+    forwarding: crate::forwarding::Memo,
 }
 
 impl ConnectionClock {
@@ -153,6 +165,7 @@ impl ConnectionClock {
             first_byte_seen: Notify::new(),
             header_done: AtomicBool::new(false),
             reused: AtomicBool::new(false),
+            forwarding: crate::forwarding::Memo::default(),
         }
     }
 
@@ -172,15 +185,11 @@ impl ConnectionClock {
         }
     }
 
-    /// Resolves when the first byte of the awaited header has arrived, with its time.
-    async fn first_byte(&self) -> Instant {
-        loop {
-            let notified = self.first_byte_seen.notified();
-            let micros = self.first_byte.load(Ordering::Acquire);
-            if micros > 0 {
-                return self.started + Duration::from_micros(micros - 1);
-            }
-            notified.await;
+    /// When the first byte of the awaited header arrived, if it has.
+    fn first_byte(&self) -> Option<Instant> {
+        match self.first_byte.load(Ordering::Acquire) {
+            0 => None,
+            micros => Some(self.started + Duration::from_micros(micros - 1)),
         }
     }
 }
@@ -276,45 +285,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeHttp<A> {
         let started = Instant::now();
         let request = self.inner.process_new_http(session, &self.drain);
         tokio::pin!(request);
-        let deadline = async {
-            // The first request's clock runs from the accept; a kept-alive connection may idle
-            // (bounded by `idle_timeout`) until its next request starts.
-            let from = if first_request {
-                started
-            } else {
-                clock.first_byte().await
-            };
-            tokio::time::sleep_until((from + self.limits.header_timeout).into()).await;
-        };
-        // A kept-alive connection still idle a grace after the drain started is closed; one
-        // whose next request has begun to arrive gets it answered.
-        let idle_in_drain = async {
-            if first_request {
-                return std::future::pending().await;
-            }
-            let mut drain = self.drain.clone();
-            let _ = drain.wait_for(|draining| *draining).await;
-            let grace = DRAIN_IDLE_GRACE.min(self.limits.idle_timeout);
-            tokio::time::sleep_until((drain_started().max(started) + grace).into()).await;
-            if clock.first_byte.load(Ordering::Acquire) > 0 {
-                std::future::pending::<()>().await;
-            }
-        };
         tokio::select! {
             biased;
             reused = &mut request => reused,
-            () = deadline => {
-                if clock.header_done.load(Ordering::Acquire) {
-                    request.await
-                } else {
+            cut = self.watchdog(&clock, started, first_request) => match cut {
+                Cut::HeaderTimeout => {
                     METRICS.closed.with_label_values(&["header_timeout"]).inc();
                     log::debug!("closing a connection whose request header took longer than {:?}", self.limits.header_timeout);
                     None
                 }
-            }
-            () = idle_in_drain => {
-                log::debug!("draining: closing a kept-alive connection idle between requests");
-                None
+                Cut::IdleInDrain => {
+                    log::debug!("draining: closing a kept-alive connection idle between requests");
+                    None
+                }
+                Cut::HeaderDone => request.await,
             }
         }
     }
@@ -338,6 +322,85 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeHttp<A> {
         tokio::time::sleep_until((drain_started() + grace + Duration::from_secs(1)).into()).await;
         self.inner.http_cleanup().await
     }
+}
+
+/// Why a request's watchdog ended it (or stopped watching).
+enum Cut {
+    /// Its header was not complete `header_timeout` after its first byte (the first request
+    /// of a connection: after the accept).
+    HeaderTimeout,
+    /// Its connection was kept alive and idle a grace after the drain started.
+    IdleInDrain,
+    /// Its header is in: the body and backend timeouts bound it from here.
+    HeaderDone,
+}
+
+impl<A> EdgeHttp<A> {
+    /// Watches one request of a connection: the header deadline, and the drain while the
+    /// connection idles before it. A request answered soon (the common case on a kept-alive
+    /// connection) costs one timer and nothing else: whether its first byte came, and when, is
+    /// read from the connection's clock when the timer fires, and only a connection found idle
+    /// then waits for its first byte or for the drain.
+    async fn watchdog(
+        &self,
+        clock: &ConnectionClock,
+        started: Instant,
+        first_request: bool,
+    ) -> Cut {
+        let header_timeout = self.limits.header_timeout;
+        if first_request {
+            // the first request's clock runs from the accept
+            sleep_until(started + header_timeout).await;
+            return Self::header_cut(clock);
+        }
+        // a kept-alive connection may idle (bounded by `idle_timeout`) until its next request
+        // starts; the header's deadline runs from its first byte
+        let grace = DRAIN_IDLE_GRACE.min(self.limits.idle_timeout);
+        sleep_until(started + header_timeout.min(grace)).await;
+        let first = loop {
+            // (registered before the clock is read, so that a byte arriving in between wakes it)
+            let byte = clock.first_byte_seen.notified();
+            tokio::pin!(byte);
+            byte.as_mut().enable();
+            if let Some(first) = clock.first_byte() {
+                break first;
+            }
+            if draining() {
+                // still idle a grace after the drain started: closed; a request that begins
+                // to arrive meanwhile is answered
+                let closing = drain_started().max(started) + grace;
+                tokio::select! {
+                    biased;
+                    () = &mut byte => continue,
+                    () = sleep_until(closing) => {}
+                }
+                if clock.first_byte().is_none() {
+                    return Cut::IdleInDrain;
+                }
+                continue;
+            }
+            let mut drain = self.drain.clone();
+            tokio::select! {
+                biased;
+                () = &mut byte => {}
+                _ = drain.wait_for(|draining| *draining) => {}
+            }
+        };
+        sleep_until(first + header_timeout).await;
+        Self::header_cut(clock)
+    }
+
+    fn header_cut(clock: &ConnectionClock) -> Cut {
+        if clock.header_done.load(Ordering::Acquire) {
+            Cut::HeaderDone
+        } else {
+            Cut::HeaderTimeout
+        }
+    }
+}
+
+fn sleep_until(at: Instant) -> tokio::time::Sleep {
+    tokio::time::sleep_until(at.into())
 }
 
 /// The connection layer: admission under `max_connections` and the read watch.
