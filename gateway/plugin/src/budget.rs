@@ -1,11 +1,14 @@
 //! A hook call's time limit, counted in the time its thread ran, not in wall-clock time.
 //!
 //! Calls are interrupted by wasmtime's epoch mechanism: the engine's clock thread advances the
-//! epoch every [`EPOCH_TICK`], and a store whose deadline passes runs [`on_deadline`]. A call
-//! starts with a deadline one tick away, so a short call (nearly all of them) costs no clock
-//! read at all. At the first tick the thread's CPU clock is read as a baseline (the wall time
-//! before it is counted as run time, up to two ticks); from then on, each tick compares the CPU
-//! time the thread used with the limit. A thread that the machine descheduled (a loaded
+//! epoch at least every [`COARSE_TICK`] (or the shortest time limit, if shorter), and a store
+//! whose deadline passes runs [`on_deadline`]. A call starts with a deadline one tick away, so a
+//! short call (nearly all of them) costs no clock read at all. At the first tick the thread's CPU
+//! clock is read as a baseline (the wall time before it is counted as run time, up to two
+//! [`EPOCH_TICK`]s), and the clock is told a call runs long: it then ticks every [`EPOCH_TICK`],
+//! and each tick compares the CPU time the thread used with the limit. A call that spins is
+//! thus stopped once it has run its limit, plus what it ran before its first tick beyond two
+//! fine ticks: at most twice its limit (the coarse period is never longer than the limit). A thread that the machine descheduled (a loaded
 //! host, a noisy neighbour) is not charged for the time it did not run, so a well-behaved plugin
 //! does not "time out" on a busy machine; a plugin that spins is stopped once it has run its
 //! limit. A wall-clock backstop ([`backstop`]) still ends any call, whatever its CPU time.
@@ -15,6 +18,8 @@ use std::time::{Duration, Instant};
 use wasmtime::{StoreContextMut, Trap, UpdateDeadline};
 
 use crate::bindings::HostState;
+#[cfg(doc)]
+use crate::engine::COARSE_TICK;
 use crate::engine::EPOCH_TICK;
 
 /// The time budget of the call running in a store.
@@ -79,8 +84,8 @@ pub fn on_deadline(mut store: StoreContextMut<'_, HostState>) -> wasmtime::Resul
     };
     // Before the first tick the thread's CPU time is unknown (reading the clock costs about
     // half a microsecond, too much for every call): charge that span as run time, up to two
-    // ticks. Longer means the thread waited for a core before it saw the tick, which is not the
-    // plugin's time (or the clock thread ran late, which the backstop bounds).
+    // fine ticks. Longer may be the thread waiting for a core before it saw the tick, which is
+    // not the plugin's time (or the clock thread running late, which the backstop bounds).
     let (cpu_then, charged) = *budget
         .baseline
         .get_or_insert((now, wall.min(EPOCH_TICK * 2)));
@@ -88,10 +93,9 @@ pub fn on_deadline(mut store: StoreContextMut<'_, HostState>) -> wasmtime::Resul
     if used >= budget.limit {
         return Err(Trap::Interrupt.into());
     }
-    // check again when the rest of the limit could have run out
-    let left = budget.limit - used;
-    let ticks = (left.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
-    Ok(UpdateDeadline::Continue(ticks))
+    // check again at the next (fine) tick
+    crate::engine::long_call_running();
+    Ok(UpdateDeadline::Continue(1))
 }
 
 #[cfg(test)]

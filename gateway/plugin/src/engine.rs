@@ -1,6 +1,7 @@
 //! The process-wide wasmtime engine: compilation, pre-linking, the epoch clock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use sha2::{Digest, Sha256};
@@ -14,9 +15,36 @@ use crate::bindings::{v1, v2, HostState, MemoryBudget};
 /// The budget of linear memory for all plugin instances until a configuration sets one.
 const DEFAULT_TOTAL_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
 
-/// How often the epoch advances. Call deadlines are counted in these ticks, so a deadline is
-/// enforced to within one tick.
+/// How often the epoch advances while a call runs long: a call past its first tick is checked
+/// this often, so its limit is enforced to within this.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How often the epoch advances while no call runs long, at most: every call is looked at by
+/// then. The clock wakes twice in this period (at the tick and one [`EPOCH_TICK`] later, to see
+/// whether a call ran into the tick) instead of every millisecond: a wake-up on a busy core
+/// costs the requests around it more than the checks it saves.
+pub const COARSE_TICK: Duration = Duration::from_millis(10);
+
+/// The clock's period while no call runs long: [`COARSE_TICK`], or the shortest time limit of a
+/// plugin use if that is shorter (so that every call is looked at within its limit); it stays
+/// that short until the process restarts.
+static COARSE_MICROS: AtomicU64 = AtomicU64::new(COARSE_TICK.as_micros() as u64);
+
+/// Set by a call found still running at a tick: the clock goes on at [`EPOCH_TICK`].
+static LONG_CALL: AtomicBool = AtomicBool::new(false);
+
+/// Makes the clock look at every call within `limit` (a plugin use's time limit).
+pub fn note_time_limit(limit: Duration) {
+    let micros = limit.clamp(EPOCH_TICK, COARSE_TICK).as_micros() as u64;
+    COARSE_MICROS.fetch_min(micros, Ordering::Relaxed);
+}
+
+/// Tells the clock that a call ran into a tick and goes on.
+pub(crate) fn long_call_running() {
+    if !LONG_CALL.load(Ordering::Relaxed) {
+        LONG_CALL.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Hands memory the process freed back to the operating system; set by the binary, which knows
 /// its allocator.
@@ -121,11 +149,30 @@ impl PluginEngine {
             let engine = Arc::downgrade(self);
             let started = std::thread::Builder::new()
                 .name("gatehouse-plugin-clock".to_owned())
-                .spawn(move || loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    match engine.upgrade() {
-                        Some(e) => e.engine.increment_epoch(),
-                        None => return,
+                .spawn(move || {
+                    let tick = || match engine.upgrade() {
+                        Some(e) => {
+                            e.engine.increment_epoch();
+                            true
+                        }
+                        None => false,
+                    };
+                    loop {
+                        // a tick, then one fine tick later: a call that ran into the first has
+                        // said so by then (`long_call_running`), and fine ticks go on while
+                        // calls do; otherwise the clock sleeps the rest of the coarse period
+                        std::thread::sleep(EPOCH_TICK);
+                        if !tick() {
+                            return;
+                        }
+                        if LONG_CALL.swap(false, Ordering::Relaxed) {
+                            continue;
+                        }
+                        let coarse = Duration::from_micros(COARSE_MICROS.load(Ordering::Relaxed));
+                        std::thread::sleep(coarse.saturating_sub(EPOCH_TICK));
+                        if !tick() {
+                            return;
+                        }
                     }
                 });
             if let Err(e) = started {

@@ -20,7 +20,8 @@ pub mod slot;
 
 pub use bindings::{EditLimits, MemoryBudget, Node, Reply};
 pub use engine::{
-    release_freed_memory, set_release_freed_memory, Component, LoadError, PluginEngine, EPOCH_TICK,
+    release_freed_memory, set_release_freed_memory, Component, LoadError, PluginEngine,
+    COARSE_TICK, EPOCH_TICK,
 };
 pub use grants::{Grants, Needs};
 pub use slot::{Failure, GrantedBy, HeldInstance, Hook, PluginSlot, RequestOutcome, SlotLimits};

@@ -321,6 +321,7 @@ impl PluginSlot {
         grants: Option<Grants>,
         trusted: bool,
     ) -> Result<Arc<Self>, Failure> {
+        crate::engine::note_time_limit(limits.time);
         let mut slot = Self {
             who: Arc::from(format!("{label} ({service}.{api})")),
             label: Arc::from(label),
