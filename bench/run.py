@@ -70,6 +70,8 @@ class Variant:
     transport: str = "http"  # http | https (HTTP/1.1 over TLS) | h2 (HTTP/2 over TLS)
     # bytes of the JSON document POSTed with each request (0: GET)
     request_body: int = 0
+    # nginx only: it sets the forwarding headers Gatehouse sets
+    forwarding: bool = False
 
     @property
     def key(self):
@@ -105,6 +107,7 @@ def variants(long_run, tls=False, tls_only=False):
             Variant("gatehouse-noop-0.2", "gatehouse", body, plugins=tuple(configs.NOOP_0_2)),
             Variant("gatehouse-10k-apis", "gatehouse", body, apis=10_000),
             Variant("gatehouse-200-nodes", "gatehouse", body, nodes=200),
+            Variant("nginx-forwarding", "nginx", body, forwarding=True),
         ]
     # request bodies (0 B answers): streamed through an API without plugins, and read whole by
     # json-validator
@@ -131,8 +134,10 @@ def variants(long_run, tls=False, tls_only=False):
     return out
 
 
-# The Gatehouse variants profiled with perf (0 B bodies).
+# The variants profiled with perf (0 B bodies): bare Pingora beside Gatehouse, then Gatehouse's
+# heavier shapes.
 PROFILED = (
+    Variant("bare-pingora", "bare", 0),
     Variant("gatehouse", "gatehouse", 0),
     Variant("gatehouse-3-plugins", "gatehouse", 0, plugins=tuple(configs.PLUGINS_THREE)),
     Variant("gatehouse-10k-apis", "gatehouse", 0, apis=10_000),
@@ -251,7 +256,8 @@ class Bench:
             prefix = self.work / "nginx"
             prefix.mkdir(exist_ok=True)
             conf = prefix / "nginx.conf"
-            conf.write_text(configs.nginx_conf(prefix, self.ports.proxy, backend, tls))
+            conf.write_text(configs.nginx_conf(prefix, self.ports.proxy, backend, tls,
+                                               variant.forwarding))
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
             return procs.Proc("nginx", [nginx, "-p", str(prefix), "-c", str(conf),
                                         "-e", str(prefix / "error.log")],

@@ -132,10 +132,21 @@ def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description
     return "\n".join(lines) + "\n"
 
 
-def nginx_conf(prefix, proxy_port, backend_port, tls=None):
+# What Gatehouse sends every upstream request of an untrusted client, as nginx directives: the
+# like-for-like variant of the nginx peer.
+NGINX_FORWARDING = """
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header Forwarded "for=$remote_addr;host=\\"$http_host\\";proto=$scheme";"""
+
+
+def nginx_conf(prefix, proxy_port, backend_port, tls=None, forwarding=False):
     """nginx as a fair reverse-proxy peer: one worker, kept-alive upstream connections, no access
     log, no per-connection request cap on either side (HTTP/2 connections included). With `tls`,
-    a TLS listener too, offering HTTP/2 and HTTP/1.1 by ALPN, TLS 1.2 and 1.3 like Gatehouse."""
+    a TLS listener too, offering HTTP/2 and HTTP/1.1 by ALPN, TLS 1.2 and 1.3 like Gatehouse.
+    With `forwarding`, it sets the forwarding headers Gatehouse sets."""
     listen_tls = ""
     if tls:
         # nginx 1.22 syntax; from 1.25.1 `http2 on;` replaces the listen parameter
@@ -167,7 +178,7 @@ http {{
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection "";{NGINX_FORWARDING if forwarding else ""}
         }}
     }}
 }}

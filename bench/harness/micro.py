@@ -17,6 +17,9 @@ KNOWN = {
     "plugin_call/host-rewrite/fresh": "host-rewrite on-request, fresh instance per call",
     "plugin_call/headers/warm": "headers on-request, warm instance",
     "plugin_call/request-id/warm": "request-id on-request, warm instance",
+    "plugin_hook/on-request/host-rewrite": "host-rewrite on-request, 20 request headers, warm",
+    "plugin_hook/on-request/headers": "headers on-request, 20 request headers, warm",
+    "plugin_hook/on-response/headers": "headers on-response, 20 + 10 headers, warm",
 }
 
 

@@ -13,6 +13,7 @@ BODIES = (0, 1024, 16384)
 LABELS = {
     "direct": "direct to the backend",
     "nginx": "nginx (reverse proxy)",
+    "nginx-forwarding": "nginx, setting Gatehouse's forwarding headers",
     "bare-pingora": "bare Pingora",
     "gatehouse": "Gatehouse, no plugins",
     "gatehouse-1-plugin": "Gatehouse, 1 plugin (host-rewrite)",
@@ -198,6 +199,8 @@ def section_ratios(data, runs):
         per_body("CPU per request: Gatehouse / nginx", g, "nginx@{}", "proxy_cpu_us"),
         per_body("CPU per request: Gatehouse / bare Pingora", g, "bare-pingora@{}", "proxy_cpu_us"),
         per_body("CPU per request: bare Pingora / nginx", "bare-pingora@{}", "nginx@{}", "proxy_cpu_us"),
+        per_body("CPU per request: Gatehouse / nginx with forwarding headers", g,
+                 "nginx-forwarding@{}", "proxy_cpu_us"),
         per_body("added CPU per request vs nginx, µs", g, "nginx@{}", "proxy_cpu_us", subtract, 1, True),
         per_body("added CPU per request vs bare Pingora, µs", g, "bare-pingora@{}", "proxy_cpu_us",
                  subtract, 1, True),
@@ -479,7 +482,31 @@ def section_micro(data):
             + table(("benchmark", "what", "median", "95 % CI"), rows) + "\n\n" + "\n".join(ratios))
 
 
-def section_profiles(data):
+def side_by_side(profiles, runs):
+    """CPU per request by area, bare Pingora next to Gatehouse: each profile's shares times the
+    median CPU per request of its variant at 0 B (the profile's own run is not timed)."""
+    pair = [("bare-pingora", profiles.get("bare-pingora")), ("gatehouse", profiles.get("gatehouse"))]
+    cpu = {name: runs.field(f"{name}@0", "proxy_cpu_us") for name, _ in pair}
+    if any(p is None or cpu[name] is None for name, p in pair):
+        return ""
+    per_area = {}
+    for name, p in pair:
+        for pct, a in p["areas"]:
+            per_area.setdefault(a, {})[name] = pct / 100 * cpu[name][0]
+    rows = sorted(per_area.items(), key=lambda kv: -kv[1].get("gatehouse", 0))
+    total = {name: cpu[name][0] for name, _ in pair}
+    body = [(a, f"{v.get('bare-pingora', 0):.2f}", f"{v.get('gatehouse', 0):.2f}",
+             f"{v.get('gatehouse', 0) - v.get('bare-pingora', 0):+.2f}") for a, v in rows]
+    body.append(("**all**", f"{total['bare-pingora']:.2f}", f"{total['gatehouse']:.2f}",
+                 f"{total['gatehouse'] - total['bare-pingora']:+.2f}"))
+    return ("### Side by side: CPU per request by area, µs\n\nEach profile's shares times the "
+            "median CPU per request of its variant at 0 B in the runs above: where Gatehouse's "
+            "extra microseconds over bare Pingora go. The kernel's share grows when the proxy is "
+            "slower too (the peers it wakes are more often asleep).\n\n"
+            + table(("area", "bare Pingora", "Gatehouse", "difference"), body))
+
+
+def section_profiles(data, runs):
     profiles = data.get("profiles") or {}
     if not profiles:
         return ""
@@ -497,6 +524,9 @@ def section_profiles(data):
         kernel = ", ".join(f"`{fn}` {pct:.1f} %" for pct, fn in p["kernel"])
         out.append(f"### {LABELS.get(name, name)}\n\n{areas}\n\nTop kernel functions: {kernel}.\n\n"
                    f"Top user-space functions:\n\n{user}")
+    sided = side_by_side(profiles, runs)
+    if sided:
+        out.insert(1, sided)
     return "\n\n".join(out)
 
 
@@ -570,7 +600,7 @@ def render(data):
         section_request_bodies(runs),
         section_startup(data),
         section_micro(data),
-        section_profiles(data),
+        section_profiles(data, runs),
         section_noise(data),
         section_failures(data),
     ]
