@@ -400,6 +400,22 @@ fn with_limits(backend: &EchoServer, http: &str) -> Gateway {
     Gateway::start_config(&format!("{head}{body}"), listen, metrics)
 }
 
+/// Sends one header line every 250 ms, for up to 8 s (each read is quick, only a total bounds
+/// it), and asserts the gateway cut the connection meanwhile.
+fn assert_cut_while_dripping(s: &mut TcpStream) {
+    let started = Instant::now();
+    for i in 0..32 {
+        std::thread::sleep(Duration::from_millis(250));
+        if s.write_all(format!("X-Drip-{i}: y\r\n").as_bytes())
+            .is_err()
+            || closed_within(s, Duration::from_millis(1))
+        {
+            return;
+        }
+    }
+    panic!("still open after {:?} of dripping", started.elapsed());
+}
+
 #[test]
 fn a_client_dripping_its_header_is_cut_off() {
     let a = echo("a");
@@ -407,20 +423,7 @@ fn a_client_dripping_its_header_is_cut_off() {
     let mut s = connect(&gw);
     s.write_all(b"GET /x HTTP/1.1\r\nHost: edge.test\r\n")
         .unwrap();
-    let started = Instant::now();
-    let mut cut = false;
-    // one header line every 250 ms, for up to 8 s: each read is quick, only a total bounds it
-    for i in 0..32 {
-        std::thread::sleep(Duration::from_millis(250));
-        if s.write_all(format!("X-Drip-{i}: y\r\n").as_bytes())
-            .is_err()
-            || closed_within(&mut s, Duration::from_millis(1))
-        {
-            cut = true;
-            break;
-        }
-    }
-    assert!(cut, "still open after {:?} of dripping", started.elapsed());
+    assert_cut_while_dripping(&mut s);
     assert_eq!(a.stats().requests(), 0);
     assert!(
         gw.metric(r#"gatehouse_downstream_connections_refused_total{reason="header_timeout"}"#)
@@ -448,19 +451,7 @@ fn a_kept_alive_connections_header_deadline_runs_from_its_first_byte() {
     // idle again, then a header that starts and drips: cut header_timeout after its first byte
     std::thread::sleep(Duration::from_millis(1500));
     s.write_all(b"GET /x HTTP/1.1\r\n").unwrap();
-    let started = Instant::now();
-    let mut cut = false;
-    for i in 0..32 {
-        std::thread::sleep(Duration::from_millis(250));
-        if s.write_all(format!("X-Drip-{i}: y\r\n").as_bytes())
-            .is_err()
-            || closed_within(&mut s, Duration::from_millis(1))
-        {
-            cut = true;
-            break;
-        }
-    }
-    assert!(cut, "still open after {:?} of dripping", started.elapsed());
+    assert_cut_while_dripping(&mut s);
     assert_eq!(a.stats().requests(), 2);
 }
 

@@ -40,13 +40,19 @@ fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> Ar
     .expect("standard plugin configures")
 }
 
-fn plugin_call(c: &mut Criterion) {
+/// The plugin engine, and a current-thread runtime to drive the hooks (they are async: they may
+/// wait for an instance).
+fn engine_and_runtime() -> (Arc<PluginEngine>, tokio::runtime::Runtime) {
     let engine = PluginEngine::new(64 << 20).expect("plugin engine");
-    // hooks are async (they may wait for an instance); a current-thread runtime drives them
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("runtime");
+    (engine, rt)
+}
+
+fn plugin_call(c: &mut Criterion) {
+    let (engine, rt) = engine_and_runtime();
     let mut group = c.benchmark_group("plugin_call");
     let cases = [
         (
@@ -86,11 +92,7 @@ fn plugin_call(c: &mut Criterion) {
 /// A warm call of each header hook, with realistic headers: what a plugin costs on a request
 /// of a browser or an API client.
 fn plugin_hook(c: &mut Criterion) {
-    let engine = PluginEngine::new(64 << 20).expect("plugin engine");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime");
+    let (engine, rt) = engine_and_runtime();
     let mut group = c.benchmark_group("plugin_hook");
     let rewrite = slot(
         &engine,
