@@ -148,7 +148,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--long", action="store_true",
                    help="5 repetitions of 10 s wrk + 10 s oha, every body size for every variant")
-    p.add_argument("--reps", type=int, help="repetitions of each variant (default 4, --long 5)")
+    p.add_argument("--reps", type=int, help="repetitions of each variant (default 5)")
     p.add_argument("--wrk-seconds", type=int, help="wrk run length (default 3, --long 10)")
     p.add_argument("--oha-seconds", type=int, help="oha run length (default 2, --long 10)")
     p.add_argument("--rate", type=int, default=5000, help="oha fixed rate, req/s (default 5000)")
@@ -178,7 +178,7 @@ def parse_args():
         args.reps = args.reps or 5
         args.wrk_seconds = args.wrk_seconds or 2
         args.skip_micro = args.skip_profile = args.skip_startup = True
-    args.reps = args.reps or (5 if args.long else 4)
+    args.reps = args.reps or 5
     args.wrk_seconds = args.wrk_seconds or (10 if args.long else 3)
     args.oha_seconds = args.oha_seconds or (10 if args.long else 2)
     args.handshake_seconds = args.handshake_seconds or (5 if args.long else 2)

@@ -72,6 +72,6 @@ fi
 log "building the criterion benchmarks"
 cargo bench -p gatehouse-bench --benches --no-run
 
-log "running (the load tests take about 8 minutes, --tls 3.5 more; --long about 45)"
+log "running (the load tests take about 12 minutes, --tls 4.5 more; --long about 45)"
 # The driver itself stays off the proxy core: core 0 is for the proxy under test.
 exec taskset -c 1 python3 bench/run.py "$@"
