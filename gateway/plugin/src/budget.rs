@@ -41,6 +41,11 @@ impl CallBudget {
             baseline: None,
         }
     }
+
+    /// When the call started (one clock read serves the budget and the call's duration).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
 }
 
 impl Default for CallBudget {

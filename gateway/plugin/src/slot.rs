@@ -652,10 +652,11 @@ impl PluginSlot {
         time: Duration,
         f: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, Failure> {
-        warm.store.data_mut().budget = CallBudget::start(time);
+        let budget = CallBudget::start(time);
+        let started = budget.started();
+        warm.store.data_mut().budget = budget;
         warm.store.set_epoch_deadline(1);
         warm.store.data_mut().limiter.denied = false;
-        let started = Instant::now();
         let result = f(&warm.plugin, &mut warm.store);
         self.metrics.call(hook, started.elapsed().as_secs_f64());
         let violation = warm.store.data_mut().call.violation.take();
