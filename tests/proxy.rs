@@ -405,6 +405,9 @@ fn upstream_connections_are_kept_alive_and_reused() {
     let gw = Gateway::start(&one_api(&[(addr(&a), 1)], "", ""));
     for _ in 0..30 {
         assert_eq!(gw.get("/users/1").status, 200);
+        // the answer can reach the client before its connection is back in the pool: a pause,
+        // so that the next request finds it there
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert_eq!(a.stats().requests(), 30);
     assert!(
