@@ -489,7 +489,11 @@ impl Gateway {
             upstream: upstream.name.clone(),
             host: n.host.to_string(),
             port: n.port,
-            address: n.peer().map(|p| p._address.to_string()).unwrap_or_default(),
+            address: n
+                .peer_template()
+                .as_deref()
+                .map(|p| p._address.to_string())
+                .unwrap_or_default(),
         };
         let result = plugins
             .on_upstream_request(upstream_request, ctx.client_ip, &node)
