@@ -1,16 +1,19 @@
 //! One plugin on one API: its configuration, its warm instances, and the hook calls.
 //!
-//! A call takes a warm instance from a lock-free pool (or instantiates and configures a new one),
-//! moves the request/response headers into the store, calls the hook under the memory limit and
-//! the epoch deadline, moves the headers back, and returns the instance to the pool. An instance
-//! that trapped, timed out or ran out of memory is dropped: the next call gets a fresh one.
+//! A call takes a warm instance (the one its worker thread used last, else one from a lock-free
+//! pool that a background thread keeps filled), moves the request/response headers into the
+//! store, calls the hook under the memory limit and the epoch deadline, moves the headers back,
+//! and returns the instance to its worker. An instance that trapped, timed out or ran out of
+//! memory is dropped: the next call gets a fresh one.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::atomic::AtomicCell;
+use crossbeam_utils::CachePadded;
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::sync::Notify;
 use wasmtime::component::Resource;
@@ -203,6 +206,10 @@ const GROWN_BY: u64 = 1 << 20;
 /// their memory back to the operating system (the next call may wait for a fresh instance).
 const GROWN_KEPT: usize = 4;
 
+/// A warm instance, boxed so that handing it between the pool, a worker's cell and a call
+/// moves a pointer.
+type Instance = Box<Warm>;
+
 struct Warm {
     store: Store<HostState>,
     plugin: Guest,
@@ -263,7 +270,11 @@ pub struct PluginSlot {
     pre: Arc<Component>,
     config: String,
     limits: SlotLimits,
-    pool: ArrayQueue<Warm>,
+    /// The instance each worker thread used last ([`worker_cell`]): a worker calling the plugin
+    /// again finds it warm in its caches, where the shared pool would hand back its least
+    /// recently used instance.
+    hot: Box<[CachePadded<AtomicCell<Option<Instance>>>]>,
+    pool: ArrayQueue<Instance>,
     /// The hooks the plugin declared in `configure` and was granted; the others are never
     /// called.
     hooks: HookSet,
@@ -331,6 +342,9 @@ impl PluginSlot {
             pre,
             config,
             limits,
+            hot: (0..hot_cells())
+                .map(|_| CachePadded::new(AtomicCell::new(None)))
+                .collect(),
             pool: ArrayQueue::new(POOL_SIZE),
             hooks: HookSet::ALL,
             grants: Arc::new(Grants::baseline()),
@@ -446,7 +460,7 @@ impl PluginSlot {
     }
 
     /// A new instance, not configured yet.
-    fn instance(&self) -> Result<Warm, Failure> {
+    fn instance(&self) -> Result<Instance, Failure> {
         let mut state = HostState::new(
             self.limits.memory as usize,
             self.limits.edits,
@@ -469,12 +483,12 @@ impl PluginSlot {
             Component::V2(pre) => pre.instantiate(&mut store).map(Guest::V2),
         }
         .map_err(|e| self.trap_failure(&store, e, "instantiate"))?;
-        Ok(Warm {
+        Ok(Box::new(Warm {
             store,
             plugin,
             baseline: 0,
             grown: false,
-        })
+        }))
     }
 
     /// Configures an instance; returns what `configure` declared.
@@ -500,15 +514,20 @@ impl PluginSlot {
     }
 
     /// A new configured instance.
-    fn instantiate(&self) -> Result<Warm, Failure> {
+    fn instantiate(&self) -> Result<Instance, Failure> {
         let mut warm = self.instance()?;
         self.configure(&mut warm)?;
         warm.baseline = warm.store.data().limiter.held();
         Ok(warm)
     }
 
+    /// The calling worker's hot instance, if it has one.
+    fn take_hot(&self) -> Option<Instance> {
+        self.hot[worker_cell() % self.hot.len()].take()
+    }
+
     /// A pooled instance, if any.
-    fn pop(&self) -> Option<Warm> {
+    fn pop(&self) -> Option<Instance> {
         let mut warm = self.pool.pop()?;
         if std::mem::take(&mut warm.grown) {
             self.grown_pooled.fetch_sub(1, Ordering::AcqRel);
@@ -520,7 +539,7 @@ impl PluginSlot {
     /// serving the request (a plugin whose `configure` hangs would stall every API of that
     /// thread): a request that finds none waits up to [`INSTANCE_WAIT`] for one, then fails. A
     /// call whose breaker is open fails at once.
-    async fn acquire(self: &Arc<Self>) -> Result<Warm, Failure> {
+    async fn acquire(self: &Arc<Self>) -> Result<Instance, Failure> {
         match self.breaker.admit(&self.who) {
             Admission::Call => {}
             refused => {
@@ -531,6 +550,9 @@ impl PluginSlot {
                 self.metrics.failure(&f);
                 return Err(f);
             }
+        }
+        if let Some(warm) = self.take_hot() {
+            return Ok(warm);
         }
         if let Some(warm) = self.pop() {
             if self.pool.is_empty() {
@@ -624,12 +646,19 @@ impl PluginSlot {
         }
     }
 
-    fn release(&self, mut warm: Warm) {
+    /// Keeps an instance that served well: as its worker's hot instance (the one it displaces
+    /// goes to the pool), or in the pool when it grew.
+    fn release(&self, mut warm: Instance) {
         if !self.limits.reuse_instances {
             return;
         }
         let grown = warm.store.data().limiter.held() > warm.baseline + GROWN_BY;
-        if grown {
+        if !grown {
+            match self.hot[worker_cell() % self.hot.len()].swap(Some(warm)) {
+                None => return,
+                Some(displaced) => warm = displaced,
+            }
+        } else {
             if self.grown_pooled.fetch_add(1, Ordering::AcqRel) >= GROWN_KEPT {
                 // dropping it unmaps its memory
                 self.grown_pooled.fetch_sub(1, Ordering::AcqRel);
@@ -817,7 +846,7 @@ impl PluginSlot {
         })
     }
 
-    fn finish<T>(self: &Arc<Self>, warm: Warm, outcome: &Result<T, Failure>) {
+    fn finish<T>(self: &Arc<Self>, warm: Instance, outcome: &Result<T, Failure>) {
         self.breaker
             .record(!matches!(outcome, Err(f) if f.breaks()), &self.who);
         match outcome {
@@ -833,7 +862,7 @@ impl PluginSlot {
 
     /// Drops an instance that must not serve again (its memory goes back) and refills the pool
     /// when it was the last.
-    fn discard(self: &Arc<Self>, warm: Warm) {
+    fn discard(self: &Arc<Self>, warm: Instance) {
         drop(warm);
         if self.pool.is_empty() {
             self.refill();
@@ -844,7 +873,7 @@ impl PluginSlot {
 /// An instance taken from a slot's pool for a later call.
 pub struct HeldInstance {
     slot: Arc<PluginSlot>,
-    warm: Option<Warm>,
+    warm: Option<Instance>,
 }
 
 impl Drop for HeldInstance {
@@ -923,8 +952,35 @@ impl HeldInstance {
 /// stuck in `configure`, whose breaker soon opens.
 pub const INSTANCE_WAIT: Duration = Duration::from_millis(500);
 
-/// Instances kept ready beyond the ones in use, so concurrent requests rarely wait.
+/// Instances kept ready in the pool beyond the ones in use and the workers' hot ones, so
+/// concurrent requests rarely wait.
 const SPARE: usize = 2;
+
+/// Upper bound of the hot cells of a slot (one per core otherwise).
+const MAX_HOT_CELLS: usize = 64;
+
+// A worker's cell is one atomic word: taking and returning its instance never locks.
+const _: () = assert!(AtomicCell::<Option<Instance>>::is_lock_free());
+
+/// Hot cells per slot: one per core, as the gateway runs about one worker thread per core;
+/// threads beyond that share cells (a shared cell still works: the instance it displaces goes
+/// to the pool).
+fn hot_cells() -> usize {
+    static CELLS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CELLS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, MAX_HOT_CELLS)
+    })
+}
+
+/// The calling thread's number, given on its first call: its hot cell in every slot is this
+/// number modulo the slot's cells.
+fn worker_cell() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static CELL: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    CELL.with(|c| *c)
+}
 
 /// Consecutive breaking failures that open a plugin's breaker.
 const BREAKER_FAILURES: u32 = 5;

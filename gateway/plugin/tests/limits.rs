@@ -254,6 +254,35 @@ fn a_huge_header_value_fails_the_call() {
     assert!(req.headers.get("x-plugin").is_none());
 }
 
+/// Counts its calls in its own memory and sets `x-plugin` to the count (a hex digit).
+const COUNTING: &str =
+    "(i32.store (i32.const 2040) (i32.add (i32.load (i32.const 2040)) (i32.const 1)))
+      (call $hex (i32.const 2060) (i32.load (i32.const 2040)))
+      (call $set (local.get $req) (i32.const 1096) (i32.const 8) (i32.const 2060) (i32.const 1))";
+
+#[test]
+fn a_thread_calling_again_gets_the_instance_it_used_last() {
+    let slot = editing_slot(COUNTING, "");
+    let call = || {
+        let mut req = request();
+        assert!(matches!(
+            block(slot.on_request(&mut req, None, None)),
+            Ok(RequestOutcome::Proceed { .. })
+        ));
+        let count = req
+            .headers
+            .get("x-plugin")
+            .expect("the plugin set x-plugin");
+        count.to_str().unwrap().to_owned()
+    };
+    assert_eq!(call(), "1");
+    // the first call emptied the pool, which the background thread fills with spares: a pool
+    // handing out its least recently used instance would now answer with fresh ones
+    std::thread::sleep(Duration::from_millis(300));
+    let counts: Vec<String> = (0..5).map(|_| call()).collect();
+    assert_eq!(counts, ["2", "3", "4", "5", "6"]);
+}
+
 #[test]
 fn all_instances_share_one_memory_budget() {
     let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
