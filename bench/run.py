@@ -200,9 +200,10 @@ class Bench:
         self.args = args
         self.bins = args.bin_dir
         self.work = Path(workdir)
-        # the contract 0.1 build of a no-op plugin (NOOP_0_1), beside the configurations
+        # the no-op plugins of each contract (NOOP_0_1, NOOP_0_2), beside the configurations
         shutil.copy(REPO / "gateway/plugin/tests/fixtures/contract-0.1.0/headers.wasm",
                     self.work / configs.NOOP_0_1_FILE)
+        shutil.copy(REPO / "plugins/dist/grant-probe.wasm", self.work / configs.NOOP_0_2_FILE)
         self.ports = Ports()
         self.backends = {}
         self.configs = {}

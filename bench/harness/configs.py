@@ -11,12 +11,15 @@ PLUGINS_THREE = PLUGINS_ONE + [
     ("headers", "{ request: { set: { x-env: bench } } }"),
     ("request-id", "{}"),
 ]
-# One plugin that does nothing, built on each contract: `headers` with no header to set (its
-# `on-request` and `on-response` are called and change nothing). The 0.1 build is the frozen
-# fixture, copied next to the configuration as this file; the 0.2 build is the standard plugin.
+# One plugin that does nothing, built on each contract, with `on-request` and `on-response`
+# called and changing nothing: on 0.1 the frozen fixture of `headers` with no header to set,
+# copied next to the configuration as NOOP_0_1_FILE; on 0.2 `grant-probe` (plugins/dist) told
+# to declare those two hooks and nothing else, copied as NOOP_0_2_FILE (0.2's `headers` declares
+# only the hooks it has changes for, so with nothing to set it is never called).
 NOOP_0_1_FILE = "headers-0.1.wasm"
 NOOP_0_1 = [(NOOP_0_1_FILE, "{}")]
-NOOP_0_2 = [("headers", "{}")]
+NOOP_0_2_FILE = "grant-probe.wasm"
+NOOP_0_2 = [(NOOP_0_2_FILE, "{ hooks: [on-request, on-response] }")]
 # The JSON request validator with a small schema, for the request-body variants (their bodies are
 # `json_order(n)` documents, which it accepts).
 JSON_VALIDATOR = [(

@@ -19,7 +19,7 @@ LABELS = {
     "gatehouse-1-plugin": "Gatehouse, 1 plugin (host-rewrite)",
     "gatehouse-3-plugins": "Gatehouse, 3 plugins (host-rewrite, headers, request-id)",
     "gatehouse-noop-0.1": "Gatehouse, 1 no-op plugin on contract 0.1 (headers, nothing to set)",
-    "gatehouse-noop-0.2": "Gatehouse, 1 no-op plugin on contract 0.2 (the same, with grants)",
+    "gatehouse-noop-0.2": "Gatehouse, 1 no-op plugin on contract 0.2 (grant-probe, the same two hooks)",
     "bare-pingora-post-1k": "bare Pingora, POST of 1 KiB",
     "bare-pingora-post-16k": "bare Pingora, POST of 16 KiB",
     "gatehouse-post-1k": "Gatehouse, POST of 1 KiB, no plugin (streamed)",

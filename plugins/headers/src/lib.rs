@@ -189,12 +189,20 @@ impl Plugin for Headers {
         Ok(Headers { request, response })
     }
 
-    /// Writes exactly the headers it is configured to change; reads none.
+    /// Writes exactly the headers it is configured to change; reads none. Declares only the
+    /// hooks with changes to make: a hook with nothing to do is never called.
     fn needs(&self) -> Needs {
+        let hooks = [
+            (self.request.is_empty(), Hooks::ON_REQUEST),
+            (self.response.is_empty(), Hooks::ON_RESPONSE),
+        ]
+        .into_iter()
+        .filter(|(empty, _)| !empty)
+        .fold(Hooks::NONE, |all, (_, hook)| all.and(hook));
         let needs = self
             .request
             .names()
-            .fold(Needs::new(Self::HOOKS), Needs::write_request_header);
+            .fold(Needs::new(hooks), Needs::write_request_header);
         self.response
             .names()
             .fold(needs, Needs::write_response_header)
@@ -276,6 +284,24 @@ mod tests {
         assert_eq!(resp.header("server"), None);
         assert_eq!(resp.header_all("cache-control"), ["no-store"]);
         assert_eq!(resp.header("x-frame-options").as_deref(), Some("DENY"));
+    }
+
+    #[test]
+    fn only_hooks_with_changes_to_make_are_declared() {
+        let hooks = |config: &str| plugin(config).needs().hooks;
+        assert_eq!(
+            hooks(r#"{"request": {"set": {"a": "1"}}}"#),
+            Hooks::ON_REQUEST
+        );
+        assert_eq!(
+            hooks(r#"{"response": {"remove": ["server"]}}"#),
+            Hooks::ON_RESPONSE
+        );
+        assert_eq!(
+            hooks(r#"{"request": {"add": {"a": "1"}}, "response": {"set": {"b": "2"}}}"#),
+            Hooks::ON_REQUEST.and(Hooks::ON_RESPONSE)
+        );
+        assert_eq!(hooks("{}"), Hooks::NONE);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! (`wit/plugin.wit`). This crate hides the generated bindings: implement [`Plugin`] (every hook
 //! but [`Plugin::configure`] has a no-op default) and export the type with [`export_plugin!`].
 //!
-//! ```ignore
+//! ```no_run
 //! use gatehouse_plugin_sdk::{export_plugin, parse_config, Action, Plugin, Request};
 //!
 //! #[derive(serde::Deserialize)]
