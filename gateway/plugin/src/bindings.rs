@@ -437,9 +437,37 @@ pub struct Call {
 
 /// One saved state of an edited call.
 enum Undo {
-    Request(HeaderName, Vec<HeaderValue>),
-    Response(HeaderName, Vec<HeaderValue>),
+    Request(HeaderName, Saved),
+    Response(HeaderName, Saved),
     Uri(http::Uri),
+}
+
+/// A header's values before a call changed them. Most headers have none or one: saving those
+/// allocates nothing.
+enum Saved {
+    None,
+    One(HeaderValue),
+    Many(Vec<HeaderValue>),
+}
+
+impl Saved {
+    fn of(headers: &http::HeaderMap, name: &HeaderName) -> Self {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Saved::None,
+            (Some(one), None) => Saved::One(one.clone()),
+            _ => Saved::Many(headers.get_all(name).iter().cloned().collect()),
+        }
+    }
+
+    fn into_values(self) -> impl Iterator<Item = HeaderValue> {
+        let (one, many) = match self {
+            Saved::None => (None, Vec::new()),
+            Saved::One(value) => (Some(value), Vec::new()),
+            Saved::Many(values) => (None, values),
+        };
+        one.into_iter().chain(many)
+    }
 }
 
 impl Call {
@@ -483,13 +511,13 @@ impl Call {
             match undo {
                 Undo::Request(name, values) => {
                     self.request.remove_header(&name);
-                    for v in values {
+                    for v in values.into_values() {
                         let _ = self.request.append_header(name.clone(), v);
                     }
                 }
                 Undo::Response(name, values) => {
                     self.response.remove_header(&name);
-                    for v in values {
+                    for v in values.into_values() {
                         let _ = self.response.append_header(name.clone(), v);
                     }
                 }
@@ -556,7 +584,7 @@ impl Call {
             .iter()
             .any(|u| matches!(u, Undo::Request(n, _) if n == name))
         {
-            let values = self.request.headers.get_all(name).iter().cloned().collect();
+            let values = Saved::of(&self.request.headers, name);
             self.undo.push(Undo::Request(name.clone(), values));
         }
     }
@@ -568,13 +596,7 @@ impl Call {
             .iter()
             .any(|u| matches!(u, Undo::Response(n, _) if n == name))
         {
-            let values = self
-                .response
-                .headers
-                .get_all(name)
-                .iter()
-                .cloned()
-                .collect();
+            let values = Saved::of(&self.response.headers, name);
             self.undo.push(Undo::Response(name.clone(), values));
         }
     }
@@ -1037,6 +1059,61 @@ pub fn hooks_of_v1(hooks: v1::gatehouse::plugin::types::Hooks) -> HookSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Every header of a map, in order, as text.
+    fn lines(map: &http::HeaderMap) -> Vec<(String, String)> {
+        all_headers(map)
+    }
+
+    /// A header edit of a call: set, append or remove, on one of a few names.
+    fn edit() -> impl Strategy<Value = (u8, usize, String)> {
+        (0u8..3, 0usize..4, "[a-z0-9]{0,3}")
+    }
+
+    const NAMES: [&str; 4] = ["x-a", "x-b", "host", "x-absent"];
+
+    proptest! {
+        /// A failed call leaves both messages exactly as they were, whatever it edited: headers
+        /// with none, one or several values, set, appended and removed in any order.
+        #[test]
+        fn a_rolled_back_call_restores_every_header(
+            request in proptest::collection::vec((0usize..3, "[a-z0-9]{1,3}"), 0..6),
+            edits in proptest::collection::vec(edit(), 1..8),
+            response_edits in proptest::collection::vec(edit(), 0..4),
+        ) {
+            let mut call = Call::new(EditLimits::default());
+            for (name, value) in &request {
+                call.request.append_header(NAMES[*name], value.as_str()).unwrap();
+                call.response.append_header(NAMES[*name], value.as_str()).unwrap();
+            }
+            let (before, before_response) = (lines(&call.request.headers), lines(&call.response.headers));
+            call.begin(true, None);
+            let all = HeaderSet::all();
+            for (op, name, value) in &edits {
+                let name = NAMES[*name];
+                let _ = match op {
+                    0 => call.edit_request_header(&all, Edit::Set, name, value),
+                    1 => call.edit_request_header(&all, Edit::Append, name, value),
+                    _ => call.remove_request_header(&all, name),
+                };
+            }
+            for (op, name, value) in &response_edits {
+                let name = NAMES[*name];
+                let _ = match op {
+                    0 => call.edit_response_header(&all, Edit::Set, name, value),
+                    1 => call.edit_response_header(&all, Edit::Append, name, value),
+                    _ => call.remove_response_header(&all, name),
+                };
+            }
+            call.roll_back();
+            // a header's values keep their order; headers may come back in another order
+            let sorted = |mut v: Vec<(String, String)>| { v.sort_by(|a, b| a.0.cmp(&b.0)); v };
+            prop_assert_eq!(sorted(lines(&call.request.headers)), sorted(before));
+            prop_assert_eq!(sorted(lines(&call.response.headers)), sorted(before_response));
+            prop_assert!(!call.host_changed);
+        }
+    }
 
     #[test]
     fn a_plugin_logging_in_a_loop_is_cut_to_its_budget_and_counted() {
