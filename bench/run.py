@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import configs, load, micro, procs, profile, report
+from harness import allocs, configs, load, micro, procs, profile, report
 
 REPO = Path(__file__).resolve().parent.parent
 RELEASE = REPO / "target" / "release"
@@ -143,6 +143,14 @@ PROFILED = (
     Variant("gatehouse-10k-apis", "gatehouse", 0, apis=10_000),
 )
 
+# The variants whose heap allocations per request are counted (0 B bodies).
+COUNTED = (
+    Variant("bare-pingora", "bare", 0),
+    Variant("gatehouse", "gatehouse", 0),
+    Variant("gatehouse-1-plugin", "gatehouse", 0, plugins=tuple(configs.PLUGINS_ONE)),
+    Variant("gatehouse-3-plugins", "gatehouse", 0, plugins=tuple(configs.PLUGINS_THREE)),
+)
+
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__)
@@ -168,6 +176,11 @@ def parse_args():
                                   "variants, the TLS ones included (default: all)")
     p.add_argument("--skip-micro", action="store_true", help="skip the criterion benchmarks")
     p.add_argument("--skip-profile", action="store_true", help="skip the perf profile")
+    p.add_argument("--skip-allocations", action="store_true",
+                   help="skip the count of heap allocations per request (uprobes)")
+    p.add_argument("--allocations-only", action="store_true",
+                   help="only count heap allocations per request of bare Pingora and Gatehouse "
+                        "(about 1 minute); writes RESULTS-<date>-allocations.md")
     p.add_argument("--skip-startup", action="store_true", help="skip the startup and reload times")
     p.add_argument("--seed", type=int, default=1, help="seed of the per-repetition shuffle")
     p.add_argument("--bin-dir", type=Path, default=RELEASE,
@@ -177,6 +190,8 @@ def parse_args():
     if args.quick:
         args.reps = args.reps or 5
         args.wrk_seconds = args.wrk_seconds or 2
+        args.skip_micro = args.skip_profile = args.skip_startup = args.skip_allocations = True
+    if args.allocations_only:
         args.skip_micro = args.skip_profile = args.skip_startup = True
     args.reps = args.reps or 5
     args.wrk_seconds = args.wrk_seconds or (10 if args.long else 3)
@@ -184,7 +199,7 @@ def parse_args():
     args.handshake_seconds = args.handshake_seconds or (5 if args.long else 2)
     args.bin_dir = args.bin_dir.resolve()
     if args.tls_only:
-        args.skip_micro = args.skip_profile = args.skip_startup = True
+        args.skip_micro = args.skip_profile = args.skip_startup = args.skip_allocations = True
     return args
 
 
@@ -463,6 +478,33 @@ class Bench:
         finally:
             proc.stop()
 
+    def allocations(self, variant, seconds):
+        """Heap allocations per request of the proxy under `wrk -t1 -c1` (one request at a time:
+        with many in flight, how they batch moves the count by several per request), counted with
+        uprobes (harness/allocs.py) over a `seconds` run after a warm-up."""
+        binary = self.bins / ("bare-pingora" if variant.kind == "bare" else "gatehouse")
+        proxy = self.start_proxy(variant)
+        group = None
+        try:
+            self.ready(variant, proxy)
+            url = self.url(variant)
+            script, _ = self.load_inputs(variant)
+            load.wrk(url, 1, LOAD_CORE, script=script)
+            group = allocs.attach(binary)
+            worker = allocs.worker_thread(
+                proxy.pid, "Pingora HTTP" if variant.kind == "bare" else "gatehouse proxy")
+            run, hits = allocs.count(
+                worker, group, str(self.work / f"allocs-{variant.name}.csv"),
+                lambda: load.wrk(url, seconds, LOAD_CORE, connections=1, script=script))
+            n = max(run["requests"], 1)
+            return {"requests": run["requests"],
+                    "allocations": (hits["alloc"] + hits["zalloc"]) / n,
+                    "reallocations": hits["realloc"] / n}
+        finally:
+            proxy.stop()
+            if group:
+                allocs.detach(group)
+
     def profile(self, variant, seconds):
         """perf profile of the proxy under wrk load."""
         proxy = self.start_proxy(variant)
@@ -532,12 +574,14 @@ def main():
     if args.quick and not args.only:
         args.only = ("bare-pingora@0,gatehouse@0,bare-pingora@1024,gatehouse@1024,"
                      "gatehouse-1-plugin@0")
-    if args.only:
+    if args.allocations_only:
+        todo = []
+    elif args.only:
         names = set(args.only.split(","))
         todo = [v for v in variants(args.long, tls=True) if v.name in names or v.key in names]
     else:
         todo = variants(args.long, tls=args.tls, tls_only=args.tls_only)
-    if not todo:
+    if not todo and not args.allocations_only:
         sys.exit("no variant to run; see the variants in bench/README.md")
     started = time.monotonic()
     today = datetime.date.today().isoformat()
@@ -565,7 +609,8 @@ def main():
         "h2_connections": H2_CONNECTIONS, "h2_streams": H2_STREAMS,
         "handshake_seconds": args.handshake_seconds, "bin_dir": os.path.relpath(args.bin_dir, REPO),
     }, "variants": [dataclasses.asdict(v) | {"key": v.key} for v in todo], "runs": [],
-        "failures": [], "micro": {}, "startup": {}, "reload": None, "profiles": {}}
+        "failures": [], "micro": {}, "startup": {}, "reload": None, "profiles": {},
+        "allocations": {}}
     try:
         bench.start_backends()
         if any(v.tls for v in todo):
@@ -610,6 +655,16 @@ def main():
                         data["failures"].append(f"profile {variant.name}: {e}")
             else:
                 data["failures"].append("perf profile: `perf record -e cpu-clock` does not work here")
+        if not args.skip_allocations:
+            if allocs.available():
+                log("heap allocations per request (uprobes) ...")
+                for variant in COUNTED:
+                    try:
+                        data["allocations"][variant.name] = bench.allocations(variant, 5)
+                    except Exception as e:
+                        data["failures"].append(f"allocations {variant.name}: {e}")
+            else:
+                data["failures"].append("allocations: uprobes (`perf probe`, tracefs) do not work here")
     finally:
         for proc in bench.backends.values():
             proc.stop()
@@ -618,7 +673,8 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = report.render(data)
     # A run of some variants only does not replace the day's full results.
-    suffix = "-quick" if args.quick else "-partial" if args.only else "-tls" if args.tls_only else ""
+    suffix = ("-quick" if args.quick else "-allocations" if args.allocations_only
+              else "-partial" if args.only else "-tls" if args.tls_only else "")
     name = f"RESULTS-{today}{suffix}"
     (RESULTS / f"{name}.md").write_text(text)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")

@@ -8,6 +8,8 @@
 # CPU per request, 0 B and 1 KiB, and one plugin against none, 5 interleaved repetitions (about 2 minutes after the builds).
 # `bench/run.sh fleet [fleet.py options]` measures how fast a change through one instance's admin
 # API serves on two others following the same etcd (bench/fleet.py), writing FLEET-<date>.md.
+# `bench/run.sh allocations` counts heap allocations per request (uprobes, about 1 minute), writing
+# bench/results/RESULTS-<date>-allocations.md.
 # `bench/run.sh health [health.py options]` runs the upstream-health soak and the cost of active
 # checks instead (bench/health.py, about 2 minutes), writing bench/results/HEALTH-<date>.md.
 set -euo pipefail
@@ -39,7 +41,7 @@ if ! command -v perf >/dev/null; then
 fi
 export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
 
-if [ "${1:-}" != quick ] && [ "${1:-}" != fleet ] && ! command -v oha >/dev/null; then
+if [ "${1:-}" != quick ] && [ "${1:-}" != fleet ] && [ "${1:-}" != allocations ] && ! command -v oha >/dev/null; then
     log "installing oha (cargo install, several minutes the first time)"
     cargo install oha --locked
 fi
@@ -63,6 +65,11 @@ if [ "${1:-}" = fleet ]; then
     shift
     log "running the fleet propagation benchmark (about 1 minute)"
     exec python3 bench/fleet.py "$@"
+fi
+if [ "${1:-}" = allocations ]; then
+    shift
+    log "counting heap allocations per request with uprobes (about 1 minute)"
+    exec taskset -c 1 python3 bench/run.py --allocations-only "$@"
 fi
 if [ "${1:-}" = tls ]; then
     shift
