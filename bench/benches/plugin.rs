@@ -1,15 +1,17 @@
 //! One `on-request` plugin call, on a warm instance (`reuse_instances: true`, the default) and on
 //! a fresh instance per call (`reuse_instances: false`), with the standard plugins embedded in the
-//! gateway; and a warm call of each header hook on a request with 20 realistic headers (and a
-//! response with 10). The engine runs its epoch clock as in the gateway; no call comes near its
-//! deadline.
+//! gateway; and a warm call of each hook on a request with 20 realistic headers (and a response
+//! with 10): the header hooks with standard plugins, `on-upstream-request` (no standard plugin
+//! has one) and `on-response-body` with `grant-probe` from `plugins/dist`. The engine runs its
+//! epoch clock as in the gateway; no call comes near its deadline.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gatehouse_plugin_host::{standard, PluginEngine, PluginSlot, SlotLimits};
+use gatehouse_config::PluginGrants;
+use gatehouse_plugin_host::{standard, Grants, Node, PluginEngine, PluginSlot, SlotLimits};
 use pingora_http::RequestHeader;
 
 mod common;
@@ -38,6 +40,34 @@ fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> Ar
         limits,
     )
     .expect("standard plugin configures")
+}
+
+/// A slot for `grant-probe` (plugins/dist) with `config`, granted `grants`.
+fn probe_slot(engine: &Arc<PluginEngine>, config: &str, grants: PluginGrants) -> Arc<PluginSlot> {
+    let pre = engine
+        .load("bench:grant-probe", || {
+            Ok(include_bytes!("../../plugins/dist/grant-probe.wasm").to_vec())
+        })
+        .expect("grant-probe loads");
+    let limits = SlotLimits {
+        memory: 16 << 20,
+        time: Duration::from_millis(10),
+        reuse_instances: true,
+        edits: Default::default(),
+        body: 64 * 1024,
+    };
+    PluginSlot::with_grants(
+        engine.clone(),
+        pre,
+        "grant-probe",
+        "svc",
+        "api",
+        config.into(),
+        limits,
+        Some(Grants::configured(&grants).expect("grants")),
+        false,
+    )
+    .expect("grant-probe configures")
 }
 
 /// The plugin engine, and a current-thread runtime to drive the hooks (they are async: they may
@@ -119,6 +149,46 @@ fn plugin_hook(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 rt.block_on(headers.on_request(&mut req, None, None))
+                    .is_ok(),
+            )
+        })
+    });
+    // on-upstream-request of a plugin that changes nothing: the hook's own cost
+    let upstream = probe_slot(
+        &engine,
+        r#"{"hooks":["on-upstream-request"]}"#,
+        PluginGrants::default(),
+    );
+    let node = Node {
+        upstream: "users".to_owned(),
+        host: "10.0.0.7".to_owned(),
+        port: 8080,
+        address: "10.0.0.7:8080".to_owned(),
+    };
+    group.bench_function("on-upstream-request/no-op", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(upstream.on_upstream_request(&mut req, None, &node))
+                    .is_ok(),
+            )
+        })
+    });
+    // on-response-body appending to a 1 KiB body: an instance held, the body copied in and out
+    let appender = probe_slot(
+        &engine,
+        r#"{"needs":{"response_body":true},"append_to_response":"!"}"#,
+        PluginGrants {
+            response_body: true,
+            ..PluginGrants::default()
+        },
+    );
+    let body = vec![b'x'; 1024];
+    let sent = resp.headers.clone();
+    group.bench_function("on-response-body/append-1k", |b| {
+        b.iter(|| {
+            let held = rt.block_on(appender.hold()).expect("an instance");
+            black_box(
+                held.on_response_body(&mut req, 200, &sent, &body, None)
                     .is_ok(),
             )
         })

@@ -20,6 +20,8 @@ KNOWN = {
     "plugin_hook/on-request/host-rewrite": "host-rewrite on-request, 20 request headers, warm",
     "plugin_hook/on-request/headers": "headers on-request, 20 request headers, warm",
     "plugin_hook/on-response/headers": "headers on-response, 20 + 10 headers, warm",
+    "plugin_hook/on-upstream-request/no-op": "grant-probe on-upstream-request changing nothing, 20 request headers, warm",
+    "plugin_hook/on-response-body/append-1k": "grant-probe on-response-body appending to a 1 KiB body, warm (instance held first)",
 }
 
 
