@@ -569,6 +569,16 @@ def machine():
     }
 
 
+def each_variant(data, stage, variants, measure):
+    """Runs `measure` on each variant into `data[stage][name]`; a failure is recorded and the
+    stage goes on."""
+    for variant in variants:
+        try:
+            data[stage][variant.name] = measure(variant)
+        except Exception as e:  # keep the rest of the run
+            data["failures"].append(f"{stage} {variant.name}: {e}")
+
+
 def main():
     args = parse_args()
     if args.quick and not args.only:
@@ -648,21 +658,13 @@ def main():
         if not args.skip_profile:
             if profile.available():
                 log("perf profile ...")
-                for variant in PROFILED:
-                    try:
-                        data["profiles"][variant.name] = bench.profile(variant, 5)
-                    except Exception as e:
-                        data["failures"].append(f"profile {variant.name}: {e}")
+                each_variant(data, "profiles", PROFILED, lambda v: bench.profile(v, 5))
             else:
                 data["failures"].append("perf profile: `perf record -e cpu-clock` does not work here")
         if not args.skip_allocations:
             if allocs.available():
                 log("heap allocations per request (uprobes) ...")
-                for variant in COUNTED:
-                    try:
-                        data["allocations"][variant.name] = bench.allocations(variant, 5)
-                    except Exception as e:
-                        data["failures"].append(f"allocations {variant.name}: {e}")
+                each_variant(data, "allocations", COUNTED, lambda v: bench.allocations(v, 5))
             else:
                 data["failures"].append("allocations: uprobes (`perf probe`, tracefs) do not work here")
     finally:
