@@ -666,9 +666,14 @@ impl PluginSlot {
             }
             warm.grown = true;
         }
-        if let Err(rejected) = self.pool.push(warm) {
-            if rejected.grown {
-                self.grown_pooled.fetch_sub(1, Ordering::AcqRel);
+        match self.pool.push(warm) {
+            // a request may be waiting for an instance (only the background thread's new ones
+            // woke it before: it could time out with instances idle in the pool)
+            Ok(()) => self.ready.notify_waiters(),
+            Err(rejected) => {
+                if rejected.grown {
+                    self.grown_pooled.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
     }

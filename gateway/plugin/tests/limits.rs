@@ -284,6 +284,56 @@ fn a_thread_calling_again_gets_the_instance_it_used_last() {
 }
 
 #[test]
+fn threads_calling_at_once_share_a_bounded_set_of_instances() {
+    let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
+    let wat = gatehouse_plugin_host::testing::component_wat(WELL_BEHAVED);
+    let pre = engine
+        .load("shared:well-behaved", || {
+            Ok(gatehouse_plugin_host::testing::binary(&wat))
+        })
+        .unwrap();
+    let slot = PluginSlot::new(
+        engine.clone(),
+        pre,
+        "shared",
+        "shop",
+        "get",
+        "{}".into(),
+        LIMITS,
+    )
+    .unwrap();
+    let one = engine.memory_budget().used();
+    // eight threads, more than the cells of a small machine, each calling 300 times: instances
+    // move between their cells and the pool, none is lost or made per call
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                for _ in 0..300 {
+                    let outcome = rt.block_on(slot.on_request(&mut request(), None, None));
+                    assert!(
+                        matches!(outcome, Ok(RequestOutcome::Proceed { .. })),
+                        "{:?}",
+                        outcome.err()
+                    );
+                }
+            });
+        }
+    });
+    let held = engine.memory_budget().used();
+    eprintln!("{} instances after 2,400 calls", held / one);
+    // at most one in use per thread, the spares and what the cells keep: far from 2,400
+    assert!(
+        held <= 32 * one,
+        "{} instances' worth of memory held after 2,400 calls",
+        held / one
+    );
+}
+
+#[test]
 fn all_instances_share_one_memory_budget() {
     let engine = PluginEngine::new(64 * 1024 * 1024).unwrap();
     let make = |body: &str, name: &str| {
