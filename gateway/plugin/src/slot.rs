@@ -293,9 +293,12 @@ pub struct PluginSlot {
     /// A background thread is making instances.
     refilling: AtomicBool,
     /// Grown instances in the pool (at most [`GROWN_KEPT`]).
-    grown_pooled: std::sync::atomic::AtomicUsize,
-    /// Signalled when the background thread adds an instance.
+    grown_pooled: AtomicUsize,
+    /// Signalled when an instance goes into the pool while a request waits for one.
     ready: Notify,
+    /// Requests waiting for an instance: returning one to the pool signals `ready` only then
+    /// (the signal takes a lock).
+    waiting: AtomicUsize,
     breaker: Breaker,
 }
 
@@ -356,8 +359,9 @@ impl PluginSlot {
             breaker: Breaker::new(label),
             metrics: PluginMetrics::new(label),
             refilling: AtomicBool::new(false),
-            grown_pooled: std::sync::atomic::AtomicUsize::new(0),
+            grown_pooled: AtomicUsize::new(0),
             ready: Notify::new(),
+            waiting: AtomicUsize::new(0),
         };
         let mut warm = slot.instance()?;
         if matches!(warm.plugin, Guest::V2(_)) {
@@ -562,6 +566,10 @@ impl PluginSlot {
         }
         self.refill();
         let deadline = tokio::time::Instant::now() + INSTANCE_WAIT;
+        // counted before the pool is looked at (see `release`); uncounted however this ends,
+        // a request dropped while it waits included
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         loop {
             let notified = self.ready.notified();
             tokio::pin!(notified);
@@ -668,8 +676,14 @@ impl PluginSlot {
         }
         match self.pool.push(warm) {
             // a request may be waiting for an instance (only the background thread's new ones
-            // woke it before: it could time out with instances idle in the pool)
-            Ok(()) => self.ready.notify_waiters(),
+            // woke it before: it could time out with instances idle in the pool). The fence
+            // pairs with the waiter's count: either it finds this instance or it is seen here.
+            Ok(()) => {
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if self.waiting.load(Ordering::Relaxed) > 0 {
+                    self.ready.notify_waiters();
+                }
+            }
             Err(rejected) => {
                 if rejected.grown {
                     self.grown_pooled.fetch_sub(1, Ordering::AcqRel);
@@ -949,6 +963,15 @@ impl HeldInstance {
         std::mem::swap(&mut call.request, req);
         slot.finish(warm, &result);
         result
+    }
+}
+
+/// A request counted in [`PluginSlot`]'s `waiting` while it waits for an instance.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
