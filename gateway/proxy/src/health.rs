@@ -212,17 +212,27 @@ impl NodeHealth {
 
     /// Takes the node out at `now` for `recovery` (zero: until a probe brings it back), doubled
     /// for each time it was taken out since it last served well, up to [`MAX_EJECTION`].
-    fn take_out(&self, now: u64, recovery: Duration, reason: String) -> Change {
+    ///
+    /// `seen` is the end of the last time out as the caller read it when it decided: of requests
+    /// failing at once past the threshold, only the one that moves it on takes the node out, so
+    /// one outage is one ejection (said once, its recovery time doubled once).
+    fn take_out(&self, seen: u64, now: u64, recovery: Duration, reason: String) -> Change {
         let until = if recovery.is_zero() {
             u64::MAX
         } else {
             now.saturating_add(self.out_for(recovery).as_millis() as u64)
                 .max(1)
         };
+        if self
+            .out_until
+            .compare_exchange(seen, until, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return Change::None;
+        }
         self.ejections.fetch_add(1, Ordering::AcqRel);
         self.trial_at.store(0, Ordering::Release);
         self.probation.store(false, Ordering::Release);
-        self.out_until.store(until, Ordering::Relaxed);
         self.successes.store(0, Ordering::Relaxed);
         self.reset_failures();
         if self.set(State::Unhealthy, reason.clone()) {
@@ -315,12 +325,16 @@ impl NodeHealth {
             Source::Request => "",
             Source::Probe => "probe ",
         };
-        if source == Source::Request && self.is_due_back(now) {
+        let seen = self.out_until.load(Ordering::Acquire);
+        if source == Source::Request && seen != 0 && seen <= now {
             // the trial request of a node on probation decides alone
             return match (failure, evidence) {
-                (Some((_, threshold, why)), _) if threshold > 0 => {
-                    self.take_out(now, recovery, format!("its trial request failed: {why}"))
-                }
+                (Some((_, threshold, why)), _) if threshold > 0 => self.take_out(
+                    seen,
+                    now,
+                    recovery,
+                    format!("its trial request failed: {why}"),
+                ),
                 (None, Evidence::Status(status)) => {
                     self.bring_back(format!("its trial request was answered {status}"))
                 }
@@ -333,15 +347,17 @@ impl NodeHealth {
                     self.successes.store(0, Ordering::Relaxed);
                 }
                 let n = counter.fetch_add(1, Ordering::AcqRel) + 1;
-                if threshold == 0 || n < threshold || self.is_out(now) {
+                if threshold == 0 || n < threshold || seen > now {
                     return Change::None;
                 }
                 self.take_out(
+                    seen,
                     now,
                     recovery,
+                    // the threshold, not `n`: requests failing at once may count past it
                     format!(
-                        "{what}{why} ({n} time{} in a row)",
-                        if n == 1 { "" } else { "s" }
+                        "{what}{why} ({threshold} time{} in a row)",
+                        if threshold == 1 { "" } else { "s" }
                     ),
                 )
             }
@@ -480,6 +496,37 @@ mod tests {
         );
         assert_eq!(h.state(), State::Healthy);
         assert!(h.admit(30_011, TRIAL_TIMEOUT));
+    }
+
+    #[test]
+    fn requests_failing_at_once_past_the_threshold_take_the_node_out_once() {
+        let c = HealthCheck {
+            timeouts: 2,
+            ..check()
+        };
+        let r = Duration::from_secs(30);
+        let threads = 4;
+        for round in 0..2_000 {
+            let h = NodeHealth::new(State::Healthy, "");
+            h.record(&c, r, Source::Request, &Evidence::TimedOut, 0);
+            let start = std::sync::Barrier::new(threads);
+            let changes: Vec<Change> = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            h.record(&c, r, Source::Request, &Evidence::TimedOut, 0)
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            let outs = changes.iter().filter(|c| **c != Change::None).count();
+            assert_eq!(outs, 1, "round {round}: {changes:?}");
+            assert_eq!(h.back_at(), Some(30_000), "round {round}: doubled once");
+            let reason = h.report().reason;
+            assert!(reason.contains("timed out (2 times in a row)"), "{reason}");
+        }
     }
 
     #[test]
