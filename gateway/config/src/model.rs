@@ -16,6 +16,9 @@ pub mod limits {
     pub const MAX_NAME_LEN: usize = 50;
     pub const MAX_NODES: usize = 200;
     pub const MAX_WEIGHT: u32 = 100;
+    /// Tags of one node.
+    pub const MAX_NODE_TAGS: usize = 8;
+    pub const MAX_TAG_LEN: usize = 32;
     pub const DEFAULT_WEIGHT: u32 = 10;
     pub const MIN_RETRIES: u32 = 1;
     pub const MAX_RETRIES: u32 = 100;
@@ -564,6 +567,8 @@ pub struct Node {
     pub port: u16,
     /// 0 drains the node: it keeps its place but receives no new requests.
     pub weight: u32,
+    /// Labels plugins steer requests by (`canary`), each once.
+    pub tags: Vec<String>,
 }
 
 impl Node {

@@ -359,6 +359,9 @@ pub struct RawNode {
     pub port: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<i64>,
+    /// Labels plugins steer requests by (`canary`).
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

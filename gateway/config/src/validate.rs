@@ -1758,8 +1758,14 @@ impl Validator {
             } else {
                 seen.insert(key, j);
             }
+            let tags = self.node_tags(&npath, &n.tags);
             if let (Some(host), Some(port)) = (host, port) {
-                nodes.push(Node { host, port, weight });
+                nodes.push(Node {
+                    host,
+                    port,
+                    weight,
+                    tags,
+                });
             }
         }
         if !raw.is_empty() && raw.iter().all(|n| n.weight == Some(0)) {
@@ -1770,6 +1776,51 @@ impl Validator {
             );
         }
         nodes
+    }
+
+    /// A node's tags: at most [`limits::MAX_NODE_TAGS`], each a short lower-case word, once.
+    fn node_tags(&mut self, npath: &str, raw: &[String]) -> Vec<String> {
+        if raw.len() > limits::MAX_NODE_TAGS {
+            self.problem(
+                format!("{npath}.tags"),
+                format!(
+                    "has {} tags; a node has at most {}",
+                    raw.len(),
+                    limits::MAX_NODE_TAGS
+                ),
+                "keep the tags plugins steer by (canary, zone-a, ...)",
+            );
+        }
+        let mut tags: Vec<String> = Vec::with_capacity(raw.len());
+        for (k, tag) in raw.iter().enumerate() {
+            let good = (1..=limits::MAX_TAG_LEN).contains(&tag.len())
+                && tag.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !good {
+                self.problem(
+                    format!("{npath}.tags[{k}]"),
+                    format!("{tag:?} is not a tag"),
+                    format!(
+                        "use 1 to {} lower-case letters, digits, '-' or '_', starting with a letter or digit",
+                        limits::MAX_TAG_LEN
+                    ),
+                );
+            } else if let Some(first) = tags.iter().position(|t| t == tag) {
+                self.problem(
+                    format!("{npath}.tags[{k}]"),
+                    format!("{tag:?} is already tags[{first}]"),
+                    "list each tag once",
+                );
+            } else {
+                tags.push(tag.clone());
+                continue;
+            }
+            tags.push(String::new());
+        }
+        tags.retain(|t| !t.is_empty());
+        tags
     }
 
     fn services(

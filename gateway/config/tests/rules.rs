@@ -180,6 +180,15 @@ fn health_checks_default_to_passive_and_take_every_field() {
 }
 
 #[test]
+fn node_tags_are_kept_in_order_and_default_to_none() {
+    let mut doc = base();
+    set(&mut doc, "upstreams[0].nodes[1].tags", "[canary, zone-b]");
+    let cfg = parse(&serde_yaml::to_string(&doc).unwrap(), "t", Path::new("/")).unwrap();
+    assert!(cfg.upstreams[0].nodes[0].tags.is_empty());
+    assert_eq!(cfg.upstreams[0].nodes[1].tags, ["canary", "zone-b"]);
+}
+
+#[test]
 fn defaults_apply_when_keys_are_omitted() {
     let mut doc = base();
     set(&mut doc, "upstreams[0].retries", "~");
@@ -222,6 +231,9 @@ const CASES: &[Case] = &[
     ("weight too high", &[("upstreams[0].nodes[1].weight", "150")], "upstreams[0].nodes[1].weight: 150 is out of range 0..=100"),
     ("negative weight", &[("upstreams[0].nodes[0].weight", "-1")], "upstreams[0].nodes[0].weight: -1 is out of range 0..=100"),
     ("all weights zero", &[("upstreams[0].nodes[0].weight", "0"), ("upstreams[0].nodes[1].weight", "0")], "upstreams[0].nodes: every node has weight 0"),
+    ("bad node tag", &[("upstreams[0].nodes[1].tags", "[canary, Blue]")], "upstreams[0].nodes[1].tags[1]: \"Blue\" is not a tag (fix: use 1 to 32 lower-case letters"),
+    ("repeated node tag", &[("upstreams[0].nodes[0].tags", "[canary, zone-a, canary]")], "upstreams[0].nodes[0].tags[2]: \"canary\" is already tags[0] (fix: list each tag once)"),
+    ("too many node tags", &[("upstreams[0].nodes[0].tags", "[a, b, c, d, e, f, g, h, i]")], "upstreams[0].nodes[0].tags: has 9 tags; a node has at most 8"),
     ("duplicate node", &[("upstreams[0].nodes[1].host", "10.0.0.11")], "upstreams[0].nodes[1]: 10.0.0.11:8080 is already nodes[0]"),
     ("node outside its VPC", &[("upstreams[0].nodes[1].host", "192.168.1.9")], "upstreams[0].nodes[1].host: 192.168.1.9 is outside VPC \"vpc-main\""),
     ("node host not a name", &[("upstreams[0].nodes[1].host", "bad host!")], "upstreams[0].nodes[1].host: \"bad host!\" is neither an IP address nor a DNS name"),

@@ -63,6 +63,23 @@ pub struct Node {
     pub address: String,
 }
 
+/// Where a plugin steered a request, as it named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SteerTo {
+    /// The upstream's nodes with this tag.
+    Tag(String),
+    /// One node, by `host:port` as configured or the `ip:port` it connects to.
+    Node(String),
+}
+
+/// A plugin's choice of the nodes that may serve a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeChoice {
+    pub to: SteerTo,
+    /// When none of those nodes can take the request: refuse it rather than use another.
+    pub fail: bool,
+}
+
 /// What `on-request` decided.
 pub enum Action {
     Proceed,
@@ -425,6 +442,12 @@ pub struct Call {
     pub new_body: Option<Vec<u8>>,
     /// Largest body the plugin use may set.
     pub body_limit: usize,
+    /// The call may steer the request (`on-request`).
+    pub steerable: bool,
+    /// The nodes this call allowed the request to use.
+    pub nodes: Option<NodeChoice>,
+    /// The retry count this call set.
+    pub retries: Option<u32>,
     limits: EditLimits,
     /// Headers and bytes set in this call so far.
     added_headers: usize,
@@ -484,6 +507,9 @@ impl Call {
             body: None,
             new_body: None,
             body_limit: 0,
+            steerable: false,
+            nodes: None,
+            retries: None,
             limits,
             added_headers: 0,
             added_bytes: 0,
@@ -500,6 +526,9 @@ impl Call {
         self.host_changed = false;
         self.violation = None;
         self.new_body = None;
+        self.steerable = false;
+        self.nodes = None;
+        self.retries = None;
         self.added_headers = 0;
         self.added_bytes = 0;
         self.undo.clear();
@@ -528,6 +557,8 @@ impl Call {
         self.query_changed = false;
         self.host_changed = false;
         self.new_body = None;
+        self.nodes = None;
+        self.retries = None;
     }
 
     /// Records a broken rule (the first one is reported) and returns its message for the guest.
@@ -959,7 +990,57 @@ host_functions!(v2 {
     }
 });
 
+impl v2::gatehouse::plugin::steering::Host for HostState {
+    fn to_tag(
+        &mut self,
+        _: Resource<RequestHandle>,
+        tag: String,
+        fallback: v2::gatehouse::plugin::steering::Fallback,
+    ) -> Result<(), String> {
+        self.may_steer()?;
+        self.call.nodes = Some(NodeChoice {
+            to: SteerTo::Tag(tag),
+            fail: fallback == v2::gatehouse::plugin::steering::Fallback::Fail,
+        });
+        Ok(())
+    }
+
+    fn to_node(
+        &mut self,
+        _: Resource<RequestHandle>,
+        address: String,
+        fallback: v2::gatehouse::plugin::steering::Fallback,
+    ) -> Result<(), String> {
+        self.may_steer()?;
+        self.call.nodes = Some(NodeChoice {
+            to: SteerTo::Node(address),
+            fail: fallback == v2::gatehouse::plugin::steering::Fallback::Fail,
+        });
+        Ok(())
+    }
+
+    fn limit_retries(&mut self, _: Resource<RequestHandle>, retries: u32) -> Result<(), String> {
+        self.may_steer()?;
+        self.call.retries = Some(self.call.retries.map_or(retries, |r| r.min(retries)));
+        Ok(())
+    }
+}
+
 impl HostState {
+    /// Steering works in `on-request`, for a plugin use granted it.
+    fn may_steer(&mut self) -> Result<(), String> {
+        if !self.grants.node_steering {
+            return Err(self.call.violate(Violation::Denied(
+                "steering requests is not granted to this plugin (grants: { node_steering: true })"
+                    .to_owned(),
+            )));
+        }
+        if !self.call.steerable {
+            return Err("requests can be steered only in on-request".to_owned());
+        }
+        Ok(())
+    }
+
     fn set_request_path(&mut self, path: String) -> Result<(), String> {
         // The backend gets the canonical form, so a plugin cannot send a path that routing
         // would have refused (dot segments, encoded slashes, ...).

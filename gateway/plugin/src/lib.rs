@@ -18,7 +18,7 @@ pub mod grants;
 pub mod metrics;
 pub mod slot;
 
-pub use bindings::{EditLimits, MemoryBudget, Node, Reply};
+pub use bindings::{EditLimits, MemoryBudget, Node, NodeChoice, Reply, SteerTo};
 pub use engine::{
     release_freed_memory, set_release_freed_memory, Component, LoadError, PluginEngine,
     COARSE_TICK, EPOCH_TICK,

@@ -21,7 +21,7 @@ use wasmtime::{Store, Trap};
 
 use crate::bindings::{
     check_reply_headers, hooks_of_v1, readable_headers, v1, v2, Action, EditLimits, HostState,
-    LogBudget, Node, Reply, Violation, REQUEST, RESPONSE,
+    LogBudget, Node, NodeChoice, Reply, Violation, REQUEST, RESPONSE,
 };
 use crate::budget::CallBudget;
 use crate::engine::{Component, PluginEngine};
@@ -243,6 +243,10 @@ pub enum RequestOutcome {
         host_changed: bool,
         /// The plugin replaced the request body.
         body_changed: bool,
+        /// The nodes the plugin allowed the request to use.
+        nodes: Option<NodeChoice>,
+        /// The retry count the plugin set.
+        retries: Option<u32>,
     },
     Respond(Reply),
 }
@@ -748,6 +752,7 @@ impl PluginSlot {
         let mut warm = self.acquire().await?;
         let call = &mut warm.store.data_mut().call;
         call.begin(true, client_ip);
+        call.steerable = true;
         let body = body.filter(|_| self.request_body);
         call.body = body.as_ref().map(|b| bytes::Bytes::clone(b));
         std::mem::swap(&mut call.request, req);
@@ -761,12 +766,14 @@ impl PluginSlot {
         });
         let outcome = result.and_then(|action| match action {
             Action::Proceed => {
-                let call = &warm.store.data().call;
+                let call = &mut warm.store.data_mut().call;
                 Ok(RequestOutcome::Proceed {
                     path_changed: call.path_changed,
                     query_changed: call.query_changed,
                     host_changed: call.host_changed,
                     body_changed: call.new_body.is_some(),
+                    nodes: call.nodes.take(),
+                    retries: call.retries,
                 })
             }
             Action::Respond(reply) => check_reply(reply, &self.limits.edits)

@@ -75,7 +75,9 @@ fn a_well_behaved_component_proceeds() {
             path_changed: false,
             query_changed: false,
             host_changed: false,
-            body_changed: false
+            body_changed: false,
+            nodes: None,
+            retries: None,
         })
     ));
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use gatehouse_config::{Api, Config, OnError, PluginLimits, PluginRef, PluginSource, Problem};
 use gatehouse_plugin_host::{
     Component, EditLimits, Failure, GrantedBy, Grants, HeldInstance, Hook, LoadError, Node,
-    PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits,
+    NodeChoice, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits,
 };
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -40,6 +40,10 @@ pub enum Decision<'a> {
         query_changed: bool,
         host_changed: bool,
         body_changed: bool,
+        /// The nodes the last plugin that steered allowed.
+        nodes: Option<NodeChoice>,
+        /// The lowest retry count a plugin set.
+        retries: Option<u32>,
     },
     Respond(Reply),
     Stop(Stopped<'a>),
@@ -312,6 +316,7 @@ impl ApiPlugins {
         mut body: Option<&mut bytes::Bytes>,
     ) -> Decision<'_> {
         let (mut path, mut query, mut host, mut body_set) = (false, false, false, false);
+        let (mut steered, mut retry_cap) = (None, None::<u32>);
         for (slot, on_error) in self
             .slots
             .iter()
@@ -323,11 +328,19 @@ impl ApiPlugins {
                     query_changed,
                     host_changed,
                     body_changed,
+                    nodes,
+                    retries,
                 }) => {
                     path |= path_changed;
                     query |= query_changed;
                     host |= host_changed;
                     body_set |= body_changed;
+                    if nodes.is_some() {
+                        steered = nodes;
+                    }
+                    if let Some(r) = retries {
+                        retry_cap = Some(retry_cap.map_or(r, |c| c.min(r)));
+                    }
                 }
                 Ok(RequestOutcome::Respond(reply)) => return Decision::Respond(reply),
                 Err(failure) => {
@@ -345,6 +358,8 @@ impl ApiPlugins {
             query_changed: query,
             host_changed: host,
             body_changed: body_set,
+            nodes: steered,
+            retries: retry_cap,
         }
     }
 

@@ -41,11 +41,14 @@ use crate::respond::{self, ErrorBody};
 use crate::route::RouteMatch;
 use crate::runtime::{ApiBackend, ApiRuntime, Runtime, SharedRuntime};
 use crate::selection::TriedSet;
+use crate::upstream::Steer;
 use gatehouse_config::OnError;
 use gatehouse_plugin_host::HeldInstance;
 
 /// Error raised when an upstream has no node left to try.
 const NO_NODE: ErrorType = ErrorType::Custom("NoNodeAvailable");
+/// A plugin steered the request to nodes none of which can take it, and said to fail then.
+const NO_STEERED_NODE: ErrorType = ErrorType::Custom("NoSteeredNode");
 /// Error raised when a `fail_closed` plugin failed after the request phase.
 const PLUGIN_FAILED: ErrorType = ErrorType::Custom("PluginFailed");
 /// Error raised when a request body grows past its limit while it is streamed upstream.
@@ -98,6 +101,10 @@ pub struct RequestCtx {
     mapped: Option<String>,
     tried: TriedSet,
     attempts: u32,
+    /// The nodes a plugin allowed this request to use.
+    steer: Option<Steer>,
+    /// The retry count a plugin set, when below the upstream's.
+    retry_cap: Option<u32>,
     /// The node of the current attempt and its position in the upstream's schedule.
     node: Option<usize>,
     position: Option<usize>,
@@ -170,12 +177,19 @@ impl RequestCtx {
         upstream.config.retry_statuses.contains(&status)
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
-            && self.attempts <= upstream.retries
-            && upstream.has_untried(&self.tried)
+            && self.attempts <= self.retries(upstream)
+            && upstream.has_untried(&self.tried, self.steer.as_ref())
             && upstream
                 .config
                 .retry_budget
                 .is_none_or(|budget| self.started.elapsed() < budget)
+    }
+
+    /// How many times this request may be retried: the upstream's count, or lower if a plugin
+    /// said so.
+    fn retries(&self, upstream: &crate::upstream::UpstreamRuntime) -> u32 {
+        self.retry_cap
+            .map_or(upstream.retries, |cap| cap.min(upstream.retries))
     }
 
     /// Records evidence about the current attempt's node for passive health checks.
@@ -201,8 +215,8 @@ impl RequestCtx {
             .is_none_or(|budget| self.started.elapsed() < budget);
         let allowed = eligible
             && within_budget
-            && self.attempts <= upstream.retries
-            && upstream.has_untried(&self.tried);
+            && self.attempts <= self.retries(upstream)
+            && upstream.has_untried(&self.tried, self.steer.as_ref());
         if allowed {
             upstream.retries_total.inc();
         }
@@ -319,8 +333,14 @@ impl Gateway {
                 query_changed,
                 host_changed,
                 body_changed,
+                nodes,
+                retries,
             } => {
                 ctx.request_framed |= body_changed;
+                if let Some(choice) = &nodes {
+                    ctx.steer = ctx.upstream(runtime).map(|u| u.steer(choice));
+                }
+                ctx.retry_cap = retries;
                 if path_changed {
                     // the plugin's path replaces the API's backend path mapping
                     ctx.upstream_uri = None;
@@ -527,6 +547,8 @@ impl ProxyHttp for Gateway {
             upstream_uri: None,
             mapped: None,
             tried: TriedSet::default(),
+            steer: None,
+            retry_cap: None,
             attempts: 0,
             node: None,
             position: None,
@@ -787,8 +809,17 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "API has no upstream");
         };
         let upstream = &runtime.upstreams[*upstream];
-        let Some((position, node)) = upstream.pick(ctx.position, &ctx.tried) else {
+        let Some((position, node)) = upstream.pick(ctx.position, &ctx.tried, ctx.steer.as_ref())
+        else {
             ctx.node = None;
+            if let Some(steer) = ctx.steer.filter(|s| s.fail && ctx.attempts == 0) {
+                return Err(Error::create(
+                    NO_STEERED_NODE,
+                    ErrorSource::Internal,
+                    Some(upstream.describe_steer(&steer).into()),
+                    None,
+                ));
+            }
             return Err(Error::create(
                 NO_NODE,
                 ErrorSource::Upstream,
@@ -1157,6 +1188,7 @@ impl ProxyHttp for Gateway {
         let (status, code) = match (e.etype(), e.esource()) {
             (t, _) if *t == PLUGIN_FAILED => (500, "plugin_failed"),
             (t, _) if *t == BODY_TOO_LARGE => (413, "payload_too_large"),
+            (t, _) if *t == NO_STEERED_NODE => (503, "no_steered_node"),
             (t, _) if *t == RETRY_STATUS => (502, "bad_gateway"),
             (ErrorType::ReadTimedout, ErrorSource::Downstream) => (408, "request_timeout"),
             (ErrorType::HTTPStatus(code), _) => (*code, "error"),
@@ -1684,6 +1716,10 @@ fn describe(e: &Error) -> String {
             "TLS handshake failed".to_owned()
         }
         t if *t == NO_NODE => "no node available".to_owned(),
+        t if *t == NO_STEERED_NODE => e
+            .context
+            .as_ref()
+            .map_or_else(|| "no steered node available".to_owned(), |c| c.to_string()),
         ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
             "the connection to the node broke".to_owned()
         }

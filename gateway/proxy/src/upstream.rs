@@ -23,6 +23,7 @@ use once_cell::sync::Lazy;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use gatehouse_config::{NodeHost, Problem, Protocol, Upstream, Vpc};
+use gatehouse_plugin_host::{NodeChoice, SteerTo};
 use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
@@ -51,6 +52,8 @@ pub struct NodeRuntime {
     pub host: NodeHost,
     pub port: u16,
     pub weight: u32,
+    /// Indexes of the node's tags in [`UpstreamRuntime::tags`].
+    tags: Box<[u16]>,
     settings: PeerSettings,
     /// The peer to connect to; `None` while the node has no address inside the VPC.
     peer: ArcSwapOption<HttpPeer>,
@@ -137,6 +140,8 @@ pub struct UpstreamRuntime {
     pub retries: u32,
     pub host_header: Option<http::HeaderValue>,
     pub nodes: Box<[NodeRuntime]>,
+    /// Every tag of the upstream's nodes, sorted.
+    pub tags: Box<[String]>,
     /// The schedule over every node with a weight.
     pub selector: SmoothWeighted,
     /// The schedule over the nodes requests may use now.
@@ -155,10 +160,42 @@ pub struct UpstreamRuntime {
 /// The schedule requests use until the eligible set changes.
 struct Eligible {
     selector: SmoothWeighted,
+    /// For each tag of [`UpstreamRuntime::tags`], the schedule over its nodes requests may use
+    /// now (in panic mode, over all of them with an address).
+    tagged: Box<[SmoothWeighted]>,
     /// Every node with an address is in the schedule because none is eligible.
     panic: bool,
     /// Upstream-clock milliseconds at which a node out for a while is due back.
     recheck_at: u64,
+}
+
+/// Which of an upstream's nodes a plugin allowed a request to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// The nodes with the tag of this index in [`UpstreamRuntime::tags`].
+    Tag(usize),
+    /// The node of this index.
+    Node(usize),
+    /// None: the plugin named a tag or node the upstream does not have.
+    Nothing,
+}
+
+/// A plugin's steering of one request, resolved against its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steer {
+    pub allowed: Allowed,
+    /// When no allowed node can take the request: refuse it (503) rather than use any node.
+    pub fail: bool,
+}
+
+impl Steer {
+    fn allows(&self, i: usize, node: &NodeRuntime) -> bool {
+        match self.allowed {
+            Allowed::Tag(t) => node.tags.contains(&(t as u16)),
+            Allowed::Node(n) => n == i,
+            Allowed::Nothing => false,
+        }
+    }
 }
 
 /// The health of one node, for the admin API.
@@ -213,6 +250,13 @@ impl UpstreamRuntime {
             })?),
             None => None,
         };
+        let mut tags: Vec<String> = config
+            .nodes
+            .iter()
+            .flat_map(|n| n.tags.iter().cloned())
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
         let nodes: Box<[NodeRuntime]> = config
             .nodes
             .iter()
@@ -241,6 +285,12 @@ impl UpstreamRuntime {
                     host: node.host.clone(),
                     port: node.port,
                     weight: node.weight,
+                    tags: node
+                        .tags
+                        .iter()
+                        .filter_map(|t| tags.binary_search(t).ok())
+                        .map(|i| i as u16)
+                        .collect(),
                     settings,
                     peer: ArcSwapOption::empty(),
                     health,
@@ -256,6 +306,7 @@ impl UpstreamRuntime {
             selector: SmoothWeighted::new(&weights),
             eligible: ArcSwap::from_pointee(Eligible {
                 selector: SmoothWeighted::new(&weights),
+                tagged: Box::default(),
                 panic: false,
                 recheck_at: u64::MAX,
             }),
@@ -266,6 +317,7 @@ impl UpstreamRuntime {
             panic_requests: METRICS.panic_requests.with_label_values(&[&config.name]),
             retries_total: METRICS.upstream_retries.with_label_values(&[&config.name]),
             nodes,
+            tags: tags.into_boxed_slice(),
             config: config.clone(),
         };
         for node in upstream.nodes.iter() {
@@ -288,12 +340,48 @@ impl UpstreamRuntime {
     /// next position of the eligible schedule, a retry continues after `previous` (the position of
     /// the failed attempt). Only eligible nodes are picked (in panic mode, any node with an
     /// address). Returns (position, node).
-    pub fn pick(&self, previous: Option<usize>, tried: &TriedSet) -> Option<(usize, usize)> {
+    ///
+    /// A request a plugin steered picks among the nodes it allowed, by the same rules (their own
+    /// schedule for a tag); when none of them can take it, `steer.fail` refuses it (`None`) and
+    /// otherwise it picks among all nodes.
+    pub fn pick(
+        &self,
+        previous: Option<usize>,
+        tried: &TriedSet,
+        steer: Option<&Steer>,
+    ) -> Option<(usize, usize)> {
         let now = now_ms();
         let mut current = self.eligible.load();
         if now >= current.recheck_at {
             self.refresh(now);
             current = self.eligible.load();
+        }
+        if let Some(steer) = steer {
+            let usable = |i: usize| {
+                !tried.contains(i)
+                    && if current.panic {
+                        self.nodes[i].is_available()
+                    } else {
+                        self.nodes[i].admits(now)
+                    }
+            };
+            let picked = match steer.allowed {
+                Allowed::Tag(t) => {
+                    let selector = &current.tagged[t];
+                    let start = match previous {
+                        Some(pos) => pos.wrapping_add(1),
+                        None => selector.next_position(),
+                    };
+                    (selector.period() > 0)
+                        .then(|| selector.pick_from(start, |i| !usable(i)))
+                        .flatten()
+                }
+                Allowed::Node(i) => usable(i).then_some((previous.unwrap_or(0), i)),
+                Allowed::Nothing => None,
+            };
+            if picked.is_some() || steer.fail {
+                return picked;
+            }
         }
         let start = match previous {
             Some(pos) => pos.wrapping_add(1),
@@ -400,16 +488,26 @@ impl UpstreamRuntime {
                 .collect();
             let panic = weights.iter().all(|w| *w == 0)
                 && self.nodes.iter().any(|n| n.weight > 0 && n.is_available());
-            let selector = if panic {
-                let all: Vec<u32> = self
-                    .nodes
+            let weights = if panic {
+                self.nodes
                     .iter()
                     .map(|n| if n.is_available() { n.weight } else { 0 })
-                    .collect();
-                SmoothWeighted::new(&all)
+                    .collect()
             } else {
-                SmoothWeighted::new(&weights)
+                weights
             };
+            let selector = SmoothWeighted::new(&weights);
+            let tagged = (0..self.tags.len())
+                .map(|t| {
+                    let of_tag: Vec<u32> = self
+                        .nodes
+                        .iter()
+                        .zip(&weights)
+                        .map(|(n, w)| if n.tags.contains(&(t as u16)) { *w } else { 0 })
+                        .collect();
+                    SmoothWeighted::new(&of_tag)
+                })
+                .collect();
             // a node due back already is on probation, in the schedule: only later returns
             // need another look (a past time here would rebuild the schedule on every request,
             // and a new schedule starts from its first node each time)
@@ -436,6 +534,7 @@ impl UpstreamRuntime {
             }
             self.eligible.store(Arc::new(Eligible {
                 selector,
+                tagged,
                 panic,
                 recheck_at,
             }));
@@ -500,18 +599,71 @@ impl UpstreamRuntime {
     }
 
     /// Whether a node remains that this request has not tried and could use (an eligible one,
-    /// or in panic mode any with an address).
-    pub fn has_untried(&self, tried: &TriedSet) -> bool {
+    /// or in panic mode any with an address), among the nodes a plugin steered it to (or, unless
+    /// the steering says to fail, among all).
+    pub fn has_untried(&self, tried: &TriedSet, steer: Option<&Steer>) -> bool {
         let now = now_ms();
         let panic = self.panic.load(Ordering::Relaxed);
-        self.nodes.iter().enumerate().any(|(i, n)| {
+        let usable = |i: usize, n: &NodeRuntime| {
             !tried.contains(i)
                 && if panic {
                     n.weight > 0 && n.is_available()
                 } else {
                     n.is_eligible(now)
                 }
+        };
+        let mut nodes = self.nodes.iter().enumerate();
+        match steer {
+            Some(s) if s.fail => nodes.any(|(i, n)| s.allows(i, n) && usable(i, n)),
+            _ => nodes.any(|(i, n)| usable(i, n)),
+        }
+    }
+
+    /// The index of `tag` in [`UpstreamRuntime::tags`].
+    pub fn tag_index(&self, tag: &str) -> Option<usize> {
+        self.tags.binary_search_by(|t| t.as_str().cmp(tag)).ok()
+    }
+
+    /// The node a plugin named by `address`: its `host:port` as configured, or the socket
+    /// address it connects to.
+    pub fn node_index(&self, address: &str) -> Option<usize> {
+        let socket = address.parse::<SocketAddr>().ok();
+        self.nodes.iter().position(|n| {
+            n.label.eq_ignore_ascii_case(address)
+                || socket.is_some_and(|s| n.current_address() == Some(s))
         })
+    }
+
+    /// Why no node a plugin allowed can take a request, for the client and the log.
+    pub fn describe_steer(&self, steer: &Steer) -> String {
+        match steer.allowed {
+            Allowed::Tag(t) => format!(
+                "no node of upstream {} tagged {:?} can take the request",
+                self.name, self.tags[t]
+            ),
+            Allowed::Node(i) => format!(
+                "node {} of upstream {} cannot take the request",
+                self.nodes[i].label, self.name
+            ),
+            Allowed::Nothing => format!(
+                "the request was steered to a tag or node upstream {} does not have",
+                self.name
+            ),
+        }
+    }
+
+    /// Resolves a plugin's choice of nodes against this upstream's tags and nodes.
+    pub fn steer(&self, choice: &NodeChoice) -> Steer {
+        let allowed = match &choice.to {
+            SteerTo::Tag(tag) => self.tag_index(tag).map_or(Allowed::Nothing, Allowed::Tag),
+            SteerTo::Node(address) => self
+                .node_index(address)
+                .map_or(Allowed::Nothing, Allowed::Node),
+        };
+        Steer {
+            allowed,
+            fail: choice.fail,
+        }
     }
 
     /// Applies a DNS answer for a named node: keeps only addresses inside the VPC, logs and counts
@@ -658,4 +810,127 @@ fn load_ca(file: &Path, roots: &[std::path::PathBuf]) -> Result<Arc<CaType>, Str
         certs.push(cert);
     }
     Ok(Arc::from(certs.into_boxed_slice()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes a (weight 3) and b (weight 1) tagged `canary`, c (weight 5) not.
+    fn upstream() -> UpstreamRuntime {
+        let config = gatehouse_config::parse(
+            r#"
+instance: { id: ins-1, type: dedicated, vpc: vpc-main, listen: ["127.0.0.1:8080"] }
+vpcs:
+  - { id: vpc-main, cidrs: ["10.0.0.0/16"] }
+upstreams:
+  - name: u
+    vpc: vpc-main
+    protocol: http
+    nodes:
+      - { host: 10.0.0.1, port: 80, weight: 3, tags: [canary, zone-a] }
+      - { host: 10.0.0.2, port: 80, weight: 1, tags: [canary] }
+      - { host: 10.0.0.3, port: 80, weight: 5, tags: [zone-a] }
+"#,
+            "test",
+            Path::new("/"),
+        )
+        .unwrap();
+        UpstreamRuntime::build(&config.upstreams[0], "upstreams[0]", &[]).unwrap()
+    }
+
+    fn steer(u: &UpstreamRuntime, to: SteerTo, fail: bool) -> Steer {
+        u.steer(&NodeChoice { to, fail })
+    }
+
+    fn tag(name: &str) -> SteerTo {
+        SteerTo::Tag(name.to_owned())
+    }
+
+    fn counts(u: &UpstreamRuntime, steer: Option<&Steer>, n: usize) -> [usize; 3] {
+        let mut counts = [0; 3];
+        for _ in 0..n {
+            let (_, node) = u.pick(None, &TriedSet::default(), steer).unwrap();
+            counts[node] += 1;
+        }
+        counts
+    }
+
+    fn take_out(u: &UpstreamRuntime, node: usize) {
+        for _ in 0..10 {
+            u.report(
+                node,
+                Source::Request,
+                &Evidence::ConnectFailed("refused".into()),
+            );
+        }
+        assert_eq!(u.nodes[node].health.state(), State::Unhealthy);
+    }
+
+    #[test]
+    fn a_tag_spreads_requests_over_its_nodes_by_weight() {
+        let u = upstream();
+        assert_eq!(u.tags[..], ["canary", "zone-a"]);
+        let canary = steer(&u, tag("canary"), true);
+        assert_eq!(counts(&u, Some(&canary), 400), [300, 100, 0]);
+        let zone = steer(&u, tag("zone-a"), true);
+        assert_eq!(counts(&u, Some(&zone), 800), [300, 0, 500]);
+        // one node, by its configured address or the address it connects to
+        let one = steer(&u, SteerTo::Node("10.0.0.2:80".into()), true);
+        assert_eq!(counts(&u, Some(&one), 10), [0, 10, 0]);
+        // unsteered requests keep the whole schedule
+        assert_eq!(counts(&u, None, 900), [300, 100, 500]);
+    }
+
+    #[test]
+    fn when_no_allowed_node_can_serve_the_fallback_decides() {
+        let u = upstream();
+        take_out(&u, 0);
+        take_out(&u, 1);
+        let fail = steer(&u, tag("canary"), true);
+        assert_eq!(u.pick(None, &TriedSet::default(), Some(&fail)), None);
+        assert!(!u.has_untried(&TriedSet::default(), Some(&fail)));
+        let any = steer(&u, tag("canary"), false);
+        assert_eq!(counts(&u, Some(&any), 10), [0, 0, 10]);
+        assert!(u.has_untried(&TriedSet::default(), Some(&any)));
+        // a tag or node the upstream does not have allows nothing
+        for to in [tag("blue"), SteerTo::Node("10.0.0.9:80".into())] {
+            let s = steer(&u, to, true);
+            assert_eq!(s.allowed, Allowed::Nothing);
+            assert_eq!(u.pick(None, &TriedSet::default(), Some(&s)), None);
+            let s = Steer { fail: false, ..s };
+            assert_eq!(counts(&u, Some(&s), 5), [0, 0, 5]);
+        }
+    }
+
+    #[test]
+    fn a_retry_stays_among_the_allowed_nodes_it_has_not_tried() {
+        let u = upstream();
+        let fail = steer(&u, tag("canary"), true);
+        let mut tried = TriedSet::default();
+        let (pos, first) = u.pick(None, &tried, Some(&fail)).unwrap();
+        tried.insert(first);
+        let (_, second) = u.pick(Some(pos), &tried, Some(&fail)).unwrap();
+        assert_ne!(first, second);
+        assert!(second < 2, "a canary node");
+        tried.insert(second);
+        assert!(!u.has_untried(&tried, Some(&fail)), "both canaries tried");
+        assert_eq!(u.pick(Some(pos), &tried, Some(&fail)), None);
+        let any = Steer {
+            fail: false,
+            ..fail
+        };
+        assert!(u.has_untried(&tried, Some(&any)));
+        assert_eq!(u.pick(Some(pos), &tried, Some(&any)).map(|p| p.1), Some(2));
+    }
+
+    #[test]
+    fn in_panic_mode_a_tag_fails_open_over_its_own_nodes() {
+        let u = upstream();
+        for node in 0..3 {
+            take_out(&u, node);
+        }
+        let fail = steer(&u, tag("canary"), true);
+        assert_eq!(counts(&u, Some(&fail), 40), [30, 10, 0]);
+    }
 }

@@ -8,7 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::LogLevel;
+use crate::{Fallback, LogLevel, Steer};
 
 /// A request handed to a hook (test double: build one with [`Request::new`]).
 pub struct Request {
@@ -25,6 +25,8 @@ struct RequestState {
     api: String,
     read_only: bool,
     body: Option<Vec<u8>>,
+    steered: Option<(Steer, Fallback)>,
+    retries: Option<u32>,
 }
 
 /// The response going to the client (test double: build one with [`Response::new`]).
@@ -111,6 +113,8 @@ impl Request {
                 api: "test".to_string(),
                 read_only: false,
                 body: None,
+                steered: None,
+                retries: None,
             }),
         }
     }
@@ -154,6 +158,43 @@ impl Request {
     /// The method, e.g. `GET`.
     pub fn method(&self) -> String {
         self.state.borrow().method.clone()
+    }
+
+    /// Lets only the upstream's nodes tagged `tag` serve this request.
+    pub fn steer_to_tag(&self, tag: &str, fallback: Fallback) -> Result<(), String> {
+        self.steer(Steer::Tag(tag.to_string()), fallback)
+    }
+
+    /// Lets only one node serve this request.
+    pub fn steer_to_node(&self, address: &str, fallback: Fallback) -> Result<(), String> {
+        self.steer(Steer::Node(address.to_string()), fallback)
+    }
+
+    fn steer(&self, to: Steer, fallback: Fallback) -> Result<(), String> {
+        self.change(|state| {
+            state.steered = Some((to, fallback));
+            Ok(())
+        })
+        .map_err(|_| "requests can be steered only in on-request".to_string())
+    }
+
+    /// Retries this request at most `retries` times (the lowest count set holds).
+    pub fn limit_retries(&self, retries: u32) -> Result<(), String> {
+        self.change(|state| {
+            state.retries = Some(state.retries.map_or(retries, |r| r.min(retries)));
+            Ok(())
+        })
+        .map_err(|_| "requests can be steered only in on-request".to_string())
+    }
+
+    /// Where the plugin steered the request, if it did (test double only).
+    pub fn steered(&self) -> Option<(Steer, Fallback)> {
+        self.state.borrow().steered.clone()
+    }
+
+    /// The retry count the plugin set, if it did (test double only).
+    pub fn retry_limit(&self) -> Option<u32> {
+        self.state.borrow().retries
     }
 
     /// The path, without the query.

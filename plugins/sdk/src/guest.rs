@@ -4,7 +4,7 @@
 use std::cell::UnsafeCell;
 use std::sync::Once;
 
-use crate::{Action, LogLevel, Needs, Node, Plugin};
+use crate::{Action, Fallback, LogLevel, Needs, Node, Plugin};
 
 /// Bindings for `wit/plugin.wit`, the one copy of the contract.
 pub mod bindings {
@@ -17,7 +17,14 @@ pub mod bindings {
     });
 }
 
-use bindings::gatehouse::plugin::{host, http, types as wit};
+use bindings::gatehouse::plugin::{host, http, steering, types as wit};
+
+fn fallback(f: Fallback) -> steering::Fallback {
+    match f {
+        Fallback::AnyNode => steering::Fallback::AnyNode,
+        Fallback::Fail => steering::Fallback::Fail,
+    }
+}
 
 /// The exported `action` variant, as the bindings spell it.
 pub type ActionRecord = wit::Action;
@@ -43,6 +50,24 @@ impl Request {
     /// The method, e.g. `GET`.
     pub fn method(&self) -> String {
         self.0.method()
+    }
+
+    /// Lets only the upstream's nodes tagged `tag` serve this request (`on-request`, needs
+    /// `node_steering`); `fallback` says what happens when none of them can.
+    pub fn steer_to_tag(&self, tag: &str, fallback: Fallback) -> Result<(), String> {
+        steering::to_tag(&self.0, tag, self::fallback(fallback))
+    }
+
+    /// Lets only one node serve this request: `host:port` as configured, or the `ip:port` it
+    /// connects to (`on-request`, needs `node_steering`).
+    pub fn steer_to_node(&self, address: &str, fallback: Fallback) -> Result<(), String> {
+        steering::to_node(&self.0, address, self::fallback(fallback))
+    }
+
+    /// Retries this request at most `retries` times (0: never), if below the upstream's count
+    /// (`on-request`, needs `node_steering`).
+    pub fn limit_retries(&self, retries: u32) -> Result<(), String> {
+        steering::limit_retries(&self.0, retries)
     }
 
     /// The path, without the query.

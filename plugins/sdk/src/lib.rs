@@ -48,7 +48,7 @@ pub use config::parse_config;
 pub use double::{Request, Response};
 #[cfg(target_arch = "wasm32")]
 pub use guest::{Request, Response};
-pub use types::{Action, HeaderNeeds, Hooks, LogLevel, Needs, Node, Reply};
+pub use types::{Action, Fallback, HeaderNeeds, Hooks, LogLevel, Needs, Node, Reply, Steer};
 
 /// A Gatehouse plugin. One value is built per plugin instance by [`Plugin::configure`] and then
 /// serves every hook call of that instance.

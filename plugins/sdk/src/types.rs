@@ -17,6 +17,26 @@ impl From<Reply> for Action {
     }
 }
 
+/// Where a request was steered ([`Request::steer_to_tag`](crate::Request::steer_to_tag),
+/// [`Request::steer_to_node`](crate::Request::steer_to_node)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steer {
+    /// The upstream's nodes with this tag.
+    Tag(String),
+    /// One node: `host:port` as configured, or the `ip:port` it connects to.
+    Node(String),
+}
+
+/// What happens when none of the nodes a request was steered to can take it (all taken out by
+/// health checks, drained, or already tried by this request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Use the upstream's other nodes, as if the request had not been steered.
+    AnyNode,
+    /// Answer 503 (`no_steered_node`) rather than use another node.
+    Fail,
+}
+
 /// An answer a plugin gives instead of forwarding the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
