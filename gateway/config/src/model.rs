@@ -114,7 +114,7 @@ pub mod limits {
     /// environment (`${HOME}`, `${AWS_SECRET_ACCESS_KEY}`).
     pub const DEFAULT_SECRET_ENV: &str = "GATEHOUSE_SECRET_*";
     /// The standard plugins embedded in the gateway, usable by `name`.
-    pub const STANDARD_PLUGINS: [&str; 8] = [
+    pub const STANDARD_PLUGINS: [&str; 9] = [
         "host-rewrite",
         "headers",
         "path-rewrite",
@@ -123,6 +123,7 @@ pub mod limits {
         "ip-restriction",
         "cors",
         "json-validator",
+        "canary",
     ];
 }
 

@@ -20,6 +20,7 @@ embedded!(
     "ip-restriction",
     "cors",
     "json-validator",
+    "canary",
 );
 
 /// The component of a standard plugin, by name.

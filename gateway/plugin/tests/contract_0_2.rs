@@ -133,6 +133,7 @@ fn the_standard_plugins_are_0_2_components_and_key_auth_declares_its_secret() {
         ("request-id", "{}"),
         ("ip-restriction", r#"{"allow":["10.0.0.0/8"]}"#),
         ("cors", r#"{"allow_origins":["https://shop.example"]}"#),
+        ("canary", r#"{"tag":"canary","percent":5}"#),
     ] {
         assert_eq!(
             standard(&engine, name, config).contract(),

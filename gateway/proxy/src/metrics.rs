@@ -38,6 +38,7 @@ pub struct Metrics {
     pub probes: IntCounterVec,
     pub upstream_panic: IntGaugeVec,
     pub panic_requests: IntCounterVec,
+    pub steered_requests: IntCounterVec,
     pub websocket_open: IntGauge,
     pub in_flight: IntGauge,
     pub websocket_upgrades: IntCounter,
@@ -126,6 +127,13 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "gatehouse_upstream_panic_requests_total",
         "Requests sent while the upstream was in panic mode (every node unhealthy), by upstream.",
         &["upstream"]
+    )
+    .expect("metric registers once"),
+    steered_requests: register_int_counter_vec!(
+        "gatehouse_upstream_steered_requests_total",
+        "Requests a plugin steered, by upstream and outcome: steered (to an allowed node), \
+         fallback (no allowed node could take it: another node did) or refused (503).",
+        &["upstream", "outcome"]
     )
     .expect("metric registers once"),
     in_flight: register_int_gauge!(
@@ -321,7 +329,16 @@ pub fn forget_upstream(upstream: &str) {
     let _ = METRICS.upstream_retries.remove_label_values(&[upstream]);
     let _ = METRICS.upstream_panic.remove_label_values(&[upstream]);
     let _ = METRICS.panic_requests.remove_label_values(&[upstream]);
+    for outcome in STEER_OUTCOMES {
+        let _ = METRICS
+            .steered_requests
+            .remove_label_values(&[upstream, outcome]);
+    }
 }
+
+/// The `outcome` labels of `gatehouse_upstream_steered_requests_total`, in
+/// [`crate::upstream::UpstreamRuntime`]'s order.
+pub const STEER_OUTCOMES: [&str; 3] = ["steered", "fallback", "refused"];
 
 pub fn config_applied(instance: &str, hash: &str, generation: u64) {
     let m = &*METRICS;

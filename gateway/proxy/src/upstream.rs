@@ -152,6 +152,8 @@ pub struct UpstreamRuntime {
     panic: AtomicBool,
     panic_gauge: prometheus::IntGauge,
     panic_requests: prometheus::IntCounter,
+    /// Steered requests by outcome ([`crate::metrics::STEER_OUTCOMES`]).
+    steered: [prometheus::IntCounter; 3],
     pub retries_total: prometheus::IntCounter,
     /// The configuration this was built from, to tell whether a new one changes it.
     pub config: Upstream,
@@ -315,6 +317,11 @@ impl UpstreamRuntime {
             panic: AtomicBool::new(false),
             panic_gauge: METRICS.upstream_panic.with_label_values(&[&config.name]),
             panic_requests: METRICS.panic_requests.with_label_values(&[&config.name]),
+            steered: crate::metrics::STEER_OUTCOMES.map(|outcome| {
+                METRICS
+                    .steered_requests
+                    .with_label_values(&[&config.name, outcome])
+            }),
             retries_total: METRICS.upstream_retries.with_label_values(&[&config.name]),
             nodes,
             tags: tags.into_boxed_slice(),
@@ -379,6 +386,14 @@ impl UpstreamRuntime {
                 Allowed::Node(i) => usable(i).then_some((previous.unwrap_or(0), i)),
                 Allowed::Nothing => None,
             };
+            if previous.is_none() {
+                let outcome = match (picked.is_some(), steer.fail) {
+                    (true, _) => 0,
+                    (false, false) => 1,
+                    (false, true) => 2,
+                };
+                self.steered[outcome].inc();
+            }
             if picked.is_some() || steer.fail {
                 return picked;
             }

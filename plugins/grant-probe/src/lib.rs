@@ -4,8 +4,8 @@
 //! check each capability of the contract; operators can use it to try a `grants:` block.
 
 use gatehouse_plugin_sdk::{
-    export_plugin, parse_config, Action, HeaderNeeds, Hooks, Needs, Plugin, Reply, Request,
-    Response,
+    export_plugin, parse_config, Action, Fallback, HeaderNeeds, Hooks, Needs, Plugin, Reply,
+    Request, Response,
 };
 use serde::Deserialize;
 
@@ -66,6 +66,15 @@ struct Config {
     /// A body this long (bytes of `x`) returned from `on-response-body` instead.
     #[serde(default)]
     response_body_of: Option<usize>,
+    /// In `on-request`, lets only this node (`host:port`) serve the request.
+    #[serde(default)]
+    steer_to_node: Option<String>,
+    /// With `steer_to_node`: answer 503 rather than use another node when it cannot.
+    #[serde(default)]
+    steer_fail: bool,
+    /// In `on-request`, retries the request at most this many times.
+    #[serde(default)]
+    limit_retries: Option<u32>,
     /// A value the plugin declares secret: the gateway never shows or logs it.
     #[serde(default)]
     #[allow(dead_code)]
@@ -132,6 +141,17 @@ impl Plugin for GrantProbe {
         }
         if let Some(body) = &self.0.set_body {
             req.set_body(body.as_bytes())?;
+        }
+        if let Some(node) = &self.0.steer_to_node {
+            let fallback = if self.0.steer_fail {
+                Fallback::Fail
+            } else {
+                Fallback::AnyNode
+            };
+            req.steer_to_node(node, fallback)?;
+        }
+        if let Some(retries) = self.0.limit_retries {
+            req.limit_retries(retries)?;
         }
         if !self.0.show {
             return Ok(Action::Proceed);

@@ -194,8 +194,8 @@ pub struct Needs {
     pub response_headers: HeaderNeeds,
     pub request_body: bool,
     pub response_body: bool,
-    /// Choosing the nodes that may serve a request and its retries (the functions come with a
-    /// later revision of contract 0.2; declaring it now asks the operator for the grant).
+    /// Choosing the nodes that may serve a request and its retries
+    /// ([`Request::steer_to_tag`](crate::Request::steer_to_tag) and the like).
     pub node_steering: bool,
     /// Counters shared by the instances of the plugin use (functions to come, like
     /// `node_steering`).
