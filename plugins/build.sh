@@ -20,7 +20,7 @@ REPO_DIR="$(dirname "$PLUGINS_DIR")"
 DIST_DIR="$PLUGINS_DIR/dist"
 MANIFEST="$DIST_DIR/MANIFEST"
 TARGET=wasm32-unknown-unknown
-RUST_PLUGINS=(host-rewrite headers path-rewrite request-id key-auth ip-restriction cors json-validator grant-probe json-redact canary)
+RUST_PLUGINS=(host-rewrite headers path-rewrite request-id key-auth ip-restriction cors json-validator grant-probe json-redact canary rate-limit)
 C_PLUGINS=(c-example)
 # The C example stays a contract 0.1.0 component: the gateway loads both versions.
 C_WIT_DIR=wit/0.1.0

@@ -1,6 +1,7 @@
-//! Plugins that steer, end to end: node tags, the standard `canary` plugin, steering to one
-//! node, per-request retry limits and the grant they need, against the real binary and real
-//! backends. Every test counts where requests went.
+//! Plugins that steer and count, end to end: node tags, the standard `canary` plugin, steering
+//! to one node, per-request retry limits and the grant they need, and the standard `rate-limit`
+//! plugin on the gateway's counters, against the real binary and real backends. Every test counts
+//! where requests went.
 
 mod support;
 
@@ -169,6 +170,14 @@ fn probe(config: &str, granted: bool) -> String {
     )
 }
 
+/// A `grant-probe` entry counting requests, declaring and granted `counters` (or neither).
+fn counting(granted: bool) -> String {
+    format!(
+        "          - path: {}\n            grants: {{ counters: {granted}, request_headers: {{ write: [x-probe-count] }} }}\n            config: {{ needs: {{ counters: {granted}, request_headers: {{ write: [x-probe-count] }} }}, hooks: [on-request], count_key: k }}\n",
+        shipped_plugin("grant-probe").display()
+    )
+}
+
 #[test]
 fn a_plugin_steers_to_one_node_and_limits_retries_only_when_granted() {
     let (a, b) = (echo("a"), echo("b"));
@@ -191,6 +200,8 @@ fn a_plugin_steers_to_one_node_and_limits_retries_only_when_granted() {
             api("once", "once", &probe("limit_retries: 0", true)),
             api("twice", "twice", &probe("limit_retries: 1", true)),
             api("ungranted", "ab", &probe("limit_retries: 0", false)),
+            api("counted", "ab", &counting(true)),
+            api("uncounted", "ab", &counting(false)),
         ],
     );
     let gw = Gateway::start_with(&file_roots_for(shipped_plugin("grant-probe")), &body);
@@ -203,12 +214,100 @@ fn a_plugin_steers_to_one_node_and_limits_retries_only_when_granted() {
     let twice = gw.get("/twice");
     assert_eq!(twice.status, 200, "{}", twice.body);
     assert_eq!(twice.header("x-echo-node"), Some("a"));
+    // counting without the grant fails the call too; with it, the count goes upstream
+    let counted = gw.get("/counted");
+    assert_eq!(counted.status, 200, "{}", counted.body);
+    assert_eq!(counted.json()["headers"]["x-probe-count"], "1");
+    let uncounted = gw.get("/uncounted");
+    assert_eq!(uncounted.status, 500, "{}", uncounted.body);
     // steering without the grant fails the call
     let denied = gw.get("/ungranted");
     assert_eq!(denied.status, 500, "{}", denied.body);
     assert_eq!(denied.json()["error"], "plugin_failed");
     assert_eq!(
         gw.metric("gatehouse_plugin_failures_total{plugin=\"grant-probe\",reason=\"denied\"}"),
-        1.0
+        2.0
+    );
+}
+
+/// Waits, if needed, until the current hour-long window has at least a minute left, so that a
+/// burst counted in it cannot straddle two windows. `reset` is a `RateLimit-Reset` in seconds.
+fn away_from_the_window_end(reset: &str) {
+    let left: u64 = reset.parse().unwrap();
+    if left < 60 {
+        std::thread::sleep(std::time::Duration::from_secs(left + 1));
+    }
+}
+
+#[test]
+fn the_rate_limit_lets_exactly_its_limit_through_under_concurrent_clients() {
+    let backend = echo("a");
+    let limited = |by: &str, limit: u32| {
+        format!("          - name: rate-limit\n            config: {{ limit: {limit}, window: 1h, by: \"{by}\" }}\n")
+    };
+    let gw = Gateway::start(&config(
+        &[upstream("u", &[node(backend.addr(), "")])],
+        &[
+            api("by_key", "u", &limited("header:x-key", 100)),
+            api("by_ip", "u", &limited("client-addr", 5)),
+        ],
+    ));
+    let probe = request("GET", &gw.url("/by_key"), &[("x-key", "probe")], None);
+    assert_eq!(probe.status, 200);
+    assert_eq!(probe.header("ratelimit-limit"), Some("100"));
+    assert_eq!(probe.header("ratelimit-remaining"), Some("99"));
+    away_from_the_window_end(probe.header("ratelimit-reset").unwrap());
+    // 8 clients at once send 50 requests each with the same key
+    let url = gw.url("/by_key");
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..50)
+                        .map(|_| {
+                            let r = request("GET", &url, &[("x-key", "burst")], None);
+                            (r.status, r.header("retry-after").map(str::to_owned))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let passed = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(passed, 100, "exactly the limit passed");
+    assert_eq!(refused.len(), 300, "and every other request was refused");
+    for (_, retry) in &refused {
+        let retry: u64 = retry.as_deref().unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&retry), "{retry}");
+    }
+    assert_eq!(
+        backend.stats().requests(),
+        1 + 100,
+        "refused requests never reached it"
+    );
+    // the refusal's body and headers
+    let r = request("GET", &url, &[("x-key", "burst")], None);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    let body = r.json();
+    assert_eq!(body["error"], "too_many_requests", "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("100 requests per 3600 s"));
+    // another key has its own count
+    let other = request("GET", &url, &[("x-key", "other")], None);
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("ratelimit-remaining"), Some("99"));
+    // by client address: one client, five requests
+    let counts = spread(&gw, "/by_ip", &[], 8);
+    assert_eq!(
+        counts,
+        BTreeMap::from([((200, "a".to_owned()), 5), ((429, "-".to_owned()), 3)])
     );
 }

@@ -29,6 +29,7 @@ fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> Ar
         reuse_instances: reuse,
         edits: Default::default(),
         body: 64 * 1024,
+        counter_keys: 65_536,
     };
     PluginSlot::new(
         engine.clone(),
@@ -55,6 +56,7 @@ fn probe_slot(engine: &Arc<PluginEngine>, config: &str, grants: PluginGrants) ->
         reuse_instances: true,
         edits: Default::default(),
         body: 64 * 1024,
+        counter_keys: 65_536,
     };
     PluginSlot::with_grants(
         engine.clone(),

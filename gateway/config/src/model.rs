@@ -82,6 +82,10 @@ pub mod limits {
     pub const DEFAULT_PLUGIN_ADDED_HEADERS: usize = 64;
     /// Room for a signed token or a cookie or two; the whole request header is bounded too.
     pub const DEFAULT_PLUGIN_ADDED_HEADER_BYTES: usize = 16 * 1024;
+    /// Keys of one plugin use's counters: a client address each, for a rate limit, at about a
+    /// hundred bytes per key.
+    pub const DEFAULT_PLUGIN_COUNTER_KEYS: usize = 65_536;
+    pub const MAX_PLUGIN_COUNTER_KEYS: usize = 4 << 20;
     /// A JSON document or a signed form; larger bodies are content, which plugins should not
     /// hold in memory per request.
     pub const DEFAULT_PLUGIN_BODY: u64 = 64 * 1024;
@@ -114,7 +118,7 @@ pub mod limits {
     /// environment (`${HOME}`, `${AWS_SECRET_ACCESS_KEY}`).
     pub const DEFAULT_SECRET_ENV: &str = "GATEHOUSE_SECRET_*";
     /// The standard plugins embedded in the gateway, usable by `name`.
-    pub const STANDARD_PLUGINS: [&str; 9] = [
+    pub const STANDARD_PLUGINS: [&str; 10] = [
         "host-rewrite",
         "headers",
         "path-rewrite",
@@ -124,6 +128,7 @@ pub mod limits {
         "cors",
         "json-validator",
         "canary",
+        "rate-limit",
     ];
 }
 
@@ -377,6 +382,8 @@ pub struct PluginLimits {
     pub body: u64,
     /// Largest body limit one plugin use may ask for.
     pub max_body: u64,
+    /// Most keys of one plugin use's counters.
+    pub counter_keys: usize,
 }
 
 impl Default for PluginLimits {
@@ -388,6 +395,7 @@ impl Default for PluginLimits {
             total_memory: limits::DEFAULT_PLUGIN_TOTAL_MEMORY,
             max_added_headers: limits::DEFAULT_PLUGIN_ADDED_HEADERS,
             max_added_header_bytes: limits::DEFAULT_PLUGIN_ADDED_HEADER_BYTES,
+            counter_keys: limits::DEFAULT_PLUGIN_COUNTER_KEYS,
             max_memory: limits::MAX_PLUGIN_MEMORY,
             max_time: limits::MAX_PLUGIN_TIME,
             body: limits::DEFAULT_PLUGIN_BODY,

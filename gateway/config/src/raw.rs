@@ -225,6 +225,9 @@ pub struct RawPluginLimits {
     /// Most header bytes one hook call may add or set, e.g. `16KiB`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_added_header_bytes: Option<String>,
+    /// Most keys of one plugin use's counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counter_keys: Option<i64>,
     /// Most memory a plugin use may ask for with its own `memory_limit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory_limit: Option<String>,

@@ -969,6 +969,22 @@ impl Validator {
                 ),
             }
         }
+        if let Some(n) = raw.counter_keys {
+            match usize::try_from(n) {
+                Ok(n) if (1..=limits::MAX_PLUGIN_COUNTER_KEYS).contains(&n) => out.counter_keys = n,
+                _ => self.problem(
+                    "instance.plugins.counter_keys",
+                    format!(
+                        "{n} is out of range 1..={}",
+                        limits::MAX_PLUGIN_COUNTER_KEYS
+                    ),
+                    format!(
+                        "give a count such as {}",
+                        limits::DEFAULT_PLUGIN_COUNTER_KEYS
+                    ),
+                ),
+            }
+        }
         out
     }
 

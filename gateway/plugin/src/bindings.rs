@@ -181,6 +181,8 @@ pub struct HostState {
     pub grants: Arc<Grants>,
     /// The time budget of the call running now.
     pub budget: crate::budget::CallBudget,
+    /// The plugin use's counters.
+    pub counters: Arc<crate::counters::Counters>,
     rng: SmallRng,
     log_budget: Arc<LogBudget>,
 }
@@ -203,6 +205,7 @@ impl HostState {
             call: Call::new(edits),
             grants: Arc::new(Grants::baseline()),
             budget: Default::default(),
+            counters: Arc::new(crate::counters::Counters::new(0)),
             rng: SmallRng::from_os_rng(),
             log_budget,
         }
@@ -962,9 +965,7 @@ macro_rules! host_functions {
             }
 
             fn now_millis(&mut self) -> u64 {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64)
+                unix_millis()
             }
 
             fn random(&mut self) -> u64 {
@@ -1026,7 +1027,57 @@ impl v2::gatehouse::plugin::steering::Host for HostState {
     }
 }
 
+impl v2::gatehouse::plugin::counters::Host for HostState {
+    fn increment(
+        &mut self,
+        key: String,
+        delta: u64,
+        window_ms: u64,
+    ) -> Result<v2::gatehouse::plugin::counters::Window, String> {
+        self.may_count()?;
+        self.counters
+            .increment(&key, delta, window_ms, unix_millis())
+            .map(window)
+    }
+
+    fn get(
+        &mut self,
+        key: String,
+        window_ms: u64,
+    ) -> Result<v2::gatehouse::plugin::counters::Window, String> {
+        self.may_count()?;
+        self.counters
+            .get(&key, window_ms, unix_millis())
+            .map(window)
+    }
+}
+
+fn window(w: crate::counters::Window) -> v2::gatehouse::plugin::counters::Window {
+    v2::gatehouse::plugin::counters::Window {
+        count: w.count,
+        resets_in_ms: w.resets_in_ms,
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl HostState {
+    /// Counters work for a plugin use granted them.
+    fn may_count(&mut self) -> Result<(), String> {
+        if self.grants.counters {
+            Ok(())
+        } else {
+            Err(self.call.violate(Violation::Denied(
+                "counters are not granted to this plugin (grants: { counters: true })".to_owned(),
+            )))
+        }
+    }
+
     /// Steering works in `on-request`, for a plugin use granted it.
     fn may_steer(&mut self) -> Result<(), String> {
         if !self.grants.node_steering {

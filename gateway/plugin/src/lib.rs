@@ -13,6 +13,7 @@
 
 pub mod bindings;
 pub mod budget;
+pub mod counters;
 pub mod engine;
 pub mod grants;
 pub mod metrics;

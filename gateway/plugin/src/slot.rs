@@ -184,6 +184,8 @@ pub struct SlotLimits {
     pub edits: EditLimits,
     /// Largest request or response body the plugin use reads or sets.
     pub body: usize,
+    /// Most keys of the plugin use's counters.
+    pub counter_keys: usize,
 }
 
 /// Largest body of a reply a plugin answers with: error pages and small JSON documents, not
@@ -284,6 +286,8 @@ pub struct PluginSlot {
     hooks: HookSet,
     /// What this use may touch.
     grants: Arc<Grants>,
+    /// The use's counters, shared by its instances.
+    counters: Arc<crate::counters::Counters>,
     /// What the plugin declared in `configure` (0.2), for `gatehouse validate`.
     declared: Option<Needs>,
     /// Where the grants came from.
@@ -355,6 +359,7 @@ impl PluginSlot {
             pool: ArrayQueue::new(POOL_SIZE),
             hooks: HookSet::ALL,
             grants: Arc::new(Grants::baseline()),
+            counters: Arc::new(crate::counters::Counters::new(limits.counter_keys)),
             declared: None,
             granted_by: GrantedBy::Baseline,
             request_body: false,
@@ -479,6 +484,7 @@ impl PluginSlot {
             self.api.clone(),
         );
         state.grants = self.grants.clone();
+        state.counters = self.counters.clone();
         state.call.body_limit = self.limits.body;
         state.budget = CallBudget::start(CONFIGURE_TIME);
         let mut store = Store::new(self.engine.engine(), state);

@@ -21,6 +21,7 @@ embedded!(
     "cors",
     "json-validator",
     "canary",
+    "rate-limit",
 );
 
 /// The component of a standard plugin, by name.

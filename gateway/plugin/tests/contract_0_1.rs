@@ -17,6 +17,7 @@ const LIMITS: SlotLimits = SlotLimits {
         bytes: 16 * 1024,
     },
     body: 64 * 1024,
+    counter_keys: 1024,
 };
 
 fn fixture(name: &str) -> Vec<u8> {

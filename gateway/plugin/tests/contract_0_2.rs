@@ -20,6 +20,7 @@ const LIMITS: SlotLimits = SlotLimits {
         bytes: 16 * 1024,
     },
     body: 1024,
+    counter_keys: 1024,
 };
 
 fn engine() -> Arc<PluginEngine> {
@@ -134,6 +135,7 @@ fn the_standard_plugins_are_0_2_components_and_key_auth_declares_its_secret() {
         ("ip-restriction", r#"{"allow":["10.0.0.0/8"]}"#),
         ("cors", r#"{"allow_origins":["https://shop.example"]}"#),
         ("canary", r#"{"tag":"canary","percent":5}"#),
+        ("rate-limit", r#"{"limit":10,"window":"1m"}"#),
     ] {
         assert_eq!(
             standard(&engine, name, config).contract(),

@@ -70,6 +70,7 @@ impl ApiPlugins {
                 bytes: limits.max_added_header_bytes,
             },
             body: limits.body as usize,
+            counter_keys: limits.counter_keys,
         };
         let mut problems = Vec::new();
         let mut slots = Vec::new();

@@ -4,8 +4,8 @@
 //! check each capability of the contract; operators can use it to try a `grants:` block.
 
 use gatehouse_plugin_sdk::{
-    export_plugin, parse_config, Action, Fallback, HeaderNeeds, Hooks, Needs, Plugin, Reply,
-    Request, Response,
+    counters, export_plugin, parse_config, Action, Fallback, HeaderNeeds, Hooks, Needs, Plugin,
+    Reply, Request, Response,
 };
 use serde::Deserialize;
 
@@ -75,6 +75,11 @@ struct Config {
     /// In `on-request`, retries the request at most this many times.
     #[serde(default)]
     limit_retries: Option<u32>,
+    /// In `on-request`, counts the request under this key (one-minute windows) and sends the
+    /// count upstream in `x-probe-count` (it needs `counters` and the grant to write that
+    /// header).
+    #[serde(default)]
+    count_key: Option<String>,
     /// A value the plugin declares secret: the gateway never shows or logs it.
     #[serde(default)]
     #[allow(dead_code)]
@@ -152,6 +157,10 @@ impl Plugin for GrantProbe {
         }
         if let Some(retries) = self.0.limit_retries {
             req.limit_retries(retries)?;
+        }
+        if let Some(key) = &self.0.count_key {
+            let window = counters::increment(key, 1, 60_000)?;
+            req.set_header("x-probe-count", &window.count.to_string())?;
         }
         if !self.0.show {
             return Ok(Action::Proceed);

@@ -377,6 +377,74 @@ pub(crate) fn log(level: LogLevel, message: &str) {
     eprintln!("[plugin {level:?}] {message}");
 }
 
+thread_local! {
+    /// The test thread's counters: key -> (window length, window number, count).
+    static COUNTERS: RefCell<std::collections::HashMap<String, (u64, u64, u64)>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+fn counter(
+    key: &str,
+    delta: Option<u64>,
+    window_ms: u64,
+) -> Result<crate::counters::Window, String> {
+    if key.is_empty() || key.len() > 256 {
+        return Err(format!(
+            "a counter key has 1 to 256 bytes, not {}",
+            key.len()
+        ));
+    }
+    if !(1_000..=86_400_000).contains(&window_ms) {
+        return Err(format!(
+            "a window of {window_ms} ms: windows are 1 s to 1 day (1000 to 86400000 ms)"
+        ));
+    }
+    let now = now_millis();
+    let window = now / window_ms;
+    let resets_in_ms = (window + 1) * window_ms - now;
+    COUNTERS.with(|all| {
+        let mut all = all.borrow_mut();
+        let entry = match delta {
+            Some(_) => all.entry(key.to_string()).or_insert((window_ms, window, 0)),
+            None => match all.get_mut(key) {
+                Some(entry) => entry,
+                None => {
+                    return Ok(crate::counters::Window {
+                        count: 0,
+                        resets_in_ms,
+                    })
+                }
+            },
+        };
+        if entry.0 != window_ms {
+            return Err(format!(
+                "counter {key:?} counts in windows of {} ms, not {window_ms} ms",
+                entry.0
+            ));
+        }
+        if entry.1 != window {
+            *entry = (window_ms, window, 0);
+        }
+        entry.2 = entry.2.saturating_add(delta.unwrap_or(0));
+        Ok(crate::counters::Window {
+            count: entry.2,
+            resets_in_ms,
+        })
+    })
+}
+
+pub(crate) fn counter_increment(
+    key: &str,
+    delta: u64,
+    window_ms: u64,
+) -> Result<crate::counters::Window, String> {
+    counter(key, Some(delta), window_ms)
+}
+
+pub(crate) fn counter_get(key: &str, window_ms: u64) -> Result<crate::counters::Window, String> {
+    counter(key, None, window_ms)
+}
+
 pub(crate) fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

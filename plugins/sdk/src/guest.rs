@@ -17,7 +17,7 @@ pub mod bindings {
     });
 }
 
-use bindings::gatehouse::plugin::{host, http, steering, types as wit};
+use bindings::gatehouse::plugin::{counters, host, http, steering, types as wit};
 
 fn fallback(f: Fallback) -> steering::Fallback {
     match f {
@@ -198,6 +198,25 @@ pub(crate) fn log(level: LogLevel, message: &str) {
 
 pub(crate) fn now_millis() -> u64 {
     host::now_millis()
+}
+
+fn window(w: counters::Window) -> crate::counters::Window {
+    crate::counters::Window {
+        count: w.count,
+        resets_in_ms: w.resets_in_ms,
+    }
+}
+
+pub(crate) fn counter_increment(
+    key: &str,
+    delta: u64,
+    window_ms: u64,
+) -> Result<crate::counters::Window, String> {
+    counters::increment(key, delta, window_ms).map(window)
+}
+
+pub(crate) fn counter_get(key: &str, window_ms: u64) -> Result<crate::counters::Window, String> {
+    counters::get(key, window_ms).map(window)
 }
 
 pub(crate) fn random() -> u64 {

@@ -35,6 +35,7 @@
 compile_error!("Gatehouse plugins are single-threaded: build without the `atomics` target feature");
 
 mod config;
+pub mod counters;
 pub mod log;
 mod types;
 

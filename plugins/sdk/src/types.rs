@@ -197,8 +197,7 @@ pub struct Needs {
     /// Choosing the nodes that may serve a request and its retries
     /// ([`Request::steer_to_tag`](crate::Request::steer_to_tag) and the like).
     pub node_steering: bool,
-    /// Counters shared by the instances of the plugin use (functions to come, like
-    /// `node_steering`).
+    /// Counters shared by the instances of the plugin use ([`crate::counters`]).
     pub counters: bool,
 }
 
