@@ -72,6 +72,8 @@ class Variant:
     request_body: int = 0
     # nginx only: it sets the forwarding headers Gatehouse sets
     forwarding: bool = False
+    # Gatehouse only: its nodes carry `stable` and `canary` tags
+    tags: bool = False
 
     @property
     def key(self):
@@ -105,6 +107,9 @@ def variants(long_run, tls=False, tls_only=False):
             Variant("gatehouse-3-plugins", "gatehouse", body, plugins=tuple(configs.PLUGINS_THREE)),
             Variant("gatehouse-noop-0.1", "gatehouse", body, plugins=tuple(configs.NOOP_0_1)),
             Variant("gatehouse-noop-0.2", "gatehouse", body, plugins=tuple(configs.NOOP_0_2)),
+            Variant("gatehouse-canary", "gatehouse", body, plugins=tuple(configs.CANARY),
+                    tags=True),
+            Variant("gatehouse-rate-limit", "gatehouse", body, plugins=tuple(configs.RATE_LIMIT)),
             Variant("gatehouse-10k-apis", "gatehouse", body, apis=10_000),
             Variant("gatehouse-200-nodes", "gatehouse", body, nodes=200),
             Variant("nginx-forwarding", "nginx", body, forwarding=True),
@@ -250,13 +255,14 @@ class Bench:
     def config_file(self, variant):
         """Writes (once per shape) the Gatehouse configuration of a variant."""
         post = variant.request_body > 0
-        key = (variant.body, variant.apis, variant.nodes, variant.plugins, variant.tls, post)
+        key = (variant.body, variant.apis, variant.nodes, variant.plugins, variant.tls, post,
+               variant.tags)
         if key not in self.configs:
             path = self.work / f"gatehouse-{len(self.configs)}.yaml"
             path.write_text(configs.gatehouse_yaml(
                 self.ports, self.ports.backend(variant.body), variant.apis, variant.nodes,
                 variant.plugins, tls=self.tls if variant.tls else None,
-                methods=("GET", "POST") if post else ("GET",),
+                methods=("GET", "POST") if post else ("GET",), tags=variant.tags,
             ))
             self.configs[key] = path
         return self.configs[key]

@@ -205,6 +205,45 @@ fn plugin_hook(c: &mut Criterion) {
             )
         })
     });
+    // steering: canary choosing the canary tag for a client in its share
+    let canary = slot(
+        &engine,
+        "canary",
+        r#"{"tag":"canary","stable_tag":"stable","percent":100}"#,
+        true,
+    );
+    let client = Some(std::net::IpAddr::from([203, 0, 113, 7]));
+    group.bench_function("on-request/canary", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(canary.on_request(&mut req, client, None))
+                    .is_ok(),
+            )
+        })
+    });
+    // counting: rate-limit counting the request and adding its headers to the response
+    let limit = slot(
+        &engine,
+        "rate-limit",
+        r#"{"limit":1000000000,"window":"1h"}"#,
+        true,
+    );
+    group.bench_function("on-request/rate-limit", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(limit.on_request(&mut req, client, None))
+                    .is_ok(),
+            )
+        })
+    });
+    group.bench_function("on-response/rate-limit", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(limit.on_response(&mut req, &mut resp, client))
+                    .is_ok(),
+            )
+        })
+    });
     group.finish();
 }
 

@@ -20,6 +20,13 @@ NOOP_0_1_FILE = "headers-0.1.wasm"
 NOOP_0_1 = [(NOOP_0_1_FILE, "{}")]
 NOOP_0_2_FILE = "grant-probe.wasm"
 NOOP_0_2 = [(NOOP_0_2_FILE, "{ hooks: [on-request, on-response] }")]
+# Node steering: `canary` sending every request (one client address, all in the share) to the
+# nodes tagged `canary` and naming `stable` for the others, on an upstream whose nodes alternate
+# the two tags (`gatehouse_yaml(tags=True)`).
+CANARY = [("canary", "{ tag: canary, stable_tag: stable, percent: 100 }")]
+# The rate limiter counting every request (per client address, a limit never reached) and adding
+# its headers to every response: its full cost.
+RATE_LIMIT = [("rate-limit", "{ limit: 1000000000, window: 1h }")]
 # The JSON request validator with a small schema, for the request-body variants (their bodies are
 # `json_order(n)` documents, which it accepts).
 JSON_VALIDATOR = [(
@@ -85,11 +92,12 @@ def make_certificate(folder):
 
 
 def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description="bench", tls=None,
-                   methods=("GET",)):
+                   methods=("GET",), tags=False):
     """A Gatehouse configuration: one worker thread, one upstream of `nodes` loopback addresses
     (127.0.0.1 .. 127.0.0.N, all reaching the backend bound to 0.0.0.0), `apis` APIs on it, each
     with the `plugins` chain. With `tls`, a TLS listener too, offering HTTP/2 and HTTP/1.1 by
-    ALPN; its certificate must lie in the configuration's folder (`instance.file_roots`)."""
+    ALPN; its certificate must lie in the configuration's folder (`instance.file_roots`). With
+    `tags`, odd nodes are tagged `stable` and even ones `canary`."""
     lines = [
         "instance:",
         "  id: bench",
@@ -117,7 +125,11 @@ def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description
         "    protocol: http",
         "    nodes:",
     ]
-    lines += [f"      - {{ host: 127.0.0.{n}, port: {backend_port}, weight: 10 }}" for n in range(1, nodes + 1)]
+    def tagged(n):
+        return (", tags: [canary]" if n % 2 == 0 else ", tags: [stable]") if tags else ""
+
+    lines += [f"      - {{ host: 127.0.0.{n}, port: {backend_port}, weight: 10{tagged(n)} }}"
+              for n in range(1, nodes + 1)]
     lines += ["services:", "  - name: bench", "    apis:"]
     chain = ""
     if plugins:

@@ -20,6 +20,8 @@ LABELS = {
     "gatehouse-3-plugins": "Gatehouse, 3 plugins (host-rewrite, headers, request-id)",
     "gatehouse-noop-0.1": "Gatehouse, 1 no-op plugin on contract 0.1 (headers, nothing to set)",
     "gatehouse-noop-0.2": "Gatehouse, 1 no-op plugin on contract 0.2 (grant-probe, the same two hooks)",
+    "gatehouse-canary": "Gatehouse, canary (every request steered to the canary-tagged nodes)",
+    "gatehouse-rate-limit": "Gatehouse, rate-limit (every request counted, headers on every response)",
     "bare-pingora-post-1k": "bare Pingora, POST of 1 KiB",
     "bare-pingora-post-16k": "bare Pingora, POST of 16 KiB",
     "gatehouse-post-1k": "Gatehouse, POST of 1 KiB, no plugin (streamed)",
@@ -384,6 +386,29 @@ def section_contract(runs):
             + table(("comparison", "CPU µs per request, or ratio"), rows))
 
 
+def section_steering(runs):
+    g0 = "gatehouse@0"
+    rows = []
+    for key, what in (("gatehouse-canary@0", "canary (node steering)"),
+                      ("gatehouse-rate-limit@0", "rate-limit (counters)")):
+        if not runs.has(key):
+            continue
+        rows += [
+            (f"{what} − no plugin (CPU µs per request)",
+             cell(runs.paired(key, g0, "proxy_cpu_us", subtract), 2, True)),
+            (f"{what} / no plugin (CPU)", cell(runs.paired(key, g0, "proxy_cpu_us", divide), 3)),
+            (f"{what} / no plugin (throughput)", cell(runs.paired(key, g0, "rps", divide), 3)),
+        ]
+    if not rows:
+        return ""
+    return ("## Plugins that steer and count\n\nThe same API without plugins, with `canary` "
+            "steering every request to the nodes tagged `canary` (one `on-request` call and the "
+            "tag's own schedule), and with `rate-limit` counting every request in the gateway's "
+            "counters and adding its `RateLimit-*` headers to every response (`on-request` and "
+            "`on-response`); 0 B bodies, within each repetition.\n\n"
+            + table(("comparison", "median (min–max)"), rows))
+
+
 def section_request_bodies(runs):
     rows = []
     for label, size in (("1k", "1 KiB"), ("16k", "16 KiB")):
@@ -619,6 +644,7 @@ def render(data):
         section_tls(data, runs),
         section_plugins(data, runs),
         section_contract(runs),
+        section_steering(runs),
         section_request_bodies(runs),
         section_startup(data),
         section_micro(data),

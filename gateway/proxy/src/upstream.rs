@@ -373,16 +373,17 @@ impl UpstreamRuntime {
                     }
             };
             let picked = match steer.allowed {
-                Allowed::Tag(t) => {
-                    let selector = &current.tagged[t];
-                    let start = match previous {
-                        Some(pos) => pos.wrapping_add(1),
-                        None => selector.next_position(),
-                    };
-                    (selector.period() > 0)
-                        .then(|| selector.pick_from(start, |i| !usable(i)))
-                        .flatten()
-                }
+                Allowed::Tag(t) => current
+                    .tagged
+                    .get(t)
+                    .filter(|selector| selector.period() > 0)
+                    .and_then(|selector| {
+                        let start = match previous {
+                            Some(pos) => pos.wrapping_add(1),
+                            None => selector.next_position(),
+                        };
+                        selector.pick_from(start, |i| !usable(i))
+                    }),
                 Allowed::Node(i) => usable(i).then_some((previous.unwrap_or(0), i)),
                 Allowed::Nothing => None,
             };
