@@ -349,7 +349,7 @@ fn validate_shows_a_plugins_complaint_under_its_path() {
             instance_yaml(1, 2),
             with_plugins(
                 &a,
-                "          - { name: host-rewrite, config: { hots: x } }"
+                "          - { name: host-rewrite, config: { hots: x } }\n          - { name: rate-limit, config: { limit: ten, window: 1m } }"
             )
         ),
     )
@@ -362,6 +362,14 @@ fn validate_shows_a_plugins_complaint_under_its_path() {
         ),
         "{err}"
     );
+    // the key at fault, and where the plugin's keys are documented
+    assert!(
+        err.contains(
+            "services[0].apis[0].plugins[1].config: plugin rate-limit refused its configuration: invalid configuration: `limit`: invalid type: string \"ten\", expected u64"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("plugins/rate-limit/README.md"), "{err}");
 }
 
 #[test]

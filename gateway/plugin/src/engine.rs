@@ -221,6 +221,16 @@ impl PluginEngine {
                 "not a WebAssembly component (a binary component starts with \\0asm)".to_owned(),
             ));
         }
+        // A core module (version 1 in the header) where a component (layer 1) is wanted.
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(LoadError::Compile(
+                key.to_owned(),
+                "it is a core WebAssembly module, not a component: build it with the plugin SDK \
+                 (plugins/README.md), or wrap it with `wasm-tools component new MODULE.wasm -o \
+                 PLUGIN.wasm` if it implements the contract's world"
+                    .to_owned(),
+            ));
+        }
         let component = wasmtime::component::Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(key.to_owned(), format!("{e:#}")))?;
         // A component importing the contract's interfaces of another version only.

@@ -549,3 +549,18 @@ fn instances_grown_by_large_bodies_are_not_all_kept_warm() {
         .on_response_body(&mut request(), 200, &http::HeaderMap::new(), b"ok", None)
         .is_ok());
 }
+
+#[test]
+fn a_core_module_is_refused_with_how_to_make_it_a_component() {
+    let engine = engine();
+    let module = gatehouse_plugin_host::testing::binary("(module (func (export \"on_request\")))");
+    let Err(err) = engine.load("test:core-module", || Ok(module)) else {
+        panic!("a core module loaded");
+    };
+    let err = err.to_string();
+    assert!(
+        err.starts_with("test:core-module is not a usable WebAssembly component: it is a core WebAssembly module, not a component"),
+        "{err}"
+    );
+    assert!(err.contains("wasm-tools component new"), "{err}");
+}

@@ -168,7 +168,14 @@ impl ApiPlugins {
                         "plugin {label} refused its configuration: {}",
                         gatehouse_config::secrets::scrub(&message)
                     ),
-                    format!("fix the config of {label} (see its README)"),
+                    match &plugin.source {
+                        PluginSource::Standard(name) => format!(
+                            "fix the config of {label} (its keys: plugins/{name}/README.md)"
+                        ),
+                        PluginSource::File(_) => format!(
+                            "fix the config of {label} where the message says (the keys its author documents)"
+                        ),
+                    },
                 )),
                 Err(failure) => problems.push(Problem::new(
                     path,
