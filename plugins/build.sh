@@ -5,6 +5,8 @@
 #   plugins/build.sh            rebuild everything, write dist/ and MANIFEST
 #   plugins/build.sh --install  the same, installing missing tools first (rustc-web or the rustup
 #                               wasm32 target, wasm-tools, zig; wit-bindgen only when needed)
+#   plugins/build.sh --tools    only install the missing tools (nothing is built, dist/ is left as
+#                               it is): what an author building a plugin elsewhere needs first
 #   plugins/build.sh --check    only compare the sources with MANIFEST (no build); fails when a
 #                               component is stale
 #   plugins/build.sh --test     run the host-side unit tests (cargo test, the C example's tests)
@@ -334,6 +336,7 @@ run_tests() {
 case "${1:-}" in
   "") build ;;
   --install) install_tools; build ;;
+  --tools) install_tools; say "the tools are installed (nothing was built)" ;;
   --check) check ;;
   --test) run_tests ;;
   -h | --help) usage ;;
