@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
+use once_cell::sync::OnceCell;
 
 /// Bits of a counter word that hold its window's number (modulo their range).
 const WINDOW_BITS: u32 = 24;
@@ -41,7 +42,8 @@ pub struct Window {
 
 /// The counters of one plugin use.
 pub struct Counters {
-    map: DashMap<Box<str>, Counter>,
+    /// Made on the first increment: most plugin uses never count.
+    map: OnceCell<DashMap<Box<str>, Counter>>,
     /// Keys in `map`.
     len: AtomicUsize,
     max_keys: usize,
@@ -100,7 +102,7 @@ impl Counters {
     /// A table of at most `max_keys` counters.
     pub fn new(max_keys: usize) -> Self {
         Self {
-            map: DashMap::new(),
+            map: OnceCell::new(),
             len: AtomicUsize::new(0),
             max_keys,
             swept_at: AtomicU64::new(0),
@@ -127,7 +129,8 @@ impl Counters {
     ) -> Result<Window, String> {
         check(key, window_ms)?;
         let (window, resets_in_ms) = window_of(now_ms, window_ms);
-        if let Some(counter) = self.map.get(key) {
+        let map = self.map.get_or_init(DashMap::new);
+        if let Some(counter) = map.get(key) {
             same_window(key, &counter, window_ms)?;
             let count = counter.add(window, delta);
             return Ok(Window {
@@ -144,7 +147,7 @@ impl Counters {
                 ));
             }
         }
-        let counter = self.map.entry(key.into()).or_insert_with(|| {
+        let counter = map.entry(key.into()).or_insert_with(|| {
             self.len.fetch_add(1, Ordering::Relaxed);
             Counter {
                 window_ms,
@@ -162,7 +165,7 @@ impl Counters {
     pub fn get(&self, key: &str, window_ms: u64, now_ms: u64) -> Result<Window, String> {
         check(key, window_ms)?;
         let (window, resets_in_ms) = window_of(now_ms, window_ms);
-        let count = match self.map.get(key) {
+        let count = match self.map.get().and_then(|map| map.get(key)) {
             Some(counter) => {
                 same_window(key, &counter, window_ms)?;
                 counter.count(window)
@@ -187,7 +190,8 @@ impl Counters {
         {
             return;
         }
-        self.map.retain(|_, counter| {
+        let Some(map) = self.map.get() else { return };
+        map.retain(|_, counter| {
             let live = counter.is_live(now_ms);
             if !live {
                 self.len.fetch_sub(1, Ordering::Relaxed);

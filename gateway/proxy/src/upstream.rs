@@ -367,7 +367,7 @@ impl UpstreamRuntime {
             let usable = |i: usize| {
                 !tried.contains(i)
                     && if current.panic {
-                        self.nodes[i].is_available()
+                        self.nodes[i].weight > 0 && self.nodes[i].is_available()
                     } else {
                         self.nodes[i].admits(now)
                     }
@@ -938,6 +938,90 @@ upstreams:
         };
         assert!(u.has_untried(&tried, Some(&any)));
         assert_eq!(u.pick(Some(pos), &tried, Some(&any)).map(|p| p.1), Some(2));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Whatever the weights, tags, nodes out and nodes tried: a steered pick that must not
+        /// fall back gives an allowed node the request may use, or none exactly when no such
+        /// node is left (as `has_untried` says); one that may fall back gives a node whenever
+        /// any is left.
+        #[test]
+        fn a_steered_pick_keeps_to_the_allowed_nodes_it_may_use(
+            nodes in proptest::collection::vec((0u32..4, 0u8..4, proptest::bool::ANY, proptest::bool::ANY), 1..7),
+            target in 0usize..8,
+            by_tag in proptest::bool::ANY,
+            fail in proptest::bool::ANY,
+        ) {
+            // each node: weight, tags (bit 0: a, bit 1: b), out, tried
+            let mut nodes = nodes;
+            nodes[0].0 = nodes[0].0.max(1);
+            let lines: String = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, (w, tags, _, _))| {
+                    let tags: Vec<&str> = [(1, "a"), (2, "b")]
+                        .iter()
+                        .filter(|(bit, _)| tags & bit != 0)
+                        .map(|(_, t)| *t)
+                        .collect();
+                    format!(
+                        "      - {{ host: 10.0.0.{}, port: 80, weight: {w}, tags: [{}] }}\n",
+                        i + 1,
+                        tags.join(", ")
+                    )
+                })
+                .collect();
+            let config = gatehouse_config::parse(
+                &format!(
+                    "instance: {{ id: ins-1, type: dedicated, vpc: vpc-main, listen: [\"127.0.0.1:8080\"] }}\nvpcs:\n  - {{ id: vpc-main, cidrs: [\"10.0.0.0/16\"] }}\nupstreams:\n  - name: u\n    vpc: vpc-main\n    protocol: http\n    nodes:\n{lines}"
+                ),
+                "test",
+                Path::new("/"),
+            )
+            .unwrap();
+            let u = UpstreamRuntime::build(&config.upstreams[0], "upstreams[0]", &[]).unwrap();
+            let mut tried = TriedSet::default();
+            for (i, (w, _, out, was_tried)) in nodes.iter().enumerate() {
+                if *out && *w > 0 {
+                    take_out(&u, i);
+                }
+                if *was_tried {
+                    tried.insert(i);
+                }
+            }
+            let to = if by_tag {
+                tag(["a", "b", "c"][target % 3])
+            } else {
+                SteerTo::Node(format!("10.0.0.{}:80", target + 1))
+            };
+            let s = steer(&u, to.clone(), fail);
+            let allowed = |i: usize| match &to {
+                SteerTo::Tag(t) => (t == "a" && nodes[i].1 & 1 != 0) || (t == "b" && nodes[i].1 & 2 != 0),
+                SteerTo::Node(_) => i == target,
+            };
+            let panic = nodes.iter().all(|(w, _, out, _)| *w == 0 || *out);
+            let usable = |i: usize| !tried.contains(i) && nodes[i].0 > 0 && (panic || !nodes[i].2);
+            let picked = u.pick(None, &tried, Some(&s)).map(|p| p.1);
+            let any_allowed = (0..nodes.len()).any(|i| allowed(i) && usable(i));
+            let any = (0..nodes.len()).any(usable);
+            if fail {
+                proptest::prop_assert_eq!(picked.is_some(), any_allowed);
+                if let Some(i) = picked {
+                    proptest::prop_assert!(allowed(i) && usable(i), "picked {}", i);
+                }
+            } else {
+                proptest::prop_assert_eq!(picked.is_some(), any);
+                if let Some(i) = picked {
+                    proptest::prop_assert!(usable(i), "picked {}", i);
+                    if any_allowed {
+                        proptest::prop_assert!(allowed(i), "picked {} over an allowed node", i);
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(u.has_untried(&tried, Some(&s)), if fail { any_allowed } else { any });
+        }
     }
 
     #[test]
