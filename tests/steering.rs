@@ -243,7 +243,7 @@ fn away_from_the_window_end(reset: &str) {
 fn the_rate_limit_lets_exactly_its_limit_through_under_concurrent_clients() {
     let backend = echo("a");
     let limited = |by: &str, limit: u32| {
-        format!("          - name: rate-limit\n            config: {{ limit: {limit}, window: 1h, by: \"{by}\" }}\n")
+        format!("          - name: rate-limit\n            config: {{ limit: {limit}, window: 1h, by: \"{by}\", response_headers: true }}\n")
     };
     let gw = Gateway::start(&config(
         &[upstream("u", &[node(backend.addr(), "")])],

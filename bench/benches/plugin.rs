@@ -225,7 +225,7 @@ fn plugin_hook(c: &mut Criterion) {
     let limit = slot(
         &engine,
         "rate-limit",
-        r#"{"limit":1000000000,"window":"1h"}"#,
+        r#"{"limit":1000000000,"window":"1h","response_headers":true}"#,
         true,
     );
     group.bench_function("on-request/rate-limit", |b| {

@@ -24,8 +24,8 @@ NOOP_0_2 = [(NOOP_0_2_FILE, "{ hooks: [on-request, on-response] }")]
 # nodes tagged `canary` and naming `stable` for the others, on an upstream whose nodes alternate
 # the two tags (`gatehouse_yaml(tags=True)`).
 CANARY = [("canary", "{ tag: canary, stable_tag: stable, percent: 100 }")]
-# The rate limiter counting every request (per client address, a limit never reached) and adding
-# its headers to every response: its full cost.
+# The rate limiter counting every request (per client address, a limit never reached), as
+# configured by default (no headers on the responses it lets through).
 RATE_LIMIT = [("rate-limit", "{ limit: 1000000000, window: 1h }")]
 # The JSON request validator with a small schema, for the request-body variants (their bodies are
 # `json_order(n)` documents, which it accepts).

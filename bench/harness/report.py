@@ -21,7 +21,7 @@ LABELS = {
     "gatehouse-noop-0.1": "Gatehouse, 1 no-op plugin on contract 0.1 (headers, nothing to set)",
     "gatehouse-noop-0.2": "Gatehouse, 1 no-op plugin on contract 0.2 (grant-probe, the same two hooks)",
     "gatehouse-canary": "Gatehouse, canary (every request steered to the canary-tagged nodes)",
-    "gatehouse-rate-limit": "Gatehouse, rate-limit (every request counted, headers on every response)",
+    "gatehouse-rate-limit": "Gatehouse, rate-limit (every request counted)",
     "bare-pingora-post-1k": "bare Pingora, POST of 1 KiB",
     "bare-pingora-post-16k": "bare Pingora, POST of 16 KiB",
     "gatehouse-post-1k": "Gatehouse, POST of 1 KiB, no plugin (streamed)",
@@ -404,8 +404,8 @@ def section_steering(runs):
     return ("## Plugins that steer and count\n\nThe same API without plugins, with `canary` "
             "steering every request to the nodes tagged `canary` (one `on-request` call and the "
             "tag's own schedule), and with `rate-limit` counting every request in the gateway's "
-            "counters and adding its `RateLimit-*` headers to every response (`on-request` and "
-            "`on-response`); 0 B bodies, within each repetition.\n\n"
+            "counters (one `on-request` call; its default, no headers on the responses it lets "
+            "through); 0 B bodies, within each repetition.\n\n"
             + table(("comparison", "median (min–max)"), rows))
 
 

@@ -19,8 +19,9 @@ struct Config {
     /// What is limited: `client-addr`, `api` or `header:NAME`.
     #[serde(default = "client_addr")]
     by: String,
-    /// Send `RateLimit-*` headers on the responses let through too.
-    #[serde(default = "yes")]
+    /// Send `RateLimit-*` headers on the responses let through too (a second hook call per
+    /// request: off by default).
+    #[serde(default)]
     response_headers: bool,
     /// When the gateway cannot count a request (its table of keys is full): `allow` or `deny`.
     #[serde(default = "allow")]
@@ -33,10 +34,6 @@ fn client_addr() -> String {
 
 fn allow() -> String {
     "allow".to_string()
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// What is limited.
@@ -304,8 +301,10 @@ mod tests {
 
     #[test]
     fn passed_responses_carry_the_rate_limit_headers() {
-        let plugin =
-            RateLimit::configure(r#"{"limit": 5, "window": "1d", "by": "header:x-k"}"#).unwrap();
+        let plugin = RateLimit::configure(
+            r#"{"limit": 5, "window": "1d", "by": "header:x-k", "response_headers": true}"#,
+        )
+        .unwrap();
         let req = Request::new("GET", "/").with_header("x-k", "passed-responses");
         plugin.on_request(&req).unwrap();
         plugin.on_request(&req).unwrap();
@@ -314,9 +313,8 @@ mod tests {
         plugin.on_response(&req, &resp).unwrap();
         assert_eq!(resp.header("ratelimit-limit").as_deref(), Some("5"));
         assert_eq!(resp.header("ratelimit-remaining").as_deref(), Some("3"));
-        let quiet =
-            RateLimit::configure(r#"{"limit": 5, "window": "1d", "response_headers": false}"#)
-                .unwrap();
+        // by default, only refusals carry them
+        let quiet = RateLimit::configure(r#"{"limit": 5, "window": "1d"}"#).unwrap();
         assert_eq!(quiet.needs(), Needs::new(Hooks::ON_REQUEST).counters());
         let resp = Response::new(200);
         quiet.on_response(&req, &resp).unwrap();
