@@ -458,3 +458,25 @@ fn a_plugin_is_charged_the_time_it_ran_not_the_time_it_waited() {
     let spinning = timed_slot(INFINITE_LOOP, limit);
     assert_eq!(run(&spinning).err(), Some(Failure::Timeout));
 }
+
+#[test]
+fn a_component_importing_what_the_host_lacks_is_refused_naming_the_import_and_version() {
+    let engine = PluginEngine::new(64 << 20).unwrap();
+    // the clock-reading component, asking for a host function no contract has
+    let wat = gatehouse_plugin_host::testing::component_wat_failing_after(u64::MAX)
+        .replace("now-millis", "now-nanos");
+    let Err(err) = engine.load("test:lacking", || {
+        Ok(gatehouse_plugin_host::testing::binary(&wat))
+    }) else {
+        panic!("a component with a missing import loaded");
+    };
+    let err = format!("{err}");
+    assert!(
+        err.starts_with(
+            "test:lacking does not implement the gatehouse:plugin world of its version (0.1.0)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("gatehouse:plugin/host@0.1.0"), "{err}");
+    assert!(err.contains("now-nanos"), "{err}");
+}
