@@ -3,7 +3,8 @@
 //! another tag.
 
 use gatehouse_plugin_sdk::{
-    export_plugin, parse_config, Action, Fallback, Hooks, Needs, Plugin, Request,
+    config_header_name, export_plugin, parse_config, Action, Fallback, Hooks, Needs, Plugin,
+    Request,
 };
 use serde::Deserialize;
 
@@ -79,15 +80,6 @@ fn check_tag(key: &str, tag: &str) -> Result<(), String> {
     }
 }
 
-fn check_header(key: &str, name: &str) -> Result<String, String> {
-    let name = name.trim().to_ascii_lowercase();
-    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if name.is_empty() || !name.chars().all(token) {
-        return Err(format!("`{key}`: {name:?} is not a header name"));
-    }
-    Ok(name)
-}
-
 /// FNV-1a, then a final mix so that near keys (consecutive addresses) spread over the buckets.
 fn bucket(key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -151,7 +143,7 @@ impl Plugin for Canary {
         let key = match c.by.as_str() {
             "client-addr" => Key::ClientAddr,
             other => match other.strip_prefix("header:") {
-                Some(name) => Key::Header(check_header("by", name)?),
+                Some(name) => Key::Header(config_header_name("by", name)?),
                 None => {
                     return Err(format!(
                         "`by`: {other:?} is not a client key; use client-addr or header:NAME"
@@ -162,7 +154,7 @@ impl Plugin for Canary {
         let header = c
             .header
             .as_deref()
-            .map(|h| check_header("header", h))
+            .map(|h| config_header_name("header", h))
             .transpose()?;
         if header.is_none() && !c.values.is_empty() {
             return Err("`values` needs `header`".to_string());

@@ -3,8 +3,8 @@
 //! Counts live in the gateway's counters, shared by the plugin use's instances in one process.
 
 use gatehouse_plugin_sdk::{
-    counters, export_plugin, log, parse_config, Action, Hooks, Needs, Plugin, Reply, Request,
-    Response,
+    config_header_name, counters, export_plugin, log, parse_config, Action, Hooks, Needs, Plugin,
+    Reply, Request, Response,
 };
 use serde::Deserialize;
 
@@ -82,15 +82,6 @@ fn parse_window(text: &str) -> Result<u64, String> {
             "`window`: {text:?} is not a window from 1s to 1d; write a number and s, m, h or d (30s, 1m, 1h)"
         )),
     }
-}
-
-fn check_header(name: &str) -> Result<String, String> {
-    let name = name.trim().to_ascii_lowercase();
-    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if name.is_empty() || !name.chars().all(token) {
-        return Err(format!("`by`: {name:?} is not a header name"));
-    }
-    Ok(name)
 }
 
 /// FNV-1a of a long key part, so keys stay short whatever a client sends.
@@ -171,7 +162,7 @@ impl Plugin for RateLimit {
             "client-addr" => By::ClientAddr,
             "api" => By::Api,
             other => match other.strip_prefix("header:") {
-                Some(name) => By::Header(check_header(name)?),
+                Some(name) => By::Header(config_header_name("by", name)?),
                 None => {
                     return Err(format!(
                         "`by`: {other:?} is not something to limit by; use client-addr, api or header:NAME"

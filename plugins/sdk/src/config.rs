@@ -34,6 +34,17 @@ pub fn parse_config<T: DeserializeOwned>(config: &str) -> Result<T, String> {
     })
 }
 
+/// A header name from a plugin's configuration under `key`, trimmed and in lower case (as the
+/// gateway hands headers to plugins), or an error naming the key when it is not an HTTP token.
+pub fn config_header_name(key: &str, name: &str) -> Result<String, String> {
+    let name = name.trim().to_ascii_lowercase();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("`{key}`: {name:?} is not a header name"));
+    }
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +55,15 @@ mod tests {
     struct Config {
         #[serde(default)]
         name: String,
+    }
+
+    #[test]
+    fn header_names_are_lower_case_tokens() {
+        assert_eq!(config_header_name("by", " X-User ").unwrap(), "x-user");
+        for bad in ["", "bad name", "x:y", "é"] {
+            let err = config_header_name("by", bad).unwrap_err();
+            assert!(err.starts_with("`by`: "), "{err}");
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ mod double;
 #[cfg(target_arch = "wasm32")]
 mod guest;
 
-pub use config::parse_config;
+pub use config::{config_header_name, parse_config};
 #[cfg(not(target_arch = "wasm32"))]
 pub use double::{Request, Response};
 #[cfg(target_arch = "wasm32")]
