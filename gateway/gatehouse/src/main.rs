@@ -1,10 +1,12 @@
 //! `gatehouse`: the edge gateway binary. `run` serves a configuration, `validate` checks
-//! configuration files without serving them, `demo` serves the shipped configuration with echo
-//! backends on its nodes and shows the gateway at work.
+//! configuration files without serving them, `plugin` starts and builds plugins of one's own,
+//! `demo` serves the shipped configuration with echo backends on its nodes and shows the gateway
+//! at work.
 
 mod demo;
 mod fleet;
 mod logging;
+mod plugin_project;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -80,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         action: fleet::ConfigAction,
     },
+    /// Start, test and build a plugin of your own.
+    Plugin {
+        #[command(subcommand)]
+        action: plugin_project::PluginAction,
+    },
     /// Serve a configuration with echo backends started on its loopback nodes, and show the
     /// weighted spread, the Host header and a retried dead node.
     Demo {
@@ -112,6 +119,7 @@ fn main() -> ExitCode {
         Command::Validate { config, diff_from } => validate(&config, diff_from.as_deref()),
         Command::Demo { config, down } => run(&config, Some(down), gatehouse_proxy::Sockets::Bind),
         Command::Config { action } => fleet::config(action),
+        Command::Plugin { action } => plugin_project::run(action),
     }
 }
 
