@@ -9,7 +9,8 @@
 #                               it is): what an author building a plugin elsewhere needs first
 #   plugins/build.sh --check    only compare the sources with MANIFEST (no build); fails when a
 #                               component is stale
-#   plugins/build.sh --test     run the host-side unit tests (cargo test, the C example's tests)
+#   plugins/build.sh --test     run the host-side unit tests (cargo test; the C example's, the C
+#                               SDK's and the C template's tests, natively)
 #
 # Rust toolchain, detected: a rustc whose sysroot has the wasm32-unknown-unknown std (rustup:
 # `rustup target add wasm32-unknown-unknown`), else Debian's rustc-web building std itself
@@ -91,6 +92,10 @@ check() {
       stale+=("$name")
     fi
   done
+  if ! c_bindings_fresh; then
+    say "the C bindings (c-example/bindings, sdk-c/bindings) were generated from other contracts"
+    stale+=(c-bindings)
+  fi
   if ((${#stale[@]})); then
     say "stale components: ${stale[*]}"
     say "rebuild them with: plugins/build.sh   (plugins/build.sh --install on a machine without the tools)"
@@ -145,28 +150,40 @@ build_rust() {
   done
 }
 
-# What the C bindings are generated from; kept beside them in bindings/STAMP.
+# The generated C bindings, each `folder:contract folder` (relative to plugins/ and to the
+# repository): the C example's (contract 0.1.0) and the C SDK's (the current contract).
+C_BINDINGS=("c-example/bindings:$C_WIT_DIR" "sdk-c/bindings:wit")
+
+# What bindings are generated from; kept beside them in STAMP.
 bindings_stamp() {
-  echo "wit-bindgen $WIT_BINDGEN_VERSION ${C_BINDGEN_FLAGS[*]}; $C_WIT_DIR/ sha256 $(tree_hash "$C_WIT_DIR")"
+  # shellcheck disable=SC2046 # the paths have no spaces
+  echo "wit-bindgen $WIT_BINDGEN_VERSION ${C_BINDGEN_FLAGS[*]}; $1/ sha256 $(tree_hash $(wit_files "$1"))"
 }
 
 c_bindings_fresh() {
-  local stamp="$PLUGINS_DIR/c-example/bindings/STAMP"
-  [[ -f "$stamp" && "$(cat "$stamp")" == "$(bindings_stamp)" ]]
+  local entry stamp
+  for entry in "${C_BINDINGS[@]}"; do
+    stamp="$PLUGINS_DIR/${entry%%:*}/STAMP"
+    [[ -f "$stamp" && "$(cat "$stamp")" == "$(bindings_stamp "${entry#*:}")" ]] || return 1
+  done
 }
 
 # Regenerates the C bindings when wit-bindgen is installed; otherwise the committed ones must have
-# been generated from the current wit/.
+# been generated from the current contracts.
 c_bindings() {
-  local dir=$1
-  if wit_bindgen_ready; then
-    local args=(c "$C_WIT_DIR" "${C_BINDGEN_FLAGS[@]}" --out-dir "plugins/$(basename "$dir")/bindings")
+  local entry out wit
+  if ! wit_bindgen_ready; then
+    c_bindings_fresh ||
+      die "the C bindings were generated from other contracts: install wit-bindgen-cli $WIT_BINDGEN_VERSION (plugins/build.sh --install does) and rerun"
+    return 0
+  fi
+  for entry in "${C_BINDINGS[@]}"; do
+    out="plugins/${entry%%:*}" wit="${entry#*:}"
+    local args=(c "$wit" "${C_BINDGEN_FLAGS[@]}" --out-dir "$out")
     (cd "$REPO_DIR" && wit-bindgen "${args[@]}" >/dev/null 2>&1) ||
       die "wit-bindgen failed; see why with: wit-bindgen ${args[*]}"
-    bindings_stamp >"$dir/bindings/STAMP"
-  elif ! c_bindings_fresh; then
-    die "plugins/c-example/bindings were generated from another $C_WIT_DIR/: install wit-bindgen-cli $WIT_BINDGEN_VERSION (plugins/build.sh --install does) and rerun"
-  fi
+    bindings_stamp "$wit" >"$REPO_DIR/$out/STAMP"
+  done
 }
 
 build_c() {
@@ -175,7 +192,6 @@ build_c() {
     dir="$PLUGINS_DIR/$name"
     out="$PLUGINS_DIR/target/c/$name"
     mkdir -p "$out"
-    c_bindings "$dir"
     (
       cd "$dir"
       ZIG_CACHE="$PLUGINS_DIR/target/zig-cache" c_wasm -Ibindings -Isrc \
@@ -229,6 +245,7 @@ build() {
   mkdir -p "$DIST_DIR"
   say "Rust toolchain: $RUST_MODE"
   build_rust
+  c_bindings
   build_c
   check_imports
   write_manifest
@@ -239,17 +256,35 @@ build() {
 run_tests() {
   add_pip_scripts_to_path
   (cd "$PLUGINS_DIR" && cargo test --locked)
-  local cc out="$PLUGINS_DIR/target/c/tests"
+  local cc out="$PLUGINS_DIR/target/c/tests" sanitize=()
   mkdir -p "$out"
   if command -v cc >/dev/null; then cc=(cc); elif zig_ready; then cc=(python3 -m ziglang cc); else
-    die "no C compiler for the C example's tests (install build-essential, or zig)"
+    die "no C compiler for the C tests (install build-essential, or zig)"
   fi
+  # memory errors and leaks fail the C tests where the compiler has the sanitizers
+  if echo 'int main(void){return 0;}' | "${cc[@]}" -x c - -fsanitize=address,undefined -o "$out/probe" 2>/dev/null &&
+    "$out/probe"; then
+    sanitize=(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
+  fi
+  local flags=(-std=c11 -Wall -Wextra -Werror -g "${sanitize[@]}")
   (
     cd "$PLUGINS_DIR/c-example"
-    "${cc[@]}" -std=c11 -Wall -Wextra -Werror -Isrc src/policy.c tests/test_policy.c -o "$out/test_policy"
+    "${cc[@]}" "${flags[@]}" -Isrc src/policy.c tests/test_policy.c -o "$out/test_policy"
   )
   echo "c-example policy tests:"
   "$out/test_policy"
+  (
+    cd "$PLUGINS_DIR/sdk-c"
+    "${cc[@]}" "${flags[@]}" -I. tests/test_sdk.c gatehouse_plugin_common.c gatehouse_plugin_double.c \
+      -o "$out/test_sdk"
+    # the C template's plugin and tests, against this SDK
+    "${cc[@]}" "${flags[@]}" -I. ../templates/c/src/plugin.c ../templates/c/tests/test_plugin.c \
+      gatehouse_plugin_common.c gatehouse_plugin_double.c -o "$out/test_c_template"
+  )
+  echo "C SDK tests:"
+  "$out/test_sdk"
+  echo "C template tests:"
+  "$out/test_c_template"
 }
 
 case "${1:-}" in

@@ -9,7 +9,10 @@
 #                                     build the cdylib crate CRATE in DIR into the component OUT,
 #                                     sharing TARGET_DIR (and the standard library built in it)
 #                                     between plugins
-#   toolchain.sh c DIR OUT TARGET_DIR build DIR/src/*.c with the bindings and SDK in DIR into OUT
+#   toolchain.sh c DIR OUT TARGET_DIR build DIR/src/*.c with the C SDK in DIR/sdk into OUT
+#   toolchain.sh c-test DIR NAME TARGET_DIR
+#                                     compile each DIR/tests/*.c natively with DIR/src/*.c and the
+#                                     SDK's test doubles, and run it
 #
 # Rust toolchain, detected: a rustc whose sysroot has the wasm32-unknown-unknown std (rustup:
 # `rustup target add wasm32-unknown-unknown`), else Debian's rustc-web building std itself
@@ -144,7 +147,13 @@ build_rust_plugin() {
   wasm-tools component new "$target_dir/$TARGET/release/${name//-/_}.wasm" -o "$out"
 }
 
-# The C plugin in $1 (src/*.c, bindings/, sdk/) into the component $2, building in $3.
+# The C SDK's sources compiled into a plugin, relative to a project: the common part, and the
+# WebAssembly side (over the generated bindings) or the native test doubles.
+C_SDK_COMMON=sdk/gatehouse_plugin_common.c
+C_SDK_WASM=(sdk/gatehouse_plugin_wasm.c sdk/bindings/plugin.c sdk/bindings/plugin_component_type.o)
+C_SDK_DOUBLE=sdk/gatehouse_plugin_double.c
+
+# The C plugin in $1 (src/*.c and the SDK in sdk/) into the component $2, building in $3.
 build_c_plugin() {
   local dir=$1 out=$2 target_dir=$3 core
   require_zig
@@ -152,10 +161,36 @@ build_c_plugin() {
   mkdir -p "$(dirname "$core")"
   (
     cd "$dir"
-    ZIG_CACHE="$target_dir/zig-cache" c_wasm -Ibindings -Isdk -Isrc \
-      src/*.c bindings/*.c bindings/*_component_type.o -o "$core"
+    ZIG_CACHE="$target_dir/zig-cache" c_wasm -Isdk -Isdk/bindings -Isrc \
+      src/*.c "$C_SDK_COMMON" "${C_SDK_WASM[@]}" -o "$core"
   )
   wasm-tools component new "$core" -o "$out"
+}
+
+# A native C compiler: cc, else zig's.
+native_cc() {
+  if command -v cc >/dev/null; then echo cc
+  elif zig_ready; then echo "python3 -m ziglang cc"
+  else die "no C compiler for the native tests: install one (build-essential), or zig"
+  fi
+}
+
+# Compiles and runs each test program of the C plugin in $1 (named $2), building in $3.
+test_c_plugin() {
+  local dir=$1 name=$2 out="$3/c-tests/$2" test bin cc
+  cc=$(native_cc)
+  mkdir -p "$out"
+  shopt -s nullglob
+  local tests=("$dir"/tests/*.c)
+  ((${#tests[@]})) || { say "$name has no tests/*.c: nothing to test"; return 0; }
+  for test in "${tests[@]}"; do
+    bin="$out/$(basename "$test" .c)"
+    # shellcheck disable=SC2086 # $cc may be a command with arguments
+    (cd "$dir" && $cc -std=c11 -Wall -Wextra -Werror -g -Isdk -Isrc \
+      src/*.c "$test" "$C_SDK_COMMON" "$C_SDK_DOUBLE" -o "$bin")
+    say "running tests/$(basename "$test")"
+    "$bin"
+  done
 }
 
 if [[ -z ${GATEHOUSE_TOOLCHAIN_SOURCED:-} ]]; then
@@ -163,6 +198,7 @@ if [[ -z ${GATEHOUSE_TOOLCHAIN_SOURCED:-} ]]; then
     tools) install_tools "${2:-}" ;;
     rust) [[ $# -eq 5 ]] || die "usage: toolchain.sh rust DIR CRATE OUT TARGET_DIR"; build_rust_plugin "$2" "$3" "$4" "$5" ;;
     c) [[ $# -eq 4 ]] || die "usage: toolchain.sh c DIR OUT TARGET_DIR"; build_c_plugin "$2" "$3" "$4" ;;
+    c-test) [[ $# -eq 4 ]] || die "usage: toolchain.sh c-test DIR NAME TARGET_DIR"; test_c_plugin "$2" "$3" "$4" ;;
     *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]:-/dev/null}" >&2; exit 2 ;;
   esac
 fi

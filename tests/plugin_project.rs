@@ -29,7 +29,7 @@ fn gatehouse(args: &[&str], dir: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Every file of a folder, build output aside, with its text.
+/// Every file of a folder, built components aside, with its text.
 fn project_files(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     let mut todo = vec![dir.to_owned()];
@@ -39,7 +39,8 @@ fn project_files(dir: &Path) -> Vec<(PathBuf, String)> {
             if path.is_dir() {
                 todo.push(path);
             } else if path.extension().is_none_or(|e| e != "wasm") {
-                let text = std::fs::read_to_string(&path).unwrap();
+                // the bindings' object file too: a path in it would show
+                let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
                 files.push((path, text));
             }
         }
@@ -47,16 +48,17 @@ fn project_files(dir: &Path) -> Vec<(PathBuf, String)> {
     files
 }
 
-#[test]
-fn a_plugin_from_the_template_builds_outside_the_repository_loads_and_serves() {
+/// Creates a plugin from the `lang` template outside the repository, builds it with
+/// `gatehouse plugin build`, and serves it with the project's own gateway configuration.
+fn a_plugin_from_the_template_builds_loads_and_serves(lang: &str, name: &str, tests_ran: &str) {
     let outside = scratch_dir();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let repo = repo.canonicalize().unwrap();
     assert!(!outside.starts_with(&repo));
 
-    let (ok, out) = gatehouse(&["plugin", "new", "tenant-guard"], &outside);
+    let (ok, out) = gatehouse(&["plugin", "new", name, "--lang", lang], &outside);
     assert!(ok, "{out}");
-    let project = outside.join("tenant-guard");
+    let project = outside.join(name);
     let files = project_files(&project);
     assert!(files.iter().any(|(p, _)| p.ends_with("wit/plugin.wit")));
     for (path, text) in &files {
@@ -67,17 +69,17 @@ fn a_plugin_from_the_template_builds_outside_the_repository_loads_and_serves() {
         );
     }
     // a second `new` into the same folder changes nothing
-    let (ok, out) = gatehouse(&["plugin", "new", "tenant-guard"], &outside);
+    let (ok, out) = gatehouse(&["plugin", "new", name, "--lang", lang], &outside);
     assert!(!ok && out.contains("is not empty"), "{out}");
 
     let (ok, out) = gatehouse(&["plugin", "build"], &project);
     assert!(ok, "{out}");
-    assert!(out.contains("3 passed"), "the template's tests ran:\n{out}");
+    assert!(out.contains(tests_ran), "the template's tests ran:\n{out}");
     assert!(
-        out.contains("tenant-guard (0.2.0): hooks on-request, on-response; request_headers.read x-tenant; response_headers.write x-served-for"),
+        out.contains(&format!("{name} (0.2.0): hooks on-request, on-response; request_headers.read x-tenant; response_headers.write x-served-for")),
         "the built component loaded with the project's gatehouse.yaml:\n{out}"
     );
-    let component = project.join("tenant-guard.wasm");
+    let component = project.join(format!("{name}.wasm"));
     assert!(component.is_file());
 
     // the project's own configuration, on free ports, serves the plugin
@@ -91,7 +93,7 @@ fn a_plugin_from_the_template_builds_outside_the_repository_loads_and_serves() {
                 file_roots_for(&component)
             ),
         )
-        .replace("./tenant-guard.wasm", component.to_str().unwrap());
+        .replace(&format!("./{name}.wasm"), component.to_str().unwrap());
     let gw = Gateway::start_config(&yaml, listen, metrics);
     let served = request("GET", &gw.url("/hello"), &[("x-tenant", "acme")], None);
     assert_eq!(served.status, 200, "{}", served.body);
@@ -102,6 +104,17 @@ fn a_plugin_from_the_template_builds_outside_the_repository_loads_and_serves() {
     assert_eq!(refused.json()["error"], "forbidden");
     let anonymous = request("GET", &gw.url("/hello"), &[], None);
     assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.json()["message"], "name your tenant");
+}
+
+#[test]
+fn a_rust_plugin_from_the_template_builds_outside_the_repository_loads_and_serves() {
+    a_plugin_from_the_template_builds_loads_and_serves("rust", "tenant-guard", "3 passed");
+}
+
+#[test]
+fn a_c_plugin_from_the_template_builds_outside_the_repository_loads_and_serves() {
+    a_plugin_from_the_template_builds_loads_and_serves("c", "c-guard", "every check held");
 }
 
 #[test]
@@ -146,4 +159,27 @@ fn bad_names_and_folders_are_refused_with_the_fix() {
     let (ok, out) = gatehouse(&["plugin", "build"], &outside);
     assert!(!ok);
     assert!(out.contains("gatehouse plugin new NAME"), "{out}");
+}
+
+#[test]
+fn a_failing_check_of_a_c_plugin_stops_the_build() {
+    let outside = scratch_dir();
+    let (ok, out) = gatehouse(&["plugin", "new", "c-strict", "--lang", "c"], &outside);
+    assert!(ok, "{out}");
+    let project = outside.join("c-strict");
+    let test = project.join("tests/test_plugin.c");
+    let text = std::fs::read_to_string(&test).unwrap();
+    std::fs::write(
+        &test,
+        text.replace("action.status == 403", "action.status == 418"),
+    )
+    .unwrap();
+    let (ok, out) = gatehouse(&["plugin", "build"], &project);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("check failed: action.respond && action.status == 418"),
+        "{out}"
+    );
+    assert!(out.contains("the tests failed"), "{out}");
+    assert!(!project.join("c-strict.wasm").exists());
 }

@@ -46,25 +46,44 @@ pub enum PluginAction {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lang {
     Rust,
+    C,
 }
 
-/// A file of a new project: where it goes and its text (`{{name}}` is replaced).
+/// A file of a new project: where it goes and its bytes (`{{name}}` is replaced in text).
 struct Template {
     path: &'static str,
-    text: &'static str,
+    bytes: &'static [u8],
 }
 
 macro_rules! carried {
     ($path:literal, $source:literal) => {
         Template {
             path: $path,
-            text: include_str!(concat!("../../../", $source)),
+            bytes: include_bytes!(concat!("../../../", $source)),
         }
     };
 }
 
-/// The SDK and the contract, as the SDK reads it (`../../wit` from its folder).
-const SDK: &[Template] = &[
+/// What every project has: the contract (where the Rust SDK reads it, `../../wit` from its
+/// folder), a gateway configuration that uses the plugin, and what version control ignores.
+const SHARED: &[Template] = &[
+    carried!("wit/plugin.wit", "wit/plugin.wit"),
+    carried!("wit/README.md", "wit/README.md"),
+    carried!("gatehouse.yaml", "plugins/templates/gatehouse.yaml"),
+    carried!(".gitignore", "plugins/templates/gitignore"),
+];
+
+/// The Rust project. Its lock file is the standard plugins' (versions known to build with the
+/// SDK; Cargo drops the entries this project does not use).
+const RUST: &[Template] = &[
+    carried!("Cargo.toml", "plugins/templates/rust/Cargo.toml"),
+    carried!("Cargo.lock", "plugins/Cargo.lock"),
+    carried!("src/lib.rs", "plugins/templates/rust/src/lib.rs"),
+    carried!("README.md", "plugins/templates/rust/README.md"),
+];
+
+/// The Rust SDK.
+const RUST_SDK: &[Template] = &[
     carried!(
         "vendor/gatehouse-plugin-sdk/Cargo.toml",
         "plugins/sdk/Cargo.toml"
@@ -97,19 +116,49 @@ const SDK: &[Template] = &[
         "vendor/gatehouse-plugin-sdk/src/types.rs",
         "plugins/sdk/src/types.rs"
     ),
-    carried!("wit/plugin.wit", "wit/plugin.wit"),
-    carried!("wit/README.md", "wit/README.md"),
 ];
 
-/// The Rust project around the SDK. Its lock file is the standard plugins' (versions known to
-/// build with the SDK; Cargo drops the entries this project does not use).
-const RUST: &[Template] = &[
-    carried!("Cargo.toml", "plugins/templates/rust/Cargo.toml"),
-    carried!("Cargo.lock", "plugins/Cargo.lock"),
-    carried!("src/lib.rs", "plugins/templates/rust/src/lib.rs"),
-    carried!("gatehouse.yaml", "plugins/templates/rust/gatehouse.yaml"),
-    carried!("README.md", "plugins/templates/rust/README.md"),
-    carried!(".gitignore", "plugins/templates/rust/gitignore"),
+/// The C project.
+const C: &[Template] = &[
+    carried!("src/plugin.c", "plugins/templates/c/src/plugin.c"),
+    carried!(
+        "tests/test_plugin.c",
+        "plugins/templates/c/tests/test_plugin.c"
+    ),
+    carried!("README.md", "plugins/templates/c/README.md"),
+];
+
+/// The C SDK with the bindings it wraps.
+const C_SDK: &[Template] = &[
+    carried!("sdk/README.md", "plugins/sdk-c/README.md"),
+    carried!("sdk/gatehouse_plugin.h", "plugins/sdk-c/gatehouse_plugin.h"),
+    carried!(
+        "sdk/gatehouse_plugin_test.h",
+        "plugins/sdk-c/gatehouse_plugin_test.h"
+    ),
+    carried!(
+        "sdk/gatehouse_plugin_internal.h",
+        "plugins/sdk-c/gatehouse_plugin_internal.h"
+    ),
+    carried!(
+        "sdk/gatehouse_plugin_common.c",
+        "plugins/sdk-c/gatehouse_plugin_common.c"
+    ),
+    carried!(
+        "sdk/gatehouse_plugin_wasm.c",
+        "plugins/sdk-c/gatehouse_plugin_wasm.c"
+    ),
+    carried!(
+        "sdk/gatehouse_plugin_double.c",
+        "plugins/sdk-c/gatehouse_plugin_double.c"
+    ),
+    carried!("sdk/bindings/plugin.h", "plugins/sdk-c/bindings/plugin.h"),
+    carried!("sdk/bindings/plugin.c", "plugins/sdk-c/bindings/plugin.c"),
+    carried!(
+        "sdk/bindings/plugin_component_type.o",
+        "plugins/sdk-c/bindings/plugin_component_type.o"
+    ),
+    carried!("sdk/bindings/STAMP", "plugins/sdk-c/bindings/STAMP"),
 ];
 
 /// Finds and installs the tools, and compiles plugins; shared with `plugins/build.sh`.
@@ -163,17 +212,21 @@ fn new(name: &str, lang: Lang, dir: Option<PathBuf>) -> Result<ExitCode, String>
             ));
         }
     }
-    let files = match lang {
-        Lang::Rust => RUST.iter().chain(SDK),
+    let (project, sdk) = match lang {
+        Lang::Rust => (RUST, RUST_SDK),
+        Lang::C => (C, C_SDK),
     };
-    for file in files {
+    for file in project.iter().chain(sdk).chain(SHARED) {
         let path = dir.join(file.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
-        std::fs::write(&path, file.text.replace("{{name}}", name))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let written = match std::str::from_utf8(file.bytes) {
+            Ok(text) => std::fs::write(&path, text.replace("{{name}}", name)),
+            Err(_) => std::fs::write(&path, file.bytes),
+        };
+        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     println!("created the plugin {name} in {}", dir.display());
     println!("next:");
@@ -197,12 +250,17 @@ fn build(dir: &Path, test: bool, target_dir: Option<PathBuf>) -> Result<ExitCode
     let dir = dir
         .canonicalize()
         .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
-    if !dir.join("Cargo.toml").is_file() {
+    let lang = if dir.join("Cargo.toml").is_file() {
+        Lang::Rust
+    } else if dir.join("sdk/gatehouse_plugin.h").is_file() {
+        Lang::C
+    } else {
         return Err(format!(
-            "{} has no Cargo.toml: not a plugin project (create one with: gatehouse plugin new NAME)",
+            "{} has neither a Cargo.toml nor sdk/gatehouse_plugin.h: not a plugin project \
+             (create one with: gatehouse plugin new NAME)",
             dir.display()
         ));
-    }
+    };
     let target_dir = match target_dir {
         Some(d) => d,
         None => default_target_dir()?,
@@ -212,30 +270,43 @@ fn build(dir: &Path, test: bool, target_dir: Option<PathBuf>) -> Result<ExitCode
     let target_dir = target_dir
         .canonicalize()
         .map_err(|e| format!("cannot open {}: {e}", target_dir.display()))?;
-    let name = package_name(&dir)?;
+    let name = match lang {
+        Lang::Rust => package_name(&dir)?,
+        // a C project is named by its folder
+        Lang::C => dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{} has no usable folder name", dir.display()))?,
+    };
+    let out = dir.join(format!("{name}.wasm"));
+    let (dir_arg, out_arg, target_arg) = (path_arg(&dir)?, path_arg(&out)?, path_arg(&target_dir)?);
 
-    toolchain(&["tools"])?;
+    match lang {
+        Lang::Rust => toolchain(&["tools"])?,
+        Lang::C => toolchain(&["tools", "c"])?,
+    }
     if test {
         step("testing", &dir)?;
-        let status = Command::new("cargo")
-            .arg("test")
-            .current_dir(&dir)
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
+        let passed = match lang {
+            Lang::Rust => Command::new("cargo")
+                .arg("test")
+                .current_dir(&dir)
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?
+                .success(),
+            Lang::C => toolchain(&["c-test", dir_arg, &name, target_arg]).is_ok(),
+        };
+        if !passed {
             return Err("the tests failed (see above); the plugin was not built".into());
         }
     }
     step("building", &dir)?;
-    let out = dir.join(format!("{name}.wasm"));
-    toolchain(&[
-        "rust",
-        path_arg(&dir)?,
-        &name,
-        path_arg(&out)?,
-        path_arg(&target_dir)?,
-    ])?;
+    match lang {
+        Lang::Rust => toolchain(&["rust", dir_arg, &name, out_arg, target_arg])?,
+        Lang::C => toolchain(&["c", dir_arg, out_arg, target_arg])?,
+    }
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!("built {} ({size} bytes)", out.display());
     let config = dir.join("gatehouse.yaml");
@@ -350,12 +421,27 @@ mod tests {
         for source in &sdk_sources {
             let carried = format!("vendor/gatehouse-plugin-sdk/src/{source}");
             assert!(
-                SDK.iter().any(|t| t.path == carried),
+                RUST_SDK.iter().any(|t| t.path == carried),
                 "the SDK source {source} is not carried into new projects"
             );
         }
-        let guest = SDK.iter().find(|t| t.path.ends_with("guest.rs")).unwrap();
-        assert!(guest.text.contains("path: \"../../wit\""));
-        assert!(SDK.iter().any(|t| t.path == "wit/plugin.wit"));
+        let guest = RUST_SDK
+            .iter()
+            .find(|t| t.path.ends_with("guest.rs"))
+            .unwrap();
+        let guest = std::str::from_utf8(guest.bytes).unwrap();
+        assert!(guest.contains("path: \"../../wit\""));
+        assert!(SHARED.iter().any(|t| t.path == "wit/plugin.wit"));
+        let c_sdk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../plugins/sdk-c"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|f| f.ends_with(".c") || f.ends_with(".h"));
+        for source in c_sdk {
+            let carried = format!("sdk/{source}");
+            assert!(
+                C_SDK.iter().any(|t| t.path == carried),
+                "the C SDK's {source} is not carried into new projects"
+            );
+        }
     }
 }
