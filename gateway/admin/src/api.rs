@@ -1,6 +1,7 @@
 //! The admin REST API: upstreams, services and APIs as JSON resources over the [`ConfigStore`].
 //!
-//! Every request needs `Authorization: Bearer <token>`. Responses carry the configuration
+//! Every request needs `Authorization: Bearer <token>`, but the console's files under `/ui/`
+//! (see [`crate::console`]). Responses carry the configuration
 //! generation as `ETag`; a write may send `If-Match: <generation>` and gets 412 when the
 //! configuration changed in between. Writes answer only once the change is validated, persisted
 //! and serving.
@@ -16,6 +17,7 @@ use pingora::protocols::http::ServerSession;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use crate::console;
 use crate::metrics::ADMIN_METRICS;
 use crate::store::{now, Applied, CommitError, ConfigStore};
 
@@ -81,6 +83,56 @@ impl Answer {
     }
 }
 
+/// The route of the console's files, in metrics.
+const CONSOLE_ROUTE: &str = "/ui/";
+
+/// A file of the console, public: GET (and HEAD) only; `/ui` is sent on to `/ui/`.
+fn console_answer(session: &ServerSession) -> Answer {
+    let req = session.req_header();
+    let head = req.method == Method::HEAD;
+    if req.method != Method::GET && !head {
+        return Answer::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on the console's files", req.method),
+        )
+        .with_header("allow", "GET, HEAD".to_owned());
+    }
+    let path = req.uri.path();
+    if path == "/ui" {
+        let mut answer = Answer::empty(StatusCode::PERMANENT_REDIRECT);
+        answer
+            .headers
+            .push(("location", console::PREFIX.to_owned()));
+        return answer;
+    }
+    let Some(asset) = console::asset(path) else {
+        return Answer::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("the console has no file {path}"),
+        );
+    };
+    Answer {
+        status: StatusCode::OK,
+        body: if head {
+            Vec::new()
+        } else {
+            asset.body.to_vec()
+        },
+        content_type: asset.content_type,
+        headers: vec![
+            (
+                "content-security-policy",
+                console::CONTENT_SECURITY_POLICY.to_owned(),
+            ),
+            ("x-content-type-options", "nosniff".to_owned()),
+            ("referrer-policy", "no-referrer".to_owned()),
+            ("x-frame-options", "DENY".to_owned()),
+        ],
+    }
+}
+
 /// An edit that cannot be made (not found, already exists, still bound).
 struct Refused(Answer);
 
@@ -104,8 +156,10 @@ impl ServeHttp for AdminApp {
             .status(answer.status)
             .header(http::header::CONTENT_TYPE, answer.content_type)
             .header(http::header::CONTENT_LENGTH, answer.body.len())
-            .header(http::header::ETAG, self.store.etag())
             .header(http::header::CACHE_CONTROL, "no-store");
+        if route != CONSOLE_ROUTE {
+            builder = builder.header(http::header::ETAG, self.store.etag());
+        }
         for (name, value) in answer.headers {
             builder = builder.header(name, value);
         }
@@ -123,6 +177,10 @@ impl AdminApp {
                 "this address may not use the admin API (instance.admin_allow)",
             );
             return ("forbidden", answer);
+        }
+        let path = session.req_header().uri.path();
+        if path == "/ui" || path.starts_with(console::PREFIX) {
+            return (CONSOLE_ROUTE, console_answer(session));
         }
         if !self.authorized(session) {
             let answer = Answer::error(

@@ -7,6 +7,7 @@
 //! `SIGHUP`.
 
 pub mod api;
+pub mod console;
 pub mod fleet;
 pub mod metrics;
 pub mod store;

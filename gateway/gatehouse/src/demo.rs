@@ -16,6 +16,8 @@ pub struct Tour {
     metrics: SocketAddr,
     /// (service, API, example path) of the first GET API of each upstream.
     examples: Vec<(String, String, String)>,
+    /// The admin listener, when the admin API (and with it the console) is on.
+    console: Option<SocketAddr>,
 }
 
 /// Starts an echo backend on every loopback node except `down`.
@@ -71,10 +73,17 @@ pub fn start_backends(config: &Config, down: &[String]) -> Result<Tour, String> 
         listen,
         metrics: config.instance.metrics,
         examples,
+        console: None,
     })
 }
 
 impl Tour {
+    /// Shows the console on the admin listener `admin` in the tour.
+    pub fn with_console(mut self, admin: SocketAddr) -> Self {
+        self.console = Some(admin);
+        self
+    }
+
     /// Prints the tour from a thread of its own once the gateway accepts connections; the echo
     /// backends live as long as the process.
     pub fn show_when_ready(self, runtime: SharedRuntime) {
@@ -193,6 +202,15 @@ impl Tour {
             "  curl -s http://{}/metrics | grep ^gatehouse_",
             self.metrics
         );
+        match self.console {
+            Some(admin) => println!(
+                "\nThe console: http://{admin}/ui/ in a browser, logged in with the admin token."
+            ),
+            None => println!(
+                "\nThe console (http://ADMIN/ui/) is off with the admin API: set \
+                 GATEHOUSE_ADMIN_TOKEN (16 characters or more) to turn both on."
+            ),
+        }
         println!("\nPress Ctrl-C to stop.\n");
     }
 }

@@ -176,6 +176,7 @@ fn run(path: &Path, demo: Option<Vec<String>>, sockets: gatehouse_proxy::Sockets
         "gatehouse reload on SIGHUP",
         ReloadOnHangup(store.clone()),
     ));
+    let admin_on = token.is_some();
     match token {
         Some(token) => {
             gatehouse_config::secrets::remember(&token);
@@ -217,7 +218,10 @@ fn run(path: &Path, demo: Option<Vec<String>>, sockets: gatehouse_proxy::Sockets
             "admin API disabled: set instance.admin_token or GATEHOUSE_ADMIN_TOKEN to enable it"
         ),
     }
-    if let Some(tour) = tour {
+    if let Some(mut tour) = tour {
+        if admin_on {
+            tour = tour.with_console(admin);
+        }
         tour.show_when_ready(runtime.clone());
     }
     log::info!(
