@@ -171,8 +171,43 @@ try:
     h1("VPC upstreams")
     wait.until(lambda d: "orders" not in d.find_element(By.TAG_NAME, "tbody").text)
 
+    # an edit made from a form opened before someone else's change is refused, and says why
+    driver.get(f"{ADMIN}/ui/#/upstreams/users/edit")
+    h1("Edit upstream users")
+    current = json.load(urllib.request.urlopen(urllib.request.Request(
+        f"{ADMIN}/upstreams/users", headers={"Authorization": f"Bearer {TOKEN}"}), timeout=10))
+    current["description"] = "changed elsewhere"
+    urllib.request.urlopen(urllib.request.Request(
+        f"{ADMIN}/upstreams/users", method="PUT", data=json.dumps(current).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}), timeout=10)
+    field("description").send_keys("mine")
+    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".form-status"), "Someone else changed the configuration"))
+    shot("10-edit-conflict")
+
+    # the keyboard alone: Tab walks the form's fields in order, Enter on "Add node" adds a row
+    driver.get(f"{ADMIN}/ui/#/upstreams/new")
+    h1("Create a VPC upstream")
+    field("name").click()
+    order = []
+    for _ in range(12):
+        active = driver.switch_to.active_element
+        order.append(active.get_attribute("data-path") or active.text)
+        active.send_keys(Keys.TAB)
+    check(order[:7] == ["name", "vpc", "protocol", "description", "host_header", "retries", "nodes[0].host"],
+          f"tab order: {order}")
+    add = driver.find_element(By.XPATH, "//button[text()='Add node']")
+    for _ in range(30):
+        if driver.switch_to.active_element == add:
+            break
+        driver.switch_to.active_element.send_keys(Keys.TAB)
+    check(driver.switch_to.active_element == add, "Tab reaches the Add node button")
+    add.send_keys(Keys.ENTER)
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("data-path") == "nodes[1].host")
+
     driver.get(f"{ADMIN}/ui/#/status")
     h1("Status")
+    check("/metrics" in driver.find_element(By.ID, "metrics").get_attribute("href"), "a link to metrics")
     accessibility("status")
     shot("09-status")
 

@@ -551,7 +551,8 @@ function apiDelete(service, apiName) {
 // --- status ------------------------------------------------------------------------------------
 
 async function status() {
-  const { data: s } = await api("GET", "/status");
+  const [{ data: s }, { data: config }] = await Promise.all([api("GET", "/status"), api("GET", "/config")]);
+  const metrics = config.instance && config.instance.metrics;
   page("Status",
     h("dl", {},
       h("dt", {}, "Configuration generation"), h("dd", { id: "generation" }, String(s.generation)),
@@ -559,7 +560,9 @@ async function status() {
       h("dt", {}, "Configuration file"), h("dd", {}, s.config_file),
       h("dt", {}, "Last reload error"), h("dd", {}, s.last_reload_error ? `${s.last_reload_error} (${s.last_reload_error_at})` : "none"),
       s.revision !== undefined ? [h("dt", {}, "Fleet revision"), h("dd", {}, String(s.revision))] : null),
-    h("p", {}, "Metrics are served on the instance's metrics listener (instance.metrics), at /metrics. ",
+    h("p", {}, metrics
+      ? ["Prometheus metrics: ", h("a", { href: `http://${metrics}/metrics`, id: "metrics" }, `http://${metrics}/metrics`), ". "]
+      : "No metrics listener is configured (instance.metrics). ",
       h("a", { href: "/openapi.json" }, "The admin API's OpenAPI document"), "."));
 }
 
