@@ -74,6 +74,8 @@ class Variant:
     forwarding: bool = False
     # Gatehouse only: its nodes carry `stable` and `canary` tags
     tags: bool = False
+    # environment variables of the proxy process, as (name, value) pairs
+    env: tuple = ()
 
     @property
     def key(self):
@@ -103,6 +105,8 @@ def variants(long_run, tls=False, tls_only=False):
         ]
     for body in BODIES if long_run else (0,):
         out += [
+            # the allocator on transparent huge pages, as before the gateway turned them off
+            Variant("gatehouse-thp", "gatehouse", body, env=(("MIMALLOC_ALLOW_THP", "1"),)),
             Variant("gatehouse-1-plugin", "gatehouse", body, plugins=tuple(configs.PLUGINS_ONE)),
             Variant("gatehouse-3-plugins", "gatehouse", body, plugins=tuple(configs.PLUGINS_THREE)),
             Variant("gatehouse-noop-0.1", "gatehouse", body, plugins=tuple(configs.NOOP_0_1)),
@@ -295,7 +299,7 @@ class Bench:
             return procs.Proc("bare-pingora", argv, PROXY_CORE, logfile)
         return procs.Proc("gatehouse", [
             str(self.bins / "gatehouse"), "run", "-c", str(self.config_file(variant)),
-        ], PROXY_CORE, logfile)
+        ], PROXY_CORE, logfile, env=dict(variant.env))
 
     def backend_stats(self, body):
         """(connections accepted, requests answered) by the backend of a body size."""

@@ -130,3 +130,34 @@ fn version_and_help_are_available() {
         assert!(out.contains(cmd), "{out}");
     }
 }
+
+/// The `THP_enabled` line of a process's status.
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("the kernel reports THP_enabled")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_serving_gateway_keeps_to_small_pages_unless_the_allocator_is_told_otherwise() {
+    let node = echo("n1");
+    let body = format!(
+        "upstreams:\n  - {{ name: u, vpc: vpc-main, protocol: http, nodes: [{{ host: 127.0.0.1, port: {} }}] }}\n",
+        node.addr().port()
+    );
+    let small = Gateway::start(&body);
+    assert_eq!(thp_enabled(small.pid()), "0");
+    let (listen, metrics) = (free_port(), free_port());
+    let huge = Gateway::start_config_env(
+        &format!("{}{body}", instance_yaml(listen, metrics)),
+        listen,
+        metrics,
+        "info",
+        &[("MIMALLOC_ALLOW_THP", "1")],
+    );
+    assert_eq!(thp_enabled(huge.pid()), "1");
+}
