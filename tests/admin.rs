@@ -21,42 +21,7 @@ struct Admin {
 }
 
 fn config(listen: u16, metrics: u16, admin: u16, nodes: &[&EchoServer]) -> String {
-    let nodes: String = nodes
-        .iter()
-        .map(|n| {
-            format!(
-                "      - {{ host: 127.0.0.1, port: {}, weight: 1 }}\n",
-                n.addr().port()
-            )
-        })
-        .collect();
-    format!(
-        r#"instance:
-  id: ins-test
-  type: dedicated
-  vpc: vpc-main
-  listen: ["127.0.0.1:{listen}"]
-  metrics: "127.0.0.1:{metrics}"
-  admin: "127.0.0.1:{admin}"
-  admin_token: {TOKEN}
-  threads: 2
-vpcs:
-  - id: vpc-main
-    cidrs: ["127.0.0.0/8"]
-upstreams:
-  - name: users
-    vpc: vpc-main
-    protocol: http
-    nodes:
-{nodes}services:
-  - name: shop
-    apis:
-      - name: get_user
-        path: /users/{{id}}
-        methods: [GET]
-        backend: {{ upstream: users }}
-"#
-    )
+    admin_yaml(listen, metrics, admin, TOKEN, nodes)
 }
 
 impl Admin {

@@ -18,38 +18,11 @@ struct Console {
 
 fn start(nodes: &[&EchoServer]) -> Console {
     let (listen, metrics, admin) = (free_port(), free_port(), free_port());
-    let nodes: String = nodes
-        .iter()
-        .map(|n| format!("      - {{ host: 127.0.0.1, port: {} }}\n", n.addr().port()))
-        .collect();
-    let yaml = format!(
-        r#"instance:
-  id: ins-test
-  type: dedicated
-  vpc: vpc-main
-  listen: ["127.0.0.1:{listen}"]
-  metrics: "127.0.0.1:{metrics}"
-  admin: "127.0.0.1:{admin}"
-  admin_token: {TOKEN}
-  threads: 2
-vpcs:
-  - id: vpc-main
-    cidrs: ["127.0.0.0/8"]
-upstreams:
-  - name: users
-    vpc: vpc-main
-    protocol: http
-    nodes:
-{nodes}services:
-  - name: shop
-    apis:
-      - name: get_user
-        path: /users/{{id}}
-        methods: [GET]
-        backend: {{ upstream: users }}
-"#
+    let gw = Gateway::start_config(
+        &admin_yaml(listen, metrics, admin, TOKEN, nodes),
+        listen,
+        metrics,
     );
-    let gw = Gateway::start_config(&yaml, listen, metrics);
     Console {
         gw,
         admin: format!("http://127.0.0.1:{admin}"),

@@ -84,6 +84,53 @@ vpcs:
     )
 }
 
+/// A gateway with the admin API on `admin` (token `token`), one upstream `users` on `nodes`
+/// (weight 1 each), and one API `shop.get_user`, `GET /users/{id}`.
+pub fn admin_yaml(
+    listen: u16,
+    metrics: u16,
+    admin: u16,
+    token: &str,
+    nodes: &[&EchoServer],
+) -> String {
+    let nodes: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "      - {{ host: 127.0.0.1, port: {}, weight: 1 }}\n",
+                n.addr().port()
+            )
+        })
+        .collect();
+    format!(
+        r#"instance:
+  id: ins-test
+  type: dedicated
+  vpc: vpc-main
+  listen: ["127.0.0.1:{listen}"]
+  metrics: "127.0.0.1:{metrics}"
+  admin: "127.0.0.1:{admin}"
+  admin_token: {token}
+  threads: 2
+vpcs:
+  - id: vpc-main
+    cidrs: ["127.0.0.0/8"]
+upstreams:
+  - name: users
+    vpc: vpc-main
+    protocol: http
+    nodes:
+{nodes}services:
+  - name: shop
+    apis:
+      - name: get_user
+        path: /users/{{id}}
+        methods: [GET]
+        backend: {{ upstream: users }}
+"#
+    )
+}
+
 /// The `instance.file_roots` line that lets a gateway read `file` (its folder).
 pub fn file_roots_for(file: impl AsRef<Path>) -> String {
     let dir = file.as_ref().parent().expect("a file in a folder");
