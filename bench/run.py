@@ -76,6 +76,8 @@ class Variant:
     tags: bool = False
     # environment variables of the proxy process, as (name, value) pairs
     env: tuple = ()
+    # Gatehouse only: lines added to `instance.http` (`read_buffer: 4KiB`)
+    http: tuple = ()
 
     @property
     def key(self):
@@ -107,6 +109,9 @@ def variants(long_run, tls=False, tls_only=False):
         out += [
             # the allocator on transparent huge pages, as before the gateway turned them off
             Variant("gatehouse-thp", "gatehouse", body, env=(("MIMALLOC_ALLOW_THP", "1"),)),
+            # the client connections' read buffer at the engine's 64 KiB, and with none
+            Variant("gatehouse-rbuf-64k", "gatehouse", body, http=("read_buffer: 64KiB",)),
+            Variant("gatehouse-rbuf-0", "gatehouse", body, http=("read_buffer: 0",)),
             Variant("gatehouse-1-plugin", "gatehouse", body, plugins=tuple(configs.PLUGINS_ONE)),
             Variant("gatehouse-3-plugins", "gatehouse", body, plugins=tuple(configs.PLUGINS_THREE)),
             Variant("gatehouse-noop-0.1", "gatehouse", body, plugins=tuple(configs.NOOP_0_1)),
@@ -260,13 +265,14 @@ class Bench:
         """Writes (once per shape) the Gatehouse configuration of a variant."""
         post = variant.request_body > 0
         key = (variant.body, variant.apis, variant.nodes, variant.plugins, variant.tls, post,
-               variant.tags)
+               variant.tags, variant.http)
         if key not in self.configs:
             path = self.work / f"gatehouse-{len(self.configs)}.yaml"
             path.write_text(configs.gatehouse_yaml(
                 self.ports, self.ports.backend(variant.body), variant.apis, variant.nodes,
                 variant.plugins, tls=self.tls if variant.tls else None,
                 methods=("GET", "POST") if post else ("GET",), tags=variant.tags,
+                http=variant.http,
             ))
             self.configs[key] = path
         return self.configs[key]

@@ -971,3 +971,51 @@ fn header_names_with_underscores_are_dropped_or_refused() {
         "{r:?}"
     );
 }
+
+/// With every read buffer size (none, smaller than a request, the engine's), the listener serves
+/// pipelined requests in order, a header larger than the buffer, and a body of many buffers.
+#[test]
+fn the_client_read_buffer_never_changes_what_is_served() {
+    let backend = echo("b");
+    for size in ["0", "1KiB", "4KiB", "64KiB"] {
+        let gw = Gateway::start_with(
+            &format!("  http:\n    read_buffer: {size}\n"),
+            &format!(
+                "upstreams:\n{}services:\n  - name: s\n    apis:\n      - {{ name: a, path: \"/{{*rest}}\", methods: [GET, POST], backend: {{ upstream: u }} }}\n",
+                upstream("u", &backend)
+            ),
+        );
+        // two requests in one write: each answered, in order
+        let mut s = connect(&gw);
+        s.write_all(
+            b"GET /one HTTP/1.1\r\nHost: edge.test\r\n\r\nGET /two HTTP/1.1\r\nHost: edge.test\r\n\r\n",
+        )
+        .unwrap();
+        for path in ["/one", "/two"] {
+            let r = read_response(&mut s).unwrap_or_else(|| panic!("{size}: no answer for {path}"));
+            assert_eq!(r.status, 200, "{size}");
+            assert!(
+                r.body.contains(&format!("\"uri\":\"{path}\"")),
+                "{size}: {}",
+                r.body
+            );
+        }
+        // a header of 8 KiB and a body of 200 KiB
+        let long = "v".repeat(8 * 1024);
+        let body = "b".repeat(200 * 1024);
+        let r = exchange(
+            &gw,
+            format!(
+                "POST /big HTTP/1.1\r\nHost: edge.test\r\nX-Long: {long}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{size}: {}", r.body);
+        assert!(
+            r.body.contains(&format!("\"body_bytes\":{}", body.len())),
+            "{size}: {}",
+            r.body
+        );
+    }
+}

@@ -92,12 +92,13 @@ def make_certificate(folder):
 
 
 def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description="bench", tls=None,
-                   methods=("GET",), tags=False):
+                   methods=("GET",), tags=False, http=()):
     """A Gatehouse configuration: one worker thread, one upstream of `nodes` loopback addresses
     (127.0.0.1 .. 127.0.0.N, all reaching the backend bound to 0.0.0.0), `apis` APIs on it, each
     with the `plugins` chain. With `tls`, a TLS listener too, offering HTTP/2 and HTTP/1.1 by
     ALPN; its certificate must lie in the configuration's folder (`instance.file_roots`). With
-    `tags`, odd nodes are tagged `stable` and even ones `canary`."""
+    `tags`, odd nodes are tagged `stable` and even ones `canary`; `http` lines go under
+    `instance.http`."""
     lines = [
         "instance:",
         "  id: bench",
@@ -108,6 +109,8 @@ def gatehouse_yaml(ports, backend_port, apis=1, nodes=2, plugins=(), description
         f'  admin: "127.0.0.1:{ports.admin}"',
         "  threads: 1",
     ]
+    if http:
+        lines += ["  http:", *(f"    {line}" for line in http)]
     if tls:
         lines += [
             "  tls:",

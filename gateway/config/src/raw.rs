@@ -202,6 +202,9 @@ pub struct RawHttp {
     /// `drop`, `reject` or `allow` request header names with an underscore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub underscores_in_headers: Option<String>,
+    /// Read buffer of each client connection of the plain listeners (`0`: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_buffer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

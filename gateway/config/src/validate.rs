@@ -739,6 +739,16 @@ impl Validator {
                 ),
             }
         }
+        if let Some(text) = &raw.read_buffer {
+            match parse_size(text) {
+                Some(b) if b <= limits::MAX_READ_BUFFER as u64 => out.read_buffer = b as usize,
+                _ => self.problem(
+                    "instance.http.read_buffer",
+                    format!("{text:?} is not a size in 0..=1MiB"),
+                    "write a size like 4KiB, or 0 for no buffer",
+                ),
+            }
+        }
         if let Some(n) = raw.max_headers {
             match usize::try_from(n) {
                 Ok(n) if (1..=limits::MAX_HEADERS).contains(&n) => out.max_headers = n,

@@ -257,6 +257,8 @@ const CASES: &[Case] = &[
     ("bad listen address", &[("instance.listen", "[\"localhost:80\"]")], "instance.listen[0]: \"localhost:80\" is not an IP:port address"),
     ("threads out of range", &[("instance.threads", "0")], "instance.threads: 0 is out of range 1..=256"),
     ("h2 pending bodies out of range", &[("instance.http", "{ h2_max_pending_bodies: 0 }")], "instance.http.h2_max_pending_bodies: 0 is out of range 1..=10000"),
+    ("read buffer too large", &[("instance.http", "{ read_buffer: 2MiB }")], "instance.http.read_buffer: \"2MiB\" is not a size in 0..=1MiB (fix: write a size like 4KiB, or 0 for no buffer)"),
+    ("read buffer not a size", &[("instance.http", "{ read_buffer: lots }")], "instance.http.read_buffer: \"lots\" is not a size in 0..=1MiB"),
     ("bad CIDR", &[("vpcs[1].cidrs", "[\"10.1.0.0/33\"]")], "vpcs[1].cidrs[0]: \"10.1.0.0/33\" is not a CIDR block"),
     ("duplicate VPC", &[("vpcs[1].id", "vpc-main")], "vpcs[1].id: VPC \"vpc-main\" is declared twice"),
     ("unknown standard plugin", &[("services[0].apis[0].plugins", "[{ name: nope }]")], "services[0].apis[0].plugins[0].name: \"nope\" is not a standard plugin"),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use gatehouse_config::{limits, Config, Problem};
 use gatehouse_plugin_host::PluginEngine;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -120,7 +121,8 @@ pub fn build(config: Config, sockets: Sockets) -> Result<(Server, SharedRuntime)
     );
     let mut proxy = Service::new("gatehouse proxy".to_owned(), app);
     for addr in &instance.listen {
-        proxy.add_tcp(&addr.to_string());
+        let buffer = L4BufferSettings::default().read(instance.http.read_buffer);
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffer));
     }
     if let Some(tls) = &instance.tls {
         for addr in &tls.listen {
