@@ -5,7 +5,8 @@ Gatehouse serves the shipped configuration (config/gatehouse.yaml, on free ports
 API answers by itself, so no backend is needed); nginx serves a fixed answer with the same number
 of worker processes as Gatehouse has threads. For each: resident memory (RSS, the process and
 its children) idle, with N connections each kept alive after one request, and after they
-closed. Gatehouse runs as it ships, with MIMALLOC_ALLOW_THP=1 (huge pages), and with its client
+closed. Gatehouse runs as it ships, with MIMALLOC_ALLOW_THP=1 (huge pages), with
+MIMALLOC_PURGE_DELAY=0 (freed memory given back at once), and with its client
 connections' read buffer (`instance.http.read_buffer`) at 64 KiB, 4 KiB and none.
 
     python3 bench/idle_memory.py [--connections 500] [--binary target/release/gatehouse]
@@ -152,6 +153,7 @@ def main():
         work = pathlib.Path(tmp)
         rows.append(gatehouse(args.binary, {}, args.connections, work))
         rows.append(gatehouse(args.binary, {"MIMALLOC_ALLOW_THP": "1"}, args.connections, work))
+        rows.append(gatehouse(args.binary, {"MIMALLOC_PURGE_DELAY": "0"}, args.connections, work))
         for size in ("64KiB", "4KiB", "0"):
             rows.append(gatehouse(args.binary, {}, args.connections, work, size))
         rows.append(nginx(args.connections, work))

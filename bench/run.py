@@ -109,6 +109,8 @@ def variants(long_run, tls=False, tls_only=False):
         out += [
             # the allocator on transparent huge pages, as before the gateway turned them off
             Variant("gatehouse-thp", "gatehouse", body, env=(("MIMALLOC_ALLOW_THP", "1"),)),
+            # freed memory given back to the system at once (mimalloc: a second later, lazily)
+            Variant("gatehouse-purge0", "gatehouse", body, env=(("MIMALLOC_PURGE_DELAY", "0"),)),
             # the client connections' read buffer at the engine's 64 KiB, and with none
             Variant("gatehouse-rbuf-64k", "gatehouse", body, http=("read_buffer: 64KiB",)),
             Variant("gatehouse-rbuf-0", "gatehouse", body, http=("read_buffer: 0",)),
