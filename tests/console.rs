@@ -130,11 +130,7 @@ fn an_operator_runs_the_products_console_steps_in_a_real_browser() {
         .env("SCREENSHOTS", &shots)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success(),
         "{text}\nscreenshots: {}\ngateway log:\n{}",

@@ -21,11 +21,7 @@ fn gatehouse(args: &[&str], dir: &Path) -> (bool, String) {
         .env("GATEHOUSE_PLUGIN_TARGET_DIR", shared_target_dir())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     (out.status.success(), text)
 }
 

@@ -102,20 +102,12 @@ pub fn admin_yaml(
             )
         })
         .collect();
+    let head = instance_yaml(listen, metrics).replace(
+        "  threads: 2\n",
+        &format!("  admin: \"127.0.0.1:{admin}\"\n  admin_token: {token}\n  threads: 2\n"),
+    );
     format!(
-        r#"instance:
-  id: ins-test
-  type: dedicated
-  vpc: vpc-main
-  listen: ["127.0.0.1:{listen}"]
-  metrics: "127.0.0.1:{metrics}"
-  admin: "127.0.0.1:{admin}"
-  admin_token: {token}
-  threads: 2
-vpcs:
-  - id: vpc-main
-    cidrs: ["127.0.0.0/8"]
-upstreams:
+        r#"{head}upstreams:
   - name: users
     vpc: vpc-main
     protocol: http
@@ -438,6 +430,15 @@ pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A finished process's standard output followed by its standard error, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     )
 }
 
