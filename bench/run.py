@@ -62,7 +62,7 @@ class Variant:
     """One system under test with one body size."""
 
     name: str
-    kind: str  # direct | nginx | bare | gatehouse
+    kind: str  # direct | nginx | bare | gatehouse | haproxy | caddy | pingap
     body: int
     apis: int = 1
     nodes: int = 2
@@ -78,6 +78,9 @@ class Variant:
     env: tuple = ()
     # Gatehouse only: lines added to `instance.http` (`read_buffer: 4KiB`)
     http: tuple = ()
+    # bare Pingora only: its command-line options (`--work-stealing`), and its program
+    flags: tuple = ()
+    program: str = "bare-pingora"
 
     @property
     def key(self):
@@ -107,6 +110,8 @@ def variants(long_run, tls=False, tls_only=False):
         ]
     for body in BODIES if long_run else (0,):
         out += [
+            # nginx once more: the spread of its difference to itself is what the method resolves
+            Variant("nginx-control", "nginx", body),
             # the allocator on transparent huge pages, as before the gateway turned them off
             Variant("gatehouse-thp", "gatehouse", body, env=(("MIMALLOC_ALLOW_THP", "1"),)),
             # freed memory given back to the system at once (mimalloc: a second later, lazily)
@@ -150,6 +155,61 @@ def variants(long_run, tls=False, tls_only=False):
     return out
 
 
+# The peers (`--peers`, `bench/run.sh peers`): the gateways a user would pick instead, each proxying
+# the same backend with one worker on the proxy core, beside nginx, bare Pingora and Gatehouse.
+PEERS = (
+    Variant("nginx", "nginx", 0),
+    Variant("nginx-control", "nginx", 0),
+    Variant("bare-pingora", "bare", 0),
+    Variant("gatehouse", "gatehouse", 0),
+    Variant("haproxy", "haproxy", 0),
+    Variant("caddy", "caddy", 0),
+    Variant("pingap", "pingap", 0),
+)
+
+
+def peer_binary(kind):
+    """The installed program of a peer, or None (`bench/run.sh peers` installs them)."""
+    names = {"haproxy": ("haproxy", "/usr/sbin/haproxy"), "caddy": ("caddy", "/usr/bin/caddy"),
+             "pingap": ("pingap", str(Path.home() / ".cargo/bin/pingap"))}
+    name, fallback = names[kind]
+    found = shutil.which(name) or (fallback if Path(fallback).exists() else None)
+    if found and kind == "pingap":
+        version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
+        if configs.PINGAP_VERSION not in version.split():
+            raise RuntimeError(f"pingap {configs.PINGAP_VERSION} wanted, found {version.strip()!r}: "
+                               f"cargo install pingap --version {configs.PINGAP_VERSION} --locked")
+    if not found:
+        raise RuntimeError(f"{name} is not installed (bench/run.sh peers installs it)")
+    return found
+
+
+# The engine map (`--engine`, `bench/run.sh engine`): nginx, bare Pingora with each setting that
+# can change from outside the engine, and Gatehouse; then system calls per request and profiles
+# of nginx, bare Pingora and Gatehouse.
+ENGINE = (
+    Variant("nginx", "nginx", 0),
+    Variant("nginx-control", "nginx", 0),
+    Variant("bare-pingora", "bare", 0),
+    Variant("bare-pingora-steal", "bare", 0, flags=("--work-stealing",)),
+    Variant("bare-pingora-2-threads", "bare", 0, flags=("--threads", "2")),
+    Variant("bare-pingora-rbuf-4k", "bare", 0, flags=("--read-buffer", "4096")),
+    Variant("bare-pingora-rbuf-0", "bare", 0, flags=("--read-buffer", "0")),
+    Variant("bare-pingora-pool-64", "bare", 0, flags=("--pool-size", "64")),
+    Variant("bare-pingora-idle-timeout", "bare", 0, flags=("--upstream-idle-timeout", "60")),
+    Variant("bare-pingora-system-alloc", "bare", 0, program="bare-pingora-system-alloc"),
+    Variant("bare-pingora-no-purge", "bare", 0, env=(("MIMALLOC_PURGE_DELAY", "-1"),)),
+    Variant("gatehouse", "gatehouse", 0),
+)
+
+# The variants whose system calls per request the engine map counts.
+SYSCALLS = (
+    Variant("nginx", "nginx", 0),
+    Variant("bare-pingora", "bare", 0),
+    Variant("gatehouse", "gatehouse", 0),
+)
+
+
 # The variants profiled with perf (0 B bodies): bare Pingora beside Gatehouse, then Gatehouse's
 # heavier shapes.
 PROFILED = (
@@ -188,6 +248,15 @@ def parse_args():
                         "1 KiB, and Gatehouse with one plugin at 0 B, 5 interleaved repetitions of "
                         "2 s; prints Gatehouse / bare Pingora and one plugin / none (about 2 "
                         "minutes); implies --skip-micro, --skip-profile, --skip-startup")
+    p.add_argument("--peers", action="store_true",
+                   help="the gateways a user would pick instead: nginx, bare Pingora, Gatehouse, "
+                        "HAProxy, Caddy and Pingap at 0 B (what `run.sh peers` runs); implies "
+                        "--skip-micro, --skip-profile, --skip-startup, --skip-allocations")
+    p.add_argument("--engine", action="store_true",
+                   help="the engine map: nginx, bare Pingora with each setting that can change "
+                        "from outside the engine, Gatehouse; system calls per request and profiles "
+                        "of nginx, bare Pingora and Gatehouse (what `run.sh engine` runs); implies "
+                        "--skip-micro, --skip-startup, --skip-allocations")
     p.add_argument("--only", help="comma-separated variant names (or name@body) to run, from all "
                                   "variants, the TLS ones included (default: all)")
     p.add_argument("--skip-micro", action="store_true", help="skip the criterion benchmarks")
@@ -211,11 +280,15 @@ def parse_args():
         args.skip_micro = args.skip_profile = args.skip_startup = True
     args.reps = args.reps or 5
     args.wrk_seconds = args.wrk_seconds or (10 if args.long else 3)
-    args.oha_seconds = args.oha_seconds or (10 if args.long else 2)
+    # a p99 over a 2 s window (10,000 answers) moves by hundreds of microseconds from one window
+    # to the next on this kind of machine: the peers' latency comparison takes 10 s windows
+    args.oha_seconds = args.oha_seconds or (10 if args.long or args.peers else 2)
     args.handshake_seconds = args.handshake_seconds or (5 if args.long else 2)
     args.bin_dir = args.bin_dir.resolve()
-    if args.tls_only:
+    if args.tls_only or args.peers:
         args.skip_micro = args.skip_profile = args.skip_startup = args.skip_allocations = True
+    if args.engine:
+        args.skip_micro = args.skip_startup = args.skip_allocations = True
     return args
 
 
@@ -296,18 +369,45 @@ class Bench:
             return procs.Proc("nginx", [nginx, "-p", str(prefix), "-c", str(conf),
                                         "-e", str(prefix / "error.log")],
                               PROXY_CORE, logfile, stop_signal=signal.SIGTERM)
+        if variant.kind in ("haproxy", "caddy", "pingap"):
+            return self.start_peer(variant, backend, logfile)
         if variant.kind == "bare":
             argv = [
-                str(self.bins / "bare-pingora"), "--listen", f"127.0.0.1:{self.ports.proxy}",
-                "--upstream", f"127.0.0.1:{backend}", "--threads", "1",
+                str(self.bins / variant.program), "--listen", f"127.0.0.1:{self.ports.proxy}",
+                "--upstream", f"127.0.0.1:{backend}", *variant.flags,
             ]
+            if "--threads" not in variant.flags:
+                argv += ["--threads", "1"]
             if tls:
                 argv += ["--tls-listen", f"127.0.0.1:{tls.port}", "--cert", str(tls.cert),
                          "--key", str(tls.key)]
-            return procs.Proc("bare-pingora", argv, PROXY_CORE, logfile)
+            return procs.Proc("bare-pingora", argv, PROXY_CORE, logfile, env=dict(variant.env))
         return procs.Proc("gatehouse", [
             str(self.bins / "gatehouse"), "run", "-c", str(self.config_file(variant)),
         ], PROXY_CORE, logfile, env=dict(variant.env))
+
+    def start_peer(self, variant, backend, logfile):
+        """HAProxy, Caddy or Pingap on the proxy core, one worker each (harness/configs.py)."""
+        binary = peer_binary(variant.kind)
+        prefix = self.work / variant.kind
+        prefix.mkdir(exist_ok=True)
+        port = self.ports.proxy
+        if variant.kind == "haproxy":
+            conf = prefix / "haproxy.cfg"
+            conf.write_text(configs.haproxy_cfg(port, backend))
+            return procs.Proc("haproxy", [binary, "-db", "-f", str(conf)], PROXY_CORE, logfile,
+                              stop_signal=signal.SIGTERM)
+        if variant.kind == "caddy":
+            conf = prefix / "Caddyfile"
+            conf.write_text(configs.caddyfile(port, backend))
+            # its own folders for what it saves, one scheduler thread running Go code
+            env = {"GOMAXPROCS": "1", "HOME": str(prefix), "XDG_CONFIG_HOME": str(prefix),
+                   "XDG_DATA_HOME": str(prefix)}
+            return procs.Proc("caddy", [binary, "run", "--config", str(conf), "--adapter",
+                                        "caddyfile"], PROXY_CORE, logfile, env=env)
+        conf = prefix / "pingap.toml"
+        conf.write_text(configs.pingap_toml(prefix, port, backend))
+        return procs.Proc("pingap", [binary, "-c", str(conf)], PROXY_CORE, logfile)
 
     def backend_stats(self, body):
         """(connections accepted, requests answered) by the backend of a body size."""
@@ -524,7 +624,7 @@ class Bench:
                 allocs.detach(group)
 
     def profile(self, variant, seconds):
-        """perf profile of the proxy under wrk load."""
+        """perf profile of the proxy (nginx: its worker) under wrk load."""
         proxy = self.start_proxy(variant)
         try:
             self.ready(variant, proxy)
@@ -532,10 +632,26 @@ class Bench:
             script, _ = self.load_inputs(variant)
             load.wrk(url, 1, LOAD_CORE, script=script)
             data = self.work / f"perf-{variant.name}.data"
-            recorder = profile.record(proxy.pid, seconds, str(data), LOAD_CORE)
+            recorder = profile.record(proxy.tree()[-1], seconds, str(data), LOAD_CORE)
             load.wrk(url, seconds + 1, LOAD_CORE, script=script)
             recorder.wait()
             return profile.summarize(str(data))
+        finally:
+            proxy.stop()
+
+    def syscalls(self, variant, seconds):
+        """System calls per request of the proxy (nginx: its worker) under `wrk -c50`, by name."""
+        proxy = self.start_proxy(variant)
+        try:
+            self.ready(variant, proxy)
+            url = self.url(variant)
+            load.wrk(url, 1, LOAD_CORE)
+            run, counts = profile.count_syscalls(
+                proxy.tree()[-1], str(self.work / f"syscalls-{variant.name}.csv"),
+                lambda: load.wrk(url, seconds, LOAD_CORE))
+            n = max(run["requests"], 1)
+            return {"requests": run["requests"],
+                    "per_request": {name: count / n for name, count in counts.items()}}
         finally:
             proxy.stop()
 
@@ -583,6 +699,9 @@ def machine():
         "oha": version(["oha", "--version"]),
         "h2load": version(["h2load", "--version"]),
         "openssl": version(["openssl", "version"]),
+        "haproxy": version(["haproxy", "-v"]),
+        "caddy": version(["caddy", "version"]),
+        "pingap": version(["pingap", "--version"]),
         "commit": git("rev-parse", "--short", "HEAD") + (" (with local changes)" if git("status", "--porcelain") else ""),
     }
 
@@ -606,7 +725,12 @@ def main():
         todo = []
     elif args.only:
         names = set(args.only.split(","))
-        todo = [v for v in variants(args.long, tls=True) if v.name in names or v.key in names]
+        known = {v.key: v for v in variants(args.long, tls=True) + list(PEERS) + list(ENGINE)}
+        todo = [v for v in known.values() if v.name in names or v.key in names]
+    elif args.peers:
+        todo = list(PEERS)
+    elif args.engine:
+        todo = list(ENGINE)
     else:
         todo = variants(args.long, tls=args.tls, tls_only=args.tls_only)
     if not todo and not args.allocations_only:
@@ -638,7 +762,7 @@ def main():
         "handshake_seconds": args.handshake_seconds, "bin_dir": os.path.relpath(args.bin_dir, REPO),
     }, "variants": [dataclasses.asdict(v) | {"key": v.key} for v in todo], "runs": [],
         "failures": [], "micro": {}, "startup": {}, "reload": None, "profiles": {},
-        "allocations": {}}
+        "allocations": {}, "syscalls": {}}
     try:
         bench.start_backends()
         if any(v.tls for v in todo):
@@ -673,10 +797,17 @@ def main():
                     continue
                 data["runs"].append(run)
                 log(report.progress_line(rep, args.reps, run))
+        if args.engine:
+            if profile.available():
+                log("system calls per request ...")
+                each_variant(data, "syscalls", SYSCALLS, lambda v: bench.syscalls(v, 3))
+            else:
+                data["failures"].append("system calls: `perf` does not work here")
         if not args.skip_profile:
             if profile.available():
                 log("perf profile ...")
-                each_variant(data, "profiles", PROFILED, lambda v: bench.profile(v, 5))
+                each_variant(data, "profiles", SYSCALLS if args.engine else PROFILED,
+                             lambda v: bench.profile(v, 5))
             else:
                 data["failures"].append("perf profile: `perf record -e cpu-clock` does not work here")
         if not args.skip_allocations:
@@ -694,7 +825,8 @@ def main():
     text = report.render(data)
     # A run of some variants only does not replace the day's full results.
     suffix = ("-quick" if args.quick else "-allocations" if args.allocations_only
-              else "-partial" if args.only else "-tls" if args.tls_only else "")
+              else "-partial" if args.only else "-tls" if args.tls_only
+              else "-peers" if args.peers else "-engine" if args.engine else "")
     name = f"RESULTS-{today}{suffix}"
     (RESULTS / f"{name}.md").write_text(text)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")

@@ -10,6 +10,12 @@
 # API serves on two others following the same etcd (bench/fleet.py), writing FLEET-<date>.md.
 # `bench/run.sh allocations` counts heap allocations per request (uprobes, about 1 minute), writing
 # bench/results/RESULTS-<date>-allocations.md.
+# `bench/run.sh peers [run.py options]` measures the gateways a user would pick instead, side by side
+# with nginx, bare Pingora and Gatehouse: HAProxy and Caddy (Debian) and Pingap (a Pingora-based
+# gateway, `cargo install`ed at a pinned version), writing bench/results/RESULTS-<date>-peers.md.
+# `bench/run.sh engine [run.py options]` maps where Pingora spends more than nginx: bare Pingora
+# with each setting that can change from outside the engine, system calls per request and
+# profiles of nginx, bare Pingora and Gatehouse, writing bench/results/RESULTS-<date>-engine.md.
 # `bench/run.sh health [health.py options]` runs the upstream-health soak and the cost of active
 # checks instead (bench/health.py, about 2 minutes), writing bench/results/HEALTH-<date>.md.
 set -euo pipefail
@@ -35,6 +41,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update
     as_root apt-get install -y "${missing[@]}"
 fi
+if [ "${1:-}" = peers ]; then
+    peers=()
+    command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || peers+=(haproxy)
+    command -v caddy >/dev/null || peers+=(caddy)
+    if [ ${#peers[@]} -gt 0 ]; then
+        log "installing ${peers[*]}"
+        as_root apt-get update
+        as_root apt-get install -y "${peers[@]}"
+    fi
+fi
 if ! command -v perf >/dev/null; then
     log "installing linux-perf (optional)"
     as_root apt-get install -y linux-perf || echo "linux-perf not installed: no profile" >&2
@@ -44,6 +60,14 @@ export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
 if [ "${1:-}" != quick ] && [ "${1:-}" != fleet ] && [ "${1:-}" != allocations ] && ! command -v oha >/dev/null; then
     log "installing oha (cargo install, several minutes the first time)"
     cargo install oha --locked
+fi
+
+# Pingap, pinned where its configuration is written (bench/harness/configs.py). It declares
+# Rust 1.96 but builds with 1.95 (about 11 minutes on 2 cores, once).
+PINGAP_VERSION=$(cd bench && python3 -c 'from harness.configs import PINGAP_VERSION; print(PINGAP_VERSION)')
+if [ "${1:-}" = peers ] && ! pingap --version 2>/dev/null | grep -qw "$PINGAP_VERSION"; then
+    log "installing pingap $PINGAP_VERSION (cargo install, about 11 minutes the first time)"
+    cargo install pingap --version "$PINGAP_VERSION" --locked --ignore-rust-version
 fi
 
 # One build at a time; each is incremental after the first.
@@ -70,6 +94,16 @@ if [ "${1:-}" = allocations ]; then
     shift
     log "counting heap allocations per request with uprobes (about 1 minute)"
     exec taskset -c 1 python3 bench/run.py --allocations-only "$@"
+fi
+if [ "${1:-}" = peers ]; then
+    shift
+    log "running the peers: nginx, HAProxy, bare Pingora, Gatehouse, Pingap, Caddy (about 8 minutes)"
+    exec taskset -c 1 python3 bench/run.py --peers "$@"
+fi
+if [ "${1:-}" = engine ]; then
+    shift
+    log "running the engine map (about 9 minutes)"
+    exec taskset -c 1 python3 bench/run.py --engine "$@"
 fi
 if [ "${1:-}" = tls ]; then
     shift

@@ -160,11 +160,12 @@ NGINX_FORWARDING = """
             proxy_set_header Forwarded "for=$remote_addr;host=\\"$http_host\\";proto=$scheme";"""
 
 
-def nginx_conf(prefix, proxy_port, backend_port, tls=None, forwarding=False):
+def nginx_conf(prefix, proxy_port, backend_port, tls=None, forwarding=False, keepalive=64):
     """nginx as a fair reverse-proxy peer: one worker, kept-alive upstream connections, no access
     log, no per-connection request cap on either side (HTTP/2 connections included). With `tls`,
     a TLS listener too, offering HTTP/2 and HTTP/1.1 by ALPN, TLS 1.2 and 1.3 like Gatehouse.
-    With `forwarding`, it sets the forwarding headers Gatehouse sets."""
+    With `forwarding`, it sets the forwarding headers Gatehouse sets; `keepalive` idle upstream
+    connections are kept."""
     listen_tls = ""
     if tls:
         # nginx 1.22 syntax; from 1.25.1 `http2 on;` replaces the listen parameter
@@ -188,7 +189,7 @@ http {{
     keepalive_requests 1000000;
     upstream backend {{
         server 127.0.0.1:{backend_port};
-        keepalive 64;
+        keepalive {keepalive};
         keepalive_requests 1000000;
     }}
     server {{
@@ -200,6 +201,76 @@ http {{
         }}
     }}
 }}
+"""
+
+
+# The gateways a user would pick instead, each set up as a fair peer of nginx above: one worker
+# on the proxy core, kept-alive upstream connections (up to 64 idle, like nginx), no access log,
+# nothing else in the request path.
+PINGAP_VERSION = "0.16.1"
+
+
+def haproxy_cfg(proxy_port, backend_port):
+    """HAProxy (Debian's 2.6): one thread, HTTP mode, upstream connections kept and shared
+    between client connections (`http-reuse always`), no log."""
+    return f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend bench
+    bind 127.0.0.1:{proxy_port}
+    default_backend backend
+backend backend
+    server node 127.0.0.1:{backend_port} pool-max-conn 64
+"""
+
+
+def caddyfile(proxy_port, backend_port):
+    """Caddy (Debian's 2.6; GOMAXPROCS=1 in its environment): no admin endpoint, no automatic
+    HTTPS, `reverse_proxy` keeping up to 64 idle upstream connections, no access log (Caddy
+    logs requests only when `log` is set)."""
+    return f"""{{
+    admin off
+    auto_https off
+}}
+http://127.0.0.1:{proxy_port} {{
+    reverse_proxy 127.0.0.1:{backend_port} {{
+        transport http {{
+            keepalive 60s
+            keepalive_idle_conns 64
+            keepalive_idle_conns_per_host 64
+        }}
+    }}
+}}
+"""
+
+
+def pingap_toml(prefix, proxy_port, backend_port):
+    """Pingap (a Pingora-based gateway, `cargo install pingap --version PINGAP_VERSION`): one
+    thread without work stealing, like bare Pingora and Gatehouse; no access log, no plugins, no
+    health check; its upstream pool is Pingora's (128 idle connections per thread)."""
+    return f"""[basic]
+threads = 1
+work_stealing = false
+pid_file = "{prefix}/pingap.pid"
+upgrade_sock = "{prefix}/pingap_upgrade.sock"
+
+[upstreams.backend]
+addrs = ["127.0.0.1:{backend_port}"]
+
+[locations.bench]
+upstream = "backend"
+
+[servers.bench]
+addr = "127.0.0.1:{proxy_port}"
+locations = ["bench"]
 """
 
 

@@ -3,6 +3,7 @@ works in VMs without hardware counters): top functions, and the share of each ar
 Pingora, Gatehouse, wasmtime, plugin code, ...)."""
 
 import re
+import signal
 import subprocess
 
 LINE = re.compile(r"^\s*([\d.]+)%\s+(.+?)\s+\[(.)\]\s+(.*?)\s*$")
@@ -10,6 +11,7 @@ HASH = re.compile(r"::h[0-9a-f]{16}$")
 
 # Leading crate of a symbol -> area; the first match wins.
 AREAS = [
+    ("ngx_", "nginx"),
     ("gatehouse", "Gatehouse"),
     ("pingora", "Pingora"),
     ("tokio", "tokio"),
@@ -106,3 +108,25 @@ def summarize(data_path, top=15, width=110):
         "kernel": kernel,
         "areas": sorted(((p, a) for a, p in areas.items()), reverse=True),
     }
+
+
+def count_syscalls(pid, out_path, run):
+    """System calls of process `pid` (all its threads) by name while `run()` runs, counted with
+    the kernel's `syscalls:sys_enter_*` tracepoints (`perf stat`: cheap, exact, no ptrace);
+    returns (run's result, {name: count}) with the calls made at least once."""
+    stat = subprocess.Popen(
+        ["perf", "stat", "-x", ",", "-e", "syscalls:sys_enter_*", "-p", str(pid), "-o", out_path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        result = run()
+    finally:
+        stat.send_signal(signal.SIGINT)
+        stat.wait(timeout=60)
+    counts = {}
+    with open(out_path) as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) > 2 and fields[0].isdigit() and int(fields[0]) > 0:
+                counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+    return result, counts

@@ -14,6 +14,7 @@ LABELS = {
     "direct": "direct to the backend",
     "nginx": "nginx (reverse proxy)",
     "nginx-forwarding": "nginx, setting Gatehouse's forwarding headers",
+    "nginx-control": "nginx again (control: its difference to nginx is the method's noise)",
     "bare-pingora": "bare Pingora",
     "gatehouse": "Gatehouse, no plugins",
     "gatehouse-1-plugin": "Gatehouse, 1 plugin (host-rewrite)",
@@ -36,7 +37,20 @@ LABELS = {
     "nginx-h2": "nginx, HTTP/2",
     "bare-pingora-h2": "bare Pingora, HTTP/2",
     "gatehouse-h2": "Gatehouse, HTTP/2",
+    "bare-pingora-steal": "bare Pingora, work stealing on",
+    "bare-pingora-2-threads": "bare Pingora, 2 worker threads (on the one proxy core)",
+    "bare-pingora-rbuf-4k": "bare Pingora, client read buffer 4 KiB (engine default 64 KiB)",
+    "bare-pingora-rbuf-0": "bare Pingora, no client read buffer",
+    "bare-pingora-pool-64": "bare Pingora, upstream pool of 64 (default 128)",
+    "bare-pingora-idle-timeout": "bare Pingora, upstream idle timeout 60 s (default none)",
+    "bare-pingora-system-alloc": "bare Pingora on glibc malloc (default mimalloc)",
+    "bare-pingora-no-purge": "bare Pingora, mimalloc never purging (MIMALLOC_PURGE_DELAY=-1)",
+    "haproxy": "HAProxy",
+    "caddy": "Caddy",
+    "pingap": "Pingap",
 }
+# The peers of `--peers`, in the order of their table.
+PEERS = ("nginx", "nginx-control", "haproxy", "bare-pingora", "gatehouse", "pingap", "caddy")
 
 
 # -- statistics --------------------------------------------------------------------------------
@@ -156,7 +170,9 @@ def section_machine(data):
          f"{'/'.join(f'{x:.2f}' for x in m['load_start'])} / {'/'.join(f'{x:.2f}' for x in load_end)}"),
         ("Gatehouse commit", m["commit"]),
         ("tools", f"{m['rustc']}; {m['nginx']}; {m['wrk'].split(' [')[0]}; {m['oha']}"
-                  + (f"; {m.get('h2load')}; {m.get('openssl')}" if has_tls(data) else "")),
+                  + (f"; {m.get('h2load')}; {m.get('openssl')}" if has_tls(data) else "")
+                  + "".join(f"; {m.get(peer)}" for peer in ("haproxy", "caddy", "pingap")
+                            if any(v["name"] == peer for v in data["variants"]))),
         ("run", f"{'long' if s['long'] else 'default'}: {s['reps']} repetitions, wrk {s['wrk_seconds']} s, "
                 f"oha {s['oha_seconds']} s at {s['rate']:,} req/s; took {data['seconds'] / 60:.1f} min"),
     ]
@@ -177,6 +193,12 @@ def section_machine(data):
   divided by the requests wrk completed. Latency: `oha -c{s['connections']} -q {s['rate']} --latency-correction
   -z {s['oha_seconds']}s`, right after. Peak RSS: VmHWM of the proxy after both.
 - Every repetition runs every variant in a shuffled order (seed {s['seed']}), each in a fresh process.
+"""
+    if any(v["kind"] in ("haproxy", "caddy", "pingap") for v in data["variants"]):
+        settings += """- Peers (bench/harness/configs.py): HAProxy `nbthread 1`, `http-reuse always`, no log;
+  Caddy with `GOMAXPROCS=1`, `reverse_proxy` keeping 64 idle upstream connections, no access
+  log, no admin endpoint; Pingap `threads = 1`, `work_stealing = false`, no access log, no
+  plugin, no health check. Each on the proxy core like the others.
 """
     if has_tls(data):
         settings += f"""- HTTPS and HTTP/2: TLS terminated by the proxy with one P-256 certificate made for the run
@@ -222,12 +244,105 @@ def section_ratios(data, runs):
         per_body("CPU per request: 200 nodes / 2 nodes", "gatehouse-200-nodes@{}", g, "proxy_cpu_us"),
         per_body("added p50 vs nginx, µs (Gatehouse − nginx)", g, "nginx@{}", "p50_us", subtract, 0, True),
         per_body("added p99 vs nginx, µs (Gatehouse − nginx)", g, "nginx@{}", "p99_us", subtract, 0, True),
+        per_body("added p99 vs bare Pingora, µs (Gatehouse − bare Pingora)", g, "bare-pingora@{}",
+                 "p99_us", subtract, 0, True),
+        per_body("control: p99 of nginx − nginx, µs (what the method resolves)", "nginx-control@{}",
+                 "nginx@{}", "p99_us", subtract, 0, True),
         per_body("added p99 vs direct, µs (Gatehouse − direct)", g, "direct@{}", "p99_us", subtract, 0, True),
     ]
     rows = [r for r in rows if any(c != "—" for c in r[1:])]
     return ("## Key ratios\n\nMedian over the repetitions of the ratio within each repetition "
             "(min–max). Below 1 for throughput and above 1 for CPU means Gatehouse does worse.\n\n"
             + table(("ratio", *(BODY_LABEL[b] for b in BODIES)), rows))
+
+
+def section_peers(data, runs):
+    """The gateways a user would pick instead, each against nginx within each repetition."""
+    keys = [f"{name}@0" for name in PEERS if runs.has(f"{name}@0")]
+    if not any(k.split("@")[0] in ("haproxy", "caddy", "pingap") for k in keys):
+        return ""
+    rate = data["settings"]["rate"]
+    rows = []
+    for key in keys:
+        rows.append((
+            LABELS[key.split("@")[0]],
+            cell(runs.field(key, "proxy_cpu_us"), 1),
+            cell(runs.paired(key, "nginx@0", "proxy_cpu_us", divide), 2),
+            cell(runs.field(key, "rps")),
+            cell(runs.paired(key, "nginx@0", "rps", divide), 2),
+            cell(runs.field(key, "peak_rss_mib"), 1),
+            cell(runs.field(key, "p50_us")),
+            cell(runs.field(key, "p99_us")),
+            cell(runs.paired(key, "nginx@0", "p99_us", subtract), 0, True),
+        ))
+    return (f"## Peers\n\nThe same backend (0 B answers) behind each proxy, one worker on the proxy "
+            "core, kept-alive upstream connections, no access log. CPU per request and throughput "
+            "under `wrk -t1 -c50`; peak RSS after the run; latency at a fixed rate of "
+            f"{rate:,} req/s (below every proxy's saturation). Each cell: the median over the "
+            "repetitions (min–max); the ratios and differences are taken within each repetition "
+            "against nginx, then summarized.\n\n"
+            + table(("proxy", "CPU µs/req", "CPU / nginx", "req/s", "req/s / nginx",
+                     "peak RSS MiB", "p50 µs", "p99 µs", "p99 − nginx µs"), rows))
+
+
+ENGINE_PROXIES = ("nginx", "bare-pingora", "gatehouse")
+
+
+def section_engine(data, runs):
+    """The engine map: each outside setting of bare Pingora against nginx and against bare
+    Pingora's defaults; system calls per request; CPU per request by area, nginx beside Pingora."""
+    keys = [v["key"] for v in data["variants"] if v["key"].startswith("bare-pingora-")]
+    if not keys:
+        return ""
+    rows = []
+    for key in ["nginx-control@0", "bare-pingora@0", *keys, "gatehouse@0"]:
+        if not runs.has(key):
+            continue
+        rows.append((
+            LABELS.get(key.split("@")[0], key),
+            cell(runs.field(key, "proxy_cpu_us"), 1),
+            cell(runs.paired(key, "nginx@0", "proxy_cpu_us", divide), 2),
+            cell(runs.paired(key, "bare-pingora@0", "proxy_cpu_us", subtract), 1, True),
+            cell(runs.field(key, "rps")),
+        ))
+    out = ["## The engine map\n\nBare Pingora with each setting that can change from outside "
+           "the engine, one at a time, in the same interleaved repetitions as nginx (0 B "
+           "answers, `wrk -t1 -c50`, one worker on the proxy core). The ratio to nginx and the "
+           "difference to bare Pingora's defaults are taken within each repetition, then "
+           "summarized: median (min–max). The nginx control row is nginx measured twice: what "
+           "this machine's noise alone moves.\n\n"
+           + table(("setting", "CPU µs/req", "CPU / nginx", "− bare Pingora, µs", "req/s"), rows)]
+    calls = data.get("syscalls") or {}
+    names = [n for n in ENGINE_PROXIES if n in calls]
+    if names:
+        every = sorted({c for n in names for c, v in calls[n]["per_request"].items() if v >= 0.01},
+                       key=lambda c: -max(calls[n]["per_request"].get(c, 0) for n in names))
+        body = [(f"`{c}`", *(f"{calls[n]['per_request'].get(c, 0):.2f}" for n in names))
+                for c in every]
+        body.append(("**all**", *(f"{sum(calls[n]['per_request'].values()):.2f}" for n in names)))
+        out.append("### System calls per request\n\nCounted with the kernel's "
+                   "`syscalls:sys_enter_*` tracepoints (`perf stat`, every thread of the proxy, "
+                   "nginx's worker) over a 3 s `wrk -t1 -c50` run, divided by the requests "
+                   "answered.\n\n"
+                   + table(("system call", *(LABELS[n] for n in names)), body))
+    profiles = data.get("profiles") or {}
+    names = [n for n in ENGINE_PROXIES
+             if n in profiles and runs.field(f"{n}@0", "proxy_cpu_us") is not None]
+    if len(names) > 1:
+        cpu = {n: runs.field(f"{n}@0", "proxy_cpu_us")[0] for n in names}
+        per_area = {}
+        for n in names:
+            for pct, a in profiles[n]["areas"]:
+                per_area.setdefault(a, {})[n] = pct / 100 * cpu[n]
+        order = sorted(per_area, key=lambda a: -max(per_area[a].values()))
+        body = [(a, *(f"{per_area[a].get(n, 0):.2f}" for n in names)) for a in order]
+        user = {n: cpu[n] - per_area.get("kernel", {}).get(n, 0) for n in names}
+        body.append(("**user space**", *(f"{user[n]:.2f}" for n in names)))
+        body.append(("**all**", *(f"{cpu[n]:.2f}" for n in names)))
+        out.append("### CPU per request by area, µs\n\nEach profile's shares (`perf record -e "
+                   "cpu-clock`, below) times the median CPU per request of its proxy above.\n\n"
+                   + table(("area", *(LABELS[n] for n in names)), body))
+    return "\n\n".join(out)
 
 
 def throughput_rows(data, runs, tls):
@@ -636,8 +751,10 @@ def render(data):
     sections = [
         f"# Gatehouse benchmark results, {data['date']}\n\nProduced by `bench/run.sh` "
         "(how to read every figure: [bench/README.md](../README.md)).",
-        section_machine(data),
+        section_peers(data, runs),
+        section_engine(data, runs),
         section_ratios(data, runs),
+        section_machine(data),
         section_flags(data, runs),
         section_throughput(data, runs),
         section_latency(data, runs),
