@@ -1019,3 +1019,43 @@ fn the_client_read_buffer_never_changes_what_is_served() {
         );
     }
 }
+
+/// A burst of kept-alive connections holds memory only while it is open: once the connections
+/// close and the worker threads have been quiet a couple of seconds, the gateway gives that
+/// memory back to the system (the allocator alone keeps it for as long as the gateway idles).
+#[test]
+fn the_memory_of_closed_connections_goes_back_to_the_system() {
+    let gw = Gateway::start(
+        "services:\n  - name: s\n    apis:\n      - { name: ok, path: /ok, methods: [GET], backend: { response: { status: 200, body: ok } } }\n",
+    );
+    assert_eq!(gw.get("/ok").status, 200);
+    let idle = gw.rss_kib();
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let mut s = connect(&gw);
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut s).expect("answered").status, 200);
+        held.push(s);
+    }
+    let open = gw.rss_kib();
+    let grown = open.saturating_sub(idle);
+    assert!(
+        grown > 4 * 1024,
+        "400 open connections should cost memory: {idle} KiB idle, {open} KiB with them"
+    );
+    drop(held);
+    let back = idle + grown / 4;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut now = open;
+    while now > back && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        now = gw.rss_kib();
+    }
+    eprintln!("RSS idle {idle} KiB, with 400 connections {open} KiB, after they closed {now} KiB");
+    assert!(
+        now <= back,
+        "the memory of the closed connections stayed: {idle} KiB idle, {open} KiB with them, \
+         {now} KiB 30 s after they closed"
+    );
+}

@@ -72,6 +72,8 @@ def area(dso, kernel, symbol):
         return "kernel"
     if dso == "[vdso]":
         return "clock reads (vDSO)"
+    if dso == "nginx":
+        return "nginx"  # Debian's nginx is stripped: its functions show as addresses
     if dso.startswith(("[JIT]", "perf-")) or dso in ("[unknown]", "[anon]") or symbol.startswith("0x"):
         return "JIT code (plugins)"
     if "libc" in dso:

@@ -24,8 +24,12 @@
 //!
 //! HTTP/2 connections (ALPN `h2`, or the h2c preface on a plain listener) are driven by
 //! [`h2`], which gives the same deadlines their HTTP/2 meaning.
+//!
+//! A worker thread that goes quiet after connections closed gives their memory back to the
+//! system ([`quiet`]).
 
 mod h2;
+mod quiet;
 
 pub use h2::{body_progress, set_body_timeout};
 
@@ -429,6 +433,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
         METRICS.open.dec();
+        quiet::connection_event();
     }
 }
 
@@ -460,6 +465,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             return None;
         }
         METRICS.open.inc();
+        quiet::connection_event();
         let _slot = Slot(self.open.clone());
         let clock = Arc::new(ConnectionClock::new());
         let header_deadline = clock.started + self.http.limits.header_timeout;
