@@ -745,6 +745,62 @@ fn pipelined_requests_each_get_their_response_in_order() {
     }
 }
 
+/// Between requests a kept-alive connection waits in the listener, not in the engine, when
+/// nothing of the next request can be in the engine's hands; whichever side waits, every request
+/// that follows an idle pause is answered, in order: pipelined ones, ones after a body, ones
+/// that arrive a byte at a time.
+#[test]
+fn kept_alive_connections_answer_whatever_follows_an_idle_pause() {
+    let a = echo("a");
+    let gw = with_limits(
+        &a,
+        "    idle_timeout: 30s
+    header_timeout: 10s
+",
+    );
+    let mut s = connect(&gw);
+    let pause = || std::thread::sleep(Duration::from_millis(300));
+    let served = |s: &mut TcpStream, path: &str| {
+        let r = read_response(s).unwrap_or_else(|| panic!("no response for {path}"));
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(r.json()["uri"], path, "{r:?}");
+        r
+    };
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: e\r\n\r\n")
+        .unwrap();
+    served(&mut s, "/first");
+    // after a pause, two requests in one write
+    pause();
+    s.write_all(b"GET /two-a HTTP/1.1\r\nHost: e\r\n\r\nGET /two-b HTTP/1.1\r\nHost: e\r\n\r\n")
+        .unwrap();
+    served(&mut s, "/two-a");
+    served(&mut s, "/two-b");
+    // a request with a body, then after a pause one without
+    pause();
+    s.write_all(b"POST /body HTTP/1.1\r\nHost: e\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    let r = served(&mut s, "/body");
+    assert_eq!(r.json()["body_bytes"], 5, "{r:?}");
+    pause();
+    s.write_all(b"GET /after-body HTTP/1.1\r\nHost: e\r\n\r\n")
+        .unwrap();
+    served(&mut s, "/after-body");
+    // after a pause, a request that arrives a byte at a time
+    pause();
+    for byte in b"GET /dripped HTTP/1.1\r\nHost: e\r\n\r\n" {
+        s.write_all(&[*byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    served(&mut s, "/dripped");
+    // a request whose header says it has no body, followed at once by the next
+    pause();
+    s.write_all(b"GET /cl0 HTTP/1.1\r\nHost: e\r\nContent-Length: 0\r\n\r\nGET /next HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    served(&mut s, "/cl0");
+    served(&mut s, "/next");
+    assert_eq!(a.stats().requests(), 8);
+}
+
 #[test]
 fn expect_continue_is_answered_before_the_body() {
     let a = echo("a");

@@ -52,7 +52,9 @@ impl Rendered {
         forwarded_element(&mut forwarded, peer, host, scheme);
         Self {
             peer,
-            host: host.cloned(),
+            // a copy: the request's value shares the buffer its whole header was read into,
+            // which a clone would keep for as long as the connection lives
+            host: host.map(|h| HeaderValue::from_bytes(h.as_bytes()).unwrap_or_else(|_| h.clone())),
             scheme,
             ip,
             forwarded: HeaderValue::from_maybe_shared(Bytes::from(forwarded))

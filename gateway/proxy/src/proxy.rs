@@ -597,7 +597,7 @@ impl ProxyHttp for Gateway {
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
         // The header is in: from here on the body and backend timeouts bound the request.
-        crate::listener::header_received();
+        crate::listener::header_received(bodyless_header_len(session));
         let runtime = self.runtime.load();
         let http = &runtime.config.instance.http;
         session.set_read_timeout(Some(http.body_timeout));
@@ -1725,6 +1725,22 @@ fn describe(e: &Error) -> String {
         }
         other => other.as_str().to_owned(),
     }
+}
+
+/// The length on the wire of an HTTP/1 request's header when the request has no body (neither a
+/// `Transfer-Encoding` nor a non-zero `Content-Length`): all the engine reads for it when the
+/// client sends nothing more. `None` for other requests.
+fn bodyless_header_len(session: &Session) -> Option<usize> {
+    let headers = &session.req_header().headers;
+    let bodyless = !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    if !bodyless {
+        return None;
+    }
+    let h1 = session.as_downstream().as_http1()?;
+    Some(h1.get_headers_raw_bytes().len())
 }
 
 #[cfg(test)]

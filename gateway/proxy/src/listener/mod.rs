@@ -13,6 +13,13 @@
 //!   for a kept-alive one), bounds the idle wait between requests (`idle_timeout`), and caps the
 //!   requests per connection.
 //!
+//! Between two requests of a kept-alive HTTP/1 connection, [`EdgeApp`] waits for the next
+//! request's first byte itself, holding only the connection: the engine builds a request's state
+//! (its session, header buffer and request future, about 21 KiB) as soon as it starts to wait,
+//! so an idle connection would hold it for as long as it idles. When the engine may already hold
+//! bytes of the next request (the client pipelined, or the request had a body), the engine waits
+//! as before.
+//!
 //! The header is done once the proxy's first hook runs ([`header_received`]); from then on the
 //! request is bounded by the body and backend timeouts instead.
 //!
@@ -141,8 +148,15 @@ pub fn with_forwarding_memo<R>(f: impl FnOnce(Option<&crate::forwarding::Memo>) 
 }
 
 /// Marks the current request's header as fully received (called by the proxy's first hook).
-pub fn header_received() {
-    let _ = CONNECTION.try_with(|c| c.header_done.store(true, Ordering::Release));
+/// `bodyless_header_len`: the length of the request's header on the wire when the request has
+/// no body (so the engine read exactly that many bytes for it if nothing else arrived), `None`
+/// when it has one or the length is unknown.
+pub fn header_received(bodyless_header_len: Option<usize>) {
+    let _ = CONNECTION.try_with(|c| {
+        let expected = bodyless_header_len.map_or(u64::MAX, |n| n as u64);
+        c.expected.store(expected, Ordering::Relaxed);
+        c.header_done.store(true, Ordering::Release);
+    });
 }
 
 /// Per connection: when the header of the request being waited for started to arrive.
@@ -154,6 +168,11 @@ struct ConnectionClock {
     first_byte: AtomicU64,
     first_byte_seen: Notify,
     header_done: AtomicBool,
+    /// Bytes handed to the engine since the awaited request started.
+    delivered: AtomicU64,
+    /// What the engine reads for that request and no more: its header's length when it has no
+    /// body; `u64::MAX` when unknown.
+    expected: AtomicU64,
     /// A request has been started on this connection already.
     reused: AtomicBool,
     /// The forwarding headers' values its requests share.
@@ -168,6 +187,8 @@ impl ConnectionClock {
             first_byte: AtomicU64::new(0),
             first_byte_seen: Notify::new(),
             header_done: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+            expected: AtomicU64::new(u64::MAX),
             reused: AtomicBool::new(false),
             forwarding: crate::forwarding::Memo::default(),
         }
@@ -175,6 +196,8 @@ impl ConnectionClock {
 
     /// Starts waiting for the next request header.
     fn arm(&self) {
+        self.delivered.store(0, Ordering::Relaxed);
+        self.expected.store(u64::MAX, Ordering::Relaxed);
         self.header_done.store(false, Ordering::Release);
         self.first_byte.store(0, Ordering::Release);
         self.armed.store(true, Ordering::Release);
@@ -187,6 +210,13 @@ impl ConnectionClock {
             self.first_byte.store(micros, Ordering::Release);
             self.first_byte_seen.notify_one();
         }
+    }
+
+    /// Whether the engine was handed exactly the last request and nothing more: no byte of the
+    /// next one can be waiting in its buffers.
+    fn nothing_read_ahead(&self) -> bool {
+        let expected = self.expected.load(Ordering::Relaxed);
+        expected != u64::MAX && self.delivered.load(Ordering::Relaxed) == expected
     }
 
     /// When the first byte of the awaited header arrived, if it has.
@@ -213,6 +243,9 @@ pub struct ListenerLimits {
     pub body_timeout: Duration,
     /// Largest HTTP/2 header list (the same bound as an HTTP/1.1 header).
     pub max_header_size: u32,
+    /// Client connections read through a buffer (`read_buffer` > 0): the first byte of the next
+    /// request is read ahead into it, and the rest follows from it without another read.
+    pub buffered_reads: bool,
 }
 
 impl From<&HttpOptions> for ListenerLimits {
@@ -228,6 +261,7 @@ impl From<&HttpOptions> for ListenerLimits {
             h2_max_pending_bodies: h.h2_max_pending_bodies,
             body_timeout: h.body_timeout,
             max_header_size: u32::try_from(h.max_header_size).unwrap_or(u32::MAX),
+            buffered_reads: h.read_buffer > 0,
         }
     }
 }
@@ -394,6 +428,32 @@ impl<A> EdgeHttp<A> {
         Self::header_cut(clock)
     }
 
+    /// Waits, between two requests of a kept-alive connection, for the next one's first byte:
+    /// `false` when the connection is to close instead (the client closed it or went silent
+    /// for `idle_timeout`, or it stayed idle a grace after the drain started).
+    async fn await_next_request(&self, watched: &mut Watched) -> bool {
+        let started = Instant::now();
+        // the engine's own wait counts whole seconds, at least one
+        let idle = Duration::from_secs(self.limits.idle_timeout.as_secs().max(1));
+        let grace = DRAIN_IDLE_GRACE.min(self.limits.idle_timeout);
+        let mut drain = self.drain.clone();
+        let drained = async move {
+            if drain.wait_for(|draining| *draining).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            sleep_until(drain_started().max(started) + grace).await;
+        };
+        tokio::select! {
+            biased;
+            first = watched.hold_first_byte() => matches!(first, Ok(true)),
+            () = sleep_until(started + idle) => false,
+            () = drained => {
+                log::debug!("draining: closing a kept-alive connection idle between requests");
+                false
+            }
+        }
+    }
+
     fn header_cut(clock: &ConnectionClock) -> Cut {
         if clock.header_done.load(Ordering::Acquire) {
             Cut::HeaderDone
@@ -474,6 +534,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             clock: clock.clone(),
             replay: Vec::new(),
             replayed: 0,
+            held: None,
         };
         let http2 = if watched.inner.get_ssl_digest().is_some() {
             matches!(watched.inner.selected_alpn_proto(), Some(ALPN::H2))
@@ -507,15 +568,52 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             return None;
         }
         CONNECTION
-            .scope(
-                clock,
-                ServerApp::process_new(&self.http, Box::new(watched), &self.http.drain),
-            )
+            .scope(clock.clone(), self.serve_http1(watched, &clock))
             .await
     }
 
     async fn cleanup(&self) {
         ServerApp::cleanup(&*self.http).await
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
+    /// The requests of an HTTP/1 connection, one after the other, as the engine's own loop
+    /// serves them, except for the wait between two of them (see the module's documentation).
+    async fn serve_http1(&self, watched: Watched, clock: &ConnectionClock) -> Option<Stream> {
+        let http = &self.http;
+        let mut session = ServerSession::new_http1(Box::new(watched));
+        if *http.drain.borrow() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(60));
+        }
+        session.set_keepalive_reuses_remaining(
+            http.options
+                .as_ref()
+                .and_then(|o| o.keepalive_request_limit),
+        );
+        loop {
+            let (stream, settings) = http.process_new_http(session, &http.drain).await?.consume();
+            let stream: Stream = if http.limits.buffered_reads && clock.nothing_read_ahead() {
+                let Ok(mut watched) = stream.into_any().downcast::<Watched>() else {
+                    log::error!(
+                        "a kept-alive client connection is not the listener's own; closing it"
+                    );
+                    return None;
+                };
+                if !http.await_next_request(&mut watched).await {
+                    return None;
+                }
+                watched
+            } else {
+                stream
+            };
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
     }
 }
 
@@ -527,12 +625,33 @@ struct Watched {
     /// Bytes read to tell HTTP/2 from HTTP/1, given back to the first reads.
     replay: Vec<u8>,
     replayed: usize,
+    /// The first byte of the next request, read while the connection waited for it.
+    held: Option<u8>,
 }
 
 /// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Watched {
+    /// Waits for the next request's first byte and keeps it for the engine's next read: `false`
+    /// when the client closed the connection. The read fills the stream's read buffer, so the
+    /// rest of the request is there too when the engine reads it.
+    async fn hold_first_byte(&mut self) -> std::io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        if self.inner.read(&mut byte).await? == 0 {
+            return Ok(false);
+        }
+        self.held = Some(byte[0]);
+        Ok(true)
+    }
+
+    /// Notes `n` bytes handed to the engine.
+    fn delivered(&self, n: usize) {
+        self.clock.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        self.clock.saw_bytes();
+    }
+
     /// Reads until the bytes received either are the HTTP/2 preface or cannot begin it, and
     /// keeps them for the protocol's own reads. A short HTTP/1 request (or a client that closes)
     /// is told apart at its first byte, without waiting for 24 of them.
@@ -566,8 +685,9 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if self.replayed < self.replay.len() {
-            let this = &mut *self;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        if this.replayed < this.replay.len() {
             let n = buf.remaining().min(this.replay.len() - this.replayed);
             buf.put_slice(&this.replay[this.replayed..this.replayed + n]);
             this.replayed += n;
@@ -575,13 +695,23 @@ impl AsyncRead for Watched {
                 this.replay = Vec::new();
                 this.replayed = 0;
             }
-            this.clock.saw_bytes();
+            this.delivered(n);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(byte) = this.held {
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            buf.put_slice(&[byte]);
+            this.held = None;
+            // and what followed it, without waiting; an error shows on the next read
+            let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+            this.delivered(buf.filled().len() - before);
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.clock.saw_bytes();
+            this.delivered(buf.filled().len() - before);
         }
         polled
     }
@@ -673,7 +803,7 @@ impl GetSocketDigest for Watched {
 #[async_trait]
 impl Peek for Watched {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        if self.replay.is_empty() {
+        if self.replay.is_empty() && self.held.is_none() {
             self.inner.try_peek(buf).await
         } else {
             // the bytes read already are not in the inner stream's peek buffer
