@@ -267,12 +267,17 @@ def measure(proxy_kind, conn_kind, n, work, cert, key, sites):
                                             work)
         return row
     finally:
-        for s in held:
-            s.close()
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
-        if backend:
-            backend.kill()
+        stop(held, proc, signal.SIGINT, backend)
+
+
+def stop(held, proc, stop_signal, backend):
+    """Closes the idle connections, then stops the proxy and the backend."""
+    for s in held:
+        s.close()
+    proc.send_signal(stop_signal)
+    proc.wait(timeout=30)
+    if backend:
+        backend.kill()
 
 
 def allocation_sites(pid, binary, sizes, open_some, work):
@@ -339,12 +344,7 @@ def nginx_rss(conn_kind, n, work, cert, key):
         time.sleep(2)
         return {"proxy": "nginx", "kind": conn_kind, "rss_kb": (rss_kib(proc.pid) - before) / n}
     finally:
-        for s in held:
-            s.close()
-        proc.send_signal(signal.SIGQUIT)
-        proc.wait(timeout=30)
-        if backend:
-            backend.kill()
+        stop(held, proc, signal.SIGQUIT, backend)
 
 
 def main():

@@ -9,8 +9,9 @@ counts are kept. Needs root and tracefs (mounted here when missing)."""
 
 import os
 import re
-import signal
 import subprocess
+
+from .profile import perf_stat
 
 # (uprobe event name, function): new blocks, zeroed new blocks, resized blocks.
 PROBES = (
@@ -72,21 +73,10 @@ def worker_thread(pid, prefix):
 def count(tid, group, out_path, run):
     """Counts the probe hits of thread `tid` while `run()` runs (the process's other threads,
     which work on timers of their own, are left out); returns (run's result, {event: hits})."""
-    stat = subprocess.Popen(
-        ["perf", "stat", "-x", ",", "-e", f"{group}:*", "-t", str(tid), "-o", out_path],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        result = run()
-    finally:
-        stat.send_signal(signal.SIGINT)
-        stat.wait(timeout=30)
+    result, counts = perf_stat(f"{group}:*", ["-t", str(tid)], out_path, run)
     hits = {event: 0 for event, _ in PROBES}
-    with open(out_path) as f:
-        for line in f:
-            fields = line.strip().split(",")
-            if len(fields) > 2 and fields[0].isdigit():
-                event = fields[2].split(":")[-1]
-                if event in hits:
-                    hits[event] = int(fields[0])
+    for event, n in counts.items():
+        name = event.split(":")[-1]
+        if name in hits:
+            hits[name] = n
     return result, hits

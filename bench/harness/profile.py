@@ -112,12 +112,12 @@ def summarize(data_path, top=15, width=110):
     }
 
 
-def count_syscalls(pid, out_path, run):
-    """System calls of process `pid` (all its threads) by name while `run()` runs, counted with
-    the kernel's `syscalls:sys_enter_*` tracepoints (`perf stat`: cheap, exact, no ptrace);
-    returns (run's result, {name: count}) with the calls made at least once."""
+def perf_stat(events, target, out_path, run):
+    """Counts `events` (a `perf stat -e` list) of `target` (`["-p", PID]` for a process and its
+    threads, `["-t", TID]` for one thread) while `run()` runs; returns (run's result,
+    {event: count}) with the events seen at least once."""
     stat = subprocess.Popen(
-        ["perf", "stat", "-x", ",", "-e", "syscalls:sys_enter_*", "-p", str(pid), "-o", out_path],
+        ["perf", "stat", "-x", ",", "-e", events, *target, "-o", out_path],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -130,5 +130,13 @@ def count_syscalls(pid, out_path, run):
         for line in f:
             fields = line.strip().split(",")
             if len(fields) > 2 and fields[0].isdigit() and int(fields[0]) > 0:
-                counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+                counts[fields[2]] = int(fields[0])
     return result, counts
+
+
+def count_syscalls(pid, out_path, run):
+    """System calls of process `pid` (all its threads) by name while `run()` runs, counted with
+    the kernel's `syscalls:sys_enter_*` tracepoints (`perf stat`: cheap, exact, no ptrace);
+    returns (run's result, {name: count}) with the calls made at least once."""
+    result, counts = perf_stat("syscalls:sys_enter_*", ["-p", str(pid)], out_path, run)
+    return result, {event.removeprefix("syscalls:sys_enter_"): n for event, n in counts.items()}

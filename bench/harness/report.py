@@ -292,8 +292,7 @@ def section_engine(data, runs):
     """The engine map: each outside setting of bare Pingora against nginx and against bare
     Pingora's defaults; system calls per request; CPU per request by area, nginx beside Pingora."""
     keys = [v["key"] for v in data["variants"] if v["key"].startswith("bare-pingora-")]
-    if not keys:
-        return ""
+    out = []
     rows = []
     for key in ["nginx-control@0", "bare-pingora@0", *keys, "gatehouse@0"]:
         if not runs.has(key):
@@ -305,13 +304,15 @@ def section_engine(data, runs):
             cell(runs.paired(key, "bare-pingora@0", "proxy_cpu_us", subtract), 1, True),
             cell(runs.field(key, "rps")),
         ))
-    out = ["## The engine map\n\nBare Pingora with each setting that can change from outside "
-           "the engine, one at a time, in the same interleaved repetitions as nginx (0 B "
-           "answers, `wrk -t1 -c50`, one worker on the proxy core). The ratio to nginx and the "
-           "difference to bare Pingora's defaults are taken within each repetition, then "
-           "summarized: median (min–max). The nginx control row is nginx measured twice: what "
-           "this machine's noise alone moves.\n\n"
-           + table(("setting", "CPU µs/req", "CPU / nginx", "− bare Pingora, µs", "req/s"), rows)]
+    if keys:
+        out.append(
+            "## The engine map\n\nBare Pingora with each setting that can change from outside "
+            "the engine, one at a time, in the same interleaved repetitions as nginx (0 B "
+            "answers, `wrk -t1 -c50`, one worker on the proxy core). The ratio to nginx and the "
+            "difference to bare Pingora's defaults are taken within each repetition, then "
+            "summarized: median (min–max). The nginx control row is nginx measured twice: what "
+            "this machine's noise alone moves.\n\n"
+            + table(("setting", "CPU µs/req", "CPU / nginx", "− bare Pingora, µs", "req/s"), rows))
     calls = data.get("syscalls") or {}
     names = [n for n in ENGINE_PROXIES if n in calls]
     if names:
