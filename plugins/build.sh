@@ -24,6 +24,9 @@ DIST_DIR="$PLUGINS_DIR/dist"
 MANIFEST="$DIST_DIR/MANIFEST"
 RUST_PLUGINS=(host-rewrite headers path-rewrite request-id key-auth ip-restriction cors json-validator grant-probe json-redact canary rate-limit)
 C_PLUGINS=(c-example)
+# Proxy-Wasm filters (core modules built on the proxy-wasm SDK crate, as for Envoy): the tests run
+# them through the gateway beside the components. Not embedded in the gateway.
+FILTERS=(filter-headers)
 # The C example stays a contract 0.1.0 component: the gateway loads both versions.
 C_WIT_DIR=wit/0.1.0
 WIT_BINDGEN_VERSION=0.63.0
@@ -49,6 +52,8 @@ sources_of() {
   local name=$1
   if [[ " ${C_PLUGINS[*]} " == *" $name "* ]]; then
     echo "plugins/$name" "$(wit_files "$C_WIT_DIR")" plugins/build.sh plugins/toolchain.sh
+  elif [[ " ${FILTERS[*]} " == *" $name "* ]]; then
+    echo "plugins/$name" plugins/Cargo.toml plugins/Cargo.lock plugins/build.sh plugins/toolchain.sh
   else
     echo "plugins/$name" plugins/sdk "$(wit_files wit)" plugins/Cargo.toml plugins/Cargo.lock plugins/build.sh plugins/toolchain.sh
   fi
@@ -78,7 +83,7 @@ file_hash() { sha256sum "$1" | cut -d' ' -f1; }
 check() {
   [[ -f "$MANIFEST" ]] || die "$MANIFEST is missing; run: plugins/build.sh"
   local stale=() name recorded_src recorded_wasm
-  for name in "${RUST_PLUGINS[@]}" "${C_PLUGINS[@]}"; do
+  for name in "${RUST_PLUGINS[@]}" "${C_PLUGINS[@]}" "${FILTERS[@]}"; do
     recorded_src=$(awk -v n="$name" '$1 == n { print $2 }' "$MANIFEST")
     recorded_wasm=$(awk -v n="$name" '$1 == n { print $3 }' "$MANIFEST")
     if [[ -z "$recorded_src" ]]; then
@@ -102,7 +107,7 @@ check() {
     say "then commit plugins/dist/"
     exit 1
   fi
-  say "plugins/dist is up to date with its sources (${#RUST_PLUGINS[@]} Rust + ${#C_PLUGINS[@]} C components)"
+  say "plugins/dist is up to date with its sources (${#RUST_PLUGINS[@]} Rust + ${#C_PLUGINS[@]} C components, ${#FILTERS[@]} Proxy-Wasm filters)"
 }
 
 # --- tools ---------------------------------------------------------------------------------------
@@ -147,6 +152,10 @@ build_rust() {
   local name
   for name in "${RUST_PLUGINS[@]}"; do
     wasm-tools component new "$CARGO_TARGET_DIR/$TARGET/release/${name//-/_}.wasm" -o "$DIST_DIR/$name.wasm"
+  done
+  # filters stay core modules
+  for name in "${FILTERS[@]}"; do
+    cp "$CARGO_TARGET_DIR/$TARGET/release/${name//-/_}.wasm" "$DIST_DIR/$name.wasm"
   done
 }
 
@@ -210,6 +219,13 @@ check_imports() {
       die "$name imports more than the gatehouse:plugin interfaces: $(tr '\n' ' ' <<<"$imports")"
     fi
   done
+  # a filter built for wasm32-unknown-unknown imports the Proxy-Wasm ABI (module env) only
+  for name in "${FILTERS[@]}"; do
+    imports=$(wasm-tools print "$DIST_DIR/$name.wasm" | grep -o '(import "[^"]*"' | sort -u)
+    if grep -qv '^(import "env"$' <<<"$imports"; then
+      die "$name imports more than the Proxy-Wasm ABI: $(tr '\n' ' ' <<<"$imports")"
+    fi
+  done
 }
 
 toolchain_line() {
@@ -231,8 +247,10 @@ write_manifest() {
     echo "# plugins/Cargo.toml, plugins/Cargo.lock, plugins/build.sh, plugins/toolchain.sh; of a C plugin: its"
     echo "# folder, $C_WIT_DIR/*.wit, plugins/build.sh, plugins/toolchain.sh. The .wasm hashes hold for the toolchain below."
     echo "# toolchain: $(toolchain_line)"
+    echo "# Sources of a Proxy-Wasm filter: its folder, plugins/Cargo.toml, plugins/Cargo.lock, plugins/build.sh,"
+    echo "# plugins/toolchain.sh."
     echo "# name source-sha256 wasm-sha256 bytes"
-    for name in "${RUST_PLUGINS[@]}" "${C_PLUGINS[@]}"; do
+    for name in "${RUST_PLUGINS[@]}" "${C_PLUGINS[@]}" "${FILTERS[@]}"; do
       echo "$name $(source_hash "$name") $(file_hash "$DIST_DIR/$name.wasm") $(stat -c %s "$DIST_DIR/$name.wasm")"
     done
   } >"$tmp"
@@ -255,7 +273,10 @@ build() {
 
 run_tests() {
   add_pip_scripts_to_path
-  (cd "$PLUGINS_DIR" && cargo test --locked)
+  # the filters' SDK links only inside a Proxy-Wasm host: they are tested through the gateway
+  local exclude=()
+  for name in "${FILTERS[@]}"; do exclude+=(--exclude "$name"); done
+  (cd "$PLUGINS_DIR" && cargo test --locked --workspace "${exclude[@]}")
   local cc out="$PLUGINS_DIR/target/c/tests" sanitize=()
   mkdir -p "$out"
   if command -v cc >/dev/null; then cc=(cc); elif zig_ready; then cc=(python3 -m ziglang cc); else

@@ -7,32 +7,6 @@ use std::sync::Arc;
 
 use support::*;
 
-/// One upstream on `backend` and one API `/users/{id}` (any method) with `plugins` (YAML list
-/// items, already indented for the `plugins:` key), plus a plugin-free API `/plain`.
-fn with_plugins(backend: &EchoServer, plugins: &str) -> String {
-    format!(
-        r#"upstreams:
-  - name: u
-    vpc: vpc-main
-    protocol: http
-    nodes:
-      - {{ host: 127.0.0.1, port: {port}, weight: 1 }}
-services:
-  - name: shop
-    apis:
-      - name: get_user
-        path: /users/{{id}}
-        backend: {{ upstream: u }}
-        plugins:
-{plugins}
-      - name: plain
-        path: /plain
-        backend: {{ upstream: u }}
-"#,
-        port = backend.addr().port()
-    )
-}
-
 #[test]
 fn host_rewrite_sets_the_host_the_backend_sees() {
     let a = echo("a");
@@ -623,13 +597,6 @@ fn a_stalled_body_a_plugin_reads_is_answered_408_at_body_timeout() {
     let _ = std::io::Read::read_to_string(&mut s, &mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(a.stats().requests(), 0, "the node saw nothing");
-}
-
-fn shipped_plugin(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../plugins/dist/{name}.wasm"))
-        .canonicalize()
-        .unwrap()
 }
 
 /// Writes the binary of a test component to `dir/name.wasm`.

@@ -7,16 +7,8 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use support::*;
-
-fn shipped_plugin(name: &str) -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../plugins/dist/{name}.wasm"))
-        .canonicalize()
-        .unwrap()
-}
 
 /// A node line of an upstream: `addr` with weight 1 and `tags`.
 fn node(addr: SocketAddr, tags: &str) -> String {

@@ -446,3 +446,37 @@ pub fn output_text(out: &std::process::Output) -> String {
 pub fn shipped_config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config")
 }
+
+/// One upstream on `backend` and one API `/users/{id}` (any method) with `plugins` (YAML list
+/// items, already indented for the `plugins:` key), plus a plugin-free API `/plain`.
+pub fn with_plugins(backend: &EchoServer, plugins: &str) -> String {
+    format!(
+        r#"upstreams:
+  - name: u
+    vpc: vpc-main
+    protocol: http
+    nodes:
+      - {{ host: 127.0.0.1, port: {port}, weight: 1 }}
+services:
+  - name: shop
+    apis:
+      - name: get_user
+        path: /users/{{id}}
+        backend: {{ upstream: u }}
+        plugins:
+{plugins}
+      - name: plain
+        path: /plain
+        backend: {{ upstream: u }}
+"#,
+        port = backend.addr().port()
+    )
+}
+
+/// A plugin built into `plugins/dist/` (a component, or a Proxy-Wasm filter).
+pub fn shipped_plugin(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../plugins/dist/{name}.wasm"))
+        .canonicalize()
+        .unwrap()
+}

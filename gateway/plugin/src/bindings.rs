@@ -183,7 +183,9 @@ pub struct HostState {
     pub budget: crate::budget::CallBudget,
     /// The plugin use's counters.
     pub counters: Arc<crate::counters::Counters>,
-    rng: SmallRng,
+    pub(crate) rng: SmallRng,
+    /// A Proxy-Wasm filter's VM state (`None` for a component).
+    pub(crate) filter: Option<Box<crate::proxy_wasm::FilterState>>,
     log_budget: Arc<LogBudget>,
 }
 
@@ -207,6 +209,7 @@ impl HostState {
             budget: Default::default(),
             counters: Arc::new(crate::counters::Counters::new(0)),
             rng: SmallRng::from_os_rng(),
+            filter: None,
             log_budget,
         }
     }
@@ -417,7 +420,7 @@ pub fn check_reply_headers(
 
 /// How a setter changes a header.
 #[derive(Clone, Copy)]
-enum Edit {
+pub(crate) enum Edit {
     /// Replace every value.
     Set,
     /// Add a value.
@@ -565,7 +568,7 @@ impl Call {
     }
 
     /// Records a broken rule (the first one is reported) and returns its message for the guest.
-    fn violate(&mut self, violation: Violation) -> String {
+    pub(crate) fn violate(&mut self, violation: Violation) -> String {
         let message = match &violation {
             Violation::Forbidden(m)
             | Violation::Limit(m)
@@ -643,7 +646,7 @@ impl Call {
     }
 
     /// Sets or appends a request header after checking name and value.
-    fn edit_request_header(
+    pub(crate) fn edit_request_header(
         &mut self,
         granted: &HeaderSet,
         edit: Edit,
@@ -667,7 +670,7 @@ impl Call {
     }
 
     /// Sets or appends a response header after checking name and value.
-    fn edit_response_header(
+    pub(crate) fn edit_response_header(
         &mut self,
         granted: &HeaderSet,
         edit: Edit,
@@ -697,7 +700,11 @@ impl Call {
     }
 
     /// Removes a request header after checking it may be.
-    fn remove_request_header(&mut self, granted: &HeaderSet, name: &str) -> Result<(), String> {
+    pub(crate) fn remove_request_header(
+        &mut self,
+        granted: &HeaderSet,
+        name: &str,
+    ) -> Result<(), String> {
         let n = header_name(name)?;
         let host = n == http::header::HOST;
         self.request_mut()?;
@@ -712,7 +719,11 @@ impl Call {
     }
 
     /// Removes a response header after checking it may be.
-    fn remove_response_header(&mut self, granted: &HeaderSet, name: &str) -> Result<(), String> {
+    pub(crate) fn remove_response_header(
+        &mut self,
+        granted: &HeaderSet,
+        name: &str,
+    ) -> Result<(), String> {
         let n = header_name(name)?;
         self.may_write(granted, &n)?;
         self.admit(&n, None, 0)?;
@@ -724,7 +735,7 @@ impl Call {
     }
 
     /// Replaces the request body sent upstream.
-    fn set_body(&mut self, body: Vec<u8>) -> Result<(), String> {
+    pub(crate) fn set_body(&mut self, body: Vec<u8>) -> Result<(), String> {
         if self.body.is_none() || !self.request_writable {
             return Err(
                 "the body can be set only in on-request, by a plugin granted request_body"
@@ -742,7 +753,7 @@ impl Call {
         Ok(())
     }
 
-    fn request_mut(&mut self) -> Result<&mut RequestHeader, String> {
+    pub(crate) fn request_mut(&mut self) -> Result<&mut RequestHeader, String> {
         if self.request_writable {
             Ok(&mut self.request)
         } else {
@@ -751,7 +762,7 @@ impl Call {
     }
 }
 
-fn header_name(name: &str) -> Result<HeaderName, String> {
+pub(crate) fn header_name(name: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("{name:?} is not a valid header name"))
 }
@@ -761,7 +772,7 @@ fn header_value(value: &str) -> Result<HeaderValue, String> {
         .map_err(|_| "header values must be visible ASCII on one line".to_owned())
 }
 
-fn text(value: &HeaderValue) -> String {
+pub(crate) fn text(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
@@ -786,7 +797,7 @@ fn uri_of(path: &str, query: Option<&str>) -> Result<Uri, String> {
 }
 
 /// Reads a header under a read grant: one the plugin may not read is not there for it.
-fn readable<'h>(
+pub(crate) fn readable<'h>(
     granted: &HeaderSet,
     map: &'h http::HeaderMap,
     name: &str,
@@ -1060,7 +1071,7 @@ fn window(w: crate::counters::Window) -> v2::gatehouse::plugin::counters::Window
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
-fn unix_millis() -> u64 {
+pub(crate) fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -1092,7 +1103,7 @@ impl HostState {
         Ok(())
     }
 
-    fn set_request_path(&mut self, path: String) -> Result<(), String> {
+    pub(crate) fn set_request_path(&mut self, path: String) -> Result<(), String> {
         // The backend gets the canonical form, so a plugin cannot send a path that routing
         // would have refused (dot segments, encoded slashes, ...).
         let path = gatehouse_config::canonical::canonicalize(&path, &Default::default())
@@ -1105,7 +1116,7 @@ impl HostState {
         Ok(())
     }
 
-    fn set_request_query(&mut self, query: Option<String>) -> Result<(), String> {
+    pub(crate) fn set_request_query(&mut self, query: Option<String>) -> Result<(), String> {
         let req = self.call.request_mut()?;
         let uri = uri_of(req.uri.path(), query.as_deref().filter(|q| !q.is_empty()))?;
         self.call.save_uri();
@@ -1114,7 +1125,7 @@ impl HostState {
         Ok(())
     }
 
-    fn write_log(&mut self, level: log::Level, message: &str) {
+    pub(crate) fn write_log(&mut self, level: log::Level, message: &str) {
         if !log::log_enabled!(target: "gatehouse::plugin", level) || !self.log_budget.admit() {
             return;
         }

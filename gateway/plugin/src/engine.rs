@@ -85,6 +85,8 @@ pub const CONTRACTS: [&str; 2] = ["0.1.0", "0.2.0"];
 pub enum Component {
     V1(v1::PluginPre<HostState>),
     V2(v2::PluginPre<HostState>),
+    /// A Proxy-Wasm filter (a core module).
+    ProxyWasm(crate::proxy_wasm::Filter),
 }
 
 impl Component {
@@ -93,6 +95,10 @@ impl Component {
         match self {
             Component::V1(_) => CONTRACTS[0],
             Component::V2(_) => CONTRACTS[1],
+            Component::ProxyWasm(f) => match f.abi {
+                "0.2.0" => "proxy-wasm 0.2.0",
+                _ => "proxy-wasm 0.2.1",
+            },
         }
     }
 }
@@ -103,6 +109,8 @@ impl Component {
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<HostState>,
+    /// The host functions of Proxy-Wasm filters.
+    filter_linker: wasmtime::Linker<HostState>,
     /// Compiled and linked components by source: `standard:NAME`, or `file:SHA256` of a
     /// component file's bytes, so a replaced file is compiled afresh.
     cache: Mutex<HashMap<String, Arc<Component>>>,
@@ -132,9 +140,12 @@ impl PluginEngine {
             .map_err(|e| format!("cannot link the plugin host functions (0.1): {e}"))?;
         v2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| format!("cannot link the plugin host functions (0.2): {e}"))?;
+        let filter_linker = crate::proxy_wasm::linker(&engine)
+            .map_err(|e| format!("cannot link the Proxy-Wasm host functions: {e}"))?;
         Ok(Arc::new(Self {
             engine,
             linker,
+            filter_linker,
             cache: Mutex::new(HashMap::new()),
             clock: Once::new(),
             budget: Arc::new(MemoryBudget::new(DEFAULT_TOTAL_MEMORY)),
@@ -221,15 +232,31 @@ impl PluginEngine {
                 "not a WebAssembly component (a binary component starts with \\0asm)".to_owned(),
             ));
         }
-        // A core module (version 1 in the header) where a component (layer 1) is wanted.
+        // A core module (version 1 in the header): a Proxy-Wasm filter, or a module where a
+        // component (layer 1) is wanted.
         if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
-            return Err(LoadError::Compile(
-                key.to_owned(),
-                "it is a core WebAssembly module, not a component: build it with the plugin SDK \
-                 (plugins/README.md), or wrap it with `wasm-tools component new MODULE.wasm -o \
-                 PLUGIN.wasm` if it implements the contract's world"
-                    .to_owned(),
-            ));
+            let module = wasmtime::Module::new(&self.engine, bytes)
+                .map_err(|e| LoadError::Compile(key.to_owned(), format!("{e:#}")))?;
+            if !module
+                .exports()
+                .any(|e| e.name().starts_with("proxy_abi_version_"))
+            {
+                return Err(LoadError::Compile(
+                    key.to_owned(),
+                    "it is a core WebAssembly module, neither a component nor a Proxy-Wasm \
+                     filter (which exports proxy_abi_version_0_2_1): build a plugin with the \
+                     plugin SDK (plugins/README.md), or wrap it with `wasm-tools component new \
+                     MODULE.wasm -o PLUGIN.wasm` if it implements the contract's world"
+                        .to_owned(),
+                ));
+            }
+            let filter = crate::proxy_wasm::link(&self.filter_linker, &module, key)?;
+            let pre = Arc::new(Component::ProxyWasm(filter));
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key_owned, pre.clone());
+            return Ok(pre);
         }
         let component = wasmtime::component::Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(key.to_owned(), format!("{e:#}")))?;

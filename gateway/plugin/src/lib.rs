@@ -17,6 +17,7 @@ pub mod counters;
 pub mod engine;
 pub mod grants;
 pub mod metrics;
+pub mod proxy_wasm;
 pub mod slot;
 
 pub use bindings::{EditLimits, MemoryBudget, Node, NodeChoice, Reply, SteerTo};
@@ -25,6 +26,7 @@ pub use engine::{
     COARSE_TICK, EPOCH_TICK,
 };
 pub use grants::{Grants, Needs};
+pub use slot::filters::{Stream, Streams};
 pub use slot::{Failure, GrantedBy, HeldInstance, Hook, PluginSlot, RequestOutcome, SlotLimits};
 pub mod standard;
 #[cfg(feature = "testing")]

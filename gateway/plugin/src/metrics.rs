@@ -31,6 +31,7 @@ struct Families {
     log_dropped: IntCounterVec,
     breaker_open: prometheus::IntGaugeVec,
     breaker_opened: IntCounterVec,
+    unsupported: IntCounterVec,
 }
 
 static FAMILIES: Lazy<Families> = Lazy::new(|| {
@@ -58,6 +59,12 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
         "gatehouse_plugin_breaker_opened_total",
         "Times a plugin's breaker opened after it failed on every call, by plugin.",
         &["plugin"]
+    )
+    .expect("metric registers once"),
+    unsupported: register_int_counter_vec!(
+        "gatehouse_proxy_wasm_unsupported_calls_total",
+        "Calls a Proxy-Wasm filter made to ABI functions the gateway does not provide, or did not grant to its use (answered with an error status), by plugin and function.",
+        &["plugin", "function"]
     )
     .expect("metric registers once"),
     log_dropped: register_int_counter_vec!(
@@ -88,6 +95,14 @@ pub fn log_dropped(plugin: &str) -> IntCounter {
     FAMILIES.log_dropped.with_label_values(&[plugin])
 }
 
+/// Counts a call of a Proxy-Wasm ABI function the gateway does not provide.
+pub fn proxy_wasm_unsupported(plugin: &str, function: &str) {
+    FAMILIES
+        .unsupported
+        .with_label_values(&[plugin, function])
+        .inc();
+}
+
 /// Removes the series of a plugin that no API uses any more.
 pub fn forget(plugin: &str) {
     let f = &*FAMILIES;
@@ -99,6 +114,9 @@ pub fn forget(plugin: &str) {
     }
     for reason in Failure::REASONS {
         let _ = f.failures.remove_label_values(&[plugin, reason]);
+    }
+    for function in crate::proxy_wasm::abi::ABI_FUNCTIONS {
+        let _ = f.unsupported.remove_label_values(&[plugin, function]);
     }
 }
 

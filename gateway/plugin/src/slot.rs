@@ -28,6 +28,8 @@ use crate::engine::{Component, PluginEngine};
 use crate::grants::{Grants, HookSet, Needs};
 use crate::metrics::PluginMetrics;
 
+pub(crate) mod filters;
+
 /// The hooks of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -37,16 +39,20 @@ pub enum Hook {
     UpstreamRequest,
     Response,
     ResponseBody,
+    /// The end of a request in a Proxy-Wasm filter (`proxy_on_log`, `proxy_on_done`,
+    /// `proxy_on_delete`).
+    Log,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 6] = [
+    pub const ALL: [Hook; 7] = [
         Hook::Describe,
         Hook::Configure,
         Hook::Request,
         Hook::UpstreamRequest,
         Hook::Response,
         Hook::ResponseBody,
+        Hook::Log,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +63,7 @@ impl Hook {
             Hook::UpstreamRequest => "on-upstream-request",
             Hook::Response => "on-response",
             Hook::ResponseBody => "on-response-body",
+            Hook::Log => "on-log",
         }
     }
 }
@@ -219,12 +226,16 @@ struct Warm {
     baseline: u64,
     /// Counted in [`PluginSlot::grown_pooled`] while pooled.
     grown: bool,
+    /// A Proxy-Wasm filter trapped in a call (after breaking a rule, which the call reports):
+    /// its memory may be inconsistent, it must not serve again.
+    poisoned: bool,
 }
 
-/// An instance of a component of either contract version.
+/// An instance of a component of either contract version, or of a Proxy-Wasm filter.
 enum Guest {
     V1(v1::Plugin),
     V2(v2::Plugin),
+    ProxyWasm(Box<filters::FilterGuest>),
 }
 
 /// What `configure` answered.
@@ -308,6 +319,8 @@ pub struct PluginSlot {
     /// (the signal takes a lock).
     waiting: AtomicUsize,
     breaker: Breaker,
+    /// A Proxy-Wasm filter's VMs, one per worker thread (`None` for a component).
+    filter: Option<filters::Vms>,
 }
 
 impl PluginSlot {
@@ -366,17 +379,21 @@ impl PluginSlot {
             secret_keys: Vec::new(),
             log_budget: Arc::new(LogBudget::new(crate::metrics::log_dropped(label))),
             breaker: Breaker::new(label),
+            filter: None,
             metrics: PluginMetrics::new(label),
             refilling: AtomicBool::new(false),
             grown_pooled: AtomicUsize::new(0),
             ready: Notify::new(),
             waiting: AtomicUsize::new(0),
         };
+        if matches!(&*slot.pre, Component::ProxyWasm(_)) {
+            slot.filter = Some(filters::Vms::new(hot_cells(), &slot.label, &slot.who));
+        }
         let mut warm = slot.instance()?;
         if matches!(warm.plugin, Guest::V2(_)) {
             let info = slot.call(&mut warm, Hook::Describe, CONFIGURE_TIME, |p, s| match p {
                 Guest::V2(p) => p.call_describe(s).map(|info| Ok(Some(info))),
-                Guest::V1(_) => Ok(Ok(None)),
+                Guest::V1(_) | Guest::ProxyWasm(_) => Ok(Ok(None)),
             })?;
             slot.secret_keys = info.map(|i| i.secret_keys).unwrap_or_default();
         }
@@ -388,6 +405,8 @@ impl PluginSlot {
                 GrantedBy::Declared,
             ),
             (Some(_), None) => (Grants::baseline(), GrantedBy::Baseline),
+            // a Proxy-Wasm filter declares nothing: what a 0.2 component file gets
+            (None, None) if slot.filter.is_some() => (Grants::baseline(), GrantedBy::Baseline),
             (None, None) => (Grants::contract_0_1(), GrantedBy::Contract0_1),
         };
         if let Some(needs) = &configured.needs {
@@ -402,9 +421,13 @@ impl PluginSlot {
         }
         // a 0.1 plugin is held to the operator's hooks too
         slot.hooks = configured.hooks.intersect(grants.hooks);
-        slot.request_body = configured.needs.as_ref().is_some_and(|n| n.request_body)
-            && grants.request_body
-            && slot.hooks.contains(HookSet::ON_REQUEST);
+        let reads_body = match &configured.needs {
+            Some(needs) => needs.request_body,
+            // a filter sees the body when its use is granted it
+            None => slot.filter.is_some(),
+        };
+        slot.request_body =
+            reads_body && grants.request_body && slot.hooks.contains(HookSet::ON_REQUEST);
         slot.grants = Arc::new(grants);
         slot.granted_by = granted_by;
         slot.declared = configured.needs;
@@ -469,6 +492,7 @@ impl PluginSlot {
             Hook::UpstreamRequest => self.hooks.contains(HookSet::ON_UPSTREAM_REQUEST),
             Hook::Response => self.hooks.contains(HookSet::ON_RESPONSE),
             Hook::ResponseBody => self.hooks.contains(HookSet::ON_RESPONSE_BODY),
+            Hook::Log => self.filter.is_some(),
         }
     }
 
@@ -487,6 +511,12 @@ impl PluginSlot {
         state.counters = self.counters.clone();
         state.call.body_limit = self.limits.body;
         state.budget = CallBudget::start(CONFIGURE_TIME);
+        if let Some(vms) = &self.filter {
+            state.filter = Some(Box::new(crate::proxy_wasm::FilterState::new(
+                &self.config,
+                vms.unsupported(),
+            )));
+        }
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
         // every call is bounded by the CPU time its thread runs (crate::budget)
@@ -495,6 +525,11 @@ impl PluginSlot {
         let plugin = match &*self.pre {
             Component::V1(pre) => pre.instantiate(&mut store).map(Guest::V1),
             Component::V2(pre) => pre.instantiate(&mut store).map(Guest::V2),
+            Component::ProxyWasm(filter) => filter
+                .pre
+                .instantiate(&mut store)
+                .and_then(|instance| filters::FilterGuest::new(&mut store, instance).map(Box::new))
+                .map(Guest::ProxyWasm),
         }
         .map_err(|e| self.trap_failure(&store, e, "instantiate"))?;
         Ok(Box::new(Warm {
@@ -502,6 +537,7 @@ impl PluginSlot {
             plugin,
             baseline: 0,
             grown: false,
+            poisoned: false,
         }))
     }
 
@@ -524,6 +560,9 @@ impl PluginSlot {
                     }
                 })
             }),
+            Guest::ProxyWasm(f) => f
+                .start(s)
+                .map(|r| r.map(|hooks| Configured { hooks, needs: None })),
         })
     }
 
@@ -554,17 +593,28 @@ impl PluginSlot {
     /// thread): a request that finds none waits up to [`INSTANCE_WAIT`] for one, then fails. A
     /// call whose breaker is open fails at once.
     async fn acquire(self: &Arc<Self>) -> Result<Instance, Failure> {
+        self.admit()?;
+        self.take_instance().await
+    }
+
+    /// Whether the breaker lets a call through now (an open one fails it at once).
+    fn admit(self: &Arc<Self>) -> Result<(), Failure> {
         match self.breaker.admit(&self.who) {
-            Admission::Call => {}
+            Admission::Call => Ok(()),
             refused => {
                 if refused == Admission::Probe {
                     self.probe();
                 }
                 let f = Failure::BreakerOpen;
                 self.metrics.failure(&f);
-                return Err(f);
+                Err(f)
             }
         }
+    }
+
+    /// A warm instance: the worker's hot one, a pooled one, or one the background thread makes
+    /// within [`INSTANCE_WAIT`].
+    async fn take_instance(self: &Arc<Self>) -> Result<Instance, Failure> {
         if let Some(warm) = self.take_hot() {
             return Ok(warm);
         }
@@ -718,12 +768,22 @@ impl PluginSlot {
         let result = f(&warm.plugin, &mut warm.store);
         self.metrics.call(hook, started.elapsed().as_secs_f64());
         let violation = warm.store.data_mut().call.violation.take();
+        // a filter's SDK panics on an error status it did not expect: the rule the filter broke
+        // is what the call reports
+        let result = match (result, &violation, &warm.plugin) {
+            (Err(_), Some(_), Guest::ProxyWasm(_)) => {
+                warm.poisoned = true;
+                Ok(Ok(None))
+            }
+            (result, _, _) => result.map(|r| r.map(Some)),
+        };
         let outcome = match (result, violation) {
             (Ok(_), Some(Violation::Forbidden(m))) => Err(Failure::ForbiddenHeader(m)),
             (Ok(_), Some(Violation::Limit(m))) => Err(Failure::HeaderLimit(m)),
             (Ok(_), Some(Violation::Denied(m))) => Err(Failure::Denied(m)),
             (Ok(_), Some(Violation::Body(m))) => Err(Failure::BodyLimit(m)),
-            (Ok(Ok(v)), None) => Ok(v),
+            (Ok(Ok(Some(v))), None) => Ok(v),
+            (Ok(Ok(None)), None) => Err(Failure::Trap("the call stopped".to_owned())),
             (Ok(Err(message)), _) => Err(Failure::Error(message)),
             (Err(e), _) => Err(self.trap_failure(&warm.store, e, hook.as_str())),
         };
@@ -746,15 +806,33 @@ impl PluginSlot {
         }
     }
 
-    /// Runs `on-request` on the client's request. `body` is the whole request body when the
-    /// gateway read it (an API with a plugin that [reads it](Self::reads_request_body)); a body
-    /// the plugin sets replaces it.
+    /// Runs `on-request` on the client's request, as [`Self::on_request_in`] does; a Proxy-Wasm
+    /// filter's context for the request ends with the call.
     pub async fn on_request(
         self: &Arc<Self>,
         req: &mut RequestHeader,
         client_ip: Option<IpAddr>,
         body: Option<&mut bytes::Bytes>,
     ) -> Result<RequestOutcome, Failure> {
+        let mut streams = filters::Streams::default();
+        self.on_request_in(req, client_ip, body, &mut streams).await
+    }
+
+    /// Runs `on-request` on the client's request. `body` is the whole request body when the
+    /// gateway read it (an API with a plugin that [reads it](Self::reads_request_body)); a body
+    /// the plugin sets replaces it. A Proxy-Wasm filter opens the request's context in its VM and
+    /// adds it to `streams`, which end it when the request ends.
+    pub async fn on_request_in(
+        self: &Arc<Self>,
+        req: &mut RequestHeader,
+        client_ip: Option<IpAddr>,
+        body: Option<&mut bytes::Bytes>,
+        streams: &mut filters::Streams,
+    ) -> Result<RequestOutcome, Failure> {
+        if self.filter.is_some() {
+            let body = body.filter(|_| self.request_body);
+            return self.filter_request(req, client_ip, body, streams).await;
+        }
         let mut warm = self.acquire().await?;
         let call = &mut warm.store.data_mut().call;
         call.begin(true, client_ip);
@@ -769,6 +847,7 @@ impl PluginSlot {
             Guest::V2(p) => p
                 .call_on_request(&mut *s, Resource::new_borrow(REQUEST))
                 .map(|r| r.map(Action::from)),
+            Guest::ProxyWasm(_) => Ok(Ok(Action::Proceed)),
         });
         let outcome = result.and_then(|action| match action {
             Action::Proceed => {
@@ -824,6 +903,7 @@ impl PluginSlot {
                 Guest::V2(p) => {
                     p.call_on_upstream_request(&mut *s, Resource::new_borrow(REQUEST), &node.into())
                 }
+                Guest::ProxyWasm(_) => Ok(Ok(())),
             },
         );
         let call = &mut warm.store.data_mut().call;
@@ -835,13 +915,31 @@ impl PluginSlot {
         result
     }
 
-    /// Runs `on-response` on the response going to the client (the request is read-only).
+    /// Runs `on-response`, as [`Self::on_response_in`] does, without a request's filter
+    /// contexts (a Proxy-Wasm filter gets a new one, which ends with the call).
     pub async fn on_response(
         self: &Arc<Self>,
         req: &mut RequestHeader,
         resp: &mut ResponseHeader,
         client_ip: Option<IpAddr>,
     ) -> Result<(), Failure> {
+        let mut streams = filters::Streams::default();
+        self.on_response_in(req, resp, client_ip, &mut streams)
+            .await
+    }
+
+    /// Runs `on-response` on the response going to the client (the request is read-only). A
+    /// Proxy-Wasm filter runs in the request's context from `streams`.
+    pub async fn on_response_in(
+        self: &Arc<Self>,
+        req: &mut RequestHeader,
+        resp: &mut ResponseHeader,
+        client_ip: Option<IpAddr>,
+        streams: &mut filters::Streams,
+    ) -> Result<(), Failure> {
+        if self.filter.is_some() {
+            return self.filter_response(req, resp, client_ip, streams).await;
+        }
         let mut warm = self.acquire().await?;
         let call = &mut warm.store.data_mut().call;
         call.begin(false, client_ip);
@@ -855,6 +953,7 @@ impl PluginSlot {
             match p {
                 Guest::V1(p) => p.call_on_response(&mut *s, req, resp),
                 Guest::V2(p) => p.call_on_response(&mut *s, req, resp),
+                Guest::ProxyWasm(_) => Ok(Ok(())),
             }
         });
         let call = &mut warm.store.data_mut().call;
@@ -957,7 +1056,7 @@ impl HeldInstance {
                         &visible,
                         body,
                     ),
-                    Guest::V1(_) => Ok(Ok(None)),
+                    Guest::V1(_) | Guest::ProxyWasm(_) => Ok(Ok(None)),
                 },
             )
             .and_then(|replaced| match replaced {

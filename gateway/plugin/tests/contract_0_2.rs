@@ -559,7 +559,7 @@ fn a_core_module_is_refused_with_how_to_make_it_a_component() {
     };
     let err = err.to_string();
     assert!(
-        err.starts_with("test:core-module is not a usable WebAssembly component: it is a core WebAssembly module, not a component"),
+        err.starts_with("test:core-module is not a usable WebAssembly component: it is a core WebAssembly module, neither a component nor a Proxy-Wasm filter"),
         "{err}"
     );
     assert!(err.contains("wasm-tools component new"), "{err}");

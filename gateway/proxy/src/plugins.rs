@@ -6,7 +6,7 @@ use std::sync::Arc;
 use gatehouse_config::{Api, Config, OnError, PluginLimits, PluginRef, PluginSource, Problem};
 use gatehouse_plugin_host::{
     Component, EditLimits, Failure, GrantedBy, Grants, HeldInstance, Hook, LoadError, Node,
-    NodeChoice, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits,
+    NodeChoice, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits, Streams,
 };
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -101,7 +101,7 @@ impl ApiPlugins {
                     problems.push(Problem::new(
                         format!("{path}.{key}"),
                         e.to_string(),
-                        "give a component built for the gatehouse:plugin world, version 0.2.0 or 0.1.0 (see plugins/README.md)",
+                        "give a component built for the gatehouse:plugin world, version 0.2.0 or 0.1.0 (see plugins/README.md), or a Proxy-Wasm filter (ABI 0.2.1, docs/proxy-wasm.md)",
                     ));
                     continue;
                 }
@@ -322,6 +322,7 @@ impl ApiPlugins {
         req: &mut RequestHeader,
         client_ip: Option<IpAddr>,
         mut body: Option<&mut bytes::Bytes>,
+        streams: &mut Streams,
     ) -> Decision<'_> {
         let (mut path, mut query, mut host, mut body_set) = (false, false, false, false);
         let (mut steered, mut retry_cap) = (None, None::<u32>);
@@ -330,7 +331,10 @@ impl ApiPlugins {
             .iter()
             .filter(|(s, _)| s.implements(Hook::Request))
         {
-            match slot.on_request(req, client_ip, body.as_deref_mut()).await {
+            match slot
+                .on_request_in(req, client_ip, body.as_deref_mut(), streams)
+                .await
+            {
                 Ok(RequestOutcome::Proceed {
                     path_changed,
                     query_changed,
@@ -401,13 +405,14 @@ impl ApiPlugins {
         req: &mut RequestHeader,
         resp: &mut ResponseHeader,
         client_ip: Option<IpAddr>,
+        streams: &mut Streams,
     ) -> Result<(), Stopped<'_>> {
         for (slot, on_error) in self
             .slots
             .iter()
             .filter(|(s, _)| s.implements(Hook::Response))
         {
-            if let Err(failure) = slot.on_response(req, resp, client_ip).await {
+            if let Err(failure) = slot.on_response_in(req, resp, client_ip, streams).await {
                 if *on_error == OnError::FailClosed {
                     return Err(Stopped {
                         plugin: slot.label(),
@@ -514,6 +519,16 @@ fn describe(path: String, slot: &PluginSlot) -> PluginUse {
             path,
             plugin,
             needs: format!("{}; {granted}", needs.summary()),
+            warning: None,
+        },
+        None if slot.contract().starts_with("proxy-wasm") => PluginUse {
+            path,
+            plugin,
+            needs: if slot.granted_by() == GrantedBy::Operator {
+                "a Proxy-Wasm filter (declares nothing); held to its grants:".to_owned()
+            } else {
+                "a Proxy-Wasm filter (declares nothing); no grants: its header hooks and the request line, no header".to_owned()
+            },
             warning: None,
         },
         None => {

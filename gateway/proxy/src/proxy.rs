@@ -142,6 +142,8 @@ pub struct RequestCtx {
     held_response: Option<HeldResponse>,
     /// Their instances, taken in the header phase.
     held_plugins: Vec<(HeldInstance, OnError)>,
+    /// The request's contexts in Proxy-Wasm filters, ended when it ends.
+    filter_streams: gatehouse_plugin_host::Streams,
     /// A body of at least [`LARGE_BODY`] was held whole for plugins.
     large_body: bool,
 }
@@ -325,6 +327,7 @@ impl Gateway {
                 session.req_header_mut(),
                 ctx.client_ip,
                 ctx.request_body.as_mut(),
+                &mut ctx.filter_streams,
             )
             .await
         {
@@ -571,6 +574,7 @@ impl ProxyHttp for Gateway {
             held_response: None,
             large_body: false,
             held_plugins: Vec::new(),
+            filter_streams: Default::default(),
         }
     }
 
@@ -744,7 +748,12 @@ impl ProxyHttp for Gateway {
                 let mut body = answer.body.clone();
                 if !plugins.is_empty() {
                     let stopped = match plugins
-                        .on_response(session.req_header_mut(), &mut resp, ctx.client_ip)
+                        .on_response(
+                            session.req_header_mut(),
+                            &mut resp,
+                            ctx.client_ip,
+                            &mut ctx.filter_streams,
+                        )
                         .await
                     {
                         Err(stopped) => Some(stopped),
@@ -935,7 +944,12 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let result = plugins
-            .on_response(session.req_header_mut(), upstream_response, ctx.client_ip)
+            .on_response(
+                session.req_header_mut(),
+                upstream_response,
+                ctx.client_ip,
+                &mut ctx.filter_streams,
+            )
             .await;
         result.map_err(|stopped| ctx.stop(stopped))?;
         let Some(limit) = plugins.response_body_limit() else {
@@ -1276,6 +1290,13 @@ impl ProxyHttp for Gateway {
         {
             // the whole body is freed now: give it back rather than keep it resident
             gatehouse_plugin_host::release_freed_memory();
+        }
+        if !ctx.filter_streams.is_empty() {
+            ctx.filter_streams.finish(
+                session.req_header(),
+                session.response_written(),
+                ctx.client_ip,
+            );
         }
         let Some(runtime) = &ctx.runtime else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

@@ -1,0 +1,563 @@
+//! Proxy-Wasm filters in a plugin slot: one VM per worker thread, and each request's HTTP
+//! context kept in its VM from the request headers to the request's end.
+//!
+//! A VM is an instance made and configured like a component's (in the background, under the
+//! configure time limit); it stays in its worker's cell and serves every request of that worker,
+//! each in a context of its own, as Envoy runs a filter. A request remembers its contexts
+//! ([`Streams`]): the response callbacks run in the same context, and the context is ended
+//! (`proxy_on_log`, `proxy_on_done`, `proxy_on_delete`) when the request ends. A VM that traps,
+//! runs out of time or memory is dropped with its contexts; a request whose context was lost
+//! gets a new one for its response.
+//!
+//! A cell is a mutex held for the length of one callback: the worker that owns it is the only
+//! one to take it, unless there are more worker threads than cells.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_utils::CachePadded;
+use pingora_http::{RequestHeader, ResponseHeader};
+use wasmtime::{Store, TypedFunc};
+
+use super::{check_reply, worker_cell, Failure, Guest, Hook, Instance, PluginSlot, RequestOutcome};
+use crate::bindings::HostState;
+use crate::grants::HookSet;
+use crate::proxy_wasm::{Phase, Unsupported, ROOT_CONTEXT};
+
+/// The exports of a filter instance the host calls.
+pub(crate) struct FilterGuest {
+    /// `_initialize` (a reactor) or `_start` (a command), called once before the VM starts.
+    initialize: Option<TypedFunc<(), ()>>,
+    vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    configure: Option<TypedFunc<(i32, i32), i32>>,
+    context_create: TypedFunc<(i32, i32), ()>,
+    request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    log: Option<TypedFunc<i32, ()>>,
+    done: Option<TypedFunc<i32, i32>>,
+    delete: Option<TypedFunc<i32, ()>>,
+}
+
+/// `Continue` and `Pause`, what a filter's callback answers.
+const PAUSE: i32 = 1;
+
+impl FilterGuest {
+    /// Finds the callbacks of an instance; one with another signature than the ABI's is an error.
+    pub(crate) fn new(
+        store: &mut Store<HostState>,
+        instance: wasmtime::Instance,
+    ) -> wasmtime::Result<Self> {
+        fn optional<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+            store: &mut Store<HostState>,
+            instance: &wasmtime::Instance,
+            name: &str,
+        ) -> wasmtime::Result<Option<TypedFunc<P, R>>> {
+            match instance.get_func(&mut *store, name) {
+                None => Ok(None),
+                Some(f) => f.typed(&*store).map(Some).map_err(|e| {
+                    e.context(format!(
+                        "its export {name} does not have the signature of Proxy-Wasm ABI 0.2.1"
+                    ))
+                }),
+            }
+        }
+        let initialize = match optional(store, &instance, "_initialize")? {
+            Some(f) => Some(f),
+            None => optional(store, &instance, "_start")?,
+        };
+        let context_create =
+            optional(store, &instance, "proxy_on_context_create")?.ok_or_else(|| {
+                wasmtime::Error::msg("a Proxy-Wasm filter must export proxy_on_context_create")
+            })?;
+        Ok(Self {
+            initialize,
+            vm_start: optional(store, &instance, "proxy_on_vm_start")?,
+            configure: optional(store, &instance, "proxy_on_configure")?,
+            context_create,
+            request_headers: optional(store, &instance, "proxy_on_request_headers")?,
+            request_body: optional(store, &instance, "proxy_on_request_body")?,
+            response_headers: optional(store, &instance, "proxy_on_response_headers")?,
+            log: optional(store, &instance, "proxy_on_log")?,
+            done: optional(store, &instance, "proxy_on_done")?,
+            delete: optional(store, &instance, "proxy_on_delete")?,
+        })
+    }
+
+    /// Starts the VM and its root context with the configuration; the hooks the filter has.
+    pub(crate) fn start(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Result<HookSet, String>> {
+        set_phase(store, Phase::Root);
+        if let Some(init) = &self.initialize {
+            init.call(&mut *store, ())?;
+        }
+        let (vm_size, config_size) = match store.data().filter.as_deref() {
+            Some(f) => (f.vm_config.len(), f.plugin_config.len()),
+            None => (0, 0),
+        };
+        let root = ROOT_CONTEXT as i32;
+        // the root context first: the VM start and the configuration are its callbacks
+        self.context_create.call(&mut *store, (root, 0))?;
+        if let Some(start) = &self.vm_start {
+            if start.call(&mut *store, (root, vm_size as i32))? == 0 {
+                return Ok(Err(
+                    "the filter refused to start (proxy_on_vm_start returned false)".to_owned(),
+                ));
+            }
+        }
+        if let Some(configure) = &self.configure {
+            if configure.call(&mut *store, (root, config_size as i32))? == 0 {
+                return Ok(Err(
+                    "the filter refused its configuration (proxy_on_configure returned false)"
+                        .to_owned(),
+                ));
+            }
+        }
+        let mut hooks = HookSet::from_bits(0);
+        if self.request_headers.is_some() || self.request_body.is_some() {
+            hooks = hooks.union(HookSet::ON_REQUEST);
+        }
+        if self.response_headers.is_some() {
+            hooks = hooks.union(HookSet::ON_RESPONSE);
+        }
+        Ok(Ok(hooks))
+    }
+
+    /// The request callbacks of a context: created (when `create`), request headers, then the
+    /// whole body when the gateway read it. Stops at a local response.
+    fn request(
+        &self,
+        store: &mut Store<HostState>,
+        context: u32,
+        create: bool,
+        headers: usize,
+        body: Option<usize>,
+        end_of_stream: bool,
+    ) -> wasmtime::Result<Result<i32, String>> {
+        let ctx = context as i32;
+        if create {
+            self.context_create
+                .call(&mut *store, (ctx, ROOT_CONTEXT as i32))?;
+        }
+        let mut action = 0;
+        if let Some(f) = &self.request_headers {
+            let eos = (end_of_stream && body.is_none()) as i32;
+            action = f.call(&mut *store, (ctx, headers as i32, eos))?;
+        }
+        if let (Some(len), Some(f)) = (body, &self.request_body) {
+            if !answered(store) {
+                action = f.call(&mut *store, (ctx, len as i32, 1))?;
+            }
+        }
+        Ok(Ok(action))
+    }
+
+    /// The response header callback of a context (created first when `create`).
+    fn response(
+        &self,
+        store: &mut Store<HostState>,
+        context: u32,
+        create: bool,
+        headers: usize,
+    ) -> wasmtime::Result<Result<i32, String>> {
+        let ctx = context as i32;
+        if create {
+            self.context_create
+                .call(&mut *store, (ctx, ROOT_CONTEXT as i32))?;
+        }
+        match &self.response_headers {
+            Some(f) => f.call(&mut *store, (ctx, headers as i32, 0)).map(Ok),
+            None => Ok(Ok(0)),
+        }
+    }
+
+    /// Ends a context: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
+    fn end(
+        &self,
+        store: &mut Store<HostState>,
+        context: u32,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let ctx = context as i32;
+        if let Some(f) = &self.log {
+            f.call(&mut *store, ctx)?;
+        }
+        if let Some(f) = &self.done {
+            f.call(&mut *store, ctx)?;
+        }
+        if let Some(f) = &self.delete {
+            f.call(&mut *store, ctx)?;
+        }
+        Ok(Ok(()))
+    }
+}
+
+fn set_phase(store: &mut Store<HostState>, phase: Phase) {
+    if let Some(f) = store.data_mut().filter.as_deref_mut() {
+        f.phase = phase;
+        f.local = None;
+    }
+}
+
+/// Whether the filter sent a local response in this call.
+fn answered(store: &Store<HostState>) -> bool {
+    store
+        .data()
+        .filter
+        .as_deref()
+        .is_some_and(|f| f.local.is_some())
+}
+
+/// A plugin use's VMs: one cell per worker thread.
+pub(crate) struct Vms {
+    cells: Box<[CachePadded<Mutex<Vm>>]>,
+    unsupported: Arc<Unsupported>,
+}
+
+/// One worker's VM, and how many VMs the cell has had (a context belongs to one of them).
+#[derive(Default)]
+struct Vm {
+    warm: Option<Instance>,
+    generation: u64,
+}
+
+impl Vms {
+    pub(crate) fn new(cells: usize, label: &Arc<str>, who: &Arc<str>) -> Self {
+        Self {
+            cells: (0..cells.max(1))
+                .map(|_| CachePadded::new(Mutex::new(Vm::default())))
+                .collect(),
+            unsupported: Arc::new(Unsupported::new(label.clone(), who.clone())),
+        }
+    }
+
+    pub(crate) fn unsupported(&self) -> Arc<Unsupported> {
+        self.unsupported.clone()
+    }
+
+    fn lock(&self, cell: usize) -> MutexGuard<'_, Vm> {
+        self.cells[cell].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A request's HTTP context in a filter's VM.
+pub struct Stream {
+    slot: Arc<PluginSlot>,
+    cell: usize,
+    generation: u64,
+    context: u32,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.context != 0 {
+            self.slot.end_context(self, None, None);
+        }
+    }
+}
+
+/// The filter contexts of one request, ended when it ends.
+#[derive(Default)]
+pub struct Streams {
+    open: Vec<Stream>,
+}
+
+impl Streams {
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Ends every context with the request as it went upstream and the response the client got
+    /// (what `proxy_on_log` reads).
+    pub fn finish(
+        &mut self,
+        req: &RequestHeader,
+        resp: Option<&ResponseHeader>,
+        client_ip: Option<IpAddr>,
+    ) {
+        for mut stream in self.open.drain(..) {
+            let slot = stream.slot.clone();
+            slot.end_context(&stream, Some((req, resp)), client_ip);
+            stream.context = 0;
+        }
+    }
+
+    /// Keeps a new context of `slot`'s, in place of the one the request had in it (whose VM is
+    /// gone, or which is ended now). No cell may be locked by the caller.
+    fn keep(&mut self, slot: &Arc<PluginSlot>, cell: usize, generation: u64, context: u32) {
+        let stream = Stream {
+            slot: Arc::clone(slot),
+            cell,
+            generation,
+            context,
+        };
+        match self.position(slot) {
+            Some(i) => self.open[i] = stream,
+            None => self.open.push(stream),
+        }
+    }
+
+    fn position(&self, slot: &Arc<PluginSlot>) -> Option<usize> {
+        self.open.iter().position(|s| Arc::ptr_eq(&s.slot, slot))
+    }
+}
+
+/// Whether a request header says a body follows.
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+impl PluginSlot {
+    fn vms(&self) -> &Vms {
+        self.filter.as_ref().expect("only a filter's slot has VMs")
+    }
+
+    /// The calling worker's cell, with a VM in it: the VM is made in the background, as
+    /// instances are, if the cell has none.
+    async fn filter_cell(self: &Arc<Self>) -> Result<usize, Failure> {
+        self.admit()?;
+        let vms = self.vms();
+        let cell = worker_cell() % vms.cells.len();
+        if vms.lock(cell).warm.is_some() {
+            return Ok(cell);
+        }
+        let warm = self.take_instance().await?;
+        let mut vm = vms.lock(cell);
+        if vm.warm.is_none() {
+            vm.warm = Some(warm);
+            vm.generation += 1;
+        } else {
+            let _ = self.pool.push(warm);
+        }
+        Ok(cell)
+    }
+
+    /// After a callback: counts it for the breaker and drops a VM that must not serve again
+    /// (it trapped, ran out of time or memory). Whether the VM lives on.
+    fn after_callback<T>(self: &Arc<Self>, vm: &mut Vm, outcome: &Result<T, Failure>) -> bool {
+        self.breaker
+            .record(!matches!(outcome, Err(f) if f.breaks()), &self.who);
+        let poisoned = vm.warm.as_ref().is_some_and(|w| w.poisoned);
+        if poisoned || matches!(outcome, Err(f) if !f.keeps_instance()) {
+            // its contexts go with it; a request holding one gets a new one
+            vm.warm = None;
+            vm.generation += 1;
+            if self.pool.is_empty() {
+                // the next request of this worker takes a new VM from the pool
+                self.refill();
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Runs the request callbacks in a new context of the worker's VM.
+    pub(super) async fn filter_request(
+        self: &Arc<Self>,
+        req: &mut RequestHeader,
+        client_ip: Option<IpAddr>,
+        body: Option<&mut bytes::Bytes>,
+        streams: &mut Streams,
+    ) -> Result<RequestOutcome, Failure> {
+        let cell = self.filter_cell().await?;
+        let vms = self.vms();
+        let mut vm = vms.lock(cell);
+        let generation = vm.generation;
+        let Some(warm) = vm.warm.as_mut() else {
+            return Err(self.lost_vm());
+        };
+        let state = warm.store.data_mut();
+        let end_of_stream = !has_body(req);
+        let headers = req.headers.len() + 4;
+        state.call.begin(true, client_ip);
+        state.call.body = body.as_ref().map(|b| bytes::Bytes::clone(b));
+        let body_len = state.call.body.as_ref().map(bytes::Bytes::len);
+        std::mem::swap(&mut state.call.request, req);
+        let context = new_context(state);
+        set_phase(&mut warm.store, Phase::Request);
+        let result = self.call(warm, Hook::Request, self.limits.time, |g, s| match g {
+            Guest::ProxyWasm(f) => f.request(s, context, true, headers, body_len, end_of_stream),
+            _ => Ok(Ok(0)),
+        });
+        let state = warm.store.data_mut();
+        let local = state.filter.as_deref_mut().and_then(|f| f.local.take());
+        let outcome = result.and_then(|action| match local {
+            Some(reply) => check_reply(reply, &self.limits.edits)
+                .map(RequestOutcome::Respond)
+                .inspect_err(|f| self.count_failure(f)),
+            None if action == PAUSE => {
+                let f = paused();
+                self.count_failure(&f);
+                Err(f)
+            }
+            None => {
+                let call = &state.call;
+                Ok(RequestOutcome::Proceed {
+                    path_changed: call.path_changed,
+                    query_changed: call.query_changed,
+                    host_changed: call.host_changed,
+                    body_changed: call.new_body.is_some(),
+                    nodes: None,
+                    retries: None,
+                })
+            }
+        });
+        let call = &mut state.call;
+        if outcome.is_err() {
+            call.roll_back();
+        }
+        call.body = None;
+        if let (Some(body), Some(new)) = (body, call.new_body.take()) {
+            *body = bytes::Bytes::from(new);
+        }
+        std::mem::swap(&mut call.request, req);
+        let alive = self.after_callback(&mut vm, &outcome);
+        drop(vm);
+        if alive {
+            streams.keep(self, cell, generation, context);
+        }
+        outcome
+    }
+
+    /// Runs the response header callback in the request's context (a new one when the request
+    /// has none in a live VM).
+    pub(super) async fn filter_response(
+        self: &Arc<Self>,
+        req: &mut RequestHeader,
+        resp: &mut ResponseHeader,
+        client_ip: Option<IpAddr>,
+        streams: &mut Streams,
+    ) -> Result<(), Failure> {
+        self.admit()?;
+        let vms = self.vms();
+        // the request's context: (cell, generation, context)
+        let mut held = streams.position(self).map(|i| {
+            let s = &streams.open[i];
+            (s.cell, s.generation, s.context)
+        });
+        if let Some((cell, generation, _)) = held {
+            let vm = vms.lock(cell);
+            if vm.generation != generation || vm.warm.is_none() {
+                held = None;
+            }
+        }
+        let cell = match held {
+            Some((cell, _, _)) => cell,
+            None => self.filter_cell().await?,
+        };
+        let create = held.is_none();
+        let mut vm = vms.lock(cell);
+        let generation = vm.generation;
+        let Some(warm) = vm.warm.as_mut() else {
+            return Err(self.lost_vm());
+        };
+        let state = warm.store.data_mut();
+        let context = match held {
+            Some((_, _, context)) => context,
+            None => new_context(state),
+        };
+        let headers = resp.headers.len() + 1;
+        state.call.begin(false, client_ip);
+        std::mem::swap(&mut state.call.request, req);
+        std::mem::swap(&mut state.call.response, resp);
+        set_phase(&mut warm.store, Phase::Response);
+        let result = self.call(warm, Hook::Response, self.limits.time, |g, s| match g {
+            Guest::ProxyWasm(f) => f.response(s, context, create, headers),
+            _ => Ok(Ok(0)),
+        });
+        let outcome = result.and_then(|action| {
+            if action == PAUSE {
+                let f = paused();
+                self.count_failure(&f);
+                return Err(f);
+            }
+            Ok(())
+        });
+        let call = &mut warm.store.data_mut().call;
+        if outcome.is_err() {
+            call.roll_back();
+        }
+        std::mem::swap(&mut call.request, req);
+        std::mem::swap(&mut call.response, resp);
+        let alive = self.after_callback(&mut vm, &outcome);
+        drop(vm);
+        if alive && create {
+            streams.keep(self, cell, generation, context);
+        }
+        outcome
+    }
+
+    /// Ends a request's context, if its VM still lives. With the request's final messages
+    /// (`messages`) the filter reads them in `proxy_on_log`; without (the request was dropped
+    /// early), it reads none.
+    fn end_context(
+        self: &Arc<Self>,
+        stream: &Stream,
+        messages: Option<(&RequestHeader, Option<&ResponseHeader>)>,
+        client_ip: Option<IpAddr>,
+    ) {
+        let vms = self.vms();
+        let mut vm = vms.lock(stream.cell);
+        if vm.generation != stream.generation {
+            return;
+        }
+        let Some(warm) = vm.warm.as_mut() else {
+            return;
+        };
+        let state = warm.store.data_mut();
+        state.call.begin(false, client_ip);
+        let phase = match messages {
+            Some((req, resp)) => {
+                state.call.request = req.clone();
+                if let Some(resp) = resp {
+                    state.call.response = resp.clone();
+                }
+                Phase::Done
+            }
+            None => Phase::Root,
+        };
+        set_phase(&mut warm.store, phase);
+        let context = stream.context;
+        let result = self.call(warm, Hook::Log, self.limits.time, |g, s| match g {
+            Guest::ProxyWasm(f) => f.end(s, context),
+            _ => Ok(Ok(())),
+        });
+        if let Some(f) = warm.store.data_mut().filter.as_deref_mut() {
+            f.live.remove(&context);
+        }
+        self.after_callback(&mut vm, &result);
+    }
+
+    /// The failure of a callback whose VM went away between finding it and calling it.
+    fn lost_vm(&self) -> Failure {
+        let f = Failure::Instantiate("the filter's VM was replaced".to_owned());
+        self.count_failure(&f);
+        f
+    }
+}
+
+/// Opens a new HTTP context in a VM.
+fn new_context(state: &mut HostState) -> u32 {
+    let Some(f) = state.filter.as_deref_mut() else {
+        return ROOT_CONTEXT + 1;
+    };
+    let context = f.next_context;
+    f.next_context = f.next_context.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
+    f.live.insert(context);
+    context
+}
+
+/// A filter that paused with nothing to wait for: nothing would ever resume it.
+fn paused() -> Failure {
+    Failure::InvalidOutput(
+        "it paused the request with nothing to wait for (no outbound call is pending), which \
+         would hang it"
+            .to_owned(),
+    )
+}

@@ -1,0 +1,329 @@
+//! Proxy-Wasm filters through the real gateway: a filter built on the `proxy-wasm` SDK crate
+//! (plugins/filter-headers) and hostile modules written by hand, under the same grants, limits
+//! and failure policy as components.
+
+mod support;
+
+use support::*;
+
+/// Runs `gatehouse validate` on `body` under an instance that may read the folder of `file`.
+fn validate(file: &std::path::Path, body: &str) -> (std::process::ExitStatus, String, String) {
+    let head = instance_yaml(free_port(), free_port()).replace(
+        "  threads: 2\n",
+        &format!("  threads: 2\n{}", file_roots_for(file)),
+    );
+    let config = scratch_dir().join("gatehouse.yaml");
+    std::fs::write(&config, format!("{head}{body}")).unwrap();
+    run_cli(&["validate", "-c", config.to_str().unwrap()])
+}
+
+/// The `filter-headers` entry with its configuration and grants.
+fn filter_entry(config: &str, grants: &str) -> String {
+    format!(
+        "          - path: {}\n            config: {config}\n{grants}",
+        shipped_plugin("filter-headers").display()
+    )
+}
+
+const GRANTS: &str = "            grants:
+              request_headers: { read: [x-deny, x-remove-me], write: [x-filter, x-remove-me] }
+              response_headers: { write: [x-filter-echo] }
+";
+
+const CONFIG: &str =
+    r#"{ add: [x-filter, "on"], remove: x-remove-me, deny: x-deny, echo: x-filter-echo }"#;
+
+fn filter_gateway(backend: &EchoServer, config: &str, grants: &str) -> Gateway {
+    Gateway::start_with(
+        &file_roots_for(shipped_plugin("filter-headers")),
+        &with_plugins(backend, &filter_entry(config, grants)),
+    )
+}
+
+#[test]
+fn an_sdk_filter_edits_headers_and_keeps_its_context_from_request_to_response() {
+    let a = echo("a");
+    let gw = filter_gateway(&a, CONFIG, GRANTS);
+    for i in 0..20 {
+        let r = request(
+            "GET",
+            &gw.url(&format!("/users/{i}?q=1")),
+            &[("x-remove-me", "secret")],
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let seen = r.json();
+        assert_eq!(seen["headers"]["x-filter"], "on", "{}", r.body);
+        assert!(seen["headers"].get("x-remove-me").is_none(), "{}", r.body);
+        // what the filter kept in the request's context, set on the response
+        assert_eq!(
+            r.header("x-filter-echo"),
+            Some(format!("GET /users/{i}?q=1").as_str())
+        );
+    }
+    // each request's context ended with proxy_on_log, which read the response's status
+    let log = gw.log();
+    assert!(log.contains("answered 200"), "{log}");
+    assert_eq!(
+        gw.metric("gatehouse_plugin_failures_total{plugin=\"filter-headers\",reason=\"denied\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn an_sdk_filters_local_response_answers_without_the_backend() {
+    let a = echo("a");
+    let gw = filter_gateway(&a, CONFIG, GRANTS);
+    let r = request("GET", &gw.url("/users/1"), &[("x-deny", "1")], None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.header("x-denied-by"), Some("filter-headers"));
+    assert_eq!(r.body, "denied by filter-headers\n");
+    assert_eq!(a.stats().requests(), 0, "the node saw nothing");
+}
+
+#[test]
+fn a_filter_is_held_to_its_grants_like_a_component() {
+    let a = echo("a");
+    // no write grant for x-filter: the edit is refused, the call fails closed, nothing changed
+    let gw = filter_gateway(
+        &a,
+        CONFIG,
+        "            grants: { request_headers: { read: [x-deny] } }\n",
+    );
+    let r = request("GET", &gw.url("/users/1"), &[("x-remove-me", "s")], None);
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("filter-headers"), "{}", r.body);
+    assert_eq!(a.stats().requests(), 0);
+    assert_eq!(
+        gw.metric("gatehouse_plugin_failures_total{plugin=\"filter-headers\",reason=\"denied\"}"),
+        1.0
+    );
+    // headers it may not read are not there for it: without a read grant for x-deny it
+    // cannot see the header, so it does not deny
+    let gw = filter_gateway(
+        &a,
+        CONFIG,
+        "            grants: { request_headers: { write: [x-filter, x-remove-me] }, response_headers: { write: [x-filter-echo] } }\n",
+    );
+    let r = request("GET", &gw.url("/users/1"), &[("x-deny", "1")], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["headers"]["x-filter"], "on");
+}
+
+#[test]
+fn a_filter_refusing_its_configuration_is_a_problem_at_its_path() {
+    let a = echo("a");
+    let (status, _, err) = validate(
+        &shipped_plugin("filter-headers"),
+        &with_plugins(&a, &filter_entry("{ nonsense: 1 }", "")),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("services[0].apis[0].plugins[0].config")
+            && err.contains("proxy_on_configure returned false"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_names_a_filter_its_abi_and_its_grants() {
+    let a = echo("a");
+    let (status, out, err) = validate(
+        &shipped_plugin("filter-headers"),
+        &with_plugins(&a, &filter_entry(CONFIG, GRANTS)),
+    );
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+    assert!(
+        out.contains("filter-headers (proxy-wasm 0.2.1)")
+            && out.contains("a Proxy-Wasm filter (declares nothing); held to its grants:"),
+        "{out}"
+    );
+}
+
+/// A hand-written Proxy-Wasm module: `request` is the body of `proxy_on_request_headers`
+/// (which then continues); `imports` adds import lines.
+fn hostile_module(imports: &str, request: &str) -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_replace_header_map_value" (func $replace (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  {imports}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "x-hostile")
+  (data (i32.const 80) "content-length")
+  (data (i32.const 96) "v")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $i i32)
+    {request}
+    (i32.const 0))
+)"#
+    )
+}
+
+fn hostile_gateway(backend: &EchoServer, name: &str, wat: &str, lines: &str) -> (Gateway, String) {
+    let dir = scratch_dir();
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, gatehouse_plugin_host::testing::binary(wat)).unwrap();
+    let entry = format!(
+        "          - path: {}\n            grants: {{ request_headers: {{ write: [\"*\"] }} }}\n{lines}",
+        path.display()
+    );
+    (
+        Gateway::start_with(&file_roots_for(&path), &with_plugins(backend, &entry)),
+        name.to_owned(),
+    )
+}
+
+fn failures(gw: &Gateway, plugin: &str, reason: &str) -> f64 {
+    gw.metric(&format!(
+        "gatehouse_plugin_failures_total{{plugin=\"{plugin}\",reason=\"{reason}\"}}"
+    ))
+}
+
+#[test]
+fn hostile_filters_fail_only_their_calls_and_the_gateway_lives_on() {
+    let a = echo("a");
+    let cases = [
+        // spins forever: stopped at the time limit
+        ("spin", "(loop $l (br $l))", "timeout"),
+        // grows memory until the limit
+        (
+            "bomb",
+            "(loop $l
+               (if (i32.eq (memory.grow (i32.const 16)) (i32.const -1)) (then unreachable))
+               (br $l))",
+            "memory",
+        ),
+        ("trap", "unreachable", "trap"),
+        // adds headers until the call's edit budget is spent
+        (
+            "flood",
+            "(loop $l
+               (drop (call $add (i32.const 0) (i32.const 64) (i32.const 9) (i32.const 96) (i32.const 1)))
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $l (i32.lt_u (local.get $i) (i32.const 10000))))",
+            "header_limit",
+        ),
+        // sets a framing header
+        (
+            "framing",
+            "(drop (call $replace (i32.const 0) (i32.const 80) (i32.const 14) (i32.const 96) (i32.const 1)))",
+            "forbidden_header",
+        ),
+    ];
+    for (name, body, reason) in cases {
+        let (gw, label) = hostile_gateway(
+            &a,
+            name,
+            &hostile_module("", body),
+            "            memory_limit: 4MiB\n            time_limit: 20ms\n",
+        );
+        let r = request("GET", &gw.url("/users/1"), &[], None);
+        assert_eq!(r.status, 500, "{name}: {}", r.body);
+        assert!(r.body.contains(&label), "{name}: {}", r.body);
+        assert_eq!(
+            failures(&gw, &label, reason),
+            1.0,
+            "{name}: {}",
+            gw.metrics_text()
+        );
+        // the gateway lives on and serves again (a new VM for the next request)
+        let r = request("GET", &gw.url("/users/2"), &[], None);
+        assert_eq!(r.status, 500, "{name}: {}", r.body);
+        assert_eq!(failures(&gw, &label, reason), 2.0, "{name}");
+    }
+    assert_eq!(a.stats().requests(), 0, "no request reached the node");
+}
+
+#[test]
+fn a_filter_reaches_no_file_socket_or_outbound_call_and_each_refusal_is_counted() {
+    let a = echo("a");
+    // stdout goes to the plugin log; opening a file, and an outbound call, get error codes
+    let body = r#"
+    (i32.store (i32.const 200) (i32.const 64))
+    (i32.store (i32.const 204) (i32.const 9))
+    (drop (call $fd_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 208)))
+    (if (i32.eqz (call $path_open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const 9)
+          (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 212)))
+      (then unreachable))
+    (if (i32.ne (call $http_call (i32.const 64) (i32.const 9) (i32.const 0) (i32.const 0)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 216))
+          (i32.const 12))
+      (then unreachable))
+    (drop (call $http_call (i32.const 64) (i32.const 9) (i32.const 0) (i32.const 0)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 216)))"#;
+    let (gw, label) = hostile_gateway(&a, "reach", &hostile_module("", body), "");
+    let r = request("GET", &gw.url("/users/1"), &[], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        gw.metric(&format!(
+            "gatehouse_proxy_wasm_unsupported_calls_total{{function=\"proxy_http_call\",plugin=\"{label}\"}}"
+        )),
+        2.0
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("x-hostile"),
+        "stdout reaches the plugin log: {log}"
+    );
+    assert_eq!(
+        log.matches("called proxy_http_call").count(),
+        1,
+        "logged once per use: {log}"
+    );
+}
+
+#[test]
+fn a_module_importing_outside_the_abi_is_refused_at_load_by_name() {
+    let a = echo("a");
+    let dir = scratch_dir();
+    let cases = [
+        (
+            "other",
+            hostile_module(
+                r#"(import "env" "proxy_get_secret_key" (func (param i32) (result i32)))"#,
+                "",
+            ),
+            "env.proxy_get_secret_key",
+        ),
+        (
+            "sockets",
+            hostile_module(
+                r#"(import "wasi:sockets/tcp" "connect" (func (param i32) (result i32)))"#,
+                "",
+            ),
+            "wasi:sockets/tcp.connect",
+        ),
+        (
+            "plain",
+            "(module (memory (export \"memory\") 1))".to_owned(),
+            "neither a component nor a Proxy-Wasm filter",
+        ),
+        (
+            "old-abi",
+            "(module (memory (export \"memory\") 1) (func (export \"proxy_abi_version_0_1_0\")))"
+                .to_owned(),
+            "ABI 0.1.0",
+        ),
+    ];
+    for (name, wat, expected) in cases {
+        let path = dir.join(format!("{name}.wasm"));
+        std::fs::write(&path, gatehouse_plugin_host::testing::binary(&wat)).unwrap();
+        let (status, _, err) = validate(
+            &path,
+            &with_plugins(&a, &format!("          - path: {}", path.display())),
+        );
+        assert_eq!(status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("services[0].apis[0].plugins[0].path") && err.contains(expected),
+            "{name}: {err}"
+        );
+    }
+}
