@@ -970,6 +970,14 @@ impl PluginSlot {
     /// phase of the proxy cannot wait), for [`HeldInstance::on_response_body`] once the whole
     /// body has arrived. Dropped unused, the instance goes back to the pool.
     pub async fn hold(self: &Arc<Self>) -> Result<HeldInstance, Failure> {
+        if self.filter.is_some() {
+            // a filter's body callback runs in the request's context, in its worker's VM
+            self.admit()?;
+            return Ok(HeldInstance {
+                slot: Arc::clone(self),
+                warm: None,
+            });
+        }
         let warm = self.acquire().await?;
         Ok(HeldInstance {
             slot: Arc::clone(self),
@@ -1021,18 +1029,37 @@ impl HeldInstance {
         &self.slot
     }
 
-    /// Runs `on-response-body` on the whole response body (0.2 plugins that declared it); the
-    /// status and `headers` have gone to the client. Returns the body to send instead, if the
-    /// plugin replaced it. Synchronous: the instance is already at hand.
+    /// Runs `on-response-body` as [`Self::on_response_body_in`] does, without a request's
+    /// filter contexts.
     pub fn on_response_body(
-        mut self,
+        self,
         req: &mut RequestHeader,
         status: u16,
         headers: &http::HeaderMap,
         body: &[u8],
         client_ip: Option<IpAddr>,
     ) -> Result<Option<bytes::Bytes>, Failure> {
+        let mut streams = filters::Streams::default();
+        self.on_response_body_in(req, status, headers, body, client_ip, &mut streams)
+    }
+
+    /// Runs `on-response-body` on the whole response body (0.2 plugins that declared it, and
+    /// Proxy-Wasm filters granted it, in the request's context from `streams`); the status and
+    /// `headers` have gone to the client. Returns the body to send instead, if the plugin
+    /// replaced it. Synchronous: the instance is already at hand.
+    pub fn on_response_body_in(
+        mut self,
+        req: &mut RequestHeader,
+        status: u16,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        client_ip: Option<IpAddr>,
+        streams: &mut filters::Streams,
+    ) -> Result<Option<bytes::Bytes>, Failure> {
         let slot = Arc::clone(&self.slot);
+        if slot.filter.is_some() {
+            return slot.filter_response_body(req, status, headers, body, client_ip, streams);
+        }
         let Some(mut warm) = self.warm.take() else {
             return Err(Failure::Instantiate(
                 "the instance was used already".to_owned(),

@@ -434,12 +434,13 @@ pub fn run_response_body(
     headers: &http::HeaderMap,
     body: bytes::Bytes,
     client_ip: Option<IpAddr>,
+    streams: &mut Streams,
 ) -> Result<Option<bytes::Bytes>, (String, Failure)> {
     let mut current: Option<bytes::Bytes> = None;
     for (instance, on_error) in held {
         let label = instance.slot().label().to_owned();
         let input = current.as_ref().unwrap_or(&body);
-        match instance.on_response_body(req, status, headers, input, client_ip) {
+        match instance.on_response_body_in(req, status, headers, input, client_ip, streams) {
             Ok(Some(replaced)) => current = Some(replaced),
             Ok(None) => {}
             Err(failure) if on_error == OnError::FailClosed => return Err((label, failure)),

@@ -456,7 +456,7 @@ impl Gateway {
     async fn fixed_response_body<'p>(
         &self,
         session: &mut Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         plugins: &'p ApiPlugins,
         resp: &ResponseHeader,
         body: &mut bytes::Bytes,
@@ -481,6 +481,7 @@ impl Gateway {
             &resp.headers,
             body.clone(),
             ctx.client_ip,
+            &mut ctx.filter_streams,
         ) {
             Ok(Some(replaced)) => *body = replaced,
             Ok(None) => {}
@@ -1041,6 +1042,7 @@ impl ProxyHttp for Gateway {
             &held.headers,
             whole.clone(),
             ctx.client_ip,
+            &mut ctx.filter_streams,
         ) {
             Ok(replaced) => {
                 *body = Some(replaced.unwrap_or(whole));

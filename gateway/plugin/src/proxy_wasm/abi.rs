@@ -34,6 +34,7 @@ mod map {
 /// The ABI's buffer types.
 mod buffer {
     pub const REQUEST_BODY: i32 = 0;
+    pub const RESPONSE_BODY: i32 = 1;
     pub const VM_CONFIGURATION: i32 = 6;
     pub const PLUGIN_CONFIGURATION: i32 = 7;
 }
@@ -331,7 +332,7 @@ fn map_pairs(state: &HostState, map: i32) -> Option<Vec<(String, Vec<u8>)>> {
             );
             Some(pairs)
         }
-        map::RESPONSE_HEADERS if matches!(phase, Phase::Response | Phase::Done) => {
+        map::RESPONSE_HEADERS if phase.has_response() => {
             let mut pairs = vec![(
                 ":status".to_owned(),
                 state.call.response.status.as_str().as_bytes().to_vec(),
@@ -363,7 +364,7 @@ fn map_value(state: &HostState, map: i32, key: &str) -> Option<Vec<u8>> {
         map::REQUEST_HEADERS if phase != Phase::Root => {
             (&state.grants.request.read, &state.call.request.headers)
         }
-        map::RESPONSE_HEADERS if matches!(phase, Phase::Response | Phase::Done) => {
+        map::RESPONSE_HEADERS if phase.has_response() => {
             (&state.grants.response.read, &state.call.response.headers)
         }
         _ => return None,
@@ -386,6 +387,11 @@ enum HeaderEdit {
 fn edit(state: &mut HostState, map: i32, key: &str, value: &str, how: HeaderEdit) -> i32 {
     let phase = state.filter.as_deref().map_or(Phase::Root, |f| f.phase);
     let key = key.to_ascii_lowercase();
+    let held = state.filter.as_deref().is_some_and(|f| f.body_held);
+    if held && key == "content-length" && matches!(how, HeaderEdit::Remove) {
+        // the gateway sends the body the filter leaves with its own framing
+        return status::OK;
+    }
     let grants = state.grants.clone();
     let result = match (map, phase) {
         (map::REQUEST_HEADERS, Phase::Request) => match (key.as_str(), how) {
@@ -529,8 +535,30 @@ fn buffer_of(state: &HostState, kind: i32) -> Option<Vec<u8>> {
                 _ => None,
             }
         }
+        buffer::RESPONSE_BODY if filter.phase == Phase::ResponseBody => {
+            match (&filter.new_response_body, &filter.response_body) {
+                (Some(set), _) => Some(set.clone()),
+                (None, Some(body)) => Some(body.to_vec()),
+                _ => None,
+            }
+        }
         _ => None,
     }
+}
+
+/// Replaces the response body, up to the use's body limit.
+fn set_response_body(state: &mut HostState, body: Vec<u8>) -> Result<(), String> {
+    let limit = state.call.body_limit;
+    if body.len() > limit {
+        return Err(state.call.violate(crate::bindings::Violation::Body(format!(
+            "a body of {} bytes is over this plugin's body_limit of {limit} bytes",
+            body.len()
+        ))));
+    }
+    if let Some(f) = state.filter.as_deref_mut() {
+        f.new_response_body = Some(body);
+    }
+    Ok(())
 }
 
 /// The value of a property (its path's segments joined by NUL). Numbers are 64-bit little
@@ -716,7 +744,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "env",
         "proxy_set_buffer_bytes",
         |mut c: Ctx<'_>, kind: i32, start: i32, size: i32, ptr: i32, len: i32| -> i32 {
-            if kind != buffer::REQUEST_BODY {
+            if kind != buffer::REQUEST_BODY && kind != buffer::RESPONSE_BODY {
                 return status::NOT_FOUND;
             }
             let Some(mut body) = buffer_of(c.data(), kind) else {
@@ -729,7 +757,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             let start = (start as u32 as usize).min(body.len());
             let end = start.saturating_add(size as u32 as usize).min(body.len());
             body.splice(start..end, data);
-            match c.data_mut().call.set_body(body) {
+            let state = c.data_mut();
+            let set = if kind == buffer::REQUEST_BODY {
+                state.call.set_body(body)
+            } else {
+                set_response_body(state, body)
+            };
+            match set {
                 Ok(()) => status::OK,
                 Err(_) => status::BAD_ARGUMENT,
             }

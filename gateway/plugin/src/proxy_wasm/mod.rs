@@ -151,6 +151,13 @@ pub struct FilterState {
     pub(crate) phase: Phase,
     /// The answer the filter sent with `proxy_send_local_response` in this call.
     pub(crate) local: Option<Reply>,
+    /// The gateway holds this message's body whole for the filter and frames what it sends
+    /// itself: removing `Content-Length` is then accepted (and changes nothing).
+    pub(crate) body_held: bool,
+    /// The whole response body, in the response body callback.
+    pub(crate) response_body: Option<bytes::Bytes>,
+    /// The response body the filter set in this call.
+    pub(crate) new_response_body: Option<Vec<u8>>,
     /// The use's record of ABI functions called that the host does not provide.
     pub(crate) unsupported: Arc<Unsupported>,
 }
@@ -164,8 +171,17 @@ pub(crate) enum Phase {
     Request,
     /// Response headers: the request is read-only, the response writable.
     Response,
+    /// The whole response body: its headers have gone to the client (read-only).
+    ResponseBody,
     /// The end of a request (`proxy_on_log`, `proxy_on_done`, `proxy_on_delete`): read-only.
     Done,
+}
+
+impl Phase {
+    /// Whether the response's status and headers exist for the filter.
+    pub(crate) fn has_response(self) -> bool {
+        matches!(self, Phase::Response | Phase::ResponseBody | Phase::Done)
+    }
 }
 
 /// The ROOT context's id: one root per VM.
@@ -180,6 +196,9 @@ impl FilterState {
             live: HashSet::new(),
             phase: Phase::Root,
             local: None,
+            body_held: false,
+            response_body: None,
+            new_response_body: None,
             unsupported,
         }
     }

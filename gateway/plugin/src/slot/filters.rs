@@ -34,6 +34,7 @@ pub(crate) struct FilterGuest {
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     log: Option<TypedFunc<i32, ()>>,
     done: Option<TypedFunc<i32, i32>>,
     delete: Option<TypedFunc<i32, ()>>,
@@ -78,6 +79,7 @@ impl FilterGuest {
             request_headers: optional(store, &instance, "proxy_on_request_headers")?,
             request_body: optional(store, &instance, "proxy_on_request_body")?,
             response_headers: optional(store, &instance, "proxy_on_response_headers")?,
+            response_body: optional(store, &instance, "proxy_on_response_body")?,
             log: optional(store, &instance, "proxy_on_log")?,
             done: optional(store, &instance, "proxy_on_done")?,
             delete: optional(store, &instance, "proxy_on_delete")?,
@@ -122,6 +124,10 @@ impl FilterGuest {
         if self.response_headers.is_some() {
             hooks = hooks.union(HookSet::ON_RESPONSE);
         }
+        // held only for a use granted response bodies (the hook comes with the grant)
+        if self.response_body.is_some() {
+            hooks = hooks.union(HookSet::ON_RESPONSE_BODY);
+        }
         Ok(Ok(hooks))
     }
 
@@ -154,21 +160,26 @@ impl FilterGuest {
         Ok(Ok(action))
     }
 
-    /// The response header callback of a context (created first when `create`).
-    fn response(
+    /// One message callback of a context (created first when `create`): the response headers
+    /// (`size` headers) or the whole response body (`size` bytes, the end of the stream).
+    fn in_context(
         &self,
         store: &mut Store<HostState>,
         context: u32,
         create: bool,
-        headers: usize,
+        callback: Option<&TypedFunc<(i32, i32, i32), i32>>,
+        size: usize,
+        end_of_stream: bool,
     ) -> wasmtime::Result<Result<i32, String>> {
         let ctx = context as i32;
         if create {
             self.context_create
                 .call(&mut *store, (ctx, ROOT_CONTEXT as i32))?;
         }
-        match &self.response_headers {
-            Some(f) => f.call(&mut *store, (ctx, headers as i32, 0)).map(Ok),
+        match callback {
+            Some(f) => f
+                .call(&mut *store, (ctx, size as i32, end_of_stream as i32))
+                .map(Ok),
             None => Ok(Ok(0)),
         }
     }
@@ -197,6 +208,12 @@ fn set_phase(store: &mut Store<HostState>, phase: Phase) {
     if let Some(f) = store.data_mut().filter.as_deref_mut() {
         f.phase = phase;
         f.local = None;
+    }
+}
+
+fn set_body_held(store: &mut Store<HostState>, held: bool) {
+    if let Some(f) = store.data_mut().filter.as_deref_mut() {
+        f.body_held = held;
     }
 }
 
@@ -292,14 +309,16 @@ impl Streams {
             generation,
             context,
         };
-        match self.position(slot) {
+        match self.position_of(slot) {
             Some(i) => self.open[i] = stream,
             None => self.open.push(stream),
         }
     }
 
-    fn position(&self, slot: &Arc<PluginSlot>) -> Option<usize> {
-        self.open.iter().position(|s| Arc::ptr_eq(&s.slot, slot))
+    fn position_of(&self, slot: &PluginSlot) -> Option<usize> {
+        self.open
+            .iter()
+            .position(|s| std::ptr::eq(Arc::as_ptr(&s.slot), slot))
     }
 }
 
@@ -380,7 +399,9 @@ impl PluginSlot {
         let body_len = state.call.body.as_ref().map(bytes::Bytes::len);
         std::mem::swap(&mut state.call.request, req);
         let context = new_context(state);
+        let held = body_len.is_some();
         set_phase(&mut warm.store, Phase::Request);
+        set_body_held(&mut warm.store, held);
         let result = self.call(warm, Hook::Request, self.limits.time, |g, s| match g {
             Guest::ProxyWasm(f) => f.request(s, context, true, headers, body_len, end_of_stream),
             _ => Ok(Ok(0)),
@@ -436,17 +457,7 @@ impl PluginSlot {
     ) -> Result<(), Failure> {
         self.admit()?;
         let vms = self.vms();
-        // the request's context: (cell, generation, context)
-        let mut held = streams.position(self).map(|i| {
-            let s = &streams.open[i];
-            (s.cell, s.generation, s.context)
-        });
-        if let Some((cell, generation, _)) = held {
-            let vm = vms.lock(cell);
-            if vm.generation != generation || vm.warm.is_none() {
-                held = None;
-            }
-        }
+        let held = self.held_context(streams);
         let cell = match held {
             Some((cell, _, _)) => cell,
             None => self.filter_cell().await?,
@@ -467,8 +478,16 @@ impl PluginSlot {
         std::mem::swap(&mut state.call.request, req);
         std::mem::swap(&mut state.call.response, resp);
         set_phase(&mut warm.store, Phase::Response);
+        set_body_held(&mut warm.store, self.reads_response_body());
         let result = self.call(warm, Hook::Response, self.limits.time, |g, s| match g {
-            Guest::ProxyWasm(f) => f.response(s, context, create, headers),
+            Guest::ProxyWasm(f) => f.in_context(
+                s,
+                context,
+                create,
+                f.response_headers.as_ref(),
+                headers,
+                false,
+            ),
             _ => Ok(Ok(0)),
         });
         let outcome = result.and_then(|action| {
@@ -488,6 +507,96 @@ impl PluginSlot {
         let alive = self.after_callback(&mut vm, &outcome);
         drop(vm);
         if alive && create {
+            streams.keep(self, cell, generation, context);
+        }
+        outcome
+    }
+
+    /// The request's context in this use's VMs, if its VM still lives: (cell, generation,
+    /// context).
+    fn held_context(&self, streams: &Streams) -> Option<(usize, u64, u32)> {
+        let stream = &streams.open[streams.position_of(self)?];
+        let vm = self.vms().lock(stream.cell);
+        (vm.generation == stream.generation && vm.warm.is_some()).then_some((
+            stream.cell,
+            stream.generation,
+            stream.context,
+        ))
+    }
+
+    /// Runs the response body callback on the whole body in the request's context (a new one
+    /// when the request has none in a live VM, in the worker's VM or a pooled one: the body
+    /// phase cannot wait for a new VM). The body to send instead, if the filter replaced it.
+    pub(super) fn filter_response_body(
+        self: &Arc<Self>,
+        req: &mut RequestHeader,
+        status: u16,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        client_ip: Option<IpAddr>,
+        streams: &mut Streams,
+    ) -> Result<Option<bytes::Bytes>, Failure> {
+        let vms = self.vms();
+        let held = self.held_context(streams);
+        let cell = held.map_or_else(|| worker_cell() % vms.cells.len(), |(cell, _, _)| cell);
+        let mut vm = vms.lock(cell);
+        if vm.warm.is_none() {
+            match self.pop() {
+                Some(warm) => {
+                    vm.warm = Some(warm);
+                    vm.generation += 1;
+                }
+                None => return Err(self.lost_vm()),
+            }
+        }
+        let generation = vm.generation;
+        let Some(warm) = vm.warm.as_mut() else {
+            return Err(self.lost_vm());
+        };
+        let state = warm.store.data_mut();
+        let context = match held {
+            Some((_, _, context)) => context,
+            None => new_context(state),
+        };
+        let Ok(mut response) = ResponseHeader::build(status, Some(headers.len())) else {
+            return Err(Failure::InvalidOutput(format!("status {status}")));
+        };
+        for (name, value) in headers {
+            let _ = response.append_header(name.clone(), value.clone());
+        }
+        state.call.begin(false, client_ip);
+        std::mem::swap(&mut state.call.request, req);
+        state.call.response = response;
+        set_phase(&mut warm.store, Phase::ResponseBody);
+        if let Some(f) = warm.store.data_mut().filter.as_deref_mut() {
+            f.response_body = Some(bytes::Bytes::copy_from_slice(body));
+            f.new_response_body = None;
+        }
+        let len = body.len();
+        let result = self.call(warm, Hook::ResponseBody, self.limits.time, |g, s| match g {
+            Guest::ProxyWasm(f) => {
+                let body = f.response_body.as_ref();
+                f.in_context(s, context, held.is_none(), body, len, true)
+            }
+            _ => Ok(Ok(0)),
+        });
+        let state = warm.store.data_mut();
+        let replaced = state.filter.as_deref_mut().and_then(|f| {
+            f.response_body = None;
+            f.new_response_body.take()
+        });
+        std::mem::swap(&mut state.call.request, req);
+        let outcome = result.and_then(|action| {
+            if action == PAUSE {
+                let f = paused();
+                self.count_failure(&f);
+                return Err(f);
+            }
+            Ok(replaced.map(bytes::Bytes::from))
+        });
+        let alive = self.after_callback(&mut vm, &outcome);
+        drop(vm);
+        if alive && held.is_none() {
             streams.keep(self, cell, generation, context);
         }
         outcome
