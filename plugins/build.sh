@@ -26,7 +26,7 @@ RUST_PLUGINS=(host-rewrite headers path-rewrite request-id key-auth ip-restricti
 C_PLUGINS=(c-example)
 # Proxy-Wasm filters (core modules built on the proxy-wasm SDK crate, as for Envoy): the tests run
 # them through the gateway beside the components. Not embedded in the gateway.
-FILTERS=(filter-headers filter-body)
+FILTERS=(filter-headers filter-body filter-shared)
 # The C example stays a contract 0.1.0 component: the gateway loads both versions.
 C_WIT_DIR=wit/0.1.0
 WIT_BINDGEN_VERSION=0.63.0

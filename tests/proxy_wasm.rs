@@ -193,6 +193,61 @@ fn a_filter_dropping_content_length_of_a_body_it_was_not_granted_breaks_no_frami
 }
 
 #[test]
+fn vms_share_data_queues_and_metrics_and_their_timers_run() {
+    let a = echo("a");
+    let filter = shipped_plugin("filter-shared");
+    let entry = format!(
+        "          - path: {}\n            grants: {{ response_headers: {{ write: [x-shared-count] }} }}\n",
+        filter.display()
+    );
+    let gw = Gateway::start_with(&file_roots_for(&filter), &with_plugins(&a, &entry));
+    // four clients at once, on the gateway's two worker threads (two VMs)
+    let url = gw.url("/users/1");
+    let counts: Vec<u64> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..10)
+                        .map(|_| {
+                            let r = request("GET", &url, &[], None);
+                            assert_eq!(r.status, 200, "{}", r.body);
+                            r.header("x-shared-count").unwrap().parse::<u64>().unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    // compare-and-swap across VMs: every request got its own value
+    let mut sorted = counts.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=40).collect::<Vec<u64>>(), "{counts:?}");
+    let metric = |name: &str| {
+        gw.metric(&format!(
+            "gatehouse_proxy_wasm_filter_shared_{name}{{plugin=\"filter-shared\"}}"
+        ))
+    };
+    assert_eq!(metric("requests"), 40.0);
+    // the queue's owner is told of its messages, and its timer ticks, off the request path
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (metric("dequeued") < 40.0 || metric("ticks") < 3.0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(metric("dequeued"), 40.0, "{}", gw.metrics_text());
+    assert!(metric("ticks") >= 3.0, "{}", gw.metrics_text());
+    assert_eq!(
+        gw.metric("gatehouse_plugin_failures_total{plugin=\"filter-shared\",reason=\"trap\"}"),
+        0.0
+    );
+}
+
+#[test]
 fn a_filter_refusing_its_configuration_is_a_problem_at_its_path() {
     let a = echo("a");
     let (status, _, err) = validate(
@@ -322,6 +377,34 @@ fn hostile_filters_fail_only_their_calls_and_the_gateway_lives_on() {
         assert_eq!(failures(&gw, &label, reason), 2.0, "{name}");
     }
     assert_eq!(a.stats().requests(), 0, "no request reached the node");
+}
+
+#[test]
+fn a_filter_whose_timer_spins_is_stopped_each_time_and_counted() {
+    let a = echo("a");
+    let timer = r#"(import "env" "proxy_set_tick_period_milliseconds" (func $period (param i32) (result i32)))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $period (i32.const 10)))
+    (i32.const 1))
+  (func (export "proxy_on_tick") (param i32) (loop $l (br $l)))"#;
+    let (gw, label) = hostile_gateway(
+        &a,
+        "ticking",
+        &hostile_module(timer, ""),
+        "            time_limit: 20ms\n            on_error: fail_open\n",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while failures(&gw, &label, "timeout") < 2.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        failures(&gw, &label, "timeout") >= 2.0,
+        "{}",
+        gw.metrics_text()
+    );
+    // requests go on: the plugin-free API, and this one (fail_open, whatever its breaker says)
+    assert_eq!(request("GET", &gw.url("/plain"), &[], None).status, 200);
+    assert_eq!(request("GET", &gw.url("/users/1"), &[], None).status, 200);
 }
 
 #[test]

@@ -115,6 +115,7 @@ pub fn forget(plugin: &str) {
     for reason in Failure::REASONS {
         let _ = f.failures.remove_label_values(&[plugin, reason]);
     }
+    crate::proxy_wasm::shared::forget(plugin);
     for function in crate::proxy_wasm::abi::ABI_FUNCTIONS {
         let _ = f.unsupported.remove_label_values(&[plugin, function]);
     }

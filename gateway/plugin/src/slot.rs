@@ -42,10 +42,13 @@ pub enum Hook {
     /// The end of a request in a Proxy-Wasm filter (`proxy_on_log`, `proxy_on_done`,
     /// `proxy_on_delete`).
     Log,
+    /// A Proxy-Wasm filter's timer and queue callbacks (`proxy_on_tick`,
+    /// `proxy_on_queue_ready`), run by the filter clock.
+    Tick,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 8] = [
         Hook::Describe,
         Hook::Configure,
         Hook::Request,
@@ -53,6 +56,7 @@ impl Hook {
         Hook::Response,
         Hook::ResponseBody,
         Hook::Log,
+        Hook::Tick,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Hook {
             Hook::Response => "on-response",
             Hook::ResponseBody => "on-response-body",
             Hook::Log => "on-log",
+            Hook::Tick => "on-tick",
         }
     }
 }
@@ -434,7 +439,11 @@ impl PluginSlot {
         warm.store.data_mut().grants = slot.grants.clone();
         warm.baseline = warm.store.data().limiter.held();
         let _ = slot.pool.push(warm);
-        Ok(Arc::new(slot))
+        let slot = Arc::new(slot);
+        if slot.filter.is_some() {
+            filters::clock::watch(&slot);
+        }
+        Ok(slot)
     }
 
     /// The plugin's name (standard name or file stem).
@@ -492,7 +501,7 @@ impl PluginSlot {
             Hook::UpstreamRequest => self.hooks.contains(HookSet::ON_UPSTREAM_REQUEST),
             Hook::Response => self.hooks.contains(HookSet::ON_RESPONSE),
             Hook::ResponseBody => self.hooks.contains(HookSet::ON_RESPONSE_BODY),
-            Hook::Log => self.filter.is_some(),
+            Hook::Log | Hook::Tick => self.filter.is_some(),
         }
     }
 
@@ -511,10 +520,11 @@ impl PluginSlot {
         state.counters = self.counters.clone();
         state.call.body_limit = self.limits.body;
         state.budget = CallBudget::start(CONFIGURE_TIME);
-        if let Some(vms) = &self.filter {
+        if let (Some(vms), Component::ProxyWasm(filter)) = (&self.filter, &*self.pre) {
             state.filter = Some(Box::new(crate::proxy_wasm::FilterState::new(
                 &self.config,
                 vms.unsupported(),
+                filter.shared.clone(),
             )));
         }
         let mut store = Store::new(self.engine.engine(), state);

@@ -9,6 +9,7 @@
 use http::HeaderMap;
 use wasmtime::{Caller, FuncType, Linker, Memory, Val};
 
+use super::shared::{Metric, Refusal, Shared};
 use super::{FilterState, Phase, ROOT_CONTEXT};
 use crate::bindings::{readable, text, Edit, HostState, Reply};
 
@@ -18,6 +19,8 @@ pub(crate) mod status {
     pub const NOT_FOUND: i32 = 1;
     pub const BAD_ARGUMENT: i32 = 2;
     pub const PARSE_FAILURE: i32 = 4;
+    pub const EMPTY: i32 = 7;
+    pub const CAS_MISMATCH: i32 = 8;
     pub const INVALID_MEMORY_ACCESS: i32 = 6;
     pub const INTERNAL_FAILURE: i32 = 10;
     pub const UNIMPLEMENTED: i32 = 12;
@@ -108,6 +111,17 @@ const IMPLEMENTED: &[&str] = &[
     "proxy_send_local_response",
     "proxy_set_effective_context",
     "proxy_done",
+    "proxy_set_tick_period_milliseconds",
+    "proxy_get_shared_data",
+    "proxy_set_shared_data",
+    "proxy_register_shared_queue",
+    "proxy_resolve_shared_queue",
+    "proxy_dequeue_shared_queue",
+    "proxy_enqueue_shared_queue",
+    "proxy_define_metric",
+    "proxy_get_metric",
+    "proxy_record_metric",
+    "proxy_increment_metric",
 ];
 
 pub(crate) fn is_abi_function(name: &str) -> bool {
@@ -606,8 +620,243 @@ fn property(state: &HostState, label: &str, path: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The status of a refused shared-data or queue operation (a bound reached is logged once).
+fn refusal(caller: &Ctx<'_>, refusal: Refusal) -> i32 {
+    match refusal {
+        Refusal::NotFound => status::NOT_FOUND,
+        Refusal::CasMismatch => status::CAS_MISMATCH,
+        Refusal::Empty => status::EMPTY,
+        Refusal::Full(what) => {
+            if let Some(f) = filter(caller) {
+                f.unsupported.refused(what);
+            }
+            status::BAD_ARGUMENT
+        }
+    }
+}
+
+fn shared(caller: &Ctx<'_>) -> Option<std::sync::Arc<Shared>> {
+    filter(caller).map(|f| f.shared.clone())
+}
+
+/// The metric `id` of this VM.
+fn metric(caller: &Ctx<'_>, id: i32) -> Option<Metric> {
+    filter(caller)?.metrics.get(id as u32 as usize).cloned()
+}
+
+/// Most metrics one VM may define.
+const MAX_VM_METRICS: usize = 64;
+
+/// Shortest tick period: the filter clock's period.
+pub(crate) const MIN_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Adds shared data, queues, metrics and ticks (see [`super::shared`]).
+fn add_shared_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: Ctx<'_>, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32, ret_cas: i32| {
+            let key = match read_str(&mut c, kp, kl) {
+                Ok(k) => k,
+                Err(s) => return Ok(s),
+            };
+            let Some(shared) = shared(&c) else {
+                return Ok(status::NOT_FOUND);
+            };
+            match shared.get(&key) {
+                Ok((value, cas)) => {
+                    if let Err(s) = write(&mut c, ret_cas, &cas.to_le_bytes()) {
+                        return Ok(s);
+                    }
+                    give(&mut c, &value, ret_ptr, ret_size)
+                }
+                Err(r) => Ok(refusal(&c, r)),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: Ctx<'_>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> i32 {
+            let (key, value) = match (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) {
+                (Ok(k), Ok(v)) => (k, v),
+                (Err(s), _) | (_, Err(s)) => return s,
+            };
+            match shared(&c).map(|s| s.set(&key, value, cas as u32)) {
+                Some(Ok(())) => status::OK,
+                Some(Err(r)) => refusal(&c, r),
+                None => status::NOT_FOUND,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: Ctx<'_>, np: i32, nl: i32, ret_id: i32| -> i32 {
+            let name = match read_str(&mut c, np, nl) {
+                Ok(n) => n,
+                Err(s) => return s,
+            };
+            let Some(f) = filter(&c) else {
+                return status::NOT_FOUND;
+            };
+            f.unsupported
+                .wants_clock
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            match f.shared.register_queue(&name, f.vm) {
+                Ok(id) => write(&mut c, ret_id, &id.to_le_bytes()).map_or_else(|s| s, |()| 0),
+                Err(r) => refusal(&c, r),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut c: Ctx<'_>, _vp: i32, _vl: i32, np: i32, nl: i32, ret_id: i32| -> i32 {
+            // one VM id per filter module: the VM id given is not looked at
+            let name = match read_str(&mut c, np, nl) {
+                Ok(n) => n,
+                Err(s) => return s,
+            };
+            match shared(&c).map(|s| s.resolve_queue(&name)) {
+                Some(Ok(id)) => write(&mut c, ret_id, &id.to_le_bytes()).map_or_else(|s| s, |()| 0),
+                Some(Err(r)) => refusal(&c, r),
+                None => status::NOT_FOUND,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: Ctx<'_>, id: i32, vp: i32, vl: i32| -> i32 {
+            let value = match read(&mut c, vp, vl) {
+                Ok(v) => v,
+                Err(s) => return s,
+            };
+            match shared(&c).map(|s| s.enqueue(id as u32, value)) {
+                Some(Ok(())) => status::OK,
+                Some(Err(r)) => refusal(&c, r),
+                None => status::NOT_FOUND,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: Ctx<'_>, id: i32, ret_ptr: i32, ret_size: i32| -> wasmtime::Result<i32> {
+            match shared(&c).map(|s| s.dequeue(id as u32)) {
+                Some(Ok(message)) => give(&mut c, &message, ret_ptr, ret_size),
+                Some(Err(r)) => Ok(refusal(&c, r)),
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: Ctx<'_>, kind: i32, np: i32, nl: i32, ret_id: i32| -> i32 {
+            let name = match read_str(&mut c, np, nl) {
+                Ok(n) => n,
+                Err(s) => return s,
+            };
+            let Some(f) = c.data_mut().filter.as_deref_mut() else {
+                return status::NOT_FOUND;
+            };
+            if f.metrics.len() >= MAX_VM_METRICS {
+                f.unsupported.refused("more than 64 metrics in one VM");
+                return status::BAD_ARGUMENT;
+            }
+            match super::shared::define_metric(kind, &name, &f.unsupported.label) {
+                Ok(metric) => {
+                    let id = f.metrics.len() as u32;
+                    f.metrics.push(metric);
+                    write(&mut c, ret_id, &id.to_le_bytes()).map_or_else(|s| s, |()| 0)
+                }
+                Err(why) => {
+                    f.unsupported
+                        .refused(&format!("the metric {name:?}: {why}"));
+                    status::BAD_ARGUMENT
+                }
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Ctx<'_>, id: i32, offset: i64| -> i32 {
+            match metric(&c, id) {
+                Some(Metric::Counter(m)) if offset >= 0 => {
+                    m.inc_by(offset as u64);
+                    status::OK
+                }
+                Some(Metric::Gauge(m)) => {
+                    m.add(offset);
+                    status::OK
+                }
+                Some(_) => status::BAD_ARGUMENT,
+                None => status::NOT_FOUND,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: Ctx<'_>, id: i32, value: i64| -> i32 {
+            match metric(&c, id) {
+                Some(Metric::Gauge(m)) => {
+                    m.set(value);
+                    status::OK
+                }
+                Some(Metric::Histogram(m)) => {
+                    m.observe(value as u64 as f64);
+                    status::OK
+                }
+                // a counter only goes up
+                Some(Metric::Counter(m)) if value as u64 >= m.get() => {
+                    m.inc_by(value as u64 - m.get());
+                    status::OK
+                }
+                Some(Metric::Counter(_)) => status::BAD_ARGUMENT,
+                None => status::NOT_FOUND,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: Ctx<'_>, id: i32, ret: i32| -> i32 {
+            let value = match metric(&c, id) {
+                Some(Metric::Counter(m)) => m.get(),
+                Some(Metric::Gauge(m)) => m.get() as u64,
+                Some(Metric::Histogram(m)) => m.get_sample_count(),
+                None => return status::NOT_FOUND,
+            };
+            write(&mut c, ret, &value.to_le_bytes()).map_or_else(|s| s, |()| 0)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: Ctx<'_>, period: i32| -> i32 {
+            let Some(f) = c.data_mut().filter.as_deref_mut() else {
+                return status::NOT_FOUND;
+            };
+            let period = std::time::Duration::from_millis(period as u32 as u64);
+            f.tick = (!period.is_zero()).then(|| period.max(MIN_TICK));
+            if f.tick.is_some() {
+                f.unsupported
+                    .wants_clock
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            status::OK
+        },
+    )?;
+    Ok(())
+}
+
 /// Adds the host functions the gateway implements to `linker` (module `env`).
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    add_shared_to_linker(linker)?;
     linker.func_wrap(
         "env",
         "proxy_log",

@@ -14,6 +14,7 @@
 //! request to the response. A plugin use keeps one VM per worker thread.
 
 pub(crate) mod abi;
+pub mod shared;
 mod wasi;
 
 use std::collections::HashSet;
@@ -35,6 +36,8 @@ pub struct Filter {
     pub(crate) pre: InstancePre<HostState>,
     /// The ABI version the module says it was built for.
     pub abi: &'static str,
+    /// The data and queues the module's VMs share.
+    pub(crate) shared: Arc<shared::Shared>,
 }
 
 /// Links a compiled filter: refuses an ABI version other than 0.2.x and any import outside the
@@ -125,7 +128,11 @@ pub(crate) fn link(
             format!("{e:#} (the import's signature is not the ABI's)"),
         )
     })?;
-    Ok(Filter { pre, abi })
+    Ok(Filter {
+        pre,
+        abi,
+        shared: Arc::default(),
+    })
 }
 
 /// The host functions every filter is linked against.
@@ -160,6 +167,14 @@ pub struct FilterState {
     pub(crate) new_response_body: Option<Vec<u8>>,
     /// The use's record of ABI functions called that the host does not provide.
     pub(crate) unsupported: Arc<Unsupported>,
+    /// This VM's id in the process (queues name their owner by it).
+    pub(crate) vm: u64,
+    /// The data and queues of the module's VMs.
+    pub(crate) shared: Arc<shared::Shared>,
+    /// The metrics this VM defined, by id.
+    pub(crate) metrics: Vec<shared::Metric>,
+    /// How often the root context wants `proxy_on_tick` (`None`: never).
+    pub(crate) tick: Option<std::time::Duration>,
 }
 
 /// The callback running in a filter, which decides what the host functions reach.
@@ -188,8 +203,17 @@ impl Phase {
 pub(crate) const ROOT_CONTEXT: u32 = 1;
 
 impl FilterState {
-    pub(crate) fn new(config: &str, unsupported: Arc<Unsupported>) -> Self {
+    pub(crate) fn new(
+        config: &str,
+        unsupported: Arc<Unsupported>,
+        shared: Arc<shared::Shared>,
+    ) -> Self {
+        static NEXT_VM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
+            vm: NEXT_VM.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            shared,
+            metrics: Vec::new(),
+            tick: None,
             plugin_config: plugin_configuration(config),
             vm_config: Arc::from(&b""[..]),
             next_context: ROOT_CONTEXT + 1,
@@ -216,9 +240,12 @@ fn plugin_configuration(config: &str) -> Arc<[u8]> {
 /// ABI functions a plugin use called that the host does not provide: each is logged the first
 /// time and counted every time.
 pub struct Unsupported {
-    label: Arc<str>,
+    pub(crate) label: Arc<str>,
     who: Arc<str>,
     logged: Mutex<HashSet<String>>,
+    /// A VM of the use set a timer or registered a queue: the filter clock keeps a VM in every
+    /// worker's cell from then on, as Envoy runs one per worker, traffic or not.
+    pub(crate) wants_clock: std::sync::atomic::AtomicBool,
 }
 
 impl Unsupported {
@@ -227,6 +254,18 @@ impl Unsupported {
             label,
             who,
             logged: Mutex::new(HashSet::new()),
+            wants_clock: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Logs, once per use and `what`, why a call was refused (a bound reached).
+    pub(crate) fn refused(&self, what: &str) {
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.insert(what.to_owned()) {
+            log::warn!(
+                "plugin {}: refused {what} (logged once; the filter got an error status)",
+                self.who
+            );
         }
     }
 

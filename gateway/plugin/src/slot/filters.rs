@@ -36,6 +36,8 @@ pub(crate) struct FilterGuest {
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     log: Option<TypedFunc<i32, ()>>,
+    tick: Option<TypedFunc<i32, ()>>,
+    queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     done: Option<TypedFunc<i32, i32>>,
     delete: Option<TypedFunc<i32, ()>>,
 }
@@ -81,6 +83,8 @@ impl FilterGuest {
             response_headers: optional(store, &instance, "proxy_on_response_headers")?,
             response_body: optional(store, &instance, "proxy_on_response_body")?,
             log: optional(store, &instance, "proxy_on_log")?,
+            tick: optional(store, &instance, "proxy_on_tick")?,
+            queue_ready: optional(store, &instance, "proxy_on_queue_ready")?,
             done: optional(store, &instance, "proxy_on_done")?,
             delete: optional(store, &instance, "proxy_on_delete")?,
         })
@@ -184,6 +188,25 @@ impl FilterGuest {
         }
     }
 
+    /// The root context's timer (`tick`) and the queues with new messages.
+    fn root_callbacks(
+        &self,
+        store: &mut Store<HostState>,
+        tick: bool,
+        queues: &[u32],
+    ) -> wasmtime::Result<Result<(), String>> {
+        let root = ROOT_CONTEXT as i32;
+        if let (true, Some(f)) = (tick, &self.tick) {
+            f.call(&mut *store, root)?;
+        }
+        if let Some(f) = &self.queue_ready {
+            for id in queues {
+                f.call(&mut *store, (root, *id as i32))?;
+            }
+        }
+        Ok(Ok(()))
+    }
+
     /// Ends a context: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
     fn end(
         &self,
@@ -237,6 +260,8 @@ pub(crate) struct Vms {
 struct Vm {
     warm: Option<Instance>,
     generation: u64,
+    /// When the root context's timer is due next.
+    next_tick: Option<std::time::Instant>,
 }
 
 impl Vms {
@@ -351,6 +376,7 @@ impl PluginSlot {
         if vm.warm.is_none() {
             vm.warm = Some(warm);
             vm.generation += 1;
+            vm.next_tick = None;
         } else {
             let _ = self.pool.push(warm);
         }
@@ -367,6 +393,7 @@ impl PluginSlot {
             // its contexts go with it; a request holding one gets a new one
             vm.warm = None;
             vm.generation += 1;
+            vm.next_tick = None;
             if self.pool.is_empty() {
                 // the next request of this worker takes a new VM from the pool
                 self.refill();
@@ -545,6 +572,7 @@ impl PluginSlot {
                 Some(warm) => {
                     vm.warm = Some(warm);
                     vm.generation += 1;
+                    vm.next_tick = None;
                 }
                 None => return Err(self.lost_vm()),
             }
@@ -648,6 +676,127 @@ impl PluginSlot {
         let f = Failure::Instantiate("the filter's VM was replaced".to_owned());
         self.count_failure(&f);
         f
+    }
+}
+
+/// The filter clock: one thread, started with the first filter, that runs the root contexts'
+/// timers (`proxy_set_tick_period_milliseconds`, at most every 10 ms) and tells a queue's VM of
+/// new messages (`proxy_on_queue_ready`), in each VM of every filter use still serving. It takes
+/// a VM's cell only when no request holds it.
+pub(crate) mod clock {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex, Weak};
+    use std::time::{Duration, Instant};
+
+    use super::{Guest, Hook, PluginSlot};
+    use crate::proxy_wasm::abi::MIN_TICK;
+    use crate::proxy_wasm::Phase;
+
+    static WATCHED: Mutex<Vec<Weak<PluginSlot>>> = Mutex::new(Vec::new());
+
+    /// How long the clock sleeps while no VM has a timer or a queue.
+    const IDLE: Duration = Duration::from_millis(250);
+
+    /// Adds a filter use to the clock (starting it the first time).
+    pub(crate) fn watch(slot: &Arc<PluginSlot>) {
+        let mut watched = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
+        let first = watched.is_empty() && !STARTED.swap(true, std::sync::atomic::Ordering::AcqRel);
+        watched.retain(|w| w.strong_count() > 0);
+        watched.push(Arc::downgrade(slot));
+        drop(watched);
+        if first {
+            let started = std::thread::Builder::new()
+                .name("gatehouse-filter-clock".to_owned())
+                .spawn(run);
+            if let Err(e) = started {
+                log::error!("cannot start the Proxy-Wasm filter clock, timers will not run: {e}");
+            }
+        }
+    }
+
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    fn run() {
+        loop {
+            let slots: Vec<Arc<PluginSlot>> = {
+                let mut watched = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
+                watched.retain(|w| w.strong_count() > 0);
+                watched.iter().filter_map(Weak::upgrade).collect()
+            };
+            let mut busy = false;
+            for slot in &slots {
+                busy |= slot.run_timers();
+            }
+            drop(slots);
+            std::thread::sleep(if busy { MIN_TICK } else { IDLE });
+        }
+    }
+
+    impl PluginSlot {
+        /// Runs the due timers and queue callbacks of this use's VMs; whether any VM has a
+        /// timer or a queue (the clock keeps its short period then).
+        fn run_timers(self: &Arc<Self>) -> bool {
+            let Some(vms) = &self.filter else {
+                return false;
+            };
+            let mut busy = false;
+            for cell in 0..vms.cells.len() {
+                let Ok(mut vm) = vms.cells[cell].try_lock() else {
+                    busy = true;
+                    continue;
+                };
+                if vm.warm.is_none() && vms.unsupported.wants_clock.load(Ordering::Relaxed) {
+                    // every worker's VM runs its timers, traffic or not
+                    match self.pop() {
+                        Some(warm) => {
+                            vm.warm = Some(warm);
+                            vm.generation += 1;
+                            vm.next_tick = None;
+                        }
+                        None => self.refill(),
+                    }
+                    busy = true;
+                }
+                let Some(warm) = vm.warm.as_mut() else {
+                    continue;
+                };
+                let Some(f) = warm.store.data_mut().filter.as_deref_mut() else {
+                    continue;
+                };
+                let now = Instant::now();
+                let tick = match (f.tick, vm.next_tick) {
+                    (None, _) => false,
+                    (Some(_), Some(at)) if at > now => false,
+                    (Some(period), _) => {
+                        vm.next_tick = Some(now + period);
+                        true
+                    }
+                };
+                let Some(warm) = vm.warm.as_mut() else {
+                    continue;
+                };
+                let Some(f) = warm.store.data_mut().filter.as_deref_mut() else {
+                    continue;
+                };
+                let queues = f.shared.ready_for(f.vm);
+                busy |= f.tick.is_some() || f.shared.has_queues();
+                if !tick && queues.is_empty() {
+                    continue;
+                }
+                // a use whose breaker is open waits for a request's trial call to close it
+                if self.breaker.is_open() {
+                    continue;
+                }
+                warm.store.data_mut().call.begin(false, None);
+                super::set_phase(&mut warm.store, Phase::Root);
+                let result = self.call(warm, Hook::Tick, self.limits.time, |g, s| match g {
+                    Guest::ProxyWasm(f) => f.root_callbacks(s, tick, &queues),
+                    _ => Ok(Ok(())),
+                });
+                self.after_callback(&mut vm, &result);
+            }
+            busy
+        }
     }
 }
 
