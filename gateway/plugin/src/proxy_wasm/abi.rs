@@ -635,8 +635,15 @@ fn refusal(caller: &Ctx<'_>, refusal: Refusal) -> i32 {
     }
 }
 
-fn shared(caller: &Ctx<'_>) -> Option<std::sync::Arc<Shared>> {
-    filter(caller).map(|f| f.shared.clone())
+/// Runs `op` on the module's shared data and queues; a refusal as the ABI's status.
+fn on_shared<T>(
+    caller: &Ctx<'_>,
+    op: impl FnOnce(&Shared) -> Result<T, Refusal>,
+) -> Result<T, i32> {
+    let Some(shared) = filter(caller).map(|f| f.shared.clone()) else {
+        return Err(status::NOT_FOUND);
+    };
+    op(&shared).map_err(|r| refusal(caller, r))
 }
 
 /// The metric `id` of this VM.
@@ -660,17 +667,14 @@ fn add_shared_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                 Ok(k) => k,
                 Err(s) => return Ok(s),
             };
-            let Some(shared) = shared(&c) else {
-                return Ok(status::NOT_FOUND);
-            };
-            match shared.get(&key) {
+            match on_shared(&c, |s| s.get(&key)) {
                 Ok((value, cas)) => {
                     if let Err(s) = write(&mut c, ret_cas, &cas.to_le_bytes()) {
                         return Ok(s);
                     }
                     give(&mut c, &value, ret_ptr, ret_size)
                 }
-                Err(r) => Ok(refusal(&c, r)),
+                Err(s) => Ok(s),
             }
         },
     )?;
@@ -682,11 +686,7 @@ fn add_shared_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                 (Ok(k), Ok(v)) => (k, v),
                 (Err(s), _) | (_, Err(s)) => return s,
             };
-            match shared(&c).map(|s| s.set(&key, value, cas as u32)) {
-                Some(Ok(())) => status::OK,
-                Some(Err(r)) => refusal(&c, r),
-                None => status::NOT_FOUND,
-            }
+            on_shared(&c, |s| s.set(&key, value, cas as u32)).map_or_else(|s| s, |()| status::OK)
         },
     )?;
     linker.func_wrap(
@@ -718,10 +718,9 @@ fn add_shared_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                 Ok(n) => n,
                 Err(s) => return s,
             };
-            match shared(&c).map(|s| s.resolve_queue(&name)) {
-                Some(Ok(id)) => write(&mut c, ret_id, &id.to_le_bytes()).map_or_else(|s| s, |()| 0),
-                Some(Err(r)) => refusal(&c, r),
-                None => status::NOT_FOUND,
+            match on_shared(&c, |s| s.resolve_queue(&name)) {
+                Ok(id) => write(&mut c, ret_id, &id.to_le_bytes()).map_or_else(|s| s, |()| 0),
+                Err(s) => s,
             }
         },
     )?;
@@ -733,21 +732,16 @@ fn add_shared_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                 Ok(v) => v,
                 Err(s) => return s,
             };
-            match shared(&c).map(|s| s.enqueue(id as u32, value)) {
-                Some(Ok(())) => status::OK,
-                Some(Err(r)) => refusal(&c, r),
-                None => status::NOT_FOUND,
-            }
+            on_shared(&c, |s| s.enqueue(id as u32, value)).map_or_else(|s| s, |()| status::OK)
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_dequeue_shared_queue",
         |mut c: Ctx<'_>, id: i32, ret_ptr: i32, ret_size: i32| -> wasmtime::Result<i32> {
-            match shared(&c).map(|s| s.dequeue(id as u32)) {
-                Some(Ok(message)) => give(&mut c, &message, ret_ptr, ret_size),
-                Some(Err(r)) => Ok(refusal(&c, r)),
-                None => Ok(status::NOT_FOUND),
+            match on_shared(&c, |s| s.dequeue(id as u32)) {
+                Ok(message) => give(&mut c, &message, ret_ptr, ret_size),
+                Err(s) => Ok(s),
             }
         },
     )?;
