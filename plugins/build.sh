@@ -27,6 +27,8 @@ C_PLUGINS=(c-example)
 # Proxy-Wasm filters (core modules built on the proxy-wasm SDK crate, as for Envoy): the tests run
 # them through the gateway beside the components. Not embedded in the gateway.
 FILTERS=(filter-headers filter-body filter-shared)
+# Proxy-Wasm filters written in AssemblyScript (a second SDK, from the npm registry; needs npm).
+AS_FILTERS=(filter-as)
 # The C example stays a contract 0.1.0 component: the gateway loads both versions.
 C_WIT_DIR=wit/0.1.0
 WIT_BINDGEN_VERSION=0.63.0
@@ -52,6 +54,8 @@ sources_of() {
   local name=$1
   if [[ " ${C_PLUGINS[*]} " == *" $name "* ]]; then
     echo "plugins/$name" "$(wit_files "$C_WIT_DIR")" plugins/build.sh plugins/toolchain.sh
+  elif [[ " ${AS_FILTERS[*]} " == *" $name "* ]]; then
+    echo "plugins/$name" plugins/build.sh plugins/toolchain.sh
   elif [[ " ${FILTERS[*]} " == *" $name "* ]]; then
     echo "plugins/$name" plugins/Cargo.toml plugins/Cargo.lock plugins/build.sh plugins/toolchain.sh
   else
@@ -69,7 +73,8 @@ wit_files() {
 tree_hash() {
   (
     cd "$REPO_DIR"
-    find "$@" -type f ! -path '*/target/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    find "$@" -type f ! -path '*/target/*' ! -path '*/node_modules/*' -print0 | LC_ALL=C sort -z |
+      xargs -0 sha256sum
   ) | sha256sum | cut -d' ' -f1
 }
 
@@ -83,7 +88,7 @@ file_hash() { sha256sum "$1" | cut -d' ' -f1; }
 check() {
   [[ -f "$MANIFEST" ]] || die "$MANIFEST is missing; run: plugins/build.sh"
   local stale=() name recorded_src recorded_wasm
-  for name in "${RUST_PLUGINS[@]}" "${C_PLUGINS[@]}" "${FILTERS[@]}"; do
+  for name in "${RUST_PLUGINS[@]}" "${C_PLUGINS[@]}" "${FILTERS[@]}" "${AS_FILTERS[@]}"; do
     recorded_src=$(awk -v n="$name" '$1 == n { print $2 }' "$MANIFEST")
     recorded_wasm=$(awk -v n="$name" '$1 == n { print $3 }' "$MANIFEST")
     if [[ -z "$recorded_src" ]]; then
@@ -107,7 +112,7 @@ check() {
     say "then commit plugins/dist/"
     exit 1
   fi
-  say "plugins/dist is up to date with its sources (${#RUST_PLUGINS[@]} Rust + ${#C_PLUGINS[@]} C components, ${#FILTERS[@]} Proxy-Wasm filters)"
+  say "plugins/dist is up to date with its sources (${#RUST_PLUGINS[@]} Rust + ${#C_PLUGINS[@]} C components, ${#FILTERS[@]} + ${#AS_FILTERS[@]} Proxy-Wasm filters)"
 }
 
 # --- tools ---------------------------------------------------------------------------------------
@@ -118,6 +123,12 @@ wit_bindgen_ready() {
 
 install_all_tools() {
   install_tools c
+  if ! command -v npm >/dev/null && command -v apt-get >/dev/null; then
+    say "installing npm (the AssemblyScript filters' compiler comes from the npm registry)"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq npm >/dev/null
+  fi
   if ! c_bindings_fresh && ! wit_bindgen_ready; then
     say "installing wit-bindgen-cli $WIT_BINDGEN_VERSION (the C bindings must be regenerated)"
     cargo install wit-bindgen-cli --version "$WIT_BINDGEN_VERSION" --locked
@@ -127,6 +138,7 @@ install_all_tools() {
 require_tools() {
   require_rust
   require_zig
+  command -v npm >/dev/null || die "npm not found (the AssemblyScript filters need it): install npm, or run plugins/build.sh --install"
 }
 
 # --- building ------------------------------------------------------------------------------------
@@ -195,6 +207,19 @@ c_bindings() {
   done
 }
 
+# The AssemblyScript filters: their compiler and SDK at the versions package-lock.json pins.
+build_as() {
+  local name
+  for name in "${AS_FILTERS[@]}"; do
+    (
+      cd "$PLUGINS_DIR/$name"
+      npm ci --no-audit --no-fund --silent >/dev/null
+      npx --no-install asc assembly/index.ts -b "$DIST_DIR/$name.wasm" --use abort=abort_proc_exit \
+        --optimize 2>/dev/null
+    ) || die "$name: the AssemblyScript build failed; see why with: (cd plugins/$name && npm ci && npx asc assembly/index.ts --use abort=abort_proc_exit)"
+  done
+}
+
 build_c() {
   local name dir out
   for name in "${C_PLUGINS[@]}"; do
@@ -248,9 +273,10 @@ write_manifest() {
     echo "# folder, $C_WIT_DIR/*.wit, plugins/build.sh, plugins/toolchain.sh. The .wasm hashes hold for the toolchain below."
     echo "# toolchain: $(toolchain_line)"
     echo "# Sources of a Proxy-Wasm filter: its folder, plugins/Cargo.toml, plugins/Cargo.lock, plugins/build.sh,"
+    echo "# plugins/toolchain.sh; of an AssemblyScript filter: its folder (without node_modules), plugins/build.sh,"
     echo "# plugins/toolchain.sh."
     echo "# name source-sha256 wasm-sha256 bytes"
-    for name in "${RUST_PLUGINS[@]}" "${C_PLUGINS[@]}" "${FILTERS[@]}"; do
+    for name in "${RUST_PLUGINS[@]}" "${C_PLUGINS[@]}" "${FILTERS[@]}" "${AS_FILTERS[@]}"; do
       echo "$name $(source_hash "$name") $(file_hash "$DIST_DIR/$name.wasm") $(stat -c %s "$DIST_DIR/$name.wasm")"
     done
   } >"$tmp"
@@ -265,6 +291,7 @@ build() {
   build_rust
   c_bindings
   build_c
+  build_as
   check_imports
   write_manifest
   say "wrote $(realpath --relative-to="$PWD" "$DIST_DIR" 2>/dev/null || echo "$DIST_DIR"):"

@@ -71,6 +71,16 @@ fn an_sdk_filter_edits_headers_and_keeps_its_context_from_request_to_response() 
 }
 
 #[test]
+fn a_text_configuration_reaches_the_filter_as_it_is() {
+    let a = echo("a");
+    // YAML text (here JSON in a string) is the filter's plugin configuration byte for byte
+    let gw = filter_gateway(&a, r#"'{"add": ["x-filter", "from text"]}'"#, GRANTS);
+    let r = request("GET", &gw.url("/users/1"), &[], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["headers"]["x-filter"], "from text", "{}", r.body);
+}
+
+#[test]
 fn an_sdk_filters_local_response_answers_without_the_backend() {
     let a = echo("a");
     let gw = filter_gateway(&a, CONFIG, GRANTS);
@@ -245,6 +255,22 @@ fn vms_share_data_queues_and_metrics_and_their_timers_run() {
         gw.metric("gatehouse_plugin_failures_total{plugin=\"filter-shared\",reason=\"trap\"}"),
         0.0
     );
+}
+
+#[test]
+fn a_filter_from_the_assemblyscript_sdk_runs_too() {
+    let a = echo("a");
+    let filter = shipped_plugin("filter-as");
+    let entry = format!(
+        "          - path: {}\n            grants: {{ request_headers: {{ write: [x-as-filter] }}, response_headers: {{ write: [x-as-method] }} }}\n",
+        filter.display()
+    );
+    let gw = Gateway::start_with(&file_roots_for(&filter), &with_plugins(&a, &entry));
+    let r = request("GET", &gw.url("/users/1"), &[], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["headers"]["x-as-filter"], "on", "{}", r.body);
+    // a property read through that SDK
+    assert_eq!(r.header("x-as-method"), Some("GET"));
 }
 
 #[test]

@@ -1096,10 +1096,18 @@ impl Validator {
                         None
                     }
                 },
+                // a file's plugin may take text (Proxy-Wasm filters often do): a JSON string
+                Some(serde_yaml::Value::String(text)) if p.path.is_some() => {
+                    serde_json::to_string(text).ok()
+                }
                 Some(_) => {
                     self.problem(
                         format!("{ppath}.config"),
-                        "must be a map",
+                        if p.path.is_some() {
+                            "must be a map, or text"
+                        } else {
+                            "must be a map"
+                        },
                         "write the plugin's settings as key: value pairs",
                     );
                     None
