@@ -123,6 +123,10 @@ def variants(long_run, tls=False, tls_only=False):
             Variant("gatehouse-3-plugins", "gatehouse", body, plugins=tuple(configs.PLUGINS_THREE)),
             Variant("gatehouse-noop-0.1", "gatehouse", body, plugins=tuple(configs.NOOP_0_1)),
             Variant("gatehouse-noop-0.2", "gatehouse", body, plugins=tuple(configs.NOOP_0_2)),
+            Variant("gatehouse-set-header-component", "gatehouse", body,
+                    plugins=tuple(configs.SET_HEADER_COMPONENT)),
+            Variant("gatehouse-set-header-filter", "gatehouse", body,
+                    plugins=tuple(configs.SET_HEADER_FILTER)),
             Variant("gatehouse-canary", "gatehouse", body, plugins=tuple(configs.CANARY),
                     tags=True),
             Variant("gatehouse-rate-limit", "gatehouse", body, plugins=tuple(configs.RATE_LIMIT)),
@@ -308,6 +312,7 @@ class Bench:
         shutil.copy(REPO / "gateway/plugin/tests/fixtures/contract-0.1.0/headers.wasm",
                     self.work / configs.NOOP_0_1_FILE)
         shutil.copy(REPO / "plugins/dist/grant-probe.wasm", self.work / configs.NOOP_0_2_FILE)
+        shutil.copy(REPO / "plugins/dist/filter-headers.wasm", self.work / configs.FILTER_FILE)
         self.ports = Ports()
         self.backends = {}
         self.configs = {}

@@ -73,11 +73,18 @@ fn an_sdk_filter_edits_headers_and_keeps_its_context_from_request_to_response() 
 #[test]
 fn a_text_configuration_reaches_the_filter_as_it_is() {
     let a = echo("a");
-    // YAML text (here JSON in a string) is the filter's plugin configuration byte for byte
-    let gw = filter_gateway(&a, r#"'{"add": ["x-filter", "from text"]}'"#, GRANTS);
+    // YAML text (here JSON in a string) is the filter's plugin configuration byte for byte, and
+    // vm_config its VM configuration
+    let gw = filter_gateway(
+        &a,
+        r#"'{"add": ["x-filter", "from text"]}'
+            vm_config: "vm text""#,
+        "            grants: { request_headers: { write: [x-filter] }, response_headers: { write: [x-filter-vm] } }\n",
+    );
     let r = request("GET", &gw.url("/users/1"), &[], None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["headers"]["x-filter"], "from text", "{}", r.body);
+    assert_eq!(r.header("x-filter-vm"), Some("vm text"));
 }
 
 #[test]
@@ -258,13 +265,20 @@ fn vms_share_data_queues_and_metrics_and_their_timers_run() {
 }
 
 #[test]
-fn a_filter_from_the_assemblyscript_sdk_runs_too() {
+fn a_filter_from_the_assemblyscript_sdk_runs_under_its_root_id() {
     let a = echo("a");
     let filter = shipped_plugin("filter-as");
     let entry = format!(
-        "          - path: {}\n            grants: {{ request_headers: {{ write: [x-as-filter] }}, response_headers: {{ write: [x-as-method] }} }}\n",
+        "          - path: {}\n            root_id: filter-as\n            grants: {{ request_headers: {{ write: [x-as-filter] }}, response_headers: {{ write: [x-as-method] }} }}\n",
         filter.display()
     );
+    // the SDK looks its root context up by the root id the use gives: without it, none
+    let (status, _, err) = validate(
+        &filter,
+        &with_plugins(&a, &entry.replace("            root_id: filter-as\n", "")),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("proc_exit with code 255"), "{err}");
     let gw = Gateway::start_with(&file_roots_for(&filter), &with_plugins(&a, &entry));
     let r = request("GET", &gw.url("/users/1"), &[], None);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -300,6 +314,29 @@ fn validate_names_a_filter_its_abi_and_its_grants() {
         out.contains("filter-headers (proxy-wasm 0.2.1)")
             && out.contains("a Proxy-Wasm filter (declares nothing); held to its grants:"),
         "{out}"
+    );
+}
+
+#[test]
+fn root_id_and_vm_config_belong_to_filters_only() {
+    let a = echo("a");
+    let probe = shipped_plugin("grant-probe");
+    let (status, _, err) = validate(
+        &probe,
+        &with_plugins(
+            &a,
+            &format!(
+                "          - path: {}\n            root_id: r\n",
+                probe.display()
+            ),
+        ),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "plugin grant-probe is a component: root_id and vm_config are a Proxy-Wasm filter's"
+        ),
+        "{err}"
     );
 }
 

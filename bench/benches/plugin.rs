@@ -37,7 +37,7 @@ fn slot(engine: &Arc<PluginEngine>, name: &str, config: &str, reuse: bool) -> Ar
         name,
         "svc",
         "api",
-        config.into(),
+        config.to_owned(),
         limits,
     )
     .expect("standard plugin configures")
@@ -64,7 +64,7 @@ fn probe_slot(engine: &Arc<PluginEngine>, config: &str, grants: PluginGrants) ->
         "grant-probe",
         "svc",
         "api",
-        config.into(),
+        config.to_owned(),
         limits,
         Some(Grants::configured(&grants).expect("grants")),
         false,

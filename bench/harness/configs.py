@@ -16,6 +16,12 @@ PLUGINS_THREE = PLUGINS_ONE + [
 # copied next to the configuration as NOOP_0_1_FILE; on 0.2 `grant-probe` (plugins/dist) told
 # to declare those two hooks and nothing else, copied as NOOP_0_2_FILE (0.2's `headers` declares
 # only the hooks it has changes for, so with nothing to set it is never called).
+# One request header set, by the standard `headers` component and by the Proxy-Wasm filter
+# `filter-headers` (plugins/dist, copied as FILTER_FILE): the cost of each plugin kind.
+SET_HEADER_COMPONENT = [("headers", "{ request: { set: { x-env: bench } } }")]
+FILTER_FILE = "filter-headers.wasm"
+SET_HEADER_FILTER = [(FILTER_FILE, "{ add: [x-env, bench] }, "
+                      "grants: { request_headers: { write: [x-env] } }")]
 NOOP_0_1_FILE = "headers-0.1.wasm"
 NOOP_0_1 = [(NOOP_0_1_FILE, "{}")]
 NOOP_0_2_FILE = "grant-probe.wasm"

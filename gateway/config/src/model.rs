@@ -672,6 +672,10 @@ pub struct PluginRef {
     pub body: u64,
     /// What the operator granted this use; `None`: the default (see [`PluginGrants`]).
     pub grants: Option<PluginGrants>,
+    /// A Proxy-Wasm filter's root id (empty: the default root).
+    pub root_id: String,
+    /// A Proxy-Wasm filter's VM configuration (empty when none).
+    pub vm_config: String,
 }
 
 /// What a plugin use may touch. Without grants, a standard plugin may do what it declares, a 0.2

@@ -438,6 +438,14 @@ pub struct RawPlugin {
     /// What this plugin use may touch; see [`RawGrants`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grants: Option<RawGrants>,
+    /// A Proxy-Wasm filter's root id (Envoy's `root_id`): which of its root contexts serves
+    /// this use. Empty by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<String>,
+    /// A Proxy-Wasm filter's VM configuration (Envoy's `vm_config.configuration`): text as it is,
+    /// or a map as JSON. Empty by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_config: Option<serde_yaml::Value>,
 }
 
 /// What a plugin use may touch: hooks, headers by name or prefix, bodies.

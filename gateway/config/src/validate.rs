@@ -1184,6 +1184,7 @@ impl Validator {
                 .grants
                 .as_ref()
                 .map(|g| self.grants(&format!("{ppath}.grants"), g));
+            let (root_id, vm_config) = self.filter_settings(&ppath, p);
             if let (
                 Some(source),
                 Some(on_error),
@@ -1201,10 +1202,53 @@ impl Validator {
                     time,
                     body,
                     grants,
+                    root_id,
+                    vm_config,
                 });
             }
         }
         out
+    }
+
+    /// A Proxy-Wasm filter's root id and VM configuration (empty when not given); on a standard
+    /// plugin they are problems.
+    fn filter_settings(&mut self, ppath: &str, p: &RawPlugin) -> (String, String) {
+        if p.path.is_none() {
+            for (key, given) in [
+                ("root_id", p.root_id.is_some()),
+                ("vm_config", p.vm_config.is_some()),
+            ] {
+                if given {
+                    self.problem(
+                        format!("{ppath}.{key}"),
+                        "only a Proxy-Wasm filter, given by path, has one",
+                        format!("remove {key}"),
+                    );
+                }
+            }
+        }
+        let root_id = p.root_id.clone().unwrap_or_default();
+        if root_id.len() > 256 {
+            self.problem(
+                format!("{ppath}.root_id"),
+                "is longer than 256 characters",
+                "give the root id the filter registers",
+            );
+        }
+        let vm_config = match &p.vm_config {
+            None | Some(serde_yaml::Value::Null) => String::new(),
+            Some(serde_yaml::Value::String(text)) => text.clone(),
+            Some(v @ serde_yaml::Value::Mapping(_)) => serde_json::to_string(v).unwrap_or_default(),
+            Some(_) => {
+                self.problem(
+                    format!("{ppath}.vm_config"),
+                    "must be text or a map",
+                    "write the filter's VM configuration as text, or as key: value pairs",
+                );
+                String::new()
+            }
+        };
+        (root_id, vm_config)
     }
 
     /// The grants of a plugin use; bad entries are problems (and left out).

@@ -27,7 +27,9 @@ pub use engine::{
 };
 pub use grants::{Grants, Needs};
 pub use slot::filters::{Stream, Streams};
-pub use slot::{Failure, GrantedBy, HeldInstance, Hook, PluginSlot, RequestOutcome, SlotLimits};
+pub use slot::{
+    Failure, GrantedBy, HeldInstance, Hook, PluginConfig, PluginSlot, RequestOutcome, SlotLimits,
+};
 pub mod standard;
 #[cfg(feature = "testing")]
 pub mod testing;

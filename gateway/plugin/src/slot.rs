@@ -269,6 +269,24 @@ pub enum RequestOutcome {
     Respond(Reply),
 }
 
+/// A plugin use's configuration: the plugin's `config` (JSON text, or text), and what a
+/// Proxy-Wasm filter takes beside it (Envoy's `root_id` and `vm_config.configuration`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginConfig {
+    pub config: String,
+    pub root_id: String,
+    pub vm_config: String,
+}
+
+impl From<String> for PluginConfig {
+    fn from(config: String) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+}
+
 /// Where the grants of a plugin use came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantedBy {
@@ -291,6 +309,9 @@ pub struct PluginSlot {
     engine: Arc<PluginEngine>,
     pre: Arc<Component>,
     config: String,
+    /// A Proxy-Wasm filter's root id and VM configuration.
+    root_id: Arc<str>,
+    vm_config: Arc<[u8]>,
     limits: SlotLimits,
     /// The instance each worker thread used last ([`worker_cell`]): a worker calling the plugin
     /// again finds it warm in its caches, where the shared pool would hand back its least
@@ -338,7 +359,7 @@ impl PluginSlot {
         label: &str,
         service: &str,
         api: &str,
-        config: String,
+        config: impl Into<PluginConfig>,
         limits: SlotLimits,
     ) -> Result<Arc<Self>, Failure> {
         Self::with_grants(engine, pre, label, service, api, config, limits, None, true)
@@ -356,13 +377,20 @@ impl PluginSlot {
         label: &str,
         service: &str,
         api: &str,
-        config: String,
+        config: impl Into<PluginConfig>,
         limits: SlotLimits,
         grants: Option<Grants>,
         trusted: bool,
     ) -> Result<Arc<Self>, Failure> {
         crate::engine::note_time_limit(limits.time);
+        let PluginConfig {
+            config,
+            root_id,
+            vm_config,
+        } = config.into();
         let mut slot = Self {
+            root_id: Arc::from(root_id),
+            vm_config: Arc::from(vm_config.into_bytes()),
             who: Arc::from(format!("{label} ({service}.{api})")),
             label: Arc::from(label),
             service: Arc::from(service),
@@ -451,6 +479,11 @@ impl PluginSlot {
         &self.label
     }
 
+    /// Whether the plugin is a Proxy-Wasm filter.
+    pub fn is_filter(&self) -> bool {
+        self.filter.is_some()
+    }
+
     /// The contract version of the plugin's component.
     pub fn contract(&self) -> &'static str {
         self.pre.contract()
@@ -521,11 +554,14 @@ impl PluginSlot {
         state.call.body_limit = self.limits.body;
         state.budget = CallBudget::start(CONFIGURE_TIME);
         if let (Some(vms), Component::ProxyWasm(filter)) = (&self.filter, &*self.pre) {
-            state.filter = Some(Box::new(crate::proxy_wasm::FilterState::new(
+            let mut filter_state = crate::proxy_wasm::FilterState::new(
                 &self.config,
                 vms.unsupported(),
                 filter.shared.clone(),
-            )));
+            );
+            filter_state.root_id = self.root_id.clone();
+            filter_state.vm_config = self.vm_config.clone();
+            state.filter = Some(Box::new(filter_state));
         }
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limiter);

@@ -34,7 +34,7 @@ fn slot(body: &str) -> Arc<PluginSlot> {
         "test-plugin",
         "shop",
         "get_user",
-        "{}".into(),
+        "{}".to_owned(),
         LIMITS,
     )
     .unwrap()
@@ -160,7 +160,7 @@ fn only_the_declared_hooks_are_called() {
         "test-plugin",
         "shop",
         "get_user",
-        "{}".into(),
+        "{}".to_owned(),
         LIMITS,
     )
     .unwrap();
@@ -189,7 +189,7 @@ fn editing_slot(on_request: &str, on_response: &str) -> Arc<PluginSlot> {
         "editor",
         "shop",
         "get_user",
-        "{}".into(),
+        "{}".to_owned(),
         limits,
     )
     .unwrap()
@@ -301,7 +301,7 @@ fn threads_calling_at_once_share_a_bounded_set_of_instances() {
         "shared",
         "shop",
         "get",
-        "{}".into(),
+        "{}".to_owned(),
         LIMITS,
     )
     .unwrap();
@@ -346,7 +346,7 @@ fn all_instances_share_one_memory_budget() {
                 Ok(gatehouse_plugin_host::testing::binary(&wat))
             })
             .unwrap();
-        PluginSlot::new(engine.clone(), pre, name, "shop", name, "{}".into(), LIMITS).unwrap()
+        PluginSlot::new(engine.clone(), pre, name, "shop", name, "{}".to_owned(), LIMITS).unwrap()
     };
     let quiet = make(WELL_BEHAVED, "quiet");
     let baseline = engine.memory_budget().used();
@@ -395,7 +395,7 @@ fn timed_slot(body: &str, time: Duration) -> Arc<PluginSlot> {
         "test-plugin",
         "shop",
         "get_user",
-        "{}".into(),
+        "{}".to_owned(),
         SlotLimits { time, ..LIMITS },
     )
     .unwrap()

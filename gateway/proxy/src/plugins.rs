@@ -6,7 +6,7 @@ use std::sync::Arc;
 use gatehouse_config::{Api, Config, OnError, PluginLimits, PluginRef, PluginSource, Problem};
 use gatehouse_plugin_host::{
     Component, EditLimits, Failure, GrantedBy, Grants, HeldInstance, Hook, LoadError, Node,
-    NodeChoice, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits, Streams,
+    NodeChoice, PluginConfig, PluginEngine, PluginSlot, Reply, RequestOutcome, SlotLimits, Streams,
 };
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -126,7 +126,11 @@ impl ApiPlugins {
                 &label,
                 &service.name,
                 &api.name,
-                plugin.config.clone(),
+                PluginConfig {
+                    config: plugin.config.clone(),
+                    root_id: plugin.root_id.clone(),
+                    vm_config: plugin.vm_config.clone(),
+                },
                 SlotLimits {
                     memory: plugin.memory,
                     time: plugin.time,
@@ -136,6 +140,16 @@ impl ApiPlugins {
                 grants,
                 trusted,
             ) {
+                Ok(slot)
+                    if !slot.is_filter()
+                        && (!plugin.root_id.is_empty() || !plugin.vm_config.is_empty()) =>
+                {
+                    problems.push(Problem::new(
+                        path,
+                        format!("plugin {label} is a component: root_id and vm_config are a Proxy-Wasm filter's"),
+                        "remove root_id and vm_config",
+                    ))
+                }
                 Ok(slot) if api.websocket && (slot.reads_request_body() || slot.reads_response_body()) => {
                     problems.push(Problem::new(
                         path,

@@ -34,6 +34,7 @@ class Headers extends Context {
   }
 }
 
+// the root id a use names (Envoy's root_id)
 registerRootContext((context_id: u32) => {
   return new Root(context_id);
-}, "");
+}, "filter-as");

@@ -612,7 +612,11 @@ fn property(state: &HostState, label: &str, path: &[u8]) -> Option<Vec<u8>> {
             state.call.client_ip.map(|ip| ip.to_string().into_bytes())
         }
         [b"plugin_name"] => text(label),
-        [b"plugin_root_id"] | [b"plugin_vm_id"] => Some(Vec::new()),
+        [b"plugin_root_id"] => state
+            .filter
+            .as_deref()
+            .map(|f| f.root_id.as_bytes().to_vec()),
+        [b"plugin_vm_id"] => Some(Vec::new()),
         [b"route_name"] | [b"xds", b"route_name"] => text(&state.api),
         [b"gatehouse", b"service"] => text(&state.service),
         [b"gatehouse", b"api"] => text(&state.api),

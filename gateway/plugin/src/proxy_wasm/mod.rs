@@ -150,6 +150,8 @@ pub struct FilterState {
     pub(crate) plugin_config: Arc<[u8]>,
     /// The filter's VM configuration (`proxy_on_vm_start`).
     pub(crate) vm_config: Arc<[u8]>,
+    /// The root id the use gives (the property `plugin_root_id`).
+    pub(crate) root_id: Arc<str>,
     /// The next context id to hand out (the root context is 1).
     pub(crate) next_context: u32,
     /// The HTTP contexts alive in this VM.
@@ -216,6 +218,7 @@ impl FilterState {
             tick: None,
             plugin_config: plugin_configuration(config),
             vm_config: Arc::from(&b""[..]),
+            root_id: Arc::from(""),
             next_context: ROOT_CONTEXT + 1,
             live: HashSet::new(),
             phase: Phase::Root,
