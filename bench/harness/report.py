@@ -484,17 +484,25 @@ def section_tls(data, runs):
     return "\n\n".join(out)
 
 
+def two_against_none(runs, a, b, names):
+    """The rows comparing variants `a` and `b` (named `names`) with no plugin and with each
+    other, paired within each repetition: CPU differences in µs, and ratios of b to a."""
+    g0 = "gatehouse@0"
+    (na, nb) = names
+    return [
+        (f"{na} − no plugin", cell(runs.paired(a, g0, "proxy_cpu_us", subtract), 2, True)),
+        (f"{nb} − no plugin", cell(runs.paired(b, g0, "proxy_cpu_us", subtract), 2, True)),
+        (f"{nb} − {na}", cell(runs.paired(b, a, "proxy_cpu_us", subtract), 2, True)),
+        (f"{nb} / {na} (CPU)", cell(runs.paired(b, a, "proxy_cpu_us", divide), 3)),
+        (f"{nb} / {na} (throughput)", cell(runs.paired(b, a, "rps", divide), 3)),
+    ]
+
+
 def section_contract(runs):
-    n1, n2, g0 = "gatehouse-noop-0.1@0", "gatehouse-noop-0.2@0", "gatehouse@0"
+    n1, n2 = "gatehouse-noop-0.1@0", "gatehouse-noop-0.2@0"
     if not (runs.has(n1) and runs.has(n2)):
         return ""
-    rows = [
-        ("0.1 no-op − no plugin", cell(runs.paired(n1, g0, "proxy_cpu_us", subtract), 2, True)),
-        ("0.2 no-op − no plugin", cell(runs.paired(n2, g0, "proxy_cpu_us", subtract), 2, True)),
-        ("0.2 no-op − 0.1 no-op", cell(runs.paired(n2, n1, "proxy_cpu_us", subtract), 2, True)),
-        ("0.2 no-op / 0.1 no-op (CPU)", cell(runs.paired(n2, n1, "proxy_cpu_us", divide), 3)),
-        ("0.2 no-op / 0.1 no-op (throughput)", cell(runs.paired(n2, n1, "rps", divide), 3)),
-    ]
+    rows = two_against_none(runs, n1, n2, ("0.1 no-op", "0.2 no-op"))
     return ("## Cost of the plugin contract\n\nA plugin doing nothing, its `on-request` and "
             "`on-response` called and changing nothing, on contract 0.1 (`headers` with nothing "
             "to set, the frozen 0.1 build) and on 0.2 (`grant-probe` declaring those two hooks), "
@@ -505,17 +513,10 @@ def section_contract(runs):
 
 
 def section_plugin_kinds(runs):
-    c, f, g0 = ("gatehouse-set-header-component@0", "gatehouse-set-header-filter@0",
-                "gatehouse@0")
+    c, f = "gatehouse-set-header-component@0", "gatehouse-set-header-filter@0"
     if not (runs.has(c) and runs.has(f)):
         return ""
-    rows = [
-        ("component − no plugin", cell(runs.paired(c, g0, "proxy_cpu_us", subtract), 2, True)),
-        ("filter − no plugin", cell(runs.paired(f, g0, "proxy_cpu_us", subtract), 2, True)),
-        ("filter − component", cell(runs.paired(f, c, "proxy_cpu_us", subtract), 2, True)),
-        ("filter / component (CPU)", cell(runs.paired(f, c, "proxy_cpu_us", divide), 3)),
-        ("filter / component (throughput)", cell(runs.paired(f, c, "rps", divide), 3)),
-    ]
+    rows = two_against_none(runs, c, f, ("component", "filter"))
     return ("## A component and a Proxy-Wasm filter doing the same\n\nOne request header set, "
             "by the standard `headers` component and by the Proxy-Wasm filter `filter-headers` "
             "(the Rust proxy-wasm SDK) with the same grant, against no plugin; CPU per request "
