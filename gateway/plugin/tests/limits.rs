@@ -346,7 +346,16 @@ fn all_instances_share_one_memory_budget() {
                 Ok(gatehouse_plugin_host::testing::binary(&wat))
             })
             .unwrap();
-        PluginSlot::new(engine.clone(), pre, name, "shop", name, "{}".to_owned(), LIMITS).unwrap()
+        PluginSlot::new(
+            engine.clone(),
+            pre,
+            name,
+            "shop",
+            name,
+            "{}".to_owned(),
+            LIMITS,
+        )
+        .unwrap()
     };
     let quiet = make(WELL_BEHAVED, "quiet");
     let baseline = engine.memory_budget().used();
