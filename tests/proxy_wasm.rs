@@ -88,6 +88,47 @@ fn a_text_configuration_reaches_the_filter_as_it_is() {
 }
 
 #[test]
+fn http2_streams_on_one_connection_each_keep_their_own_context() {
+    let a = echo("a");
+    let gw = Gateway::start_with(
+        &format!(
+            "  http: {{ h2c: true }}\n{}",
+            file_roots_for(shipped_plugin("filter-headers"))
+        ),
+        &with_plugins(&a, &filter_entry(CONFIG, GRANTS)),
+    );
+    // eight streams at once on one connection: each response carries its own request's path
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut seen: Vec<String> = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let mut responses = Vec::new();
+        for i in 0..8 {
+            let req = http::Request::get(format!("http://h2.test/users/{i}"))
+                .body(())
+                .unwrap();
+            let (response, _) = client.send_request(req, true).unwrap();
+            responses.push(response);
+            client = client.ready().await.unwrap();
+        }
+        let mut seen = Vec::new();
+        for response in responses {
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), 200);
+            let echo = response.headers().get("x-filter-echo").unwrap();
+            seen.push(echo.to_str().unwrap().to_owned());
+        }
+        seen
+    });
+    seen.sort_unstable();
+    let expected: Vec<String> = (0..8).map(|i| format!("GET /users/{i}")).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
 fn an_sdk_filters_local_response_answers_without_the_backend() {
     let a = echo("a");
     let gw = filter_gateway(&a, CONFIG, GRANTS);
