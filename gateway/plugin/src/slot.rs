@@ -556,7 +556,7 @@ impl PluginSlot {
         if let (Some(vms), Component::ProxyWasm(filter)) = (&self.filter, &*self.pre) {
             let mut filter_state = crate::proxy_wasm::FilterState::new(
                 &self.config,
-                vms.unsupported(),
+                vms.usage(),
                 filter.shared.clone(),
             );
             filter_state.root_id = self.root_id.clone();

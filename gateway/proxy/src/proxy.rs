@@ -1294,11 +1294,10 @@ impl ProxyHttp for Gateway {
             gatehouse_plugin_host::release_freed_memory();
         }
         if !ctx.filter_streams.is_empty() {
-            ctx.filter_streams.finish(
-                session.req_header(),
-                session.response_written(),
-                ctx.client_ip,
-            );
+            // the engine keeps the response written: the filters read a copy
+            let mut resp = session.response_written().cloned();
+            ctx.filter_streams
+                .finish(session.req_header_mut(), resp.as_mut(), ctx.client_ip);
         }
         let Some(runtime) = &ctx.runtime else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

@@ -160,9 +160,7 @@ pub(crate) fn unimplemented(
         .collect();
     move |caller, _params, out| {
         if let Some(filter) = &caller.data().filter {
-            filter
-                .unsupported
-                .record(&function, why_unimplemented(&function));
+            filter.usage.record(&function, why_unimplemented(&function));
         }
         for (slot, value) in out.iter_mut().zip(&results) {
             *slot = match value {
@@ -632,7 +630,7 @@ fn refusal(caller: &Ctx<'_>, refusal: Refusal) -> i32 {
         Refusal::Empty => status::EMPTY,
         Refusal::Full(what) => {
             if let Some(f) = filter(caller) {
-                f.unsupported.refused(what);
+                f.usage.refused(what);
             }
             status::BAD_ARGUMENT
         }
@@ -648,6 +646,28 @@ fn on_shared<T>(
         return Err(status::NOT_FOUND);
     };
     op(&shared).map_err(|r| refusal(caller, r))
+}
+
+/// Reads a queue's name, finds (or registers) the queue with `op`, and writes its id where the
+/// filter said.
+fn queue_by_name(
+    mut c: Ctx<'_>,
+    name_ptr: i32,
+    name_len: i32,
+    ret_id: i32,
+    op: impl FnOnce(&FilterState, &str) -> Result<u32, Refusal>,
+) -> i32 {
+    let name = match read_str(&mut c, name_ptr, name_len) {
+        Ok(n) => n,
+        Err(s) => return s,
+    };
+    let Some(f) = filter(&c) else {
+        return status::NOT_FOUND;
+    };
+    match op(f, &name) {
+        Ok(id) => write(&mut c, ret_id, &id.to_le_bytes()).map_or_else(|s| s, |()| status::OK),
+        Err(r) => refusal(&c, r),
+    }
 }
 
 /// The metric `id` of this VM.
@@ -696,36 +716,22 @@ fn add_shared_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
     linker.func_wrap(
         "env",
         "proxy_register_shared_queue",
-        |mut c: Ctx<'_>, np: i32, nl: i32, ret_id: i32| -> i32 {
-            let name = match read_str(&mut c, np, nl) {
-                Ok(n) => n,
-                Err(s) => return s,
-            };
-            let Some(f) = filter(&c) else {
-                return status::NOT_FOUND;
-            };
-            f.unsupported
-                .wants_clock
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            match f.shared.register_queue(&name, f.vm) {
-                Ok(id) => write(&mut c, ret_id, &id.to_le_bytes()).map_or_else(|s| s, |()| 0),
-                Err(r) => refusal(&c, r),
-            }
+        |c: Ctx<'_>, np: i32, nl: i32, ret_id: i32| -> i32 {
+            queue_by_name(c, np, nl, ret_id, |f, name| {
+                // the owner is told of messages by the filter clock
+                f.usage
+                    .wants_clock
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                f.shared.register_queue(name, f.vm)
+            })
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_resolve_shared_queue",
-        |mut c: Ctx<'_>, _vp: i32, _vl: i32, np: i32, nl: i32, ret_id: i32| -> i32 {
+        |c: Ctx<'_>, _vp: i32, _vl: i32, np: i32, nl: i32, ret_id: i32| -> i32 {
             // one VM id per filter module: the VM id given is not looked at
-            let name = match read_str(&mut c, np, nl) {
-                Ok(n) => n,
-                Err(s) => return s,
-            };
-            match on_shared(&c, |s| s.resolve_queue(&name)) {
-                Ok(id) => write(&mut c, ret_id, &id.to_le_bytes()).map_or_else(|s| s, |()| 0),
-                Err(s) => s,
-            }
+            queue_by_name(c, np, nl, ret_id, |f, name| f.shared.resolve_queue(name))
         },
     )?;
     linker.func_wrap(
@@ -761,18 +767,17 @@ fn add_shared_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
                 return status::NOT_FOUND;
             };
             if f.metrics.len() >= MAX_VM_METRICS {
-                f.unsupported.refused("more than 64 metrics in one VM");
+                f.usage.refused("more than 64 metrics in one VM");
                 return status::BAD_ARGUMENT;
             }
-            match super::shared::define_metric(kind, &name, &f.unsupported.label) {
+            match super::shared::define_metric(kind, &name, &f.usage.label) {
                 Ok(metric) => {
                     let id = f.metrics.len() as u32;
                     f.metrics.push(metric);
                     write(&mut c, ret_id, &id.to_le_bytes()).map_or_else(|s| s, |()| 0)
                 }
                 Err(why) => {
-                    f.unsupported
-                        .refused(&format!("the metric {name:?}: {why}"));
+                    f.usage.refused(&format!("the metric {name:?}: {why}"));
                     status::BAD_ARGUMENT
                 }
             }
@@ -842,7 +847,7 @@ fn add_shared_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
             let period = std::time::Duration::from_millis(period as u32 as u64);
             f.tick = (!period.is_zero()).then(|| period.max(MIN_TICK));
             if f.tick.is_some() {
-                f.unsupported
+                f.usage
                     .wants_clock
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -1028,7 +1033,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 .data()
                 .filter
                 .as_deref()
-                .map(|f| f.unsupported.label.clone())
+                .map(|f| f.usage.label.clone())
                 .unwrap_or_default();
             match property(c.data(), &label, &path) {
                 Some(value) => give(&mut c, &value, ret_ptr, ret_size),

@@ -167,8 +167,8 @@ pub struct FilterState {
     pub(crate) response_body: Option<bytes::Bytes>,
     /// The response body the filter set in this call.
     pub(crate) new_response_body: Option<Vec<u8>>,
-    /// The use's record of ABI functions called that the host does not provide.
-    pub(crate) unsupported: Arc<Unsupported>,
+    /// The use this VM serves.
+    pub(crate) usage: Arc<FilterUse>,
     /// This VM's id in the process (queues name their owner by it).
     pub(crate) vm: u64,
     /// The data and queues of the module's VMs.
@@ -205,11 +205,7 @@ impl Phase {
 pub(crate) const ROOT_CONTEXT: u32 = 1;
 
 impl FilterState {
-    pub(crate) fn new(
-        config: &str,
-        unsupported: Arc<Unsupported>,
-        shared: Arc<shared::Shared>,
-    ) -> Self {
+    pub(crate) fn new(config: &str, usage: Arc<FilterUse>, shared: Arc<shared::Shared>) -> Self {
         static NEXT_VM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
             vm: NEXT_VM.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -226,7 +222,7 @@ impl FilterState {
             body_held: false,
             response_body: None,
             new_response_body: None,
-            unsupported,
+            usage,
         }
     }
 }
@@ -240,9 +236,10 @@ fn plugin_configuration(config: &str) -> Arc<[u8]> {
     }
 }
 
-/// ABI functions a plugin use called that the host does not provide: each is logged the first
-/// time and counted every time.
-pub struct Unsupported {
+/// What the VMs of one filter use share: its name for metrics and logs, the refusals already
+/// logged (an ABI function the host does not provide, a bound reached: each logged once, counted
+/// every time), and whether it needs the filter clock.
+pub struct FilterUse {
     pub(crate) label: Arc<str>,
     who: Arc<str>,
     logged: Mutex<HashSet<String>>,
@@ -251,7 +248,7 @@ pub struct Unsupported {
     pub(crate) wants_clock: std::sync::atomic::AtomicBool,
 }
 
-impl Unsupported {
+impl FilterUse {
     pub(crate) fn new(label: Arc<str>, who: Arc<str>) -> Self {
         Self {
             label,

@@ -22,7 +22,7 @@ use wasmtime::{Store, TypedFunc};
 use super::{check_reply, worker_cell, Failure, Guest, Hook, Instance, PluginSlot, RequestOutcome};
 use crate::bindings::HostState;
 use crate::grants::HookSet;
-use crate::proxy_wasm::{Phase, Unsupported, ROOT_CONTEXT};
+use crate::proxy_wasm::{FilterUse, Phase, ROOT_CONTEXT};
 
 /// The exports of a filter instance the host calls.
 pub(crate) struct FilterGuest {
@@ -252,7 +252,7 @@ fn answered(store: &Store<HostState>) -> bool {
 /// A plugin use's VMs: one cell per worker thread.
 pub(crate) struct Vms {
     cells: Box<[CachePadded<Mutex<Vm>>]>,
-    unsupported: Arc<Unsupported>,
+    usage: Arc<FilterUse>,
 }
 
 /// One worker's VM, and how many VMs the cell has had (a context belongs to one of them).
@@ -264,18 +264,27 @@ struct Vm {
     next_tick: Option<std::time::Instant>,
 }
 
+impl Vm {
+    /// Puts `warm` (or nothing) in the cell: the contexts and timer of the VM it held are gone.
+    fn replace(&mut self, warm: Option<Instance>) {
+        self.warm = warm;
+        self.generation += 1;
+        self.next_tick = None;
+    }
+}
+
 impl Vms {
     pub(crate) fn new(cells: usize, label: &Arc<str>, who: &Arc<str>) -> Self {
         Self {
             cells: (0..cells.max(1))
                 .map(|_| CachePadded::new(Mutex::new(Vm::default())))
                 .collect(),
-            unsupported: Arc::new(Unsupported::new(label.clone(), who.clone())),
+            usage: Arc::new(FilterUse::new(label.clone(), who.clone())),
         }
     }
 
-    pub(crate) fn unsupported(&self) -> Arc<Unsupported> {
-        self.unsupported.clone()
+    pub(crate) fn usage(&self) -> Arc<FilterUse> {
+        self.usage.clone()
     }
 
     fn lock(&self, cell: usize) -> MutexGuard<'_, Vm> {
@@ -314,13 +323,14 @@ impl Streams {
     /// (what `proxy_on_log` reads).
     pub fn finish(
         &mut self,
-        req: &RequestHeader,
-        resp: Option<&ResponseHeader>,
+        req: &mut RequestHeader,
+        mut resp: Option<&mut ResponseHeader>,
         client_ip: Option<IpAddr>,
     ) {
         for mut stream in self.open.drain(..) {
             let slot = stream.slot.clone();
-            slot.end_context(&stream, Some((req, resp)), client_ip);
+            let messages = (&mut *req, resp.as_deref_mut());
+            slot.end_context(&stream, Some(messages), client_ip);
             stream.context = 0;
         }
     }
@@ -374,9 +384,7 @@ impl PluginSlot {
         let warm = self.take_instance().await?;
         let mut vm = vms.lock(cell);
         if vm.warm.is_none() {
-            vm.warm = Some(warm);
-            vm.generation += 1;
-            vm.next_tick = None;
+            vm.replace(Some(warm));
         } else {
             let _ = self.pool.push(warm);
         }
@@ -391,9 +399,7 @@ impl PluginSlot {
         let poisoned = vm.warm.as_ref().is_some_and(|w| w.poisoned);
         if poisoned || matches!(outcome, Err(f) if !f.keeps_instance()) {
             // its contexts go with it; a request holding one gets a new one
-            vm.warm = None;
-            vm.generation += 1;
-            vm.next_tick = None;
+            vm.replace(None);
             if self.pool.is_empty() {
                 // the next request of this worker takes a new VM from the pool
                 self.refill();
@@ -569,11 +575,7 @@ impl PluginSlot {
         let mut vm = vms.lock(cell);
         if vm.warm.is_none() {
             match self.pop() {
-                Some(warm) => {
-                    vm.warm = Some(warm);
-                    vm.generation += 1;
-                    vm.next_tick = None;
-                }
+                Some(warm) => vm.replace(Some(warm)),
                 None => return Err(self.lost_vm()),
             }
         }
@@ -636,7 +638,7 @@ impl PluginSlot {
     fn end_context(
         self: &Arc<Self>,
         stream: &Stream,
-        messages: Option<(&RequestHeader, Option<&ResponseHeader>)>,
+        mut messages: Option<(&mut RequestHeader, Option<&mut ResponseHeader>)>,
         client_ip: Option<IpAddr>,
     ) {
         let vms = self.vms();
@@ -649,11 +651,12 @@ impl PluginSlot {
         };
         let state = warm.store.data_mut();
         state.call.begin(false, client_ip);
-        let phase = match messages {
+        // the messages are lent to the store (swapped in, and back after the call)
+        let phase = match &mut messages {
             Some((req, resp)) => {
-                state.call.request = req.clone();
+                std::mem::swap(&mut state.call.request, *req);
                 if let Some(resp) = resp {
-                    state.call.response = resp.clone();
+                    std::mem::swap(&mut state.call.response, *resp);
                 }
                 Phase::Done
             }
@@ -665,7 +668,14 @@ impl PluginSlot {
             Guest::ProxyWasm(f) => f.end(s, context),
             _ => Ok(Ok(())),
         });
-        if let Some(f) = warm.store.data_mut().filter.as_deref_mut() {
+        let state = warm.store.data_mut();
+        if let Some((req, resp)) = messages {
+            std::mem::swap(&mut state.call.request, req);
+            if let Some(resp) = resp {
+                std::mem::swap(&mut state.call.response, resp);
+            }
+        }
+        if let Some(f) = state.filter.as_deref_mut() {
             f.live.remove(&context);
         }
         self.after_callback(&mut vm, &result);
@@ -745,14 +755,10 @@ pub(crate) mod clock {
                     busy = true;
                     continue;
                 };
-                if vm.warm.is_none() && vms.unsupported.wants_clock.load(Ordering::Relaxed) {
+                if vm.warm.is_none() && vms.usage.wants_clock.load(Ordering::Relaxed) {
                     // every worker's VM runs its timers, traffic or not
                     match self.pop() {
-                        Some(warm) => {
-                            vm.warm = Some(warm);
-                            vm.generation += 1;
-                            vm.next_tick = None;
-                        }
+                        Some(warm) => vm.replace(Some(warm)),
                         None => self.refill(),
                     }
                     busy = true;
